@@ -1,0 +1,144 @@
+//! The wire frame between edge and relay: a 16-byte versioned header followed
+//! by an LZ4 block holding one CBOR-encoded `WireBatch`.
+//!
+//! ```text
+//! 0..4   magic  b"SPR\0"
+//! 4      format version (1)
+//! 5      flags (bit 0: body is LZ4; no other bits defined)
+//! 6..8   reserved, zero
+//! 8..12  event count, u32 little-endian
+//! 12..16 uncompressed body length, u32 little-endian
+//! ```
+//!
+//! Decoding never trusts the header: the declared length is capped by the
+//! caller's limit before anything is allocated, the LZ4 block must inflate to
+//! exactly that length, and the decoded event count must match. Every failure
+//! is a `DecodeError`; no input panics (the decoders are fuzzed).
+
+use crate::event::WireBatch;
+
+pub const MAGIC: [u8; 4] = *b"SPR\0";
+pub const FORMAT_VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 16;
+const FLAG_LZ4: u8 = 1;
+
+/// The parsed, checked header of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub version: u8,
+    pub event_count: u32,
+    pub uncompressed_len: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("frame is {0} bytes, shorter than the {HEADER_LEN}-byte header")]
+    Incomplete(usize),
+    #[error("not a Spoor frame (bad magic)")]
+    BadMagic,
+    #[error("unsupported frame format version {0} (this build reads version {FORMAT_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("unknown frame flags {0:#04x}")]
+    UnknownFlags(u8),
+    #[error("frame declares {declared} uncompressed bytes, over the {max}-byte limit")]
+    TooLarge { declared: usize, max: usize },
+    #[error("LZ4 body is corrupt: {0}")]
+    Decompress(String),
+    #[error("LZ4 body inflated to {actual} bytes but the header declares {declared}")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("CBOR body is invalid: {0}")]
+    Cbor(String),
+    #[error("frame declares {declared} events but holds {actual}")]
+    CountMismatch { declared: u32, actual: usize },
+}
+
+impl DecodeError {
+    /// A short stable label for metrics and dead-letter headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Incomplete(_) => "incomplete",
+            DecodeError::BadMagic => "bad_magic",
+            DecodeError::UnsupportedVersion(_) => "unsupported_version",
+            DecodeError::UnknownFlags(_) => "unknown_flags",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Decompress(_) => "decompress",
+            DecodeError::LengthMismatch { .. } => "length_mismatch",
+            DecodeError::Cbor(_) => "cbor",
+            DecodeError::CountMismatch { .. } => "count_mismatch",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("batch encodes to {0} bytes, more than a frame can declare")]
+    TooLarge(usize),
+    #[error("CBOR encoding failed: {0}")]
+    Cbor(String),
+}
+
+/// Encodes a batch into one frame.
+pub fn encode_batch(batch: &WireBatch) -> Result<Vec<u8>, EncodeError> {
+    let mut cbor = Vec::with_capacity(256 + batch.events.len() * 256);
+    ciborium::into_writer(batch, &mut cbor).map_err(|e| EncodeError::Cbor(e.to_string()))?;
+    let len = u32::try_from(cbor.len()).map_err(|_| EncodeError::TooLarge(cbor.len()))?;
+    let count =
+        u32::try_from(batch.events.len()).map_err(|_| EncodeError::TooLarge(batch.events.len()))?;
+    let body = lz4_flex::block::compress(&cbor);
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(FLAG_LZ4);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Checks a frame's header without touching its body.
+pub fn check_header(frame: &[u8], max_uncompressed: usize) -> Result<FrameHeader, DecodeError> {
+    if frame.len() < HEADER_LEN {
+        return Err(DecodeError::Incomplete(frame.len()));
+    }
+    if frame[0..4] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = frame[4];
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let flags = frame[5];
+    if flags != FLAG_LZ4 {
+        return Err(DecodeError::UnknownFlags(flags));
+    }
+    let event_count = u32::from_le_bytes([frame[8], frame[9], frame[10], frame[11]]);
+    let uncompressed_len = u32::from_le_bytes([frame[12], frame[13], frame[14], frame[15]]);
+    if uncompressed_len as usize > max_uncompressed {
+        return Err(DecodeError::TooLarge { declared: uncompressed_len as usize, max: max_uncompressed });
+    }
+    Ok(FrameHeader { version, event_count, uncompressed_len })
+}
+
+/// Decodes one frame, inflating at most `max_uncompressed` bytes.
+pub fn decode_batch(frame: &[u8], max_uncompressed: usize) -> Result<WireBatch, DecodeError> {
+    let header = check_header(frame, max_uncompressed)?;
+    let declared = header.uncompressed_len as usize;
+    let cbor = lz4_flex::block::decompress(&frame[HEADER_LEN..], declared)
+        .map_err(|e| DecodeError::Decompress(e.to_string()))?;
+    if cbor.len() != declared {
+        return Err(DecodeError::LengthMismatch { declared, actual: cbor.len() });
+    }
+    let batch: WireBatch =
+        ciborium::from_reader(cbor.as_slice()).map_err(|e| DecodeError::Cbor(e.to_string()))?;
+    if batch.events.len() != header.event_count as usize {
+        return Err(DecodeError::CountMismatch {
+            declared: header.event_count,
+            actual: batch.events.len(),
+        });
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+use super::*;
+use crate::enrich::{Device, Geo};
+use crate::event::{Context, Event, WireBatch};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+const MAX: usize = 8 * 1024 * 1024;
+
+fn sample(n: usize) -> WireBatch {
+    WireBatch {
+        batch_id: "b1".into(),
+        project_id: "shop".into(),
+        region: "eu".into(),
+        received_at_ms: 1_700_000_000_000,
+        sent_at_ms: Some(1_700_000_000_100),
+        geo: Geo { country: "DE".into(), asn: 3320, ..Geo::default() },
+        device: Device { browser: "Firefox".into(), device_type: "desktop".into(), ..Device::default() },
+        ip_prefix: "203.0.113.0".into(),
+        events: (0..n)
+            .map(|i| Event {
+                event_id: Uuid::from_u128(i as u128 + 1),
+                event_id_derived: i % 2 == 0,
+                event: "page_view".into(),
+                user_id: String::new(),
+                anonymous_id: format!("dev-{i}"),
+                session_id: "s".into(),
+                client_ts_ms: Some(1_700_000_000_000 - i as i64),
+                ts_ms: 1_700_000_000_000,
+                properties: r#"{"path":"/"}"#.into(),
+                context: Context { page_url: "https://x.test/".into(), screen_width: 1920, ..Context::default() },
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn round_trip() {
+    for n in [0, 1, 3, 500] {
+        let b = sample(n);
+        let frame = encode_batch(&b).unwrap();
+        assert_eq!(decode_batch(&frame, MAX).unwrap(), b);
+    }
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let frame = encode_batch(&sample(5)).unwrap();
+    for cut in 0..frame.len() {
+        let err = decode_batch(&frame[..cut], MAX).unwrap_err();
+        if cut < HEADER_LEN {
+            assert_eq!(err, DecodeError::Incomplete(cut));
+        }
+    }
+}
+
+#[test]
+fn header_is_not_trusted() {
+    let frame = encode_batch(&sample(3)).unwrap();
+    let table: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        ("magic", Box::new(|f| f[0] = b'X'), "bad_magic"),
+        ("version", Box::new(|f| f[4] = 9), "unsupported_version"),
+        ("flags", Box::new(|f| f[5] = 3), "unknown_flags"),
+        ("count", Box::new(|f| f[8] = 4), "count_mismatch"),
+        ("len too big", Box::new(|f| f[12..16].copy_from_slice(&u32::MAX.to_le_bytes())), "too_large"),
+        ("len too small", Box::new(|f| { let l = u32::from_le_bytes([f[12], f[13], f[14], f[15]]) - 1; f[12..16].copy_from_slice(&l.to_le_bytes()) }), "decompress"),
+        ("len larger", Box::new(|f| { let l = u32::from_le_bytes([f[12], f[13], f[14], f[15]]) + 7; f[12..16].copy_from_slice(&l.to_le_bytes()) }), "length_mismatch"),
+    ];
+    for (name, mutate, kind) in table {
+        let mut f = frame.clone();
+        mutate(&mut f);
+        let err = decode_batch(&f, MAX).unwrap_err();
+        assert_eq!(err.kind(), kind, "{name}: {err}");
+    }
+}
+
+#[test]
+fn limit_is_checked_before_inflating() {
+    let frame = encode_batch(&sample(50)).unwrap();
+    let h = check_header(&frame, MAX).unwrap();
+    let err = decode_batch(&frame, h.uncompressed_len as usize - 1).unwrap_err();
+    assert_eq!(err.kind(), "too_large");
+}
+
+#[test]
+fn valid_lz4_of_garbage_cbor_is_an_error() {
+    let garbage = b"\xff\xff\xff not cbor";
+    let body = lz4_flex::block::compress(garbage);
+    let mut f = Vec::new();
+    f.extend_from_slice(&MAGIC);
+    f.extend_from_slice(&[FORMAT_VERSION, 1, 0, 0]);
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&(garbage.len() as u32).to_le_bytes());
+    f.extend_from_slice(&body);
+    assert_eq!(decode_batch(&f, MAX).unwrap_err().kind(), "cbor");
+}
+
+fn arb_string() -> impl Strategy<Value = String> {
+    prop_oneof![Just(String::new()), "[a-z0-9_]{1,12}", any::<String>()]
+}
+
+prop_compose! {
+    fn arb_event()(id in any::<u128>(), derived in any::<bool>(), name in "[a-z_]{1,20}",
+                   user in arb_string(), anon in arb_string(), session in arb_string(),
+                   cts in proptest::option::of(any::<i64>()), ts in any::<i64>(),
+                   url in arb_string(), w in any::<u32>()) -> Event {
+        Event {
+            event_id: Uuid::from_u128(id), event_id_derived: derived, event: name,
+            user_id: user, anonymous_id: anon, session_id: session,
+            client_ts_ms: cts, ts_ms: ts, properties: "{}".into(),
+            context: Context { page_url: url, screen_width: w, ..Context::default() },
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn round_trip_any(events in proptest::collection::vec(arb_event(), 0..40), project in arb_string(),
+                      recv in any::<i64>(), sent in proptest::option::of(any::<i64>()), asn in any::<u32>()) {
+        let b = WireBatch {
+            batch_id: "x".into(), project_id: project, region: "r".into(),
+            received_at_ms: recv, sent_at_ms: sent,
+            geo: Geo { asn, ..Geo::default() }, device: Device::default(),
+            ip_prefix: String::new(), events,
+        };
+        let frame = encode_batch(&b).unwrap();
+        prop_assert_eq!(decode_batch(&frame, MAX).unwrap(), b);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_batch(&bytes, MAX);
+    }
+
+    #[test]
+    fn flipped_bytes_never_panic(pos in any::<prop::sample::Index>(), val in any::<u8>()) {
+        let mut frame = encode_batch(&sample(4)).unwrap();
+        let i = pos.index(frame.len());
+        frame[i] = val;
+        let _ = decode_batch(&frame, MAX);
+    }
+}

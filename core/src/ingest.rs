@@ -1,0 +1,529 @@
+//! The ingest path, as one pure function: from an HTTP request's body and
+//! metadata to per-event receipts and the encoded frames to publish.
+//!
+//! `ingest` decides everything the edge answers: whole-request failures
+//! (`RequestError`, with their HTTP status) and, for a valid request, which
+//! events are accepted and why the others were rejected. A bad event never
+//! costs the good events of the same batch. This module does no I/O and reads
+//! no clock: the edge passes the time, geo data and limits in.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::codec::encode_batch;
+use crate::enrich::{truncate_ip, truncate_utf8, Device, Geo};
+use crate::event::{Context, Event, WireBatch};
+use crate::limits::Limits;
+use crate::route;
+use crate::timestamp::{corrected_time, parse_json_timestamp};
+use crate::validate::{self, Invalid};
+
+/// Which endpoint received the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/batch`: `{"sent_at": ..., "batch": [event, ...]}`.
+    Batch,
+    /// `POST /v1/track`: one event object, optionally with its own `sent_at`.
+    Track,
+}
+
+/// What the edge knows about a request besides its body.
+#[derive(Debug, Clone)]
+pub struct RequestMeta<'a> {
+    pub project_id: &'a str,
+    pub region: &'a str,
+    pub partitions: u32,
+    pub received_at_ms: i64,
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+    pub user_agent: &'a str,
+    pub ip: &'a str,
+    pub geo: Geo,
+}
+
+/// A whole-request failure. Nothing of such a request is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("Content-Type {0:?} is not supported; send application/json (or text/plain from sendBeacon)")]
+    UnsupportedMediaType(String),
+    #[error("Content-Encoding {0:?} is not supported; send gzip or no encoding")]
+    UnsupportedEncoding(String),
+    #[error("{what} exceeds the limit of {limit}")]
+    TooLarge { what: String, limit: usize },
+    #[error("gzip body could not be decompressed: {0}")]
+    InvalidGzip(String),
+    #[error("invalid JSON at line {line}, column {column}: {message}")]
+    InvalidJson { line: usize, column: usize, message: String },
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RequestError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::UnsupportedMediaType(_) | RequestError::UnsupportedEncoding(_) => 415,
+            RequestError::TooLarge { .. } => 413,
+            RequestError::InvalidGzip(_)
+            | RequestError::InvalidJson { .. }
+            | RequestError::InvalidBody(_) => 400,
+            RequestError::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            RequestError::UnsupportedEncoding(_) => "unsupported_encoding",
+            RequestError::TooLarge { .. } => "payload_too_large",
+            RequestError::InvalidGzip(_) => "invalid_gzip",
+            RequestError::InvalidJson { .. } => "invalid_json",
+            RequestError::InvalidBody(_) => "invalid_body",
+            RequestError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The JSON body of every error response: `{"error": code, "message": text}`.
+pub fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({ "error": code, "message": message }).to_string()
+}
+
+/// The per-request answer the client gets with a 202.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One rejected event: its index in the request, its id if it had a readable
+/// one, a stable reason code and a sentence saying what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub reason: String,
+    pub message: String,
+}
+
+/// One frame to publish.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub subject: String,
+    /// `Nats-Msg-Id`; equal to the frame's `batch_id`.
+    pub msg_id: String,
+    pub frame: Vec<u8>,
+    pub events: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    pub receipt: Receipt,
+    pub messages: Vec<Outbound>,
+}
+
+/// Validates and enriches a request and encodes its accepted events, one
+/// frame per partition.
+pub fn ingest(
+    endpoint: Endpoint,
+    body: &[u8],
+    meta: &RequestMeta<'_>,
+    limits: &Limits,
+) -> Result<Ingested, RequestError> {
+    check_content_type(meta.content_type)?;
+    let body = decode_body(meta.content_encoding, body, limits)?;
+    let (sent_at_raw, events) = parse_envelope(endpoint, &body, limits)?;
+
+    let mut receipt = Receipt::default();
+    let sent_at_ms = match sent_at_raw {
+        None => None,
+        Some(raw) => match parse_json_timestamp(raw) {
+            Ok(ms) => Some(ms),
+            Err(e) => {
+                receipt.warnings.push(format!("sent_at ignored, no clock-skew correction: {e}"));
+                None
+            }
+        },
+    };
+
+    let mut by_partition: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
+    for (index, raw) in events.iter().enumerate() {
+        match parse_event(raw, meta, sent_at_ms, limits) {
+            Ok(ev) => {
+                let p = route::partition_of(ev.device_key(), meta.partitions);
+                by_partition.entry(p).or_default().push(ev);
+                receipt.accepted += 1;
+            }
+            Err(inv) => receipt.rejected.push(Rejection {
+                index,
+                event_id: probe_event_id(raw),
+                reason: inv.reason.to_string(),
+                message: inv.message,
+            }),
+        }
+    }
+
+    let device = Device::from_user_agent(meta.user_agent);
+    let ip_prefix = truncate_ip(meta.ip);
+    let mut messages = Vec::with_capacity(by_partition.len());
+    for (partition, events) in by_partition {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let batch_id = route::batch_id(meta.project_id, partition, &ids);
+        let batch = WireBatch {
+            batch_id: batch_id.clone(),
+            project_id: meta.project_id.to_string(),
+            region: meta.region.to_string(),
+            received_at_ms: meta.received_at_ms,
+            sent_at_ms,
+            geo: meta.geo.clone(),
+            device: device.clone(),
+            ip_prefix: ip_prefix.clone(),
+            events,
+        };
+        let frame = encode_batch(&batch).map_err(|e| RequestError::Internal(e.to_string()))?;
+        messages.push(Outbound {
+            subject: route::subject(meta.region, partition),
+            msg_id: batch_id,
+            frame,
+            events: batch.events.len(),
+        });
+    }
+    Ok(Ingested { receipt, messages })
+}
+
+fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {
+    let ct = ct.unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" | "text/plain" => Ok(()),
+        _ => Err(RequestError::UnsupportedMediaType(ct.to_string())),
+    }
+}
+
+/// Undoes `Content-Encoding`, enforcing the body limit on the decompressed size
+/// without ever inflating more than one byte past it.
+fn decode_body<'b>(
+    encoding: Option<&str>,
+    body: &'b [u8],
+    limits: &Limits,
+) -> Result<Cow<'b, [u8]>, RequestError> {
+    let too_large = || RequestError::TooLarge {
+        what: "request body (after decompression)".into(),
+        limit: limits.max_body_bytes,
+    };
+    let enc = encoding.unwrap_or("").trim().to_ascii_lowercase();
+    match enc.as_str() {
+        "" | "identity" => {
+            if body.len() > limits.max_body_bytes {
+                return Err(too_large());
+            }
+            Ok(Cow::Borrowed(body))
+        }
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limits.max_body_bytes));
+            flate2::read::MultiGzDecoder::new(body)
+                .take(limits.max_body_bytes as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| RequestError::InvalidGzip(e.to_string()))?;
+            if out.len() > limits.max_body_bytes {
+                return Err(too_large());
+            }
+            Ok(Cow::Owned(out))
+        }
+        _ => Err(RequestError::UnsupportedEncoding(enc)),
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchEnvelope<'a> {
+    #[serde(borrow, default)]
+    sent_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    batch: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct TrackEnvelope<'a> {
+    #[serde(borrow, default)]
+    sent_at: Option<&'a RawValue>,
+}
+
+type Envelope<'a> = (Option<&'a RawValue>, Vec<&'a RawValue>);
+
+fn json_error(e: serde_json::Error) -> RequestError {
+    RequestError::InvalidJson { line: e.line(), column: e.column(), message: e.to_string() }
+}
+
+fn parse_envelope<'a>(endpoint: Endpoint, body: &'a [u8], limits: &Limits) -> Result<Envelope<'a>, RequestError> {
+    let text = std::str::from_utf8(body).map_err(|e| RequestError::InvalidJson {
+        line: 0,
+        column: 0,
+        message: format!("body is not UTF-8 (first bad byte at offset {})", e.valid_up_to()),
+    })?;
+    match endpoint {
+        Endpoint::Batch => {
+            let trimmed = text.trim_start();
+            if !trimmed.starts_with('{') {
+                // Catch the wrong shape before serde reports a type error.
+                serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(json_error)?;
+                return Err(RequestError::InvalidBody(
+                    "a batch body is a JSON object: {\"sent_at\": ..., \"batch\": [events]}".into(),
+                ));
+            }
+            let env: BatchEnvelope<'a> = serde_json::from_str(text).map_err(|e| {
+                if e.is_data() {
+                    RequestError::InvalidBody(format!("`batch` must be an array of events: {e}"))
+                } else {
+                    json_error(e)
+                }
+            })?;
+            let batch = env
+                .batch
+                .ok_or_else(|| RequestError::InvalidBody("missing `batch`: the array of events".into()))?;
+            if batch.len() > limits.max_batch_events {
+                return Err(RequestError::TooLarge {
+                    what: format!("batch of {} events", batch.len()),
+                    limit: limits.max_batch_events,
+                });
+            }
+            Ok((env.sent_at, batch))
+        }
+        Endpoint::Track => {
+            let raw: &'a RawValue = serde_json::from_str(text).map_err(json_error)?;
+            if !raw.get().trim_start().starts_with('{') {
+                return Err(RequestError::InvalidBody("a track body is one JSON event object".into()));
+            }
+            let env: TrackEnvelope<'a> = serde_json::from_str(raw.get()).unwrap_or(TrackEnvelope { sent_at: None });
+            Ok((env.sent_at, vec![raw]))
+        }
+    }
+}
+
+/// A string or a number (ids are sometimes numeric in SDKs); numbers keep
+/// their JSON text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdValue<'a> {
+    Str(#[serde(borrow)] Cow<'a, str>),
+    Num(serde_json::Number),
+}
+
+impl IdValue<'_> {
+    fn into_string(self) -> String {
+        match self {
+            IdValue::Str(s) => s.into_owned(),
+            IdValue::Num(n) => n.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user_id: Option<IdValue<'a>>,
+    #[serde(borrow, default)]
+    anonymous_id: Option<IdValue<'a>>,
+    #[serde(borrow, default)]
+    session_id: Option<IdValue<'a>>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context: Option<RawContext<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawContext<'a> {
+    #[serde(borrow)]
+    page: Option<RawPage<'a>>,
+    #[serde(borrow)]
+    app: Option<RawNamed<'a>>,
+    #[serde(borrow)]
+    library: Option<RawNamed<'a>>,
+    #[serde(borrow)]
+    locale: Option<Cow<'a, str>>,
+    screen: Option<RawScreen>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPage<'a> {
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    path: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    referrer: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    title: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNamed<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    version: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawScreen {
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+fn parse_event(
+    raw: &RawValue,
+    meta: &RequestMeta<'_>,
+    sent_at_ms: Option<i64>,
+    limits: &Limits,
+) -> Result<Event, Invalid> {
+    let text = raw.get();
+    if text.len() > limits.max_event_bytes {
+        return Err(Invalid::new(
+            "event_too_large",
+            format!("event is {} bytes; the limit is {}", text.len(), limits.max_event_bytes),
+        ));
+    }
+    if !text.trim_start().starts_with('{') {
+        return Err(Invalid::new("invalid_event", "each event must be a JSON object"));
+    }
+    let ev: RawEvent<'_> = serde_json::from_str(text)
+        .map_err(|e| Invalid::new("invalid_event", format!("event does not match the schema: {e}")))?;
+
+    let name = ev.event.unwrap_or_default();
+    validate::check_event_name(&name, limits)?;
+
+    let (event_id, event_id_derived) = match ev.event_id.as_deref() {
+        Some(s) => match Uuid::try_parse(s) {
+            Ok(id) => (id, false),
+            Err(_) => {
+                return Err(Invalid::new(
+                    "invalid_event_id",
+                    format!("`event_id` {:?} is not a UUID", truncated(s, 64)),
+                ))
+            }
+        },
+        None => (route::derived_event_id(meta.project_id, text.as_bytes()), true),
+    };
+
+    let user_id = ev.user_id.map(IdValue::into_string).unwrap_or_default();
+    let anonymous_id = ev.anonymous_id.map(IdValue::into_string).unwrap_or_default();
+    let session_id = ev.session_id.map(IdValue::into_string).unwrap_or_default();
+    if user_id.is_empty() && anonymous_id.is_empty() {
+        return Err(Invalid::new(
+            "missing_identity",
+            "an event needs a non-empty `user_id` or `anonymous_id` (or both)",
+        ));
+    }
+    validate::check_id("user_id", &user_id, limits)?;
+    validate::check_id("anonymous_id", &anonymous_id, limits)?;
+    validate::check_id("session_id", &session_id, limits)?;
+
+    let client_ts_ms = match ev.timestamp {
+        None => None,
+        Some(raw) => Some(
+            parse_json_timestamp(raw)
+                .map_err(|e| Invalid::new("invalid_timestamp", format!("`timestamp` {e}")))?,
+        ),
+    };
+    let ts_ms = corrected_time(client_ts_ms, sent_at_ms, meta.received_at_ms);
+    let now = meta.received_at_ms;
+    if ts_ms > now.saturating_add(limits.max_future_ms) || ts_ms < now.saturating_sub(limits.max_past_ms) {
+        return Err(Invalid::new(
+            "timestamp_out_of_range",
+            format!(
+                "event time {} (after clock-skew correction) is outside the accepted window of {} h in the past to {} h in the future",
+                crate::timestamp::format_rfc3339_ms(ts_ms),
+                limits.max_past_ms / 3_600_000,
+                limits.max_future_ms / 3_600_000
+            ),
+        ));
+    }
+
+    let properties = match ev.properties {
+        None => "{}".to_string(),
+        Some(raw) if raw.get() == "null" => "{}".to_string(),
+        Some(raw) => validate::check_properties(raw.get(), limits)?,
+    };
+
+    let context = build_context(ev.context.unwrap_or_default(), limits)?;
+    Ok(Event {
+        event_id,
+        event_id_derived,
+        event: name.into_owned(),
+        user_id,
+        anonymous_id,
+        session_id,
+        client_ts_ms,
+        ts_ms,
+        properties,
+        context,
+    })
+}
+
+fn build_context(raw: RawContext<'_>, limits: &Limits) -> Result<Context, Invalid> {
+    let page = raw.page.unwrap_or_default();
+    let app = raw.app.unwrap_or_default();
+    let lib = raw.library.unwrap_or_default();
+    let screen = raw.screen.unwrap_or_default();
+    let take = |field: &str, v: Option<Cow<'_, str>>| -> Result<String, Invalid> {
+        let s = v.map(Cow::into_owned).unwrap_or_default();
+        validate::check_string(field, &s, limits)?;
+        Ok(s)
+    };
+    Ok(Context {
+        page_url: take("context.page.url", page.url)?,
+        page_path: take("context.page.path", page.path)?,
+        page_referrer: take("context.page.referrer", page.referrer)?,
+        page_title: take("context.page.title", page.title)?,
+        app_name: take("context.app.name", app.name)?,
+        app_version: take("context.app.version", app.version)?,
+        library_name: take("context.library.name", lib.name)?,
+        library_version: take("context.library.version", lib.version)?,
+        locale: take("context.locale", raw.locale)?,
+        screen_width: screen.width.unwrap_or(0),
+        screen_height: screen.height.unwrap_or(0),
+    })
+}
+
+/// The `event_id` of an event that failed validation, when one can be read,
+/// so the client can match the rejection to its own record.
+fn probe_event_id(raw: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        event_id: Option<&'a RawValue>,
+    }
+    let p: Probe<'_> = serde_json::from_str(raw.get()).ok()?;
+    let s: String = serde_json::from_str(p.event_id?.get()).ok()?;
+    let mut s = s;
+    truncate_utf8(&mut s, 64);
+    Some(s)
+}
+
+fn truncated(s: &str, max: usize) -> String {
+    let mut s = s.to_string();
+    truncate_utf8(&mut s, max);
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,24 @@
+//! Spoor's platform-neutral core: the event model, validation, enrichment
+//! rules, routing and the wire codec shared by the edge (wasm32) and the
+//! relay (native).
+//!
+//! Everything here is a pure function of its arguments. This crate must never
+//! do I/O, read a clock, draw randomness or start a runtime: the caller passes
+//! `received_at_ms`, the request's geo data and its limits in. That is what
+//! lets the same code run inside workerd and inside tokio, and be fuzzed.
+
+pub mod auth;
+pub mod codec;
+pub mod enrich;
+pub mod event;
+pub mod ingest;
+pub mod limits;
+pub mod route;
+pub mod timestamp;
+mod validate;
+
+pub use codec::{decode_batch, encode_batch, DecodeError, FrameHeader};
+pub use enrich::{Device, Geo};
+pub use event::{Context, Event, WireBatch};
+pub use ingest::{ingest, Endpoint, Ingested, Receipt, Rejection, RequestError, RequestMeta};
+pub use limits::Limits;
