@@ -1,0 +1,264 @@
+//! A real nats-server for tests: started from the repository's own
+//! `deploy/nats/nats-server.conf` on free ports with JetStream state in a
+//! temporary directory, stoppable and restartable on the same port and store
+//! (for outage tests), and killed on drop.
+//!
+//! It must never touch the test process's environment (tests run in
+//! parallel; the config's `$SPOOR_NATS_*` variables go to the child only),
+//! never skip when the binary is missing (the error names the set-up
+//! command), and never leave a server running after its handle is dropped.
+
+use crate::tools::{free_port, port_open, spawn_tied, stop_child, tail, workspace_root, Tool};
+use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::Signal;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a (re)start may take before it counts as failed. JetStream with
+/// `sync_interval: always` starts in well under a second; a loaded 2-core CI
+/// box gets generous slack.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `stop` waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Lines of the server's log quoted in start-up errors.
+const LOG_TAIL: usize = 40;
+
+/// A running (or deliberately stopped) nats-server. Methods take `&self` so
+/// one handle can be shared (e.g. in an `Arc`) by a test that stops the
+/// server while clients run.
+pub struct NatsServer {
+    child: Mutex<Option<Child>>,
+    binary: PathBuf,
+    extra_args: Vec<String>,
+    port: u16,
+    monitor_port: u16,
+    // Declared last so it is removed after Drop has killed the server.
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server with the repository's config.
+    pub fn start() -> Result<NatsServer> {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a server with extra command-line flags, which override the
+    /// config file, e.g. `["--auth", "s3cret"]` for a server that requires a
+    /// token. Restarts keep them.
+    pub fn start_with_args(args: &[&str]) -> Result<NatsServer> {
+        let binary = Tool::NatsServer.path()?;
+        let dir = tempfile::Builder::new()
+            .prefix("spoor-nats-")
+            .tempdir()
+            .context("creating nats-server's temporary directory")?;
+        let mut server = NatsServer {
+            child: Mutex::new(None),
+            binary,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            port: 0,
+            monitor_port: 0,
+            dir,
+        };
+        std::fs::create_dir_all(server.store_dir()).context("creating the JetStream store dir")?;
+        // free_port() only says the port was free a moment ago; another test
+        // may bind it first. One retry on fresh ports covers that race.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            server.port = free_port()?;
+            server.monitor_port = loop {
+                let p = free_port()?;
+                if p != server.port {
+                    break p;
+                }
+            };
+            match server.spawn(attempt == 1) {
+                Ok(()) => return Ok(server),
+                Err(e) if attempt == 1 && server.lost_port_race() => {
+                    eprintln!("nats-server lost a port race, retrying on new ports: {e:#}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The HTTP monitoring port (`/healthz`, `/jsz`, `/connz`).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// JetStream's store directory; it survives `stop`/`kill`/`restart`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    /// The server's combined stdout/stderr, across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path(), lines)
+    }
+
+    /// True while the server process is alive.
+    pub fn is_running(&self) -> bool {
+        self.lock()
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops the server cleanly (SIGTERM; SIGKILL after 10 s) and reaps it.
+    /// The ports and the store stay reserved for `restart`. A no-op when
+    /// already stopped.
+    pub fn stop(&self) {
+        if let Some(mut child) = self.lock().take() {
+            stop_child(&mut child, STOP_GRACE, false);
+        }
+    }
+
+    /// Kills the server at once (SIGKILL), like a crash, and reaps it. With
+    /// `sync_interval: always` every acknowledged message survives this.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.lock().take() {
+            // kill fails only if the child already exited; wait reaps it
+            // either way so no zombie is left.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if it runs, then starts it again on the same ports
+    /// with the same store and flags, and waits until it is ready.
+    pub fn restart(&self) -> Result<()> {
+        self.stop();
+        // The port cannot change here (clients hold the URL), so on a bind
+        // failure (the port grabbed by someone else meanwhile) keep trying
+        // the same one for a while.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.spawn(false) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline && self.lost_port_race() => {
+                    eprintln!("nats-server restart could not bind yet, retrying: {e:#}");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn config_path() -> PathBuf {
+        workspace_root().join("deploy/nats/nats-server.conf")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Spawns the child and waits for readiness; on failure the child is
+    /// killed and the error carries the log tail.
+    fn spawn(&self, truncate_log: bool) -> Result<()> {
+        let log_path = self.log_path();
+        let mut log = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!truncate_log)
+            .truncate(truncate_log)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        writeln!(
+            log,
+            "--- spoor harness: starting nats-server on port {} ---",
+            self.port
+        )?;
+        let config = Self::config_path();
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-c")
+            .arg(&config)
+            .args(&self.extra_args)
+            .env("SPOOR_NATS_PORT", self.port.to_string())
+            .env("SPOOR_NATS_MONITOR_PORT", self.monitor_port.to_string())
+            .env("SPOOR_NATS_NAME", format!("spoor-test-{}", self.port))
+            .env("SPOOR_NATS_STORE_DIR", self.store_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        let child = spawn_tied(cmd, Signal::SIGKILL).with_context(|| {
+            format!("starting {} -c {}", self.binary.display(), config.display())
+        })?;
+        *self.lock() = Some(child);
+        if let Err(e) = self.wait_ready() {
+            self.kill();
+            bail!(
+                "nats-server did not start on port {}: {e:#}; last lines of {}:\n{}",
+                self.port,
+                log_path.display(),
+                self.log_tail(LOG_TAIL)
+            );
+        }
+        Ok(())
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.lock().as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("nats-server exited during start-up with {status}");
+                }
+            }
+            // /healthz answers 200 only once JetStream is up, but the
+            // monitor listener starts before the client one; check both.
+            if port_open(self.port) && healthz_ok(self.monitor_port) {
+                return Ok(());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                bail!("nats-server was not ready after {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn lost_port_race(&self) -> bool {
+        self.log_tail(LOG_TAIL).contains("address already in use")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // No grace: the store is deleted right after.
+        self.kill();
+    }
+}
+
+/// True when the monitoring endpoint answers `/healthz` with 200 (ureq
+/// turns any other status into an error).
+fn healthz_ok(monitor_port: u16) -> bool {
+    ureq::get(&format!("http://127.0.0.1:{monitor_port}/healthz"))
+        .timeout(Duration::from_secs(2))
+        .call()
+        .is_ok()
+}
