@@ -1,0 +1,169 @@
+//! The relay's buffer and its flush decision: rows waiting for the next
+//! ClickHouse insert, and the NATS messages to acknowledge once that insert
+//! succeeds.
+//!
+//! Pure: no I/O, no clock (callers pass `now_ms`). The invariant it exists to
+//! keep is that a message's ack token leaves the buffer only together with
+//! every row decoded from it, through [`Batcher::take`], which the caller
+//! invokes only after a successful insert. A failed insert leaves the buffer
+//! untouched, so the same rows are retried and nothing is acked early.
+
+/// When the buffer must be flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Flush once this many rows are buffered.
+    pub max_rows: usize,
+    /// Flush once the rows' estimated size reaches this many bytes.
+    pub max_bytes: usize,
+    /// Flush once this many messages await their ack, even if they carried
+    /// few rows (a run of all-duplicate frames must not pile up unacked).
+    pub max_messages: usize,
+    /// Flush once the oldest buffered message is this old.
+    pub flush_interval_ms: u64,
+}
+
+/// Why a flush is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    Rows,
+    Bytes,
+    Messages,
+    Age,
+    /// The relay is shutting down and drains what it holds.
+    Shutdown,
+}
+
+impl FlushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Rows => "rows",
+            FlushReason::Bytes => "bytes",
+            FlushReason::Messages => "messages",
+            FlushReason::Age => "age",
+            FlushReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Rows of type `R` plus ack tokens of type `A`, in arrival order.
+#[derive(Debug)]
+pub struct Batcher<R, A> {
+    limits: BatchLimits,
+    rows: Vec<R>,
+    acks: Vec<A>,
+    bytes: usize,
+    /// When the oldest message still held entered the buffer.
+    oldest_ms: Option<u64>,
+}
+
+/// What a successful insert releases: the ack tokens to acknowledge.
+#[derive(Debug)]
+pub struct Drained<A> {
+    pub rows: usize,
+    pub bytes: usize,
+    pub acks: Vec<A>,
+}
+
+impl<R, A> Batcher<R, A> {
+    pub fn new(limits: BatchLimits) -> Self {
+        Batcher {
+            limits,
+            rows: Vec::new(),
+            acks: Vec::new(),
+            bytes: 0,
+            oldest_ms: None,
+        }
+    }
+
+    pub fn limits(&self) -> &BatchLimits {
+        &self.limits
+    }
+
+    /// Adds one message's rows (each with its estimated size in bytes) and the
+    /// token that acknowledges the message. A message may carry no rows (all
+    /// its events were duplicates); its ack still waits for the next insert,
+    /// so a duplicate is never acked before the copy it duplicates is stored.
+    pub fn push(&mut self, rows: impl IntoIterator<Item = (R, usize)>, ack: A, now_ms: u64) {
+        for (row, size) in rows {
+            self.rows.push(row);
+            self.bytes = self.bytes.saturating_add(size);
+        }
+        self.acks.push(ack);
+        self.oldest_ms.get_or_insert(now_ms);
+    }
+
+    /// The reason to flush now, if any. Size bounds win over age so the
+    /// reported reason says which limit the traffic is hitting.
+    pub fn flush_reason(&self, now_ms: u64) -> Option<FlushReason> {
+        if self.acks.is_empty() {
+            return None;
+        }
+        if self.rows.len() >= self.limits.max_rows {
+            return Some(FlushReason::Rows);
+        }
+        if self.bytes >= self.limits.max_bytes {
+            return Some(FlushReason::Bytes);
+        }
+        if self.acks.len() >= self.limits.max_messages {
+            return Some(FlushReason::Messages);
+        }
+        match self.flush_deadline_ms() {
+            Some(deadline) if now_ms >= deadline => Some(FlushReason::Age),
+            _ => None,
+        }
+    }
+
+    /// When the age bound will force a flush, if anything is buffered.
+    pub fn flush_deadline_ms(&self) -> Option<u64> {
+        self.oldest_ms
+            .map(|t| t.saturating_add(self.limits.flush_interval_ms))
+    }
+
+    /// The buffered rows, for the insert. Borrowed, not moved: on failure
+    /// they must still be here for the retry.
+    pub fn rows(&self) -> &[R] {
+        &self.rows
+    }
+
+    /// Empties the buffer after the insert of [`Batcher::rows`] succeeded and
+    /// hands back the ack tokens it released.
+    pub fn take(&mut self) -> Drained<A> {
+        let drained = Drained {
+            rows: self.rows.len(),
+            bytes: self.bytes,
+            acks: std::mem::take(&mut self.acks),
+        };
+        self.rows.clear();
+        // Give back a buffer that grew for a burst rather than pin it forever.
+        if self.rows.capacity() > self.limits.max_rows.saturating_mul(2) {
+            self.rows.shrink_to(self.limits.max_rows);
+        }
+        self.bytes = 0;
+        self.oldest_ms = None;
+        drained
+    }
+
+    /// Ack tokens held (messages awaiting the next insert).
+    pub fn acks(&self) -> &[A] {
+        &self.acks
+    }
+
+    pub fn row_count(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.acks.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;

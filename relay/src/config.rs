@@ -1,0 +1,233 @@
+//! The relay's configuration: the plain `RelayConfig` that [`crate::run`]
+//! takes, and the clap arguments (flags with `SPOOR_*` environment
+//! fallbacks) that `main.rs` turns into it.
+//!
+//! Nothing here reads the environment or the clock by itself; clap does the
+//! reading in `main`, and tests build a `RelayConfig` directly.
+
+use std::time::Duration;
+
+use crate::batcher::BatchLimits;
+
+/// Everything the relay needs besides its listener and shutdown signal.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub nats_url: String,
+    pub clickhouse: ClickHouseConfig,
+    /// JetStream stream to consume. The embedded stream definition is applied
+    /// under this name.
+    pub stream: String,
+    /// Durable consumer name; relays sharing it share the work.
+    pub consumer: String,
+    pub batch: BatchLimits,
+    /// How long an `event_id` is remembered for dedup.
+    pub dedup_window: Duration,
+    /// Most ids the dedup window holds (see `dedup::DedupWindow` for memory).
+    pub dedup_max_ids: usize,
+    /// Most messages one pull request asks for. With JetStream's 2 MiB
+    /// message limit this bounds one fetch's frames to `fetch_max_messages`
+    /// × 2 MiB in the worst case.
+    pub fetch_max_messages: usize,
+    /// How long JetStream waits for an ack before redelivering. While an
+    /// insert is being retried, the relay extends it with progress acks.
+    pub ack_wait: Duration,
+    /// On shutdown, how long the relay keeps retrying the final insert
+    /// before it gives up and leaves the rest unacked for redelivery.
+    pub drain_timeout: Duration,
+    /// How often consumer info is polled for the lag gauge.
+    pub lag_poll_interval: Duration,
+    /// Largest uncompressed frame the decoder will inflate.
+    pub max_frame_bytes: usize,
+    /// Longest wait between insert retries.
+    pub max_retry_backoff: Duration,
+}
+
+/// Where and as whom the relay writes.
+#[derive(Debug, Clone)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl RelayConfig {
+    /// A config with the documented defaults for everything but the endpoints.
+    pub fn new(nats_url: impl Into<String>, clickhouse: ClickHouseConfig) -> Self {
+        RelayConfig {
+            nats_url: nats_url.into(),
+            clickhouse,
+            stream: DEFAULT_STREAM.to_string(),
+            consumer: DEFAULT_CONSUMER.to_string(),
+            batch: BatchLimits {
+                max_rows: 50_000,
+                max_bytes: 32 * 1024 * 1024,
+                max_messages: 50_000,
+                flush_interval_ms: 1_000,
+            },
+            dedup_window: Duration::from_secs(600),
+            dedup_max_ids: 2_000_000,
+            fetch_max_messages: 128,
+            ack_wait: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            lag_poll_interval: Duration::from_secs(5),
+            max_frame_bytes: spoor_core::Limits::default().max_frame_bytes,
+            max_retry_backoff: Duration::from_secs(5),
+        }
+    }
+
+    /// The consumer's `max_ack_pending`: everything the buffer may hold plus
+    /// one fetch in flight. JetStream stops delivering at this bound, which
+    /// is the second half of the relay's memory bound.
+    pub fn max_ack_pending(&self) -> i64 {
+        let buffered = self.batch.max_messages.min(self.batch.max_rows.max(1));
+        i64::try_from(buffered.saturating_add(self.fetch_max_messages)).unwrap_or(i64::MAX)
+    }
+}
+
+pub const DEFAULT_STREAM: &str = "SPOOR_EVENTS";
+pub const DEFAULT_CONSUMER: &str = "spoor-relay";
+
+/// Where to find NATS and ClickHouse; shared by `run` and `migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// NATS server URL.
+    #[arg(long, env = "SPOOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// ClickHouse HTTP URL.
+    #[arg(
+        long,
+        env = "SPOOR_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    pub clickhouse_url: String,
+    /// ClickHouse database (created if missing).
+    #[arg(long, env = "SPOOR_CLICKHOUSE_DB", default_value = "spoor")]
+    pub clickhouse_db: String,
+    #[arg(long, env = "SPOOR_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+    #[arg(long, env = "SPOOR_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+    /// JetStream stream name.
+    #[arg(long, env = "SPOOR_STREAM", default_value = DEFAULT_STREAM)]
+    pub stream: String,
+}
+
+/// Flags of `spoor-relay run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Address for /healthz and /metrics.
+    #[arg(long, env = "SPOOR_RELAY_LISTEN", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Durable consumer name.
+    #[arg(long, env = "SPOOR_CONSUMER", default_value = DEFAULT_CONSUMER)]
+    pub consumer: String,
+    /// Flush when this many rows are buffered.
+    #[arg(long, env = "SPOOR_BATCH_MAX_ROWS", default_value_t = 50_000)]
+    pub batch_max_rows: usize,
+    /// Flush when buffered rows reach this size (e.g. 32MiB, 500KB, 1048576).
+    #[arg(long, env = "SPOOR_BATCH_MAX_BYTES", default_value = "32MiB", value_parser = parse_byte_size)]
+    pub batch_max_bytes: usize,
+    /// Flush when the oldest buffered message is this old.
+    #[arg(long, env = "SPOOR_FLUSH_INTERVAL_MS", default_value_t = 1_000)]
+    pub flush_interval_ms: u64,
+    /// How long an event_id is remembered for dedup.
+    #[arg(long, env = "SPOOR_DEDUP_WINDOW_SECS", default_value_t = 600)]
+    pub dedup_window_secs: u64,
+    /// Most event ids remembered for dedup (about 45–85 bytes each).
+    #[arg(long, env = "SPOOR_DEDUP_MAX_IDS", default_value_t = 2_000_000)]
+    pub dedup_max_ids: usize,
+    /// On shutdown, how long to keep retrying the final insert.
+    #[arg(long, env = "SPOOR_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+}
+
+impl ConnectionArgs {
+    pub fn clickhouse(&self) -> ClickHouseConfig {
+        ClickHouseConfig {
+            url: self.clickhouse_url.clone(),
+            database: self.clickhouse_db.clone(),
+            user: self.clickhouse_user.clone(),
+            password: self.clickhouse_password.clone(),
+        }
+    }
+
+    /// A config for `migrate`, which only uses the endpoints and the stream name.
+    pub fn into_config(self) -> RelayConfig {
+        let mut config = RelayConfig::new(self.nats_url.clone(), self.clickhouse());
+        config.stream = self.stream;
+        config
+    }
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> RelayConfig {
+        let mut config = self.connection.into_config();
+        config.consumer = self.consumer;
+        config.batch.max_rows = self.batch_max_rows.max(1);
+        config.batch.max_bytes = self.batch_max_bytes.max(1);
+        // A run of all-duplicate frames adds acks but no rows; cap the acks at
+        // the row bound so max_ack_pending stays tied to the buffer bound.
+        config.batch.max_messages = config.batch.max_rows;
+        config.batch.flush_interval_ms = self.flush_interval_ms;
+        config.dedup_window = Duration::from_secs(self.dedup_window_secs);
+        config.dedup_max_ids = self.dedup_max_ids;
+        config.drain_timeout = Duration::from_secs(self.drain_timeout_secs);
+        config
+    }
+}
+
+/// Parses `1048576`, `512KB`, `32MiB`, `1GiB`, `2 mb` (decimal or binary
+/// units, case-insensitive).
+pub fn parse_byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte size like 32MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown byte unit `{other}` in `{s}` (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_byte_size;
+
+    #[test]
+    fn byte_sizes() {
+        let cases = [
+            ("1048576", Some(1_048_576)),
+            ("32MiB", Some(32 << 20)),
+            ("32mib", Some(32 << 20)),
+            ("500KB", Some(500_000)),
+            ("2 MB", Some(2_000_000)),
+            ("1GiB", Some(1 << 30)),
+            ("12B", Some(12)),
+            ("", None),
+            ("MiB", None),
+            ("3 parsecs", None),
+            ("-1", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(parse_byte_size(input).ok(), expected, "{input:?}");
+        }
+    }
+}

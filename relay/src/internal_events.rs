@@ -1,0 +1,235 @@
+//! Named things that happen inside the relay. Each event writes its tracing
+//! line and bumps its metrics in one `emit`, so a log line never exists
+//! without its count and the other way round (Vector's `internal_events`).
+//!
+//! Events carry only what they report; they must not make decisions or do
+//! I/O.
+
+use std::time::Duration;
+
+use crate::batcher::FlushReason;
+use crate::metrics::Metrics;
+
+/// Something worth logging and counting.
+pub trait InternalEvent {
+    fn emit(self, metrics: &Metrics);
+}
+
+/// A pull request returned messages.
+pub struct MessagesReceived {
+    pub count: usize,
+}
+
+impl InternalEvent for MessagesReceived {
+    fn emit(self, m: &Metrics) {
+        tracing::trace!(count = self.count, "messages received");
+        m.messages_received.inc_by(self.count as u64);
+    }
+}
+
+/// A frame decoded into a batch of `events` events.
+pub struct FrameDecoded<'a> {
+    pub batch_id: &'a str,
+    pub events: usize,
+}
+
+impl InternalEvent for FrameDecoded<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::trace!(
+            batch_id = self.batch_id,
+            events = self.events,
+            "frame decoded"
+        );
+        m.frames_decoded.inc();
+        m.events_received.inc_by(self.events as u64);
+    }
+}
+
+/// A frame could not be decoded and was taken off the stream.
+pub struct FrameDecodeFailed<'a> {
+    pub kind: &'static str,
+    pub error: &'a dyn std::error::Error,
+    pub subject: &'a str,
+    pub stream_sequence: Option<u64>,
+    pub bytes: usize,
+}
+
+impl InternalEvent for FrameDecodeFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = self.kind,
+            stage = "decode",
+            subject = self.subject,
+            stream_sequence = self.stream_sequence,
+            bytes = self.bytes,
+            error = %self.error,
+            "frame failed to decode; dropping it from the stream"
+        );
+        m.decode_errors.get_or_create(&[("kind", self.kind)]).inc();
+    }
+}
+
+/// Events dropped because their `event_id` was seen within the window.
+pub struct EventsDeduped<'a> {
+    pub batch_id: &'a str,
+    pub count: usize,
+}
+
+impl InternalEvent for EventsDeduped<'_> {
+    fn emit(self, m: &Metrics) {
+        if self.count > 0 {
+            tracing::debug!(
+                batch_id = self.batch_id,
+                count = self.count,
+                "duplicate events dropped"
+            );
+            m.events_deduped.inc_by(self.count as u64);
+        }
+    }
+}
+
+/// An insert succeeded.
+pub struct EventsInserted {
+    pub rows: usize,
+    pub bytes: usize,
+    pub latency: Duration,
+    pub reason: FlushReason,
+    pub attempts: u32,
+}
+
+impl InternalEvent for EventsInserted {
+    fn emit(self, m: &Metrics) {
+        tracing::debug!(
+            rows = self.rows,
+            bytes = self.bytes,
+            latency_ms = self.latency.as_millis() as u64,
+            reason = self.reason.as_str(),
+            attempts = self.attempts,
+            "rows inserted"
+        );
+        m.rows_inserted.inc_by(self.rows as u64);
+        m.insert_duration_seconds
+            .observe(self.latency.as_secs_f64());
+        m.insert_batch_rows.observe(self.rows as f64);
+    }
+}
+
+/// An insert attempt failed; the buffer is kept and retried.
+pub struct InsertFailed<'a> {
+    pub error: &'a dyn std::error::Error,
+    pub rows: usize,
+    pub attempt: u32,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for InsertFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = "insert_failed",
+            stage = "sink",
+            rows = self.rows,
+            attempt = self.attempt,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            error = %self.error,
+            "ClickHouse insert failed; keeping the buffer and retrying (fetching paused)"
+        );
+        m.insert_errors.inc();
+    }
+}
+
+/// Messages were acknowledged (their acks flushed to the server).
+pub struct MessagesAcked {
+    pub count: usize,
+}
+
+impl InternalEvent for MessagesAcked {
+    fn emit(self, m: &Metrics) {
+        tracing::trace!(count = self.count, "messages acked");
+        m.messages_acked.inc_by(self.count as u64);
+    }
+}
+
+/// Acks could not be sent or flushed; JetStream will redeliver those
+/// messages and dedup (or the table's ReplacingMergeTree) absorbs the copy.
+pub struct AckFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub count: usize,
+}
+
+impl InternalEvent for AckFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = "ack_failed",
+            stage = "ack",
+            count = self.count,
+            error = %self.error,
+            "acks not confirmed; the messages will be redelivered"
+        );
+        m.ack_errors.inc_by(self.count as u64);
+    }
+}
+
+/// A pull request failed.
+pub struct FetchFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for FetchFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(error_type = "fetch_failed", stage = "source", error = %self.error, "JetStream fetch failed");
+        m.fetch_errors.inc();
+    }
+}
+
+/// Consumer info was polled.
+pub struct ConsumerLagPolled {
+    pub pending: u64,
+    pub ack_pending: usize,
+}
+
+impl InternalEvent for ConsumerLagPolled {
+    fn emit(self, m: &Metrics) {
+        tracing::trace!(
+            pending = self.pending,
+            ack_pending = self.ack_pending,
+            "consumer info polled"
+        );
+        m.consumer_lag_messages
+            .set(i64::try_from(self.pending).unwrap_or(i64::MAX));
+        m.consumer_ack_pending_messages
+            .set(i64::try_from(self.ack_pending).unwrap_or(i64::MAX));
+    }
+}
+
+/// The buffer's size changed.
+pub struct BufferChanged {
+    pub rows: usize,
+    pub bytes: usize,
+    pub messages: usize,
+}
+
+impl InternalEvent for BufferChanged {
+    fn emit(self, m: &Metrics) {
+        m.buffer_rows.set(self.rows as i64);
+        m.buffer_bytes.set(self.bytes as i64);
+        m.buffer_messages.set(self.messages as i64);
+    }
+}
+
+/// Shutdown drain gave up with rows still buffered.
+pub struct DrainAbandoned {
+    pub rows: usize,
+    pub messages: usize,
+}
+
+impl InternalEvent for DrainAbandoned {
+    fn emit(self, _m: &Metrics) {
+        tracing::error!(
+            error_type = "drain_timeout",
+            stage = "shutdown",
+            rows = self.rows,
+            messages = self.messages,
+            "drain timed out; leaving messages unacked for redelivery"
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! spoor-relay: moves event frames from NATS JetStream into ClickHouse.
+//!
+//! The edge publishes one frame (a `spoor_core` wire batch) per accepted
+//! request to the `SPOOR_EVENTS` stream. The relay pulls frames through a
+//! durable consumer, decodes them with `spoor_core::decode_batch`, drops
+//! events whose `event_id` it saw recently, buffers rows, inserts them into
+//! the `events` table in batches, and only then acks the messages. It also
+//! serves `/healthz` and `/metrics`.
+//!
+//! The relay must never ack a message before every row decoded from it is
+//! in ClickHouse, never grow its buffer while inserts fail, and never panic
+//! on a frame's content. It does no event validation or enrichment of its
+//! own: that happened at the edge, in `spoor_core`.
+
+pub mod batcher;
+pub mod config;
+pub mod dedup;
+mod health;
+mod http;
+pub mod internal_events;
+pub mod metrics;
+mod pipeline;
+pub mod sink;
+pub mod source;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{ClickHouseConfig, RelayConfig};
+
+use internal_events::{ConsumerLagPolled, InternalEvent};
+use metrics::Metrics;
+use sink::clickhouse::{schema, SinkError};
+use source::nats::{self as source_nats, SourceError};
+
+/// Why the relay could not start. Once running, the relay retries every
+/// failure instead of returning, so these are all setup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Runs the relay until `shutdown` resolves, then drains and returns.
+///
+/// Setup first: connect to NATS, apply the stream definition, create the
+/// durable consumer, create the ClickHouse database and apply the schema.
+/// Any failure there returns an error (the HTTP endpoints answer meanwhile,
+/// with `/healthz` saying "starting"). After that it relays until shutdown;
+/// see the `pipeline` module for the drain. `listener` serves `/healthz` and
+/// `/metrics`; bind it to port 0 in tests.
+pub async fn run(
+    config: RelayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(health::Health::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http_state = http::HttpState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let http_task = tokio::spawn(http::serve(listener, http_state, stop_rx.clone()));
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let result = tokio::select! {
+        r = setup(&config) => r,
+        () = shutdown.as_mut() => {
+            let _ = stop_tx.send(true);
+            let _ = http_task.await;
+            return Ok(());
+        }
+    };
+    let (client, consumer) = match result {
+        Ok(ready) => ready,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            let _ = http_task.await;
+            return Err(e);
+        }
+    };
+    health.set_ready(client.clone());
+    tracing::info!(stream = %config.stream, consumer = %config.consumer, database = %config.clickhouse.database, "relay running");
+
+    let lag_task = tokio::spawn(poll_consumer_lag(
+        consumer.clone(),
+        config.lag_poll_interval,
+        metrics.clone(),
+        stop_rx,
+    ));
+    pipeline::Pipeline::new(config, client.clone(), consumer, metrics, health)
+        .run(shutdown)
+        .await;
+
+    let _ = stop_tx.send(true);
+    let _ = lag_task.await;
+    let _ = http_task.await;
+    // Acks were flushed as they were sent; this catches any stragglers
+    // (NAKs, progress) before the connection goes.
+    let _ = client.flush().await;
+    Ok(())
+}
+
+/// Applies the stream definition and the ClickHouse schema, then returns:
+/// what `spoor-relay migrate` does, and the first half of `run`'s setup.
+pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
+    let client = source_nats::connect(&config.nats_url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    source_nats::ensure_stream(&js, &config.stream).await?;
+    schema::apply(&config.clickhouse).await?;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+async fn setup(
+    config: &RelayConfig,
+) -> Result<
+    (
+        async_nats::Client,
+        async_nats::jetstream::consumer::PullConsumer,
+    ),
+    RelayError,
+> {
+    schema::check_identifier(&config.clickhouse.database)?;
+    let client = source_nats::connect(&config.nats_url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    source_nats::ensure_stream(&js, &config.stream).await?;
+    let consumer = source_nats::ensure_consumer(
+        &js,
+        &config.stream,
+        &config.consumer,
+        config.ack_wait,
+        config.max_ack_pending(),
+    )
+    .await?;
+    schema::apply(&config.clickhouse).await?;
+    Ok((client, consumer))
+}
+
+/// Resolves once `stop` is true (or its sender is gone). A function of its
+/// own so the watch guard is dropped before the caller's next await.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Polls consumer info for the lag gauges until `stop`.
+async fn poll_consumer_lag(
+    mut consumer: async_nats::jetstream::consumer::PullConsumer,
+    every: std::time::Duration,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        match consumer.info().await {
+            Ok(info) => ConsumerLagPolled {
+                pending: info.num_pending,
+                ack_pending: info.num_ack_pending,
+            }
+            .emit(&metrics),
+            Err(e) => tracing::debug!(error = %e, "consumer info poll failed"),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The relay's Prometheus metrics, held in a registry owned by one relay
+//! instance (never a process-global recorder), so tests can run several
+//! relays in one process and read each one's numbers.
+//!
+//! Only `internal_events` should touch these fields: each named event bumps
+//! its metrics and writes its log line together, so logs and metrics agree.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A counter family with one fixed label, e.g. `kind="bad_magic"`.
+pub type LabeledCounter = Family<[(&'static str, &'static str); 1], Counter>;
+
+/// Every metric the relay exports, with the registry that names them.
+/// Names carry the `spoor_relay_` prefix; counters get `_total` appended by
+/// the text encoder.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub messages_received: Counter,
+    pub events_received: Counter,
+    pub frames_decoded: Counter,
+    pub decode_errors: LabeledCounter,
+    pub events_deduped: Counter,
+    pub rows_inserted: Counter,
+    pub insert_errors: Counter,
+    pub messages_acked: Counter,
+    pub ack_errors: Counter,
+    pub fetch_errors: Counter,
+    pub insert_duration_seconds: Histogram,
+    pub insert_batch_rows: Histogram,
+    pub consumer_lag_messages: Gauge,
+    pub consumer_ack_pending_messages: Gauge,
+    pub buffer_rows: Gauge,
+    pub buffer_bytes: Gauge,
+    pub buffer_messages: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            messages_received: Counter::default(),
+            events_received: Counter::default(),
+            frames_decoded: Counter::default(),
+            decode_errors: LabeledCounter::default(),
+            events_deduped: Counter::default(),
+            rows_inserted: Counter::default(),
+            insert_errors: Counter::default(),
+            messages_acked: Counter::default(),
+            ack_errors: Counter::default(),
+            fetch_errors: Counter::default(),
+            // 1 ms .. ~16 s: a healthy insert takes tens of milliseconds, a
+            // struggling server seconds.
+            insert_duration_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+            ),
+            // 1 .. ~262k rows, covering a trickle up to the largest sane batch.
+            insert_batch_rows: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 10),
+            ),
+            consumer_lag_messages: Gauge::default(),
+            consumer_ack_pending_messages: Gauge::default(),
+            buffer_rows: Gauge::default(),
+            buffer_bytes: Gauge::default(),
+            buffer_messages: Gauge::default(),
+            registry: Registry::with_prefix("spoor_relay"),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "messages_received",
+            "JetStream messages (frames) fetched",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "events_received",
+            "Events in successfully decoded frames, before dedup",
+            m.events_received.clone(),
+        );
+        r.register(
+            "frames_decoded",
+            "Frames that decoded successfully",
+            m.frames_decoded.clone(),
+        );
+        r.register(
+            "decode_errors",
+            "Frames that failed to decode, by DecodeError kind",
+            m.decode_errors.clone(),
+        );
+        r.register(
+            "events_deduped",
+            "Events dropped as duplicates of an event_id seen within the dedup window",
+            m.events_deduped.clone(),
+        );
+        r.register(
+            "rows_inserted",
+            "Rows written to ClickHouse",
+            m.rows_inserted.clone(),
+        );
+        r.register(
+            "insert_errors",
+            "Failed ClickHouse insert attempts",
+            m.insert_errors.clone(),
+        );
+        r.register(
+            "messages_acked",
+            "JetStream messages acknowledged after their rows were inserted (or dead-lettered)",
+            m.messages_acked.clone(),
+        );
+        r.register(
+            "ack_errors",
+            "Acks that could not be sent; the message will be redelivered",
+            m.ack_errors.clone(),
+        );
+        r.register(
+            "fetch_errors",
+            "Failed JetStream pull requests",
+            m.fetch_errors.clone(),
+        );
+        r.register(
+            "insert_duration_seconds",
+            "Duration of successful ClickHouse inserts",
+            m.insert_duration_seconds.clone(),
+        );
+        r.register(
+            "insert_batch_rows",
+            "Rows per successful ClickHouse insert",
+            m.insert_batch_rows.clone(),
+        );
+        r.register(
+            "consumer_lag_messages",
+            "Messages in the stream not yet delivered to the consumer (num_pending)",
+            m.consumer_lag_messages.clone(),
+        );
+        r.register(
+            "consumer_ack_pending_messages",
+            "Messages delivered but not yet acked (num_ack_pending)",
+            m.consumer_ack_pending_messages.clone(),
+        );
+        r.register(
+            "buffer_rows",
+            "Rows buffered for the next insert",
+            m.buffer_rows.clone(),
+        );
+        r.register(
+            "buffer_bytes",
+            "Estimated bytes of rows buffered for the next insert",
+            m.buffer_bytes.clone(),
+        );
+        r.register(
+            "buffer_messages",
+            "Messages awaiting ack until the next insert",
+            m.buffer_messages.clone(),
+        );
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,410 @@
+//! The relay loop: fetch frames, decode, dedup, buffer, insert, then ack.
+//!
+//! One task does all of it in sequence, which is what makes the two rules
+//! that matter easy to see:
+//!
+//! - **Ack only after insert.** A message's ack token sits in the `Batcher`
+//!   next to its rows and leaves only through `Batcher::take`, which runs
+//!   after `ClickHouseSink::insert` returned `Ok`.
+//! - **Bounded memory.** The buffer is flushed as soon as a frame takes it
+//!   past a bound, so it exceeds `max_rows`/`max_bytes` by at most one frame.
+//!   While an insert fails, the loop retries it with backoff and does not
+//!   fetch, so the buffer cannot grow; JetStream holds the rest (and
+//!   `max_ack_pending` caps what is delivered but unacked). The one pull
+//!   request in flight adds at most `fetch_max_messages` frames.
+//!
+//! Shutdown: when the shutdown future resolves the loop stops issuing pull
+//! requests, finishes the one in flight (it expires within a second), then
+//! flushes the buffer, retrying the insert until `drain_timeout`, acks what
+//! was inserted and returns. If the drain times out, the remaining messages
+//! are NAKed so another relay gets them at once instead of after `ack_wait`.
+//!
+//! It never panics on input: a frame that fails to decode is counted and
+//! dead-lettered, and every other failure is retried.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::Acker;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use crate::batcher::{Batcher, FlushReason};
+use crate::config::RelayConfig;
+use crate::dedup::DedupWindow;
+use crate::health::Health;
+use crate::internal_events::*;
+use crate::metrics::Metrics;
+use crate::sink::clickhouse::{ClickHouseSink, EventRow};
+use crate::source::nats::{self as source, DeadLetterReason};
+
+/// Longest a pull request waits for messages. It bounds how long shutdown
+/// waits for the request in flight.
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(1);
+/// Shortest pull request worth making; below this, flushing first is cheaper.
+const MIN_FETCH_WAIT: Duration = Duration::from_millis(10);
+const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+pub(crate) struct Pipeline {
+    config: RelayConfig,
+    client: async_nats::Client,
+    consumer: PullConsumer,
+    sink: ClickHouseSink,
+    batcher: Batcher<EventRow, Acker>,
+    dedup: DedupWindow,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// The relay's monotonic clock origin; `now_ms` is measured from here
+    /// and handed to the pure dedup and batcher logic.
+    epoch: Instant,
+    /// Set once the shutdown future has resolved (it must not be polled again).
+    shutting_down: bool,
+    /// When shutdown gives up on draining.
+    drain_deadline: Option<Instant>,
+}
+
+/// How a flush ended.
+enum Flushed {
+    Inserted,
+    /// Shutdown's drain timeout passed with the insert still failing.
+    Abandoned,
+}
+
+impl Pipeline {
+    pub(crate) fn new(
+        config: RelayConfig,
+        client: async_nats::Client,
+        consumer: PullConsumer,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        let sink = ClickHouseSink::new(&config.clickhouse);
+        let batcher = Batcher::new(config.batch);
+        let window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let dedup = DedupWindow::new(window_ms, config.dedup_max_ids);
+        Pipeline {
+            config,
+            client,
+            consumer,
+            sink,
+            batcher,
+            dedup,
+            metrics,
+            health,
+            epoch: Instant::now(),
+            shutting_down: false,
+            drain_deadline: None,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs until `shutdown` resolves and the buffer is drained (or the
+    /// drain timed out).
+    pub(crate) async fn run<S: Future<Output = ()>>(mut self, mut shutdown: Pin<&mut S>) {
+        let mut fetch_failures = 0u32;
+        while !self.shutting_down {
+            let now = self.now_ms();
+            if let Some(reason) = self.batcher.flush_reason(now) {
+                self.flush(reason, &mut shutdown).await;
+                continue;
+            }
+            let expires = match self.batcher.flush_deadline_ms() {
+                Some(deadline) => Duration::from_millis(deadline.saturating_sub(now)),
+                None => MAX_FETCH_WAIT,
+            }
+            .clamp(MIN_FETCH_WAIT, MAX_FETCH_WAIT);
+
+            let fetched = tokio::select! {
+                r = source::fetch(&self.consumer, self.config.fetch_max_messages, expires) => r,
+                () = shutdown.as_mut() => { self.begin_shutdown(); break; }
+            };
+            let failed = match fetched {
+                Ok(batch) => self.receive(batch, &mut shutdown).await,
+                Err(e) => {
+                    FetchFailed { error: &e }.emit(&self.metrics);
+                    true
+                }
+            };
+            if failed {
+                // NATS is unreachable or refused the pull; the client
+                // reconnects by itself, so wait rather than spin.
+                fetch_failures = fetch_failures.saturating_add(1);
+                let delay = backoff(fetch_failures, self.config.max_retry_backoff);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.as_mut(), if !self.shutting_down => self.begin_shutdown(),
+                }
+            } else {
+                fetch_failures = 0;
+            }
+        }
+        self.drain().await;
+    }
+
+    fn begin_shutdown(&mut self) {
+        if !self.shutting_down {
+            self.shutting_down = true;
+            self.drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+            tracing::info!(
+                rows = self.batcher.row_count(),
+                messages = self.batcher.message_count(),
+                "shutdown requested; draining the buffer"
+            );
+        }
+    }
+
+    /// Takes every message of one pull request into the buffer. Returns
+    /// whether the request ended in an error. Shutdown does not cut the
+    /// request short: its messages are already delivered to us, and
+    /// dropping them would leave them waiting out `ack_wait`.
+    async fn receive<S: Future<Output = ()>>(
+        &mut self,
+        batch: async_nats::jetstream::consumer::pull::Batch,
+        shutdown: &mut Pin<&mut S>,
+    ) -> bool {
+        let mut batch = std::pin::pin!(batch);
+        let mut received = 0usize;
+        let failed = loop {
+            let item = tokio::select! {
+                item = batch.next() => item,
+                () = shutdown.as_mut(), if !self.shutting_down => { self.begin_shutdown(); continue; }
+            };
+            match item {
+                None => break false,
+                Some(Ok(message)) => {
+                    received += 1;
+                    self.accept(message).await;
+                    // Flush mid-request rather than after it: one pull may
+                    // carry many frames, and the row and byte bounds should
+                    // hold to within one frame. The rest of the request waits
+                    // in the subscription meanwhile.
+                    if let Some(reason) = self.batcher.flush_reason(self.now_ms()) {
+                        self.flush(reason, shutdown).await;
+                    }
+                }
+                Some(Err(e)) => {
+                    FetchFailed { error: &e }.emit(&self.metrics);
+                    break true;
+                }
+            }
+        };
+        if received > 0 {
+            MessagesReceived { count: received }.emit(&self.metrics);
+            self.report_buffer();
+        }
+        failed
+    }
+
+    /// Decodes one message and buffers its new events (or dead-letters it).
+    async fn accept(&mut self, message: async_nats::jetstream::Message) {
+        let stream_sequence = message.info().ok().map(|i| i.stream_sequence);
+        let (message, acker) = message.split();
+        let mut batch =
+            match spoor_core::decode_batch(&message.payload, self.config.max_frame_bytes) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    FrameDecodeFailed {
+                        kind: error.kind(),
+                        error: &error,
+                        subject: message.subject.as_str(),
+                        stream_sequence,
+                        bytes: message.payload.len(),
+                    }
+                    .emit(&self.metrics);
+                    let reason = DeadLetterReason { kind: error.kind() };
+                    match source::dead_letter(&self.client, &acker, &message.payload, reason).await
+                    {
+                        Ok(()) => MessagesAcked { count: 1 }.emit(&self.metrics),
+                        // Unconfirmed: it comes back after ack_wait and fails again.
+                        Err(e) => AckFailed {
+                            error: &e,
+                            count: 1,
+                        }
+                        .emit(&self.metrics),
+                    }
+                    return;
+                }
+            };
+        FrameDecoded {
+            batch_id: &batch.batch_id,
+            events: batch.events.len(),
+        }
+        .emit(&self.metrics);
+
+        let now = self.now_ms();
+        let events = std::mem::take(&mut batch.events);
+        let mut duplicates = 0usize;
+        let dedup = &mut self.dedup;
+        let rows: Vec<(EventRow, usize)> = events
+            .into_iter()
+            .filter_map(|event| {
+                // Marked seen as the row enters the buffer: the row then
+                // either reaches ClickHouse or stays buffered for retry, so
+                // dropping a later copy never loses the event.
+                if dedup.insert(event.event_id, now) {
+                    let row = EventRow::new(&batch, event);
+                    let size = row.estimated_size();
+                    Some((row, size))
+                } else {
+                    duplicates += 1;
+                    None
+                }
+            })
+            .collect();
+        EventsDeduped {
+            batch_id: &batch.batch_id,
+            count: duplicates,
+        }
+        .emit(&self.metrics);
+        self.batcher.push(rows, acker, now);
+    }
+
+    /// Inserts the buffer, retrying with backoff until it succeeds (or, when
+    /// shutting down, until the drain deadline), then acks its messages.
+    /// Fetching is paused for as long as this runs.
+    async fn flush<S: Future<Output = ()>>(
+        &mut self,
+        reason: FlushReason,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Flushed {
+        let mut attempt = 0u32;
+        let mut last_progress = Instant::now();
+        loop {
+            attempt = attempt.saturating_add(1);
+            let started = Instant::now();
+            let insert = self.sink.insert(self.batcher.rows());
+            let result = match self.drain_deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, insert).await {
+                    Ok(r) => r,
+                    Err(_) => return Flushed::Abandoned,
+                },
+                None => insert.await,
+            };
+            match result {
+                Ok(()) => {
+                    let latency = started.elapsed();
+                    let drained = self.batcher.take();
+                    EventsInserted {
+                        rows: drained.rows,
+                        bytes: drained.bytes,
+                        latency,
+                        reason,
+                        attempts: attempt,
+                    }
+                    .emit(&self.metrics);
+                    self.health.insert_succeeded();
+                    self.ack(&drained.acks).await;
+                    self.report_buffer();
+                    return Flushed::Inserted;
+                }
+                Err(error) => {
+                    let retry_in = backoff(attempt, self.config.max_retry_backoff);
+                    InsertFailed {
+                        error: &error,
+                        rows: self.batcher.row_count(),
+                        attempt,
+                        retry_in,
+                    }
+                    .emit(&self.metrics);
+                    self.health.insert_failed(&error);
+                    // Keep JetStream from redelivering what we still hold.
+                    if last_progress.elapsed() >= self.config.ack_wait / 2 {
+                        if let Err(e) =
+                            source::progress_all(&self.client, self.batcher.acks()).await
+                        {
+                            tracing::warn!(error = %e, "progress acks failed; messages may be redelivered");
+                        }
+                        last_progress = Instant::now();
+                    }
+                    let wake = Instant::now() + retry_in;
+                    if let Some(deadline) = self.drain_deadline {
+                        if wake >= deadline {
+                            return Flushed::Abandoned;
+                        }
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep_until(wake) => {}
+                        () = shutdown.as_mut(), if !self.shutting_down => {
+                            // Keep retrying until the drain deadline; the
+                            // next attempt starts now rather than after the backoff.
+                            self.begin_shutdown();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Final flush on shutdown.
+    async fn drain(mut self) {
+        if !self.batcher.is_empty() {
+            // The shutdown future has resolved; this one stands in for it.
+            let mut never = std::pin::pin!(std::future::pending::<()>());
+            if let Flushed::Abandoned = self.flush(FlushReason::Shutdown, &mut never).await {
+                DrainAbandoned {
+                    rows: self.batcher.row_count(),
+                    messages: self.batcher.message_count(),
+                }
+                .emit(&self.metrics);
+                if let Err(e) = source::nak_all(&self.client, self.batcher.acks()).await {
+                    tracing::warn!(error = %e, "NAKs failed; messages return after ack_wait");
+                }
+            }
+        }
+        tracing::info!("relay pipeline stopped");
+    }
+
+    async fn ack(&self, acks: &[Acker]) {
+        if acks.is_empty() {
+            return;
+        }
+        match source::ack_all(&self.client, acks).await {
+            Ok(count) => MessagesAcked { count }.emit(&self.metrics),
+            Err(e) => AckFailed {
+                error: &e,
+                count: acks.len(),
+            }
+            .emit(&self.metrics),
+        }
+    }
+
+    fn report_buffer(&self) {
+        BufferChanged {
+            rows: self.batcher.row_count(),
+            bytes: self.batcher.bytes(),
+            messages: self.batcher.message_count(),
+        }
+        .emit(&self.metrics);
+    }
+}
+
+/// Exponential backoff from 100 ms, doubling per attempt, capped at `max`.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let exp = attempt.saturating_sub(1).min(16);
+    FIRST_RETRY_BACKOFF.saturating_mul(1u32 << exp).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let max = Duration::from_secs(5);
+        let got: Vec<u64> = (1..=9)
+            .map(|a| backoff(a, max).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            got,
+            vec![100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000]
+        );
+        assert_eq!(backoff(u32::MAX, max), max);
+    }
+}

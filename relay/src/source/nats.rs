@@ -1,0 +1,327 @@
+//! The NATS JetStream source: connects, applies the `SPOOR_EVENTS` stream
+//! definition, binds the relay's durable pull consumer, and sends acks.
+//!
+//! It moves frames and acknowledgements and nothing else: no decoding, no
+//! buffering decisions. In particular it never acks on its own; the pipeline
+//! calls [`ack_all`] only after the rows of those messages were inserted, and
+//! [`dead_letter`] for frames that can never be inserted.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::{self, Batch};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::{self, AckKind};
+
+/// The stream definition, in the JetStream API's JSON form, as deployed.
+pub const STREAM_CONFIG_JSON: &str = include_str!("../../../deploy/nats/events-stream.json");
+
+/// Every subject the edge publishes to: `spoor.events.<region>.<partition>`.
+pub const EVENTS_FILTER: &str = "spoor.events.>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("the embedded stream definition deploy/nats/events-stream.json is invalid: {0}")]
+    StreamDefinition(#[source] serde_json::Error),
+    #[error("cannot create or update JetStream stream {name}: {source}")]
+    Stream {
+        name: String,
+        #[source]
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    #[error("cannot read JetStream stream {name}: {source}")]
+    StreamInfo {
+        name: String,
+        #[source]
+        source: async_nats::jetstream::context::GetStreamError,
+    },
+    #[error("cannot create or update consumer {consumer} on stream {stream}: {source}")]
+    Consumer {
+        stream: String,
+        consumer: String,
+        #[source]
+        source: async_nats::jetstream::stream::ConsumerError,
+    },
+    #[error("JetStream pull request failed: {0}")]
+    Fetch(#[source] async_nats::jetstream::consumer::pull::BatchError),
+}
+
+/// Connects to NATS. The client reconnects by itself afterwards; the
+/// initial connection failing is an error so a misconfigured relay stops
+/// at once instead of looking alive.
+pub async fn connect(url: &str) -> Result<async_nats::Client, SourceError> {
+    async_nats::ConnectOptions::new()
+        .name("spoor-relay")
+        .connect(url)
+        .await
+        .map_err(|source| SourceError::Connect {
+            url: url.to_string(),
+            source,
+        })
+}
+
+/// The embedded stream definition, renamed to `name`.
+///
+/// The file is the JetStream API's JSON, where the server fills in omitted
+/// fields; async-nats' `Config` instead requires some of them (e.g.
+/// `max_msgs_per_subject`). So the file is laid over `Config::default()`:
+/// a field the file omits gets the crate's zero, which the server reads as
+/// its own default (0 limits mean unlimited).
+pub fn stream_config(name: &str) -> Result<jetstream::stream::Config, SourceError> {
+    let file: serde_json::Value =
+        serde_json::from_str(STREAM_CONFIG_JSON).map_err(SourceError::StreamDefinition)?;
+    let mut merged = serde_json::to_value(jetstream::stream::Config::default())
+        .map_err(SourceError::StreamDefinition)?;
+    if let (Some(merged), Some(file)) = (merged.as_object_mut(), file.as_object()) {
+        for (key, value) in file {
+            merged.insert(key.clone(), value.clone());
+        }
+    }
+    let mut config: jetstream::stream::Config =
+        serde_json::from_value(merged).map_err(SourceError::StreamDefinition)?;
+    config.name = name.to_string();
+    Ok(config)
+}
+
+/// Creates the stream if missing, or updates it when a field the embedded
+/// definition declares differs from the server's; otherwise leaves it alone.
+///
+/// It asks first rather than creating blindly: nats-server checks storage
+/// reservations before noticing that a create repeats an existing stream, so
+/// a create of an unchanged stream whose `max_bytes` fills `max_file_store`
+/// fails with "insufficient storage resources" on every restart.
+pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<(), SourceError> {
+    let config = stream_config(name)?;
+    let stream = match js.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(err) if is_stream_not_found(&err) => {
+            js.create_stream(config)
+                .await
+                .map_err(|source| SourceError::Stream {
+                    name: name.to_string(),
+                    source,
+                })?;
+            tracing::info!(stream = name, "JetStream stream created");
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(SourceError::StreamInfo {
+                name: name.to_string(),
+                source,
+            })
+        }
+    };
+    let drifted = drifted_fields(&stream.cached_info().config)?;
+    if drifted.is_empty() {
+        tracing::info!(stream = name, "JetStream stream matches its definition");
+        return Ok(());
+    }
+    js.update_stream(&config)
+        .await
+        .map_err(|source| SourceError::Stream {
+            name: name.to_string(),
+            source,
+        })?;
+    tracing::info!(stream = name, fields = ?drifted, "JetStream stream updated to its definition");
+    Ok(())
+}
+
+fn is_stream_not_found(err: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        GetStreamErrorKind::JetStream(ref e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// The fields the embedded definition declares (other than `name`) whose
+/// value on the server differs. Fields the file leaves out are the server's
+/// business and never count as drift.
+pub fn drifted_fields(current: &jetstream::stream::Config) -> Result<Vec<String>, SourceError> {
+    let declared: serde_json::Value =
+        serde_json::from_str(STREAM_CONFIG_JSON).map_err(SourceError::StreamDefinition)?;
+    let current = serde_json::to_value(current).map_err(SourceError::StreamDefinition)?;
+    let mut drifted = Vec::new();
+    if let Some(declared) = declared.as_object() {
+        for (key, want) in declared {
+            if key != "name" && current.get(key) != Some(want) {
+                drifted.push(key.clone());
+            }
+        }
+    }
+    Ok(drifted)
+}
+
+/// Creates the durable pull consumer, or updates it to this config.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+) -> Result<PullConsumer, SourceError> {
+    let config = pull::Config {
+        durable_name: Some(consumer.to_string()),
+        description: Some("spoor-relay: frames to ClickHouse".to_string()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending,
+        filter_subject: EVENTS_FILTER.to_string(),
+        ..Default::default()
+    };
+    js.create_consumer_on_stream(config, stream)
+        .await
+        .map_err(|source| SourceError::Consumer {
+            stream: stream.to_string(),
+            consumer: consumer.to_string(),
+            source,
+        })
+}
+
+/// One pull request: up to `max_messages`, waiting at most `expires` for
+/// them to arrive.
+pub async fn fetch(
+    consumer: &PullConsumer,
+    max_messages: usize,
+    expires: Duration,
+) -> Result<Batch, SourceError> {
+    consumer
+        .batch()
+        .max_messages(max_messages)
+        .expires(expires)
+        .messages()
+        .await
+        .map_err(SourceError::Fetch)
+}
+
+/// Acks every message and flushes the client, so that when this returns
+/// `Ok(n)` the `n` acks have been written to the server's socket. A plain
+/// ack plus one flush, rather than a double ack per message, because a
+/// batch holds up to tens of thousands of messages; an ack lost in a crash
+/// right after the flush only means a redelivery, which dedup absorbs.
+pub async fn ack_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
+    send_all(client, acks, || AckKind::Ack).await
+}
+
+/// Tells JetStream the messages are still being worked on (an insert is
+/// being retried), resetting their ack_wait so they are not redelivered
+/// to another relay meanwhile.
+pub async fn progress_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
+    send_all(client, acks, || AckKind::Progress).await
+}
+
+/// Hands messages back for prompt redelivery (shutdown gave up on them).
+pub async fn nak_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
+    send_all(client, acks, || AckKind::Nak(None)).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error("{failed} of {total} acks could not be queued: {first}")]
+    Send {
+        failed: usize,
+        total: usize,
+        first: async_nats::Error,
+    },
+    #[error("acks queued but not flushed to the server: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
+}
+
+async fn send_all(
+    client: &async_nats::Client,
+    acks: &[Acker],
+    kind: impl Fn() -> AckKind,
+) -> Result<usize, AckError> {
+    let mut failed = 0;
+    let mut first = None;
+    for acker in acks {
+        if let Err(e) = acker.ack_with(kind()).await {
+            failed += 1;
+            first.get_or_insert(e);
+        }
+    }
+    client.flush().await.map_err(AckError::Flush)?;
+    match first {
+        Some(first) => Err(AckError::Send {
+            failed,
+            total: acks.len(),
+            first,
+        }),
+        None => Ok(acks.len()),
+    }
+}
+
+/// Why a message is being dead-lettered.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterReason {
+    /// A stable label (`DecodeError::kind()`), for metrics and headers.
+    pub kind: &'static str,
+}
+
+/// Takes a message that can never be inserted off the stream.
+///
+/// For now it is terminated (`+TERM`): JetStream stops redelivering it and
+/// it stays in the stream until `max_age`, where an operator can still read
+/// it by sequence. This is the seam for the dead-letter stream: republish
+/// `payload` to a `SPOOR_DEAD` subject with the reason as a header, then ack.
+pub async fn dead_letter(
+    client: &async_nats::Client,
+    acker: &Acker,
+    _payload: &[u8],
+    reason: DeadLetterReason,
+) -> Result<(), AckError> {
+    tracing::debug!(reason = reason.kind, "terminating message");
+    send_all(client, std::slice::from_ref(acker), || AckKind::Term)
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_config;
+    use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
+    use std::time::Duration;
+
+    #[test]
+    fn embedded_stream_definition_parses_with_its_values() {
+        let c = stream_config("SPOOR_EVENTS").unwrap();
+        assert_eq!(c.name, "SPOOR_EVENTS");
+        assert_eq!(c.subjects, vec![super::EVENTS_FILTER.to_string()]);
+        assert_eq!(c.retention, RetentionPolicy::Limits);
+        assert_eq!(c.storage, StorageType::File);
+        assert_eq!(c.discard, DiscardPolicy::Old);
+        assert_eq!(c.max_age, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.max_bytes, 10 * 1024 * 1024 * 1024);
+        assert_eq!(c.max_messages_per_subject, -1);
+        assert_eq!(c.max_message_size, 2 * 1024 * 1024);
+        assert_eq!(c.max_messages, -1);
+        assert_eq!(c.duplicate_window, Duration::from_secs(600));
+        assert_eq!(c.num_replicas, 1);
+        let renamed = stream_config("OTHER").unwrap();
+        assert_eq!(renamed.name, "OTHER");
+    }
+
+    #[test]
+    fn drift_is_judged_on_declared_fields_only() {
+        let mut c = stream_config("SPOOR_EVENTS").unwrap();
+        assert!(super::drifted_fields(&c).unwrap().is_empty());
+        // Server-filled values the file does not declare are not drift.
+        c.max_messages_per_subject = -1;
+        c.allow_direct = true;
+        assert!(super::drifted_fields(&c).unwrap().is_empty());
+        c.max_age = Duration::from_secs(60);
+        c.subjects.push("other.>".into());
+        assert_eq!(
+            super::drifted_fields(&c).unwrap(),
+            vec!["max_age", "subjects"]
+        );
+    }
+}

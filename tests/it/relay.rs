@@ -1,0 +1,682 @@
+//! spoor-relay against a real nats-server and a real clickhouse-server:
+//! every column lands as the edge sent it, duplicates across frames become
+//! one row, a corrupt frame is counted and taken off the stream without
+//! blocking its neighbours, nothing is acked before ClickHouse has the rows
+//! (including across a ClickHouse outage), shutdown drains the buffer, and
+//! `/healthz` and `/metrics` answer.
+//!
+//! Frames are built with `spoor_core::encode_batch` and published with
+//! async-nats, as the edge would publish them (one `Nats-Msg-Id` per batch).
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use spoor_core::{encode_batch, Context, Device, Event, Geo, WireBatch};
+use spoor_relay::{ClickHouseConfig, RelayConfig};
+use spoor_tests::clickhouse::ClickHouseServer;
+use spoor_tests::nats::NatsServer;
+use uuid::Uuid;
+
+use crate::support::{eventually, sample_value, Relay};
+
+const STREAM: &str = "SPOOR_EVENTS";
+const CONSUMER: &str = "spoor-relay";
+
+/// 2024-03-01T12:34:56.789Z
+const TS_MS: i64 = 1_709_296_496_789;
+
+fn config(nats: &NatsServer, clickhouse_url: String, database: &str) -> RelayConfig {
+    let mut config = RelayConfig::new(
+        nats.url(),
+        ClickHouseConfig {
+            url: clickhouse_url,
+            database: database.to_string(),
+            user: None,
+            password: None,
+        },
+    );
+    config.batch.flush_interval_ms = 200;
+    config.lag_poll_interval = Duration::from_millis(200);
+    config.max_retry_backoff = Duration::from_millis(500);
+    config
+}
+
+/// Runs a query through the harness's blocking client.
+async fn query(ch: &ClickHouseServer, sql: String) -> String {
+    tokio::task::block_in_place(|| ch.query(&sql).unwrap_or_else(|e| panic!("{e:#}")))
+}
+
+async fn count(ch: &ClickHouseServer, db: &str) -> u64 {
+    query(ch, format!("SELECT count() FROM {db}.events"))
+        .await
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+struct Publisher {
+    js: jetstream::Context,
+}
+
+impl Publisher {
+    async fn connect(nats: &NatsServer) -> Publisher {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        Publisher {
+            js: jetstream::new(client),
+        }
+    }
+
+    /// Publishes one frame with `Nats-Msg-Id` = `msg_id` and waits for its PubAck.
+    async fn publish(&self, msg_id: &str, frame: Vec<u8>) -> u64 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let ack = self
+            .js
+            .publish_with_headers("spoor.events.eu-west.0", headers, frame.into())
+            .await
+            .unwrap();
+        let ack = ack.await.unwrap();
+        assert!(
+            !ack.duplicate,
+            "{msg_id} was dropped as a JetStream duplicate"
+        );
+        ack.sequence
+    }
+
+    async fn publish_batch(&self, batch: &WireBatch) -> u64 {
+        self.publish(&batch.batch_id, encode_batch(batch).unwrap())
+            .await
+    }
+
+    async fn consumer(&self) -> jetstream::consumer::Info {
+        let stream = self.js.get_stream(STREAM).await.unwrap();
+        stream.consumer_info(CONSUMER).await.unwrap()
+    }
+}
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | n)
+}
+
+fn event(n: u128) -> Event {
+    Event {
+        event_id: id(n),
+        event_id_derived: false,
+        event: "click".into(),
+        user_id: String::new(),
+        anonymous_id: format!("anon-{n}"),
+        session_id: String::new(),
+        client_ts_ms: None,
+        ts_ms: TS_MS + n as i64,
+        properties: "{}".into(),
+        context: Context::default(),
+    }
+}
+
+fn batch(batch_id: &str, events: Vec<Event>) -> WireBatch {
+    WireBatch {
+        batch_id: batch_id.into(),
+        project_id: "proj_it".into(),
+        region: "eu-west".into(),
+        received_at_ms: TS_MS + 100,
+        sent_at_ms: None,
+        geo: Geo::default(),
+        device: Device::default(),
+        ip_prefix: String::new(),
+        events,
+    }
+}
+
+fn events(range: std::ops::Range<u128>) -> Vec<Event> {
+    range.map(event).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_land_with_every_column_and_endpoints_answer() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_columns");
+    let relay = Relay::start(config(&nats, ch.http_url(), &db)).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    let full = Event {
+        event_id: Uuid::parse_str("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").unwrap(),
+        event_id_derived: true,
+        event: "page_view".into(),
+        user_id: "user-1".into(),
+        anonymous_id: "anon-1".into(),
+        session_id: "sess-1".into(),
+        client_ts_ms: Some(TS_MS - 89),
+        ts_ms: TS_MS,
+        properties: r#"{"plan":"pro","n":3,"tags":["a","b"]}"#.into(),
+        context: Context {
+            page_url: "https://shop.example/cart?x=1".into(),
+            page_path: "/cart".into(),
+            page_referrer: "https://search.example/".into(),
+            page_title: "Cart – Shop".into(),
+            app_name: "shop".into(),
+            app_version: "2.3.4".into(),
+            library_name: "spoor-js".into(),
+            library_version: "0.1.0".into(),
+            locale: "de-DE".into(),
+            screen_width: 1920,
+            screen_height: 1080,
+        },
+    };
+    let mut sparse = event(2);
+    sparse.user_id = "user-2".into();
+    let wire = WireBatch {
+        batch_id: "batch-full".into(),
+        project_id: "proj_it".into(),
+        region: "eu-west".into(),
+        received_at_ms: TS_MS + 111,
+        sent_at_ms: Some(TS_MS + 50),
+        geo: Geo {
+            country: "DE".into(),
+            region: "BE".into(),
+            city: "Berlin".into(),
+            timezone: "Europe/Berlin".into(),
+            continent: "EU".into(),
+            colo: "FRA".into(),
+            asn: 3320,
+        },
+        device: Device {
+            browser: "Chrome".into(),
+            browser_version: "122.0.0.0".into(),
+            os: "Mac OSX".into(),
+            os_version: "10.15.7".into(),
+            device_type: "desktop".into(),
+            is_bot: false,
+        },
+        ip_prefix: "203.0.113.0".into(),
+        events: vec![full, sparse],
+    };
+    publisher.publish_batch(&wire).await;
+
+    eventually("2 rows", || async {
+        (count(ch, &db).await == 2).then_some(())
+    })
+    .await;
+
+    let columns = [
+        ("project_id", "proj_it"),
+        ("event_date", "2024-03-01"),
+        ("event_time", "2024-03-01 12:34:56"),
+        ("ts_ms", "1709296496789"),
+        ("event_id", "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"),
+        ("event_id_derived", "1"),
+        ("event", "page_view"),
+        ("user_id", "user-1"),
+        ("anonymous_id", "anon-1"),
+        ("session_id", "sess-1"),
+        ("client_ts_ms", "1709296496700"),
+        ("sent_at_ms", "1709296496839"),
+        ("received_at_ms", "1709296496900"),
+        ("properties", r#"{"plan":"pro","n":3,"tags":["a","b"]}"#),
+        ("page_url", "https://shop.example/cart?x=1"),
+        ("page_path", "/cart"),
+        ("page_referrer", "https://search.example/"),
+        ("page_title", "Cart – Shop"),
+        ("app_name", "shop"),
+        ("app_version", "2.3.4"),
+        ("library_name", "spoor-js"),
+        ("library_version", "0.1.0"),
+        ("locale", "de-DE"),
+        ("screen_width", "1920"),
+        ("screen_height", "1080"),
+        ("country", "DE"),
+        ("region", "BE"),
+        ("city", "Berlin"),
+        ("timezone", "Europe/Berlin"),
+        ("continent", "EU"),
+        ("colo", "FRA"),
+        ("asn", "3320"),
+        ("browser", "Chrome"),
+        ("browser_version", "122.0.0.0"),
+        ("os", "Mac OSX"),
+        ("os_version", "10.15.7"),
+        ("device_type", "desktop"),
+        ("is_bot", "0"),
+        ("ip_prefix", "203.0.113.0"),
+        ("edge_region", "eu-west"),
+        ("batch_id", "batch-full"),
+    ];
+    let names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
+    // Every column but inserted_at is filled by the relay: the list above must
+    // be the table's full column list.
+    let table_columns = query(
+        ch,
+        format!("SELECT name FROM system.columns WHERE database = '{db}' AND table = 'events' AND name != 'inserted_at'"),
+    )
+    .await;
+    let mut expected_names: Vec<&str> = names.clone();
+    expected_names.sort_unstable();
+    let mut got_names: Vec<&str> = table_columns.lines().collect();
+    got_names.sort_unstable();
+    assert_eq!(
+        got_names, expected_names,
+        "test's column list is out of date with the schema"
+    );
+
+    let row = query(
+        ch,
+        format!(
+            "SELECT {} FROM {db}.events WHERE event = 'page_view' FORMAT TabSeparated",
+            names.join(", ")
+        ),
+    )
+    .await;
+    let values: Vec<&str> = row.trim_end_matches('\n').split('\t').collect();
+    assert_eq!(values.len(), columns.len(), "{row}");
+    for ((column, expected), got) in columns.iter().zip(&values) {
+        assert_eq!(got, expected, "column {column}");
+    }
+
+    // The sparse event: absent optionals are NULL, batch-level fields copied.
+    let sparse = query(
+        ch,
+        format!(
+            "SELECT client_ts_ms, sent_at_ms, user_id, country, ip_prefix, batch_id, \
+             inserted_at > toDateTime('2020-01-01 00:00:00') FROM {db}.events WHERE event = 'click' FORMAT TabSeparated"
+        ),
+    )
+    .await;
+    assert_eq!(
+        sparse.trim_end(),
+        "\\N\t1709296496839\tuser-2\tDE\t203.0.113.0\tbatch-full\t1"
+    );
+
+    // Acked after the insert.
+    eventually("message acked", || async {
+        let c = publisher.consumer().await;
+        (c.num_ack_pending == 0 && c.ack_floor.stream_sequence == 1).then_some(())
+    })
+    .await;
+
+    let (status, body) = relay.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert_eq!(relay.get("/nope").await.0, 404);
+    let (status, metrics) = relay.get("/metrics").await;
+    assert_eq!(status, 200);
+    for (sample, value) in [
+        ("spoor_relay_messages_received_total", 1.0),
+        ("spoor_relay_frames_decoded_total", 1.0),
+        ("spoor_relay_events_received_total", 2.0),
+        ("spoor_relay_rows_inserted_total", 2.0),
+        ("spoor_relay_messages_acked_total", 1.0),
+        ("spoor_relay_events_deduped_total", 0.0),
+        ("spoor_relay_insert_errors_total", 0.0),
+        ("spoor_relay_insert_batch_rows_count", 1.0),
+        ("spoor_relay_insert_batch_rows_sum", 2.0),
+        ("spoor_relay_insert_duration_seconds_count", 1.0),
+        ("spoor_relay_buffer_rows", 0.0),
+    ] {
+        assert_eq!(
+            sample_value(&metrics, sample),
+            value,
+            "{sample} in\n{metrics}"
+        );
+    }
+    for name in [
+        "spoor_relay_decode_errors",
+        "spoor_relay_consumer_lag_messages",
+        "spoor_relay_buffer_bytes",
+        "spoor_relay_insert_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_event_id_in_two_frames_is_one_row() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_dedup");
+    let relay = Relay::start(config(&nats, ch.http_url(), &db)).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    // Different batch ids, so JetStream's Nats-Msg-Id window keeps both
+    // frames; event 5 is in both (an SDK retry the edge saw as a new request).
+    publisher
+        .publish_batch(&batch("frame-a", events(1..6)))
+        .await;
+    publisher
+        .publish_batch(&batch("frame-b", events(5..9)))
+        .await;
+    // A later frame that duplicates an id already inserted.
+    eventually("first rows", || async {
+        (count(ch, &db).await == 8).then_some(())
+    })
+    .await;
+    publisher
+        .publish_batch(&batch("frame-c", vec![event(1), event(100)]))
+        .await;
+
+    eventually("frame-c acked", || async {
+        let c = publisher.consumer().await;
+        (c.ack_floor.stream_sequence == 3 && c.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    let stats = query(
+        ch,
+        format!("SELECT count(), uniqExact(event_id) FROM {db}.events FORMAT TabSeparated"),
+    )
+    .await;
+    assert_eq!(stats.trim(), "9\t9");
+    // The surviving copy of event 5 is the first one.
+    let batch_of_5 = query(
+        ch,
+        format!(
+            "SELECT batch_id FROM {db}.events WHERE event_id = '{}'",
+            id(5)
+        ),
+    )
+    .await;
+    assert_eq!(batch_of_5.trim(), "frame-a");
+    assert_eq!(relay.metric("spoor_relay_events_deduped_total").await, 2.0);
+    assert_eq!(
+        relay.metric("spoor_relay_events_received_total").await,
+        11.0
+    );
+    assert_eq!(relay.metric("spoor_relay_rows_inserted_total").await, 9.0);
+    assert_eq!(relay.metric("spoor_relay_messages_acked_total").await, 3.0);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_frames_flush_by_row_bound_and_all_get_acked() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_many");
+    let mut config = config(&nats, ch.http_url(), &db);
+    config.batch.max_rows = 1_000;
+    config.batch.max_messages = 1_000;
+    // Only the row bound may trigger these flushes.
+    config.batch.flush_interval_ms = 60_000;
+    let relay = Relay::start(config).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    for f in 0..60u128 {
+        publisher
+            .publish_batch(&batch(
+                &format!("many-{f}"),
+                events(f * 1_000..f * 1_000 + 100),
+            ))
+            .await;
+    }
+    eventually("6000 rows", || async {
+        (count(ch, &db).await == 6_000).then_some(())
+    })
+    .await;
+    eventually("all acked", || async {
+        let c = publisher.consumer().await;
+        (c.num_ack_pending == 0 && c.ack_floor.stream_sequence == 60).then_some(())
+    })
+    .await;
+    let inserts = relay.metric("spoor_relay_insert_batch_rows_count").await;
+    assert!(
+        inserts >= 6.0,
+        "{inserts} inserts for 6000 rows at 1000 per batch"
+    );
+    // The bound holds within one frame: no insert above 1024 rows.
+    let within = relay
+        .metric(r#"spoor_relay_insert_batch_rows_bucket{le="1024.0"}"#)
+        .await;
+    assert_eq!(within, inserts);
+    assert_eq!(relay.metric("spoor_relay_messages_acked_total").await, 60.0);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_frames_are_counted_and_taken_off_while_neighbours_land() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_corrupt");
+    let relay = Relay::start(config(&nats, ch.http_url(), &db)).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    publisher
+        .publish_batch(&batch("good-1", events(1..4)))
+        .await;
+    publisher
+        .publish("garbage", b"this is not a spoor frame".to_vec())
+        .await;
+    let mut truncated = encode_batch(&batch("cut", events(10..20))).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    publisher.publish("truncated", truncated).await;
+    publisher.publish("short", b"SPR".to_vec()).await;
+    publisher
+        .publish_batch(&batch("good-2", events(4..6)))
+        .await;
+
+    eventually("good rows", || async {
+        (count(ch, &db).await == 5).then_some(())
+    })
+    .await;
+    eventually("all 5 messages off the consumer", || async {
+        let c = publisher.consumer().await;
+        (c.num_pending == 0 && c.num_ack_pending == 0 && c.ack_floor.stream_sequence == 5)
+            .then_some(())
+    })
+    .await;
+    let m = relay.get("/metrics").await.1;
+    assert_eq!(
+        sample_value(&m, r#"spoor_relay_decode_errors_total{kind="bad_magic"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample_value(&m, r#"spoor_relay_decode_errors_total{kind="incomplete"}"#),
+        1.0,
+        "{m}"
+    );
+    // A frame cut in half fails inside the LZ4 body.
+    let body_errors = sample_value(&m, r#"spoor_relay_decode_errors_total{kind="decompress"}"#)
+        + sample_value(
+            &m,
+            r#"spoor_relay_decode_errors_total{kind="length_mismatch"}"#,
+        );
+    assert_eq!(body_errors, 1.0, "{m}");
+    assert_eq!(sample_value(&m, "spoor_relay_messages_received_total"), 5.0);
+    assert_eq!(sample_value(&m, "spoor_relay_frames_decoded_total"), 2.0);
+    assert_eq!(sample_value(&m, "spoor_relay_messages_acked_total"), 5.0);
+    // Terminated, not redelivered: nothing comes back after ack_wait either.
+    assert_eq!(publisher.consumer().await.num_redelivered, 0);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_acked_until_clickhouse_has_the_rows() {
+    let nats = NatsServer::start().unwrap();
+    // A private server this test may stop and restart.
+    let ch = &tokio::task::block_in_place(ClickHouseServer::start).unwrap();
+    let db = "relay_outage";
+    let relay = Relay::start(config(&nats, ch.http_url(), db)).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    tokio::task::block_in_place(|| ch.stop());
+    for n in 0..4u128 {
+        publisher
+            .publish_batch(&batch(&format!("outage-{n}"), events(n * 10..n * 10 + 3)))
+            .await;
+    }
+
+    // Delivered to the relay, buffered, retried, never acked.
+    eventually("insert failures", || async {
+        (relay.metric("spoor_relay_insert_errors_total").await >= 3.0).then_some(())
+    })
+    .await;
+    let c = publisher.consumer().await;
+    let held = c.num_ack_pending;
+    assert!(held >= 1, "{c:?}");
+    assert_eq!(c.num_pending, 4 - held as u64, "{c:?}");
+    assert_eq!(c.ack_floor.stream_sequence, 0, "{c:?}");
+    assert_eq!(relay.metric("spoor_relay_messages_acked_total").await, 0.0);
+    assert_eq!(relay.metric("spoor_relay_rows_inserted_total").await, 0.0);
+    assert_eq!(
+        relay.metric("spoor_relay_buffer_messages").await,
+        held as f64
+    );
+    assert_eq!(
+        relay.metric("spoor_relay_buffer_rows").await,
+        3.0 * held as f64
+    );
+    let (status, body) = relay.get("/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ClickHouse insert failed"), "{body}");
+
+    // While inserts fail the relay does not fetch: a message published now
+    // stays with JetStream, not in the relay's memory.
+    publisher
+        .publish_batch(&batch("during-outage", events(100..102)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let c = publisher.consumer().await;
+    assert_eq!(
+        (c.num_pending, c.num_ack_pending),
+        (5 - held as u64, held),
+        "{c:?}"
+    );
+    // The lag gauge, polled from consumer info, sees what waits in the stream.
+    eventually("lag gauge", || async {
+        let lag = relay.metric("spoor_relay_consumer_lag_messages").await;
+        (lag == (5 - held) as f64).then_some(())
+    })
+    .await;
+
+    tokio::task::block_in_place(|| ch.restart()).unwrap();
+    eventually("rows after recovery", || async {
+        (count(ch, db).await == 14).then_some(())
+    })
+    .await;
+    eventually("all acked", || async {
+        let c = publisher.consumer().await;
+        (c.num_ack_pending == 0 && c.num_pending == 0 && c.ack_floor.stream_sequence == 5)
+            .then_some(())
+    })
+    .await;
+    let stats = query(
+        ch,
+        format!("SELECT count(), uniqExact(event_id) FROM {db}.events FORMAT TabSeparated"),
+    )
+    .await;
+    assert_eq!(stats.trim(), "14\t14");
+    assert_eq!(relay.metric("spoor_relay_messages_acked_total").await, 5.0);
+    eventually("healthy again", || async {
+        (relay.get("/healthz").await.0 == 200).then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_relaying_across_a_nats_restart() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_nats_restart");
+    let relay = Relay::start(config(&nats, ch.http_url(), &db)).await;
+    let publisher = Publisher::connect(&nats).await;
+    publisher
+        .publish_batch(&batch("before", events(1..4)))
+        .await;
+    eventually("rows before", || async {
+        (count(ch, &db).await == 3).then_some(())
+    })
+    .await;
+
+    tokio::task::block_in_place(|| nats.restart()).unwrap();
+    // The durable consumer and the stream survive in the store; both
+    // clients reconnect by themselves.
+    publisher.publish_batch(&batch("after", events(4..6))).await;
+    eventually("rows after", || async {
+        (count(ch, &db).await == 5).then_some(())
+    })
+    .await;
+    eventually("acked after", || async {
+        let c = publisher.consumer().await;
+        (c.num_ack_pending == 0 && c.ack_floor.stream_sequence == 2).then_some(())
+    })
+    .await;
+    eventually("healthy", || async {
+        (relay.get("/healthz").await.0 == 200).then_some(())
+    })
+    .await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_the_buffer_and_acks() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_drain");
+    let mut config = config(&nats, ch.http_url(), &db);
+    // Nothing would flush for a minute: only shutdown can write these rows.
+    config.batch.flush_interval_ms = 60_000;
+    let relay = Relay::start(config).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    for n in 0..3u128 {
+        publisher
+            .publish_batch(&batch(&format!("drain-{n}"), events(n * 10..n * 10 + 4)))
+            .await;
+    }
+    eventually("3 messages buffered", || async {
+        (relay.metric("spoor_relay_buffer_messages").await == 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(count(ch, &db).await, 0, "flushed before the interval");
+    assert_eq!(publisher.consumer().await.num_ack_pending, 3);
+
+    relay.shutdown().await;
+
+    assert_eq!(count(ch, &db).await, 12);
+    let c = publisher.consumer().await;
+    assert_eq!(
+        (c.num_ack_pending, c.ack_floor.stream_sequence),
+        (0, 3),
+        "{c:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_is_idempotent_and_migrate_applies_everything() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    // A database that does not exist yet: migrate creates it.
+    let db = format!("relay_migrate_{}", std::process::id());
+    let config = config(&nats, ch.http_url(), &db);
+    spoor_relay::migrate(&config).await.unwrap();
+    spoor_relay::migrate(&config).await.unwrap();
+    let tables = query(
+        ch,
+        format!("SELECT name FROM system.tables WHERE database = '{db}'"),
+    )
+    .await;
+    assert_eq!(tables.trim(), "events");
+
+    // A stream that drifted from the embedded definition is put back.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let mut drifted = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    drifted.max_age = Duration::from_secs(3_600);
+    drifted.description = Some("edited by hand".into());
+    js.update_stream(&drifted).await.unwrap();
+    // Two relays starting on the same consumer also converge.
+    let a = Relay::start(config.clone()).await;
+    let b = Relay::start(config.clone()).await;
+    let info = js.get_stream(STREAM).await.unwrap().cached_info().clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(7 * 24 * 3600));
+    assert_ne!(info.config.description.as_deref(), Some("edited by hand"));
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(600));
+    assert_eq!(info.config.subjects, vec!["spoor.events.>".to_string()]);
+    a.shutdown().await;
+    b.shutdown().await;
+    query(ch, format!("DROP DATABASE {db}")).await;
+}

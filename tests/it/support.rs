@@ -1,0 +1,114 @@
+//! Helpers shared by the integration tests: an in-process relay handle,
+//! `/metrics` sampling and polling with a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use spoor_relay::{RelayConfig, RelayError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A relay running in this process, stopped through its shutdown future.
+pub struct Relay {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), RelayError>>,
+}
+
+impl Relay {
+    pub async fn start(config: RelayConfig) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(spoor_relay::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let relay = Relay {
+            addr,
+            stop: Some(stop),
+            task,
+        };
+        // Ready once setup (stream, consumer, schema) is done.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if relay.task.is_finished() {
+                let outcome = relay.task.await.expect("relay task panicked");
+                panic!("relay exited during setup: {outcome:?}");
+            }
+            if relay.get("/healthz").await.0 == 200 {
+                return relay;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relay not healthy after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET a path on the relay's HTTP server: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.addr);
+        tokio::task::spawn_blocking(move || {
+            match ureq::get(&url).timeout(Duration::from_secs(5)).call() {
+                Ok(r) => (r.status(), r.into_string().unwrap()),
+                Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// One sample from `/metrics`, e.g. `spoor_relay_rows_inserted_total` or
+    /// `spoor_relay_decode_errors_total{kind="bad_magic"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        sample_value(&body, sample)
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("relay did not stop in time")
+            .expect("relay task panicked")
+            .expect("relay returned an error");
+    }
+}
+
+pub fn sample_value(metrics: &str, sample: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// Polls `check` until it yields a value, panicking after `WAIT`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
