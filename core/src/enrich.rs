@@ -87,7 +87,7 @@ impl Device {
         };
         Device {
             browser: if is_bot { r.name.to_string() } else { known(r.name) },
-            browser_version: known(&r.version),
+            browser_version: known(r.version),
             os: known(r.os),
             os_version: known(&r.os_version),
             device_type: device_type.to_string(),

@@ -53,10 +53,13 @@ fn every_truncation_is_an_error() {
     }
 }
 
+/// A named corruption of a frame and the error kind it must produce.
+type Corruption = (&'static str, Box<dyn Fn(&mut Vec<u8>)>, &'static str);
+
 #[test]
 fn header_is_not_trusted() {
     let frame = encode_batch(&sample(3)).unwrap();
-    let table: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    let table: Vec<Corruption> = vec![
         ("magic", Box::new(|f| f[0] = b'X'), "bad_magic"),
         ("version", Box::new(|f| f[4] = 9), "unsupported_version"),
         ("flags", Box::new(|f| f[5] = 3), "unknown_flags"),

@@ -42,7 +42,7 @@ fn event_rules_table() {
         ("minimal", format!(r#"{{"event":"page_view","event_id":"{ID}","anonymous_id":"d1"}}"#), None),
         ("user only", r#"{"event":"login","user_id":"u1"}"#.into(), None),
         ("numeric ids", r#"{"event":"x","user_id":42,"session_id":1700000000000}"#.into(), None),
-        ("rfc3339 ts", format!(r#"{{"event":"x","anonymous_id":"d","timestamp":"2025-11-22T08:00:00Z"}}"#), None),
+        ("rfc3339 ts", r#"{"event":"x","anonymous_id":"d","timestamp":"2025-11-22T08:00:00Z"}"#.to_string(), None),
         ("epoch ts", format!(r#"{{"event":"x","anonymous_id":"d","timestamp":{}}}"#, NOW - 1000), None),
         ("null properties", r#"{"event":"x","anonymous_id":"d","properties":null}"#.into(), None),
         ("full context", r#"{"event":"x","anonymous_id":"d","context":{"page":{"url":"https://s.test/a","path":"/a","referrer":"","title":"A"},"app":{"name":"shop","version":"1.2"},"library":{"name":"spoor-js","version":"0.1"},"locale":"de-DE","screen":{"width":390,"height":844},"unknown":1}}"#.into(), None),
@@ -166,13 +166,16 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// (case, endpoint, body, content type, content encoding, status, error code)
+type RequestCase<'a> = (&'a str, Endpoint, Vec<u8>, Option<&'a str>, Option<&'a str>, u16, &'a str);
+
 #[test]
 fn request_errors_table() {
     let l = Limits::default();
     let ok_body = batch_of(&[r#"{"event":"x","anonymous_id":"d"}"#]);
     let many: Vec<&str> = (0..501).map(|_| r#"{"event":"x","anonymous_id":"d"}"#).collect();
     let bomb = gzip(&vec![b' '; 600 * 1024]);
-    let cases: Vec<(&str, Endpoint, Vec<u8>, Option<&str>, Option<&str>, u16, &str)> = vec![
+    let cases: Vec<RequestCase> = vec![
         ("form content type", Endpoint::Batch, ok_body.clone(), Some("application/x-www-form-urlencoded"), None, 415, "unsupported_media_type"),
         ("no content type", Endpoint::Batch, ok_body.clone(), None, None, 415, "unsupported_media_type"),
         ("brotli", Endpoint::Batch, ok_body.clone(), Some("application/json"), Some("br"), 415, "unsupported_encoding"),
