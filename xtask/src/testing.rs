@@ -1,0 +1,132 @@
+//! `cargo xtask test`: the whole test suite, as CI runs it (`.ci/run`). Sets
+//! up the tools, builds the edge, then runs every step even after one fails,
+//! prints a table of results and fails if any step failed. The child cargo
+//! gets the tools' absolute paths through SPOOR_* variables; the harness
+//! (tests/src/tools.rs) reads the same names. Never skips a step silently.
+
+use crate::setup::{self, Tools};
+use crate::{build_edge, sh};
+use anyhow::{bail, Result};
+use std::process::Command;
+use std::time::Instant;
+
+struct Step {
+    name: String,
+    cmd: Command,
+}
+
+pub fn run() -> Result<()> {
+    let tools = setup::run()?;
+    let root = sh::root();
+    let edge_start = Instant::now();
+    let edge_built = build_edge::run(&tools, false);
+    let edge_secs = edge_start.elapsed().as_secs_f64();
+    if let Err(e) = &edge_built {
+        eprintln!("test: build-edge failed, tests that need the edge will fail too: {e:#}");
+    }
+
+    let mut steps = vec![
+        Step {
+            name: "cargo test --workspace".into(),
+            cmd: cargo_test(&tools),
+        },
+        Step {
+            name: "spoor-edge-nats builds for wasm32".into(),
+            cmd: cargo(&[
+                "build",
+                "-p",
+                "spoor-edge-nats",
+                "--target",
+                "wasm32-unknown-unknown",
+            ]),
+        },
+    ];
+    steps.extend(fuzz_smoke_steps(&tools));
+
+    let mut results: Vec<(String, bool, f64)> =
+        vec![("build-edge".into(), edge_built.is_ok(), edge_secs)];
+    for mut step in steps {
+        println!("\n==> {}", step.name);
+        let start = Instant::now();
+        let ok = sh::run(step.cmd.current_dir(&root))
+            .map_err(|e| eprintln!("test: {e:#}"))
+            .is_ok();
+        results.push((step.name, ok, start.elapsed().as_secs_f64()));
+    }
+
+    println!("\ntest: summary");
+    for (name, ok, secs) in &results {
+        println!(
+            "  {}  {name} ({secs:.0}s)",
+            if *ok { "ok  " } else { "FAIL" }
+        );
+    }
+    let failed: Vec<&str> = results.iter().filter(|r| !r.1).map(|r| r.0.as_str()).collect();
+    if !failed.is_empty() {
+        bail!("{} step(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    println!("test: all steps passed");
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new(sh::cargo());
+    c.args(args);
+    c
+}
+
+/// `cargo test` over every native crate. `--workspace` would also pull in
+/// the wasm-only edge crate (default-members leave it out), so exclude it.
+fn cargo_test(tools: &Tools) -> Command {
+    let mut c = cargo(&["test", "--workspace", "--exclude", "spoor-edge"]);
+    let root = sh::root();
+    c.env("SPOOR_NATS_SERVER", &tools.nats_server)
+        .env("SPOOR_CLICKHOUSE_SERVER", &tools.clickhouse_server)
+        .env("SPOOR_WORKERD", &tools.workerd)
+        .env("SPOOR_WRANGLER", &tools.wrangler)
+        .env("SPOOR_EDGE_BUILD", root.join("edge/build"));
+    c
+}
+
+/// The fuzz targets in fuzz/fuzz_targets/, each run briefly on every CI run.
+pub const FUZZ_TARGETS: [&str; 3] = ["decode_frame", "ingest_body", "nats_server_ops"];
+/// Seconds each target runs in `cargo xtask test`: long enough to catch a
+/// shallow regression from the committed seeds, short enough for CI.
+const FUZZ_SMOKE_SECS: u32 = 20;
+
+/// Short fuzzing runs that catch crashes on every CI run: build every target
+/// once, then run each from its committed seeds (fuzz/seeds/<target>) with
+/// a scratch corpus in fuzz/corpus/<target> (ignored by git). A crash fails
+/// the step and leaves the input in fuzz/artifacts/<target>/.
+fn fuzz_smoke_steps(tools: &Tools) -> Vec<Step> {
+    let fuzz = |args: &[&str]| {
+        let mut c = Command::new(&tools.cargo_fuzz);
+        // cargo-fuzz is a cargo subcommand: its first argument is "fuzz".
+        c.arg("fuzz").args(args).env("RUSTUP_TOOLCHAIN", "nightly");
+        c
+    };
+    let mut steps = vec![Step {
+        name: "cargo fuzz build (nightly)".into(),
+        cmd: fuzz(&["build", "--release"]),
+    }];
+    for target in FUZZ_TARGETS {
+        let corpus = format!("fuzz/corpus/{target}");
+        let seeds = format!("fuzz/seeds/{target}");
+        let max_time = format!("-max_total_time={FUZZ_SMOKE_SECS}");
+        let _ = std::fs::create_dir_all(sh::root().join(&corpus));
+        steps.push(Step {
+            name: format!("fuzz {target} for {FUZZ_SMOKE_SECS}s"),
+            cmd: fuzz(&[
+                "run",
+                "--release",
+                target,
+                &corpus,
+                &seeds,
+                "--",
+                &max_time,
+                "-rss_limit_mb=2048",
+            ]),
+        });
+    }
+    steps
+}
