@@ -143,6 +143,15 @@ impl<R, A> Batcher<R, A> {
         drained
     }
 
+    /// Drops the buffered rows for which `keep` is false (rows found to be
+    /// stored already) and recomputes the byte count with `size`. The ack
+    /// tokens stay: their messages are acked with the next insert, which is
+    /// right because every row dropped here is already in the table.
+    pub fn retain_rows(&mut self, mut keep: impl FnMut(&R) -> bool, size: impl Fn(&R) -> usize) {
+        self.rows.retain(|r| keep(r));
+        self.bytes = self.rows.iter().map(size).fold(0, usize::saturating_add);
+    }
+
     /// Ack tokens held (messages awaiting the next insert).
     pub fn acks(&self) -> &[A] {
         &self.acks

@@ -69,22 +69,98 @@ impl InternalEvent for FrameDecodeFailed<'_> {
     }
 }
 
-/// Events dropped because their `event_id` was seen within the window.
-pub struct EventsDeduped<'a> {
-    pub batch_id: &'a str,
+/// Duplicates dropped, by the layer that caught them: `own` (this relay
+/// buffered or stored the id), `claim` (another relay announced it), or
+/// `stored` (ClickHouse already holds it: a redelivery or a retried insert).
+pub struct DuplicatesDropped {
+    pub layer: &'static str,
     pub count: usize,
 }
 
-impl InternalEvent for EventsDeduped<'_> {
+impl InternalEvent for DuplicatesDropped {
     fn emit(self, m: &Metrics) {
         if self.count > 0 {
-            tracing::debug!(
-                batch_id = self.batch_id,
-                count = self.count,
-                "duplicate events dropped"
-            );
+            tracing::debug!(layer = self.layer, count = self.count, "duplicates dropped");
             m.events_deduped.inc_by(self.count as u64);
+            m.deduped_by_layer
+                .get_or_create(&[("layer", self.layer)])
+                .inc_by(self.count as u64);
         }
+    }
+}
+
+/// At start, the claims stream was replayed into the dedup window.
+pub struct ClaimsReplayed<'a> {
+    pub ids: usize,
+    pub instance: &'a str,
+}
+
+impl InternalEvent for ClaimsReplayed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::info!(
+            ids = self.ids,
+            instance = self.instance,
+            "dedup window rebuilt from the claims stream"
+        );
+        m.claims_received.inc_by(self.ids as u64);
+    }
+}
+
+/// Ids claimed by other relays arrived.
+pub struct ClaimsReceived {
+    pub ids: usize,
+}
+
+impl InternalEvent for ClaimsReceived {
+    fn emit(self, m: &Metrics) {
+        tracing::trace!(ids = self.ids, "claims received");
+        m.claims_received.inc_by(self.ids as u64);
+    }
+}
+
+/// This relay announced ids it buffered.
+pub struct ClaimsPublished<'a> {
+    pub ids: usize,
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl InternalEvent for ClaimsPublished<'_> {
+    fn emit(self, m: &Metrics) {
+        match self.error {
+            None => {
+                m.claims_published.inc_by(self.ids as u64);
+            }
+            Some(error) => {
+                tracing::warn!(
+                    error_type = "claim_publish_failed",
+                    stage = "dedup",
+                    ids = self.ids,
+                    %error,
+                    "could not announce buffered ids; other relays may store a copy"
+                );
+                m.claim_errors.inc();
+            }
+        }
+    }
+}
+
+/// ClickHouse was asked which buffered ids it already holds.
+pub struct PresenceChecked {
+    pub asked: usize,
+    pub stored: usize,
+    pub latency: Duration,
+}
+
+impl InternalEvent for PresenceChecked {
+    fn emit(self, m: &Metrics) {
+        tracing::debug!(
+            asked = self.asked,
+            stored = self.stored,
+            latency_ms = self.latency.as_millis() as u64,
+            "checked ClickHouse for already stored rows"
+        );
+        m.presence_checks.inc();
+        m.presence_checked_ids.inc_by(self.asked as u64);
     }
 }
 

@@ -85,6 +85,40 @@ pub async fn run(
             return Err(e);
         }
     };
+
+    // Share the dedup window: replay the region's recent claims before the
+    // first pull, then keep following them.
+    let instance = source::claims::new_instance_id();
+    let js = async_nats::jetstream::new(client.clone());
+    let (claims_tx, claims_rx) = tokio::sync::mpsc::channel(1024);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let follower = tokio::spawn(source::claims::follow(
+        js.clone(),
+        config.stream.clone(),
+        instance.clone(),
+        config.dedup_window,
+        claims_tx,
+        ready_tx,
+        stop_rx.clone(),
+    ));
+    let replayed = tokio::select! {
+        r = ready_rx => r.ok(),
+        () = shutdown.as_mut() => None,
+    };
+    let Some(replayed) = replayed else {
+        let _ = stop_tx.send(true);
+        let _ = http_task.await;
+        return match follower.await {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        };
+    };
+    internal_events::ClaimsReplayed {
+        ids: replayed,
+        instance: &instance,
+    }
+    .emit(&metrics);
+    let publisher = source::claims::ClaimPublisher::new(js, &config.stream, &instance);
     health.set_ready(client.clone());
     tracing::info!(stream = %config.stream, consumer = %config.consumer, database = %config.clickhouse.database, "relay running");
 
@@ -94,12 +128,23 @@ pub async fn run(
         metrics.clone(),
         stop_rx,
     ));
-    pipeline::Pipeline::new(config, client.clone(), consumer, metrics, health)
-        .run(shutdown)
-        .await;
+    pipeline::Pipeline::new(
+        config,
+        client.clone(),
+        consumer,
+        pipeline::Claims {
+            incoming: claims_rx,
+            publisher,
+        },
+        metrics,
+        health,
+    )
+    .run(shutdown)
+    .await;
 
     let _ = stop_tx.send(true);
     let _ = lag_task.await;
+    let _ = follower.await;
     let _ = http_task.await;
     // Acks were flushed as they were sent; this catches any stragglers
     // (NAKs, progress) before the connection goes.
@@ -113,6 +158,7 @@ pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
     let client = source_nats::connect(&config.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
+    source::claims::ensure_stream(&js, &config.stream).await?;
     schema::apply(&config.clickhouse).await?;
     let _ = client.flush().await;
     Ok(())
@@ -131,6 +177,7 @@ async fn setup(
     let client = source_nats::connect(&config.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
+    source::claims::ensure_stream(&js, &config.stream).await?;
     let consumer = source_nats::ensure_consumer(
         &js,
         &config.stream,

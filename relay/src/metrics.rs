@@ -26,6 +26,13 @@ pub struct Metrics {
     pub frames_decoded: Counter,
     pub decode_errors: LabeledCounter,
     pub events_deduped: Counter,
+    pub deduped_by_layer: LabeledCounter,
+    pub claims_published: Counter,
+    pub claims_received: Counter,
+    pub claim_errors: Counter,
+    pub presence_checks: Counter,
+    pub presence_checked_ids: Counter,
+    pub dedup_window_ids: Gauge,
     pub rows_inserted: Counter,
     pub insert_errors: Counter,
     pub messages_acked: Counter,
@@ -54,6 +61,13 @@ impl Metrics {
             frames_decoded: Counter::default(),
             decode_errors: LabeledCounter::default(),
             events_deduped: Counter::default(),
+            deduped_by_layer: LabeledCounter::default(),
+            claims_published: Counter::default(),
+            claims_received: Counter::default(),
+            claim_errors: Counter::default(),
+            presence_checks: Counter::default(),
+            presence_checked_ids: Counter::default(),
+            dedup_window_ids: Gauge::default(),
             rows_inserted: Counter::default(),
             insert_errors: Counter::default(),
             messages_acked: Counter::default(),
@@ -100,6 +114,41 @@ impl Metrics {
             "events_deduped",
             "Events dropped as duplicates of an event_id seen within the dedup window",
             m.events_deduped.clone(),
+        );
+        r.register(
+            "events_deduped_by_layer",
+            "Duplicates dropped, by the layer that caught them: own (this relay's window), claim (another relay's), stored (already in ClickHouse)",
+            m.deduped_by_layer.clone(),
+        );
+        r.register(
+            "claims_published",
+            "Event ids this relay announced to the others after buffering them",
+            m.claims_published.clone(),
+        );
+        r.register(
+            "claims_received",
+            "Event ids announced by other relays (or replayed at start) and added to the window",
+            m.claims_received.clone(),
+        );
+        r.register(
+            "claim_errors",
+            "Claims that could not be published",
+            m.claim_errors.clone(),
+        );
+        r.register(
+            "presence_checks",
+            "Queries asking ClickHouse which buffered ids it already holds (after redelivery or a failed insert)",
+            m.presence_checks.clone(),
+        );
+        r.register(
+            "presence_checked_ids",
+            "Event ids asked about in presence checks",
+            m.presence_checked_ids.clone(),
+        );
+        r.register(
+            "dedup_window_ids",
+            "Event ids the dedup window holds (own and claimed)",
+            m.dedup_window_ids.clone(),
         );
         r.register(
             "rows_inserted",

@@ -32,13 +32,20 @@ use async_nats::jetstream::message::Acker;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
 use crate::batcher::{Batcher, FlushReason};
 use crate::config::RelayConfig;
-use crate::dedup::DedupWindow;
+use crate::dedup::{DedupWindow, Delivery, Origin, Verdict};
 use crate::health::Health;
 use crate::internal_events::*;
 use crate::metrics::Metrics;
+use crate::sink::clickhouse::SinkError;
 use crate::sink::clickhouse::{ClickHouseSink, EventRow};
+use crate::source::claims::{ClaimPublisher, Claimed};
 use crate::source::nats::{self as source, DeadLetterReason};
 
 /// Longest a pull request waits for messages. It bounds how long shutdown
@@ -55,6 +62,12 @@ pub(crate) struct Pipeline {
     sink: ClickHouseSink,
     batcher: Batcher<EventRow, Acker>,
     dedup: DedupWindow,
+    claims: Claims,
+    /// Ids of buffered rows that may already be in ClickHouse: rows of
+    /// redelivered messages, and the whole buffer after a failed insert
+    /// attempt (it may have succeeded on the server). Checked, and the
+    /// stored ones dropped, before the next insert.
+    unverified: HashSet<Uuid>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// The relay's monotonic clock origin; `now_ms` is measured from here
@@ -64,6 +77,14 @@ pub(crate) struct Pipeline {
     shutting_down: bool,
     /// When shutdown gives up on draining.
     drain_deadline: Option<Instant>,
+}
+
+/// The dedup window's link to the other relays (see `source::claims`).
+pub(crate) struct Claims {
+    /// Ids other relays buffered.
+    pub incoming: mpsc::Receiver<Claimed>,
+    /// Where this relay announces what it buffers.
+    pub publisher: ClaimPublisher,
 }
 
 /// How a flush ended.
@@ -78,6 +99,7 @@ impl Pipeline {
         config: RelayConfig,
         client: async_nats::Client,
         consumer: PullConsumer,
+        claims: Claims,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
@@ -92,6 +114,8 @@ impl Pipeline {
             sink,
             batcher,
             dedup,
+            claims,
+            unverified: HashSet::new(),
             metrics,
             health,
             epoch: Instant::now(),
@@ -203,7 +227,15 @@ impl Pipeline {
 
     /// Decodes one message and buffers its new events (or dead-letters it).
     async fn accept(&mut self, message: async_nats::jetstream::Message) {
-        let stream_sequence = message.info().ok().map(|i| i.stream_sequence);
+        let info = message.info().ok();
+        let stream_sequence = info.as_ref().map(|i| i.stream_sequence);
+        let delivery = match info.map(|i| i.delivered) {
+            Some(n) if n > 1 => Delivery::Redelivered,
+            // A message without metadata cannot be told apart; treat it as
+            // possibly stored.
+            None => Delivery::Redelivered,
+            Some(_) => Delivery::First,
+        };
         let (message, acker) = message.split();
         let mut batch =
             match spoor_core::decode_batch(&message.payload, self.config.max_frame_bytes) {
@@ -237,32 +269,106 @@ impl Pipeline {
         }
         .emit(&self.metrics);
 
+        self.take_claims();
         let now = self.now_ms();
         let events = std::mem::take(&mut batch.events);
-        let mut duplicates = 0usize;
-        let dedup = &mut self.dedup;
-        let rows: Vec<(EventRow, usize)> = events
-            .into_iter()
-            .filter_map(|event| {
-                // Marked seen as the row enters the buffer: the row then
-                // either reaches ClickHouse or stays buffered for retry, so
-                // dropping a later copy never loses the event.
-                if dedup.insert(event.event_id, now) {
+        let (mut own, mut claimed) = (0usize, 0usize);
+        let mut kept_ids = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
+        for event in events {
+            // Marked as this relay's as the row enters the buffer: the row
+            // then either reaches ClickHouse or stays buffered for retry, so
+            // dropping a later copy never loses the event.
+            match self.dedup.observe(event.event_id, delivery, now) {
+                Verdict::Duplicate(Origin::Own) => own += 1,
+                Verdict::Duplicate(Origin::Claimed) => claimed += 1,
+                verdict => {
+                    if verdict == Verdict::KeepIfNotStored {
+                        self.unverified.insert(event.event_id);
+                    }
+                    kept_ids.push(event.event_id);
                     let row = EventRow::new(&batch, event);
                     let size = row.estimated_size();
-                    Some((row, size))
-                } else {
-                    duplicates += 1;
-                    None
+                    rows.push((row, size));
                 }
-            })
-            .collect();
-        EventsDeduped {
-            batch_id: &batch.batch_id,
-            count: duplicates,
+            }
+        }
+        DuplicatesDropped {
+            layer: "own",
+            count: own,
         }
         .emit(&self.metrics);
+        DuplicatesDropped {
+            layer: "claim",
+            count: claimed,
+        }
+        .emit(&self.metrics);
+        if !kept_ids.is_empty() {
+            let error = self.claims.publisher.publish(&kept_ids).await.err();
+            ClaimsPublished {
+                ids: kept_ids.len(),
+                error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
+            }
+            .emit(&self.metrics);
+        }
         self.batcher.push(rows, acker, now);
+        self.metrics.dedup_window_ids.set(self.dedup.len() as i64);
+    }
+
+    /// Adds every claim that has arrived from other relays to the window.
+    fn take_claims(&mut self) {
+        let now = self.now_ms();
+        let mut received = 0usize;
+        while let Ok(ids) = self.claims.incoming.try_recv() {
+            received += ids.len();
+            for id in ids {
+                self.dedup.claim(id, now);
+            }
+        }
+        if received > 0 {
+            ClaimsReceived { ids: received }.emit(&self.metrics);
+        }
+    }
+
+    /// Drops the buffered rows whose ids ClickHouse already holds, among
+    /// those marked unverified, then clears the marks.
+    async fn drop_stored_rows(&mut self) -> Result<(), SinkError> {
+        if self.unverified.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        // project -> (days, ids) of the unverified rows.
+        let mut asked: BTreeMap<&str, (BTreeSet<u16>, Vec<Uuid>)> = BTreeMap::new();
+        for row in self.batcher.rows() {
+            if self.unverified.contains(&row.event_id) {
+                let entry = asked.entry(row.project_id.as_str()).or_default();
+                entry.0.insert(row.event_date);
+                entry.1.push(row.event_id);
+            }
+        }
+        let mut stored = HashSet::new();
+        let mut asked_ids = 0usize;
+        for (project, (days, ids)) in &asked {
+            asked_ids += ids.len();
+            stored.extend(self.sink.stored_ids(project, days, ids).await?);
+        }
+        let unverified = std::mem::take(&mut self.unverified);
+        self.batcher.retain_rows(
+            |row| !(unverified.contains(&row.event_id) && stored.contains(&row.event_id)),
+            EventRow::estimated_size,
+        );
+        PresenceChecked {
+            asked: asked_ids,
+            stored: stored.len(),
+            latency: started.elapsed(),
+        }
+        .emit(&self.metrics);
+        DuplicatesDropped {
+            layer: "stored",
+            count: stored.len(),
+        }
+        .emit(&self.metrics);
+        Ok(())
     }
 
     /// Inserts the buffer, retrying with backoff until it succeeds (or, when
@@ -278,8 +384,12 @@ impl Pipeline {
         loop {
             attempt = attempt.saturating_add(1);
             let started = Instant::now();
-            let insert = self.sink.insert(self.batcher.rows());
-            let result = match self.drain_deadline {
+            let drain_deadline = self.drain_deadline;
+            let insert = async {
+                self.drop_stored_rows().await?;
+                self.sink.insert(self.batcher.rows()).await
+            };
+            let result = match drain_deadline {
                 Some(deadline) => match tokio::time::timeout_at(deadline, insert).await {
                     Ok(r) => r,
                     Err(_) => return Flushed::Abandoned,
@@ -304,6 +414,11 @@ impl Pipeline {
                     return Flushed::Inserted;
                 }
                 Err(error) => {
+                    // The attempt may have stored some or all rows before it
+                    // failed (a lost response, a timeout after the server
+                    // took the data): ask before the next one.
+                    self.unverified
+                        .extend(self.batcher.rows().iter().map(|r| r.event_id));
                     let retry_in = backoff(attempt, self.config.max_retry_backoff);
                     InsertFailed {
                         error: &error,

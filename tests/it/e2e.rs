@@ -70,7 +70,10 @@ impl Answer {
 
     /// The `error` code of an error body.
     fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -190,10 +193,7 @@ async fn pipeline_stores_exactly_the_unique_valid_events_sent() {
              WHERE project_id = '{PROJECT}' FORMAT TSV"
         ),
     );
-    let nums: Vec<u64> = row
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let nums: Vec<u64> = row.split_whitespace().map(|n| n.parse().unwrap()).collect();
     assert_eq!(
         nums,
         vec![summary.unique_valid as u64, summary.unique_valid as u64],
@@ -206,17 +206,20 @@ async fn pipeline_stores_exactly_the_unique_valid_events_sent() {
     let deduped = relay.metric("spoor_relay_events_deduped_total").await;
     let inserted = relay.metric("spoor_relay_rows_inserted_total").await;
     assert_eq!(inserted as usize, summary.unique_valid);
-    assert_eq!(received - deduped, inserted, "received {received}, deduped {deduped}");
+    assert_eq!(
+        received - deduped,
+        inserted,
+        "received {received}, deduped {deduped}"
+    );
     relay.shutdown().await;
 }
 
 #[test]
 fn edge_answers_bad_requests_with_clear_statuses() {
     // No NATS is needed: every request here fails before publishing.
-    let edge = Edge::start(&EdgeConfig::default().var(
-        "WRITE_KEYS",
-        json!({ WRITE_KEY: PROJECT }).to_string(),
-    ))
+    let edge = Edge::start(
+        &EdgeConfig::default().var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string()),
+    )
     .unwrap();
     let batch = format!("{}/v1/batch", edge.url());
     let ok_body = json!({"batch": [{"event": "page_view", "anonymous_id": "d1",
@@ -230,29 +233,60 @@ fn edge_answers_bad_requests_with_clear_statuses() {
         &[("Content-Type", "application/json")],
         Some(ok_body.as_bytes()),
     );
-    assert_eq!((a.status, a.error().as_str()), (401, "missing_write_key"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (401, "missing_write_key"),
+        "{}",
+        a.body
+    );
     let a = send(
         "POST",
         &batch,
-        &[("Content-Type", "application/json"), ("X-Spoor-Write-Key", "nope")],
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Spoor-Write-Key", "nope"),
+        ],
         Some(ok_body.as_bytes()),
     );
-    assert_eq!((a.status, a.error().as_str()), (401, "invalid_write_key"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (401, "invalid_write_key"),
+        "{}",
+        a.body
+    );
 
     // 415: wrong content type, unknown encoding.
     let a = send(
         "POST",
         &batch,
-        &[("Content-Type", "application/xml"), ("X-Spoor-Write-Key", WRITE_KEY)],
+        &[
+            ("Content-Type", "application/xml"),
+            ("X-Spoor-Write-Key", WRITE_KEY),
+        ],
         Some(ok_body.as_bytes()),
     );
-    assert_eq!((a.status, a.error().as_str()), (415, "unsupported_media_type"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (415, "unsupported_media_type"),
+        "{}",
+        a.body
+    );
     let a = post_json(&batch, &[("Content-Encoding", "br")], &ok_body);
-    assert_eq!((a.status, a.error().as_str()), (415, "unsupported_encoding"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (415, "unsupported_encoding"),
+        "{}",
+        a.body
+    );
 
     // 400: broken JSON says where it broke.
     let a = post_json(&batch, &[], "{\"batch\": [\n  {\"event\": \"x\",, }]}");
-    assert_eq!((a.status, a.error().as_str()), (400, "invalid_json"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (400, "invalid_json"),
+        "{}",
+        a.body
+    );
     let msg = a.json()["message"].as_str().unwrap().to_string();
     assert!(msg.contains("line 2") && msg.contains("column"), "{msg}");
     // 400: JSON that is not a batch.
@@ -263,7 +297,12 @@ fn edge_answers_bad_requests_with_clear_statuses() {
     let filler = "x".repeat(600 * 1024);
     let big = json!({"batch": [], "pad": filler}).to_string();
     let a = post_json(&batch, &[], &big);
-    assert_eq!((a.status, a.error().as_str()), (413, "payload_too_large"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (413, "payload_too_large"),
+        "{}",
+        a.body
+    );
     let zipped = gzip(big.as_bytes());
     assert!(zipped.len() < 64 * 1024, "the gzip body itself is small");
     let a = send(
@@ -276,13 +315,23 @@ fn edge_answers_bad_requests_with_clear_statuses() {
         ],
         Some(&zipped),
     );
-    assert_eq!((a.status, a.error().as_str()), (413, "payload_too_large"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (413, "payload_too_large"),
+        "{}",
+        a.body
+    );
     // 413: more than 500 events.
     let many: Vec<Value> = (0..501)
         .map(|_| json!({"event": "e", "anonymous_id": "d", "event_id": uuid()}))
         .collect();
     let a = post_json(&batch, &[], &json!({ "batch": many }).to_string());
-    assert_eq!((a.status, a.error().as_str()), (413, "payload_too_large"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (413, "payload_too_large"),
+        "{}",
+        a.body
+    );
 
     // CORS preflight from any site, and CORS headers on answers.
     let a = send(
@@ -291,23 +340,44 @@ fn edge_answers_bad_requests_with_clear_statuses() {
         &[
             ("Origin", "https://shop.example"),
             ("Access-Control-Request-Method", "POST"),
-            ("Access-Control-Request-Headers", "content-type,x-spoor-write-key"),
+            (
+                "Access-Control-Request-Headers",
+                "content-type,x-spoor-write-key",
+            ),
         ],
         None,
     );
     assert_eq!(a.status, 204, "{}", a.body);
-    assert_eq!(a.header("access-control-allow-origin"), Some("https://shop.example"));
-    let allowed = a.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
-    assert!(allowed.contains("x-spoor-write-key") && allowed.contains("content-type"), "{allowed}");
-    assert!(a.header("access-control-allow-methods").unwrap_or_default().contains("POST"));
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    let allowed = a
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("x-spoor-write-key") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    assert!(a
+        .header("access-control-allow-methods")
+        .unwrap_or_default()
+        .contains("POST"));
     let a = send(
         "POST",
         &batch,
-        &[("Content-Type", "application/json"), ("Origin", "https://shop.example")],
+        &[
+            ("Content-Type", "application/json"),
+            ("Origin", "https://shop.example"),
+        ],
         Some(ok_body.as_bytes()),
     );
     assert_eq!(a.status, 401);
-    assert_eq!(a.header("access-control-allow-origin"), Some("https://shop.example"));
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
 
     // Health, unknown paths, wrong methods.
     let a = send("GET", &format!("{}/healthz", edge.url()), &[], None);
@@ -367,7 +437,11 @@ async fn stored_rows_carry_geo_device_ip_prefix_and_corrected_time() {
     );
     assert_eq!(a.status, 202, "{}", a.body);
     assert_eq!(a.json()["accepted"], 1);
-    let ack_ms: u64 = a.header("x-spoor-ack-ms").expect("X-Spoor-Ack-Ms").parse().unwrap();
+    let ack_ms: u64 = a
+        .header("x-spoor-ack-ms")
+        .expect("X-Spoor-Ack-Ms")
+        .parse()
+        .unwrap();
     assert!(ack_ms < 20_000);
 
     // The same test headers on an edge that does not allow them change nothing.
@@ -395,9 +469,17 @@ async fn stored_rows_carry_geo_device_ip_prefix_and_corrected_time() {
         async move { rows.into_iter().next() }
     })
     .await;
-    let s = |i: usize| row[i].as_str().map(str::to_owned).unwrap_or_else(|| row[i].to_string());
+    let s = |i: usize| {
+        row[i]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| row[i].to_string())
+    };
     assert_eq!(s(0), "purchase");
-    assert_eq!((s(1), s(2), s(3)), ("u-42".into(), "dev-42".into(), "s-1".into()));
+    assert_eq!(
+        (s(1), s(2), s(3)),
+        ("u-42".into(), "dev-42".into(), "s-1".into())
+    );
     assert_eq!(
         (s(4), s(5), s(6), s(7), s(8), s(9)),
         (
@@ -410,19 +492,46 @@ async fn stored_rows_carry_geo_device_ip_prefix_and_corrected_time() {
         )
     );
     assert_eq!(s(10), "3320");
-    assert_eq!((s(11), s(12), s(13), s(14)), ("Chrome".into(), "Mac OSX".into(), "desktop".into(), "0".into()));
-    assert_eq!(s(15), "203.0.113.0", "the IP is stored only as its /24 network");
+    assert_eq!(
+        (s(11), s(12), s(13), s(14)),
+        (
+            "Chrome".into(),
+            "Mac OSX".into(),
+            "desktop".into(),
+            "0".into()
+        )
+    );
+    assert_eq!(
+        s(15),
+        "203.0.113.0",
+        "the IP is stored only as its /24 network"
+    );
     assert_eq!(s(16), "e2e-region");
-    assert_eq!((s(17), s(18), s(19), s(20), s(21)), (
-        "/checkout".into(), "Checkout".into(), "spoor-js".into(), "de-DE".into(), "1440".into()));
+    assert_eq!(
+        (s(17), s(18), s(19), s(20), s(21)),
+        (
+            "/checkout".into(),
+            "Checkout".into(),
+            "spoor-js".into(),
+            "de-DE".into(),
+            "1440".into()
+        )
+    );
     assert_eq!(s(22), "o-1");
     let num = |i: usize| -> i64 { s(i).trim_matches('"').parse().unwrap() };
     let (ts, received, client_ts, sent_at) = (num(23), num(24), num(25), num(26));
-    assert_eq!(client_ts, happened + skew, "the client's own timestamp is kept");
+    assert_eq!(
+        client_ts,
+        happened + skew,
+        "the client's own timestamp is kept"
+    );
     assert_eq!(sent_at, now_ms + skew);
     // Corrected time = client time - (sent_at - received_at).
     assert_eq!(ts, client_ts - (sent_at - received));
-    assert!((ts - happened).abs() < 5_000, "corrected {ts} vs happened {happened}");
+    assert!(
+        (ts - happened).abs() < 5_000,
+        "corrected {ts} vs happened {happened}"
+    );
     assert!((received - now_ms).abs() < 30_000);
 
     // Nowhere does the raw address appear.
@@ -441,8 +550,14 @@ async fn stored_rows_carry_geo_device_ip_prefix_and_corrected_time() {
     })
     .await;
     let cols: Vec<&str> = strict_row.trim_end_matches('\n').split('\t').collect();
-    assert_eq!(cols[0], "", "X-Spoor-Test-Cf must be ignored unless ALLOW_TEST_CF=true");
-    assert_eq!(cols[1], "", "X-Spoor-Test-Ip must be ignored unless ALLOW_TEST_CF=true");
+    assert_eq!(
+        cols[0], "",
+        "X-Spoor-Test-Cf must be ignored unless ALLOW_TEST_CF=true"
+    );
+    assert_eq!(
+        cols[1], "",
+        "X-Spoor-Test-Ip must be ignored unless ALLOW_TEST_CF=true"
+    );
     assert_eq!(cols[2], "Chrome");
     relay.shutdown().await;
 }
@@ -460,9 +575,18 @@ fn nats_unreachable_is_503_with_retry_after_and_nothing_accepted() {
     let body = json!({"batch": [{"event": "page_view", "anonymous_id": "d1", "event_id": uuid()}]})
         .to_string();
     let a = post_json(&format!("{}/v1/batch", edge.url()), &[], &body);
-    assert_eq!((a.status, a.error().as_str()), (503, "unavailable"), "{}", a.body);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (503, "unavailable"),
+        "{}",
+        a.body
+    );
     assert_eq!(a.header("retry-after"), Some("1"));
-    assert!(a.json().get("accepted").is_none(), "a 503 acknowledges nothing: {}", a.body);
+    assert!(
+        a.json().get("accepted").is_none(),
+        "a 503 acknowledges nothing: {}",
+        a.body
+    );
     // A batch with only invalid events needs no publish, so it is answered.
     let bad = json!({"batch": [{"event": "page_view"}]}).to_string();
     let a = post_json(&format!("{}/v1/batch", edge.url()), &[], &bad);

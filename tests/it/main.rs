@@ -1,7 +1,8 @@
 //! End-to-end and integration tests against real servers.
 
+mod e2e;
 mod edge_nats;
 mod harness;
-mod e2e;
 mod relay;
+mod relay_dedup;
 mod support;

@@ -19,13 +19,13 @@ use uuid::Uuid;
 
 use crate::support::{eventually, sample_value, Relay};
 
-const STREAM: &str = "SPOOR_EVENTS";
-const CONSUMER: &str = "spoor-relay";
+pub(crate) const STREAM: &str = "SPOOR_EVENTS";
+pub(crate) const CONSUMER: &str = "spoor-relay";
 
 /// 2024-03-01T12:34:56.789Z
-const TS_MS: i64 = 1_709_296_496_789;
+pub(crate) const TS_MS: i64 = 1_709_296_496_789;
 
-fn config(nats: &NatsServer, clickhouse_url: String, database: &str) -> RelayConfig {
+pub(crate) fn config(nats: &NatsServer, clickhouse_url: String, database: &str) -> RelayConfig {
     let mut config = RelayConfig::new(
         nats.url(),
         ClickHouseConfig {
@@ -42,11 +42,11 @@ fn config(nats: &NatsServer, clickhouse_url: String, database: &str) -> RelayCon
 }
 
 /// Runs a query through the harness's blocking client.
-async fn query(ch: &ClickHouseServer, sql: String) -> String {
+pub(crate) async fn query(ch: &ClickHouseServer, sql: String) -> String {
     tokio::task::block_in_place(|| ch.query(&sql).unwrap_or_else(|e| panic!("{e:#}")))
 }
 
-async fn count(ch: &ClickHouseServer, db: &str) -> u64 {
+pub(crate) async fn count(ch: &ClickHouseServer, db: &str) -> u64 {
     query(ch, format!("SELECT count() FROM {db}.events"))
         .await
         .trim()
@@ -54,12 +54,12 @@ async fn count(ch: &ClickHouseServer, db: &str) -> u64 {
         .unwrap()
 }
 
-struct Publisher {
-    js: jetstream::Context,
+pub(crate) struct Publisher {
+    pub(crate) js: jetstream::Context,
 }
 
 impl Publisher {
-    async fn connect(nats: &NatsServer) -> Publisher {
+    pub(crate) async fn connect(nats: &NatsServer) -> Publisher {
         let client = async_nats::connect(nats.url()).await.unwrap();
         Publisher {
             js: jetstream::new(client),
@@ -67,7 +67,7 @@ impl Publisher {
     }
 
     /// Publishes one frame with `Nats-Msg-Id` = `msg_id` and waits for its PubAck.
-    async fn publish(&self, msg_id: &str, frame: Vec<u8>) -> u64 {
+    pub(crate) async fn publish(&self, msg_id: &str, frame: Vec<u8>) -> u64 {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
         let ack = self
@@ -83,22 +83,22 @@ impl Publisher {
         ack.sequence
     }
 
-    async fn publish_batch(&self, batch: &WireBatch) -> u64 {
+    pub(crate) async fn publish_batch(&self, batch: &WireBatch) -> u64 {
         self.publish(&batch.batch_id, encode_batch(batch).unwrap())
             .await
     }
 
-    async fn consumer(&self) -> jetstream::consumer::Info {
+    pub(crate) async fn consumer(&self) -> jetstream::consumer::Info {
         let stream = self.js.get_stream(STREAM).await.unwrap();
         stream.consumer_info(CONSUMER).await.unwrap()
     }
 }
 
-fn id(n: u128) -> Uuid {
+pub(crate) fn id(n: u128) -> Uuid {
     Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | n)
 }
 
-fn event(n: u128) -> Event {
+pub(crate) fn event(n: u128) -> Event {
     Event {
         event_id: id(n),
         event_id_derived: false,
@@ -113,7 +113,7 @@ fn event(n: u128) -> Event {
     }
 }
 
-fn batch(batch_id: &str, events: Vec<Event>) -> WireBatch {
+pub(crate) fn batch(batch_id: &str, events: Vec<Event>) -> WireBatch {
     WireBatch {
         batch_id: batch_id.into(),
         project_id: "proj_it".into(),
@@ -127,7 +127,7 @@ fn batch(batch_id: &str, events: Vec<Event>) -> WireBatch {
     }
 }
 
-fn events(range: std::ops::Range<u128>) -> Vec<Event> {
+pub(crate) fn events(range: std::ops::Range<u128>) -> Vec<Event> {
     range.map(event).collect()
 }
 

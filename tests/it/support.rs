@@ -111,4 +111,3 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-

@@ -96,3 +96,21 @@ fn reading_rows_for_a_failed_insert_keeps_them() {
     assert_eq!(b.acks(), &["a"]);
     assert_eq!(b.flush_reason(2_000), Some(FlushReason::Age));
 }
+
+#[test]
+fn retain_drops_rows_keeps_acks_and_recounts_bytes() {
+    let mut b: Batcher<u32, &str> = Batcher::new(LIMITS);
+    b.push(rows(4, 10), "m1", 0);
+    b.push(vec![(7u32, 100)], "m2", 1);
+    assert_eq!(b.bytes(), 140);
+    b.retain_rows(|r| *r % 2 == 1, |r| if *r == 7 { 100 } else { 10 });
+    assert_eq!(b.rows(), &[1, 3, 7]);
+    assert_eq!(b.bytes(), 120);
+    assert_eq!(b.acks(), &["m1", "m2"]);
+    // An emptied buffer still flushes, so its acks are released.
+    b.retain_rows(|_| false, |_| 10);
+    assert_eq!(b.row_count(), 0);
+    assert_eq!(b.bytes(), 0);
+    assert_eq!(b.flush_reason(1_000), Some(FlushReason::Age));
+    assert_eq!(b.take().acks, vec!["m1", "m2"]);
+}

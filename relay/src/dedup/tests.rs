@@ -1,4 +1,4 @@
-use super::DedupWindow;
+use super::{DedupWindow, Delivery, Origin, Verdict};
 use uuid::Uuid;
 
 fn id(n: u128) -> Uuid {
@@ -112,4 +112,69 @@ fn table_of_sequences() {
             assert_eq!(w.insert(id(*n), *now), *expected, "case {i} step {step}");
         }
     }
+}
+
+#[test]
+fn claims_drop_first_deliveries_but_not_redeliveries() {
+    use Delivery::*;
+    let mut w = DedupWindow::new(1_000, 10);
+    w.claim(id(1), 0);
+    assert_eq!(w.origin(&id(1)), Some(Origin::Claimed));
+    // A first delivery of a claimed id: the claimer's message is unacked
+    // until stored, so this copy can go.
+    assert_eq!(
+        w.observe(id(1), First, 1),
+        Verdict::Duplicate(Origin::Claimed)
+    );
+    // A redelivery may be the claimer's own message coming back after it
+    // died: keep it, subject to a ClickHouse check, and own it from now on.
+    assert_eq!(w.observe(id(1), Redelivered, 2), Verdict::KeepIfNotStored);
+    assert_eq!(w.origin(&id(1)), Some(Origin::Own));
+    // Once owned, every later copy is a duplicate, redelivered or not.
+    assert_eq!(
+        w.observe(id(1), Redelivered, 3),
+        Verdict::Duplicate(Origin::Own)
+    );
+    assert_eq!(w.observe(id(1), First, 4), Verdict::Duplicate(Origin::Own));
+}
+
+#[test]
+fn unknown_ids_are_kept_and_redeliveries_checked() {
+    use Delivery::*;
+    let mut w = DedupWindow::new(1_000, 10);
+    assert_eq!(w.observe(id(1), First, 0), Verdict::Keep);
+    assert_eq!(w.observe(id(2), Redelivered, 0), Verdict::KeepIfNotStored);
+    assert_eq!(w.origin(&id(2)), Some(Origin::Own));
+    // A claim never downgrades an id this relay holds.
+    w.claim(id(1), 1);
+    assert_eq!(w.origin(&id(1)), Some(Origin::Own));
+}
+
+#[test]
+fn a_claim_upgraded_to_own_keeps_its_age_and_claims_expire() {
+    use Delivery::*;
+    let mut w = DedupWindow::new(100, 10);
+    w.claim(id(1), 0);
+    assert_eq!(w.observe(id(1), Redelivered, 50), Verdict::KeepIfNotStored);
+    // Age counts from the claim at 0.
+    assert_eq!(w.observe(id(1), First, 100), Verdict::Keep);
+    w.claim(id(2), 200);
+    assert_eq!(w.observe(id(2), First, 300), Verdict::Keep);
+}
+
+#[test]
+fn claims_count_against_the_bound() {
+    let mut w = DedupWindow::new(u64::MAX, 2);
+    w.claim(id(1), 0);
+    w.claim(id(2), 1);
+    w.claim(id(3), 2);
+    assert_eq!(w.len(), 2);
+    assert!(!w.contains(&id(1)));
+    let mut off = DedupWindow::new(1_000, 0);
+    off.claim(id(1), 0);
+    assert!(off.is_empty());
+    assert_eq!(
+        off.observe(id(1), Delivery::Redelivered, 0),
+        Verdict::KeepIfNotStored
+    );
 }

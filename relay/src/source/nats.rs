@@ -50,6 +50,8 @@ pub enum SourceError {
         #[source]
         source: async_nats::jetstream::stream::ConsumerError,
     },
+    #[error("cannot follow the claims stream: {0}")]
+    Follow(String),
     #[error("JetStream pull request failed: {0}")]
     Fetch(#[source] async_nats::jetstream::consumer::pull::BatchError),
 }
@@ -68,16 +70,24 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, SourceError> {
         })
 }
 
-/// The embedded stream definition, renamed to `name`.
+/// The embedded events stream definition, renamed to `name`.
+pub fn stream_config(name: &str) -> Result<jetstream::stream::Config, SourceError> {
+    stream_config_from(STREAM_CONFIG_JSON, name)
+}
+
+/// A stream definition file (`deploy/nats/*.json`), renamed to `name`.
 ///
 /// The file is the JetStream API's JSON, where the server fills in omitted
 /// fields; async-nats' `Config` instead requires some of them (e.g.
 /// `max_msgs_per_subject`). So the file is laid over `Config::default()`:
 /// a field the file omits gets the crate's zero, which the server reads as
 /// its own default (0 limits mean unlimited).
-pub fn stream_config(name: &str) -> Result<jetstream::stream::Config, SourceError> {
+pub fn stream_config_from(
+    definition: &str,
+    name: &str,
+) -> Result<jetstream::stream::Config, SourceError> {
     let file: serde_json::Value =
-        serde_json::from_str(STREAM_CONFIG_JSON).map_err(SourceError::StreamDefinition)?;
+        serde_json::from_str(definition).map_err(SourceError::StreamDefinition)?;
     let mut merged = serde_json::to_value(jetstream::stream::Config::default())
         .map_err(SourceError::StreamDefinition)?;
     if let (Some(merged), Some(file)) = (merged.as_object_mut(), file.as_object()) {
@@ -91,15 +101,26 @@ pub fn stream_config(name: &str) -> Result<jetstream::stream::Config, SourceErro
     Ok(config)
 }
 
-/// Creates the stream if missing, or updates it when a field the embedded
-/// definition declares differs from the server's; otherwise leaves it alone.
+/// Creates the events stream if missing, or updates it when a field the
+/// embedded definition declares differs from the server's.
+pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<(), SourceError> {
+    ensure_stream_config(js, stream_config(name)?, STREAM_CONFIG_JSON).await
+}
+
+/// Creates the stream `config` if missing, or updates it when a field that
+/// `definition` declares differs from the server's; otherwise leaves it alone.
 ///
 /// It asks first rather than creating blindly: nats-server checks storage
 /// reservations before noticing that a create repeats an existing stream, so
 /// a create of an unchanged stream whose `max_bytes` fills `max_file_store`
 /// fails with "insufficient storage resources" on every restart.
-pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<(), SourceError> {
-    let config = stream_config(name)?;
+pub async fn ensure_stream_config(
+    js: &jetstream::Context,
+    config: jetstream::stream::Config,
+    definition: &str,
+) -> Result<(), SourceError> {
+    let name = config.name.clone();
+    let name = name.as_str();
     let stream = match js.get_stream(name).await {
         Ok(stream) => stream,
         Err(err) if is_stream_not_found(&err) => {
@@ -119,7 +140,15 @@ pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<(), So
             })
         }
     };
-    let drifted = drifted_fields(&stream.cached_info().config)?;
+    let mut drifted = drifted_fields_from(definition, &stream.cached_info().config)?;
+    // A renamed definition carries its own subjects; judge those as given.
+    if stream.cached_info().config.subjects != config.subjects {
+        if !drifted.iter().any(|f| f == "subjects") {
+            drifted.push("subjects".to_string());
+        }
+    } else {
+        drifted.retain(|f| f != "subjects");
+    }
     if drifted.is_empty() {
         tracing::info!(stream = name, "JetStream stream matches its definition");
         return Ok(());
@@ -141,12 +170,20 @@ fn is_stream_not_found(err: &async_nats::jetstream::context::GetStreamError) -> 
     )
 }
 
-/// The fields the embedded definition declares (other than `name`) whose
-/// value on the server differs. Fields the file leaves out are the server's
-/// business and never count as drift.
+/// The fields the embedded events definition declares (other than `name`)
+/// whose value on the server differs. Fields the file leaves out are the
+/// server's business and never count as drift.
 pub fn drifted_fields(current: &jetstream::stream::Config) -> Result<Vec<String>, SourceError> {
+    drifted_fields_from(STREAM_CONFIG_JSON, current)
+}
+
+/// [`drifted_fields`] for any definition file.
+pub fn drifted_fields_from(
+    definition: &str,
+    current: &jetstream::stream::Config,
+) -> Result<Vec<String>, SourceError> {
     let declared: serde_json::Value =
-        serde_json::from_str(STREAM_CONFIG_JSON).map_err(SourceError::StreamDefinition)?;
+        serde_json::from_str(definition).map_err(SourceError::StreamDefinition)?;
     let current = serde_json::to_value(current).map_err(SourceError::StreamDefinition)?;
     let mut drifted = Vec::new();
     if let Some(declared) = declared.as_object() {

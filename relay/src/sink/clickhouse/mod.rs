@@ -9,9 +9,11 @@
 pub mod row;
 pub mod schema;
 
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use clickhouse::{Client, Compression};
+use uuid::Uuid;
 
 pub use row::EventRow;
 
@@ -40,6 +42,8 @@ pub enum SinkError {
     },
     #[error("insert into {EVENTS_TABLE} failed: {0}")]
     Insert(#[source] clickhouse::error::Error),
+    #[error("checking {EVENTS_TABLE} for already stored event ids failed: {0}")]
+    Presence(#[source] clickhouse::error::Error),
 }
 
 /// A client with the connection settings but no database. Validation is off
@@ -59,10 +63,17 @@ pub(crate) fn base_client(config: &ClickHouseConfig) -> Client {
     client
 }
 
-/// Inserts rows into `events`.
+/// Most ids asked about in one presence query; keeps the SQL text (about
+/// 40 bytes an id) well under ClickHouse's default 256 KiB `max_query_size`.
+const PRESENCE_CHUNK: usize = 4_000;
+
+/// Inserts rows into `events`, and answers which event ids it already holds.
 #[derive(Clone)]
 pub struct ClickHouseSink {
     client: Client,
+    /// Same server and database, uncompressed: 18.16's LZ4 responses break
+    /// the crate, so reads never use the insert client.
+    reader: Client,
 }
 
 impl ClickHouseSink {
@@ -72,7 +83,8 @@ impl ClickHouseSink {
         let client = base_client(config)
             .with_database(&config.database)
             .with_compression(Compression::Lz4);
-        ClickHouseSink { client }
+        let reader = base_client(config).with_database(&config.database);
+        ClickHouseSink { client, reader }
     }
 
     /// Writes `rows` in one INSERT. Either every row is in the table when
@@ -93,5 +105,76 @@ impl ClickHouseSink {
             insert.write(row).await.map_err(SinkError::Insert)?;
         }
         insert.end().await.map_err(SinkError::Insert)
+    }
+
+    /// Which of `ids` (events of `project_id` on the UTC days `dates`) are
+    /// already in `events`. The relay asks before inserting rows that may
+    /// have been inserted already: rows of redelivered messages, and a
+    /// buffer whose previous insert attempt failed (it may have succeeded on
+    /// the server). The partition key prunes the scan to those days.
+    ///
+    /// Reads go to the server the relay inserts into; on a replicated
+    /// cluster this must be the same replica (or use
+    /// `select_sequential_consistency`), or a just-inserted row can be
+    /// missed.
+    pub async fn stored_ids(
+        &self,
+        project_id: &str,
+        dates: &BTreeSet<u16>,
+        ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, SinkError> {
+        let mut stored = HashSet::new();
+        if ids.is_empty() || dates.is_empty() {
+            return Ok(stored);
+        }
+        // Dates and UUIDs are formatted here from typed values, so they are
+        // safe to splice; the project id is bound (escaped by the crate).
+        let dates = dates
+            .iter()
+            .map(|d| format!("'{}'", date_string(*d)))
+            .collect::<Vec<_>>()
+            .join(",");
+        for chunk in ids.chunks(PRESENCE_CHUNK) {
+            let mut list = String::with_capacity(chunk.len() * 40);
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    list.push(',');
+                }
+                list.push('\'');
+                list.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+                list.push('\'');
+            }
+            let sql = format!(
+                "SELECT DISTINCT toString(event_id) FROM {EVENTS_TABLE} \
+                 WHERE project_id = ? AND event_date IN ({dates}) AND event_id IN ({list})"
+            );
+            let found: Vec<String> = self
+                .reader
+                .query(&sql)
+                .bind(project_id)
+                .fetch_all()
+                .await
+                .map_err(SinkError::Presence)?;
+            stored.extend(found.iter().filter_map(|s| Uuid::parse_str(s).ok()));
+        }
+        Ok(stored)
+    }
+}
+
+/// A ClickHouse `Date` (days since 1970-01-01) as `YYYY-MM-DD`.
+pub fn date_string(days: u16) -> String {
+    // 1970-01-01 is Julian day 2,440,588; every u16 day is a valid date.
+    time::Date::from_julian_day(2_440_588 + i32::from(days))
+        .map(|d| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()))
+        .unwrap_or_else(|_| "1970-01-01".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_format_as_iso_days() {
+        assert_eq!(super::date_string(0), "1970-01-01");
+        assert_eq!(super::date_string(20_415), "2025-11-23");
+        assert_eq!(super::date_string(u16::MAX), "2149-06-06");
     }
 }
