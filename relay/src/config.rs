@@ -142,6 +142,12 @@ pub struct RunArgs {
     /// On shutdown, how long to keep retrying the final insert.
     #[arg(long, env = "SPOOR_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+    /// How long JetStream waits for an ack before redelivering a frame to
+    /// another relay: how soon a crashed relay's frames move on. Keep it
+    /// above the longest insert (the relay sends progress acks while it
+    /// retries).
+    #[arg(long, env = "SPOOR_ACK_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_wait_secs: u64,
 }
 
 impl ConnectionArgs {
@@ -175,6 +181,7 @@ impl RunArgs {
         config.dedup_window = Duration::from_secs(self.dedup_window_secs);
         config.dedup_max_ids = self.dedup_max_ids;
         config.drain_timeout = Duration::from_secs(self.drain_timeout_secs);
+        config.ack_wait = Duration::from_secs(self.ack_wait_secs);
         config
     }
 }

@@ -103,7 +103,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
-        let sink = ClickHouseSink::new(&config.clickhouse);
+        let sink = ClickHouseSink::new(&config.clickhouse, config.ack_wait);
         let batcher = Batcher::new(config.batch);
         let window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let dedup = DedupWindow::new(window_ms, config.dedup_max_ids);

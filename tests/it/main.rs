@@ -2,6 +2,7 @@
 
 mod e2e;
 mod edge_nats;
+mod faults;
 mod harness;
 mod relay;
 mod relay_dedup;

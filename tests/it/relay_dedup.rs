@@ -59,7 +59,7 @@ async fn rows_a_crashed_relay_inserted_are_not_inserted_again_on_redelivery() {
         held.push(message.unwrap());
     }
     assert_eq!(held.len(), 2, "the crashed relay held both frames");
-    let sink = ClickHouseSink::new(&cfg.clickhouse);
+    let sink = ClickHouseSink::new(&cfg.clickhouse, cfg.ack_wait);
     let mut stored: Vec<EventRow> = frames[0]
         .events
         .iter()

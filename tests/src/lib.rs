@@ -8,4 +8,5 @@
 pub mod clickhouse;
 pub mod edge;
 pub mod nats;
+pub mod relay;
 pub mod tools;

@@ -351,7 +351,11 @@ fn print_relay_summary(relay_port: u16) {
     let inserts = metric("spoor_relay_insert_duration_seconds_count");
     let insert_secs = metric("spoor_relay_insert_duration_seconds_sum");
     let deduped = metric("spoor_relay_events_deduped_total");
-    let rate = if insert_secs > 0.0 { rows / insert_secs } else { 0.0 };
+    let rate = if insert_secs > 0.0 {
+        rows / insert_secs
+    } else {
+        0.0
+    };
     println!(
         "  relay    inserted {rows:.0} rows in {inserts:.0} inserts ({:.0} rows/insert), \
          {rate:.0} rows/s while inserting; {deduped:.0} duplicates dropped",

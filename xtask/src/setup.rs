@@ -326,11 +326,20 @@ fn fuzzing(tools: &Tools) -> Result<()> {
         ok("rust toolchain", "nightly (for cargo fuzz)");
     } else {
         installing("rust nightly toolchain", "cargo fuzz needs nightly");
-        sh::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        sh::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let version = sh::probe(Command::new(&tools.cargo_fuzz).arg("--version")).unwrap_or_default();
     if version.starts_with("cargo-fuzz") {
-        ok("cargo-fuzz", format!("{}, {}", version.trim(), tools.cargo_fuzz.display()));
+        ok(
+            "cargo-fuzz",
+            format!("{}, {}", version.trim(), tools.cargo_fuzz.display()),
+        );
         return Ok(());
     }
     installing("cargo-fuzz", "not installed; this takes about 2 minutes");

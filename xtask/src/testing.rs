@@ -26,6 +26,12 @@ pub fn run() -> Result<()> {
     }
 
     let mut steps = vec![
+        // The fault-injection tests run the relay binary as a child (to
+        // kill -9 it); build it before the tests that need it.
+        Step {
+            name: "cargo build -p spoor-relay".into(),
+            cmd: cargo(&["build", "-p", "spoor-relay"]),
+        },
         Step {
             name: "cargo test --workspace".into(),
             cmd: cargo_test(&tools),
@@ -61,7 +67,11 @@ pub fn run() -> Result<()> {
             if *ok { "ok  " } else { "FAIL" }
         );
     }
-    let failed: Vec<&str> = results.iter().filter(|r| !r.1).map(|r| r.0.as_str()).collect();
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.1)
+        .map(|r| r.0.as_str())
+        .collect();
     if !failed.is_empty() {
         bail!("{} step(s) failed: {}", failed.len(), failed.join(", "));
     }
@@ -84,8 +94,16 @@ fn cargo_test(tools: &Tools) -> Command {
         .env("SPOOR_CLICKHOUSE_SERVER", &tools.clickhouse_server)
         .env("SPOOR_WORKERD", &tools.workerd)
         .env("SPOOR_WRANGLER", &tools.wrangler)
-        .env("SPOOR_EDGE_BUILD", root.join("edge/build"));
+        .env("SPOOR_EDGE_BUILD", root.join("edge/build"))
+        .env("SPOOR_RELAY_BIN", target_dir().join("debug/spoor-relay"));
     c
+}
+
+/// Cargo's target directory, as the child cargo will use it.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| sh::root().join("target"))
 }
 
 /// The fuzz targets in fuzz/fuzz_targets/, each run briefly on every CI run.

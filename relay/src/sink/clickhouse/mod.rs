@@ -23,9 +23,10 @@ use crate::config::ClickHouseConfig;
 pub const EVENTS_TABLE: &str = "events";
 
 /// Longest time to stream one insert's rows, and to wait for ClickHouse to
-/// confirm it. Past these the attempt counts as failed and is retried. Their
-/// sum stays under the consumer's 60 s `ack_wait`, so a hung insert fails
-/// (and progress acks start) before JetStream redelivers its messages.
+/// confirm it. Past these the attempt counts as failed and is retried. They
+/// shrink with a short `ack_wait` (see [`ClickHouseSink::new`]), so a hung
+/// insert always fails (and progress acks go out) before JetStream
+/// redelivers its messages to another relay.
 const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 const END_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,6 +45,8 @@ pub enum SinkError {
     Insert(#[source] clickhouse::error::Error),
     #[error("checking {EVENTS_TABLE} for already stored event ids failed: {0}")]
     Presence(#[source] clickhouse::error::Error),
+    #[error("checking {EVENTS_TABLE} for already stored event ids timed out")]
+    PresenceTimeout,
 }
 
 /// A client with the connection settings but no database. Validation is off
@@ -71,20 +74,30 @@ const PRESENCE_CHUNK: usize = 4_000;
 #[derive(Clone)]
 pub struct ClickHouseSink {
     client: Client,
+    send_timeout: Duration,
+    end_timeout: Duration,
     /// Same server and database, uncompressed: 18.16's LZ4 responses break
     /// the crate, so reads never use the insert client.
     reader: Client,
 }
 
 impl ClickHouseSink {
-    pub fn new(config: &ClickHouseConfig) -> Self {
+    /// A sink whose inserts and presence checks give up well inside
+    /// `ack_wait`: sending within 30% of it and confirming within 40%, capped
+    /// at 20 s and 30 s.
+    pub fn new(config: &ClickHouseConfig, ack_wait: Duration) -> Self {
         // Inserts (request bodies) work with LZ4 on 18.16 and cut the bytes
         // on the wire several times for this text-heavy row.
         let client = base_client(config)
             .with_database(&config.database)
             .with_compression(Compression::Lz4);
         let reader = base_client(config).with_database(&config.database);
-        ClickHouseSink { client, reader }
+        ClickHouseSink {
+            client,
+            reader,
+            send_timeout: SEND_TIMEOUT.min(ack_wait.mul_f64(0.3)),
+            end_timeout: END_TIMEOUT.min(ack_wait.mul_f64(0.4)),
+        }
     }
 
     /// Writes `rows` in one INSERT. Either every row is in the table when
@@ -100,7 +113,7 @@ impl ClickHouseSink {
             .insert::<EventRow>(EVENTS_TABLE)
             .await
             .map_err(SinkError::Insert)?
-            .with_timeouts(Some(SEND_TIMEOUT), Some(END_TIMEOUT));
+            .with_timeouts(Some(self.send_timeout), Some(self.end_timeout));
         for row in rows {
             insert.write(row).await.map_err(SinkError::Insert)?;
         }
@@ -148,13 +161,12 @@ impl ClickHouseSink {
                 "SELECT DISTINCT toString(event_id) FROM {EVENTS_TABLE} \
                  WHERE project_id = ? AND event_date IN ({dates}) AND event_id IN ({list})"
             );
-            let found: Vec<String> = self
-                .reader
-                .query(&sql)
-                .bind(project_id)
-                .fetch_all()
-                .await
-                .map_err(SinkError::Presence)?;
+            let query = self.reader.query(&sql).bind(project_id).fetch_all();
+            let found: Vec<String> =
+                match tokio::time::timeout(self.send_timeout + self.end_timeout, query).await {
+                    Ok(r) => r.map_err(SinkError::Presence)?,
+                    Err(_) => return Err(SinkError::PresenceTimeout),
+                };
             stored.extend(found.iter().filter_map(|s| Uuid::parse_str(s).ok()));
         }
         Ok(stored)

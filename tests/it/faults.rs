@@ -1,0 +1,344 @@
+//! The fault-injection suite: the whole pipeline on real parts (the edge's
+//! WASM build in workerd, nats-server with JetStream, `spoor-relay`
+//! processes, clickhouse-server), loaded by spoor-loadtest while something
+//! breaks. After every scenario the books must balance exactly:
+//!
+//! - the loadtest's own verification: ClickHouse holds every valid event of
+//!   every acknowledged request, nothing else, each once (it counts again
+//!   after a settle delay to catch late duplicates);
+//! - `count()` = `uniqExact(event_id)` = the unique valid events sent,
+//!   without FINAL (so the ReplacingMergeTree backstop is not what makes it
+//!   true);
+//! - the relays' own counters: received = inserted + deduped.
+//!
+//! Each scenario has its own nats-server, edge and database; the ClickHouse
+//! outage scenario has its own clickhouse-server too.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use spoor_tests::clickhouse::ClickHouseServer;
+use spoor_tests::edge::{Edge, EdgeConfig};
+use spoor_tests::nats::NatsServer;
+use spoor_tests::relay::{RelayProcess, RelayProcessConfig};
+
+use crate::support::sample_value;
+
+const WRITE_KEY: &str = "wk_faults";
+const PROJECT: &str = "faults";
+
+/// The ClickHouse a scenario uses: the shared server, or its own (to stop it).
+enum Ch {
+    Shared(&'static ClickHouseServer),
+    Own(ClickHouseServer),
+}
+
+impl std::ops::Deref for Ch {
+    type Target = ClickHouseServer;
+    fn deref(&self) -> &ClickHouseServer {
+        match self {
+            Ch::Shared(s) => s,
+            Ch::Own(s) => s,
+        }
+    }
+}
+
+/// One scenario's pipeline.
+struct Stack {
+    nats: NatsServer,
+    ch: Ch,
+    db: String,
+    edge: Edge,
+    relays: Vec<RelayProcess>,
+}
+
+impl Stack {
+    /// nats-server, the edge in workerd, and `relays` relay processes with
+    /// short timings (flush every 200 ms, redelivery after 6 s) so crashes
+    /// recover within the test's time. `relay_args` are extra `run` flags.
+    fn start(name: &str, own_clickhouse: bool, relays: usize, relay_args: &[&str]) -> Stack {
+        let nats = NatsServer::start().unwrap();
+        let ch = if own_clickhouse {
+            Ch::Own(ClickHouseServer::start().unwrap())
+        } else {
+            Ch::Shared(ClickHouseServer::shared())
+        };
+        let db = ch.fresh_database(name);
+        let mut args: Vec<String> = [
+            "--flush-interval-ms",
+            "200",
+            "--ack-wait-secs",
+            "6",
+            "--drain-timeout-secs",
+            "10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(relay_args.iter().map(|s| s.to_string()));
+        let config = RelayProcessConfig {
+            nats_url: nats.url(),
+            clickhouse_url: ch.http_url(),
+            database: db.clone(),
+            args,
+        };
+        // The first relay creates the stream the edge publishes to.
+        let relays = (0..relays)
+            .map(|_| RelayProcess::start(config.clone()).unwrap())
+            .collect();
+        let edge = Edge::start(
+            &EdgeConfig::new(nats.host_port())
+                .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
+                .var("REGION", "fault-region")
+                .var("PARTITIONS", "8"),
+        )
+        .unwrap();
+        Stack {
+            nats,
+            ch,
+            db,
+            edge,
+            relays,
+        }
+    }
+
+    /// Load options: `events` unique events at `rate` events/s.
+    fn load(&self, events: usize, rate: f64, seed: u64) -> spoor_loadtest::RunOptions {
+        let mut opts = spoor_loadtest::RunOptions {
+            edge_url: self.edge.url(),
+            write_key: WRITE_KEY.into(),
+            project: PROJECT.into(),
+            concurrency: 4,
+            rate,
+            clickhouse_url: Some(self.ch.http_url()),
+            clickhouse_db: self.db.clone(),
+            verify_timeout_secs: 240,
+            settle_ms: 2_000,
+            max_retries: 8,
+            ..Default::default()
+        };
+        opts.traffic.events = events;
+        opts.traffic.users = 300;
+        opts.traffic.seed = seed;
+        opts
+    }
+
+    fn query(&self, sql: &str) -> String {
+        self.ch
+            .query(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e:#}"))
+    }
+
+    /// Sums one metric sample over every relay.
+    fn relay_sum(&self, sample: &str) -> f64 {
+        self.relays
+            .iter()
+            .map(|r| sample_value(&r.metrics().unwrap_or_default(), sample))
+            .sum()
+    }
+
+    /// The exactness checks every scenario ends with. `extra` counts valid,
+    /// unique events the test sent by hand besides the loadtest's.
+    fn assert_exact(&self, summary: &spoor_loadtest::Summary, extra: usize) {
+        let logs = || {
+            self.relays
+                .iter()
+                .map(|r| r.log_tail(30))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        };
+        assert!(
+            summary.ok,
+            "loadtest found mismatches: {:#?}\nrelay logs:\n{}",
+            summary.mismatches,
+            logs()
+        );
+        let row = self.query(&format!(
+            "SELECT count(), uniqExact(event_id) FROM {}.events WHERE project_id = '{PROJECT}' FORMAT TSV",
+            self.db
+        ));
+        let nums: Vec<u64> = row.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(
+            nums,
+            vec![(summary.unique_valid + extra) as u64; 2],
+            "count() and uniqExact(event_id) must equal the unique valid events sent"
+        );
+    }
+}
+
+/// Runs the load in a task so the test can break things meanwhile.
+fn spawn_load(
+    opts: spoor_loadtest::RunOptions,
+) -> tokio::task::JoinHandle<spoor_loadtest::Summary> {
+    tokio::spawn(async move { spoor_loadtest::run(&opts).await.unwrap() })
+}
+
+async fn sleep_secs(secs: f64) {
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// (a) The SDK resends 20% of its batches (same event ids; the loadtest
+/// sends them verbatim, later in the run), with 1% invalid events mixed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sdk_resends_a_fifth_of_its_batches() {
+    let stack = blocking(|| Stack::start("fault_resend", false, 2, &[]));
+    let mut opts = stack.load(12_000, 0.0, 11);
+    opts.traffic.resend_ratio = 0.2;
+    opts.traffic.invalid_ratio = 0.01;
+    let summary = spoor_loadtest::run(&opts).await.unwrap();
+    assert!(summary.resends >= 40, "only {} resends", summary.resends);
+    blocking(|| {
+        stack.assert_exact(&summary, 0);
+        let received = stack.relay_sum("spoor_relay_events_received_total");
+        let deduped = stack.relay_sum("spoor_relay_events_deduped_total");
+        let inserted = stack.relay_sum("spoor_relay_rows_inserted_total");
+        assert_eq!(inserted as usize, summary.unique_valid);
+        assert_eq!(received - deduped, inserted, "relay books");
+    });
+}
+
+/// (b) Two relays share the work; one is killed with SIGKILL three times
+/// under load and restarted. Its unacked frames go to the survivor (or to
+/// its next life) after ack_wait; rows it had inserted before dying are
+/// found in ClickHouse and not inserted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_a_relay_killed_three_times_under_load() {
+    let stack = blocking(|| Stack::start("fault_kill", false, 2, &[]));
+    let load = spawn_load(stack.load(24_000, 1_200.0, 12));
+    let victim = &stack.relays[0];
+    for round in 0..3 {
+        sleep_secs(4.0).await;
+        blocking(|| victim.kill9());
+        eprintln!("kill -9 round {round}");
+        sleep_secs(1.0).await;
+        blocking(|| victim.restart()).unwrap();
+    }
+    let summary = load.await.unwrap();
+    blocking(|| stack.assert_exact(&summary, 0));
+}
+
+/// (c) ClickHouse is stopped for 60 s under load. The relays keep their
+/// buffers within bounds (no fetching while inserts fail; JetStream holds
+/// the rest, up to max_ack_pending unacked), then catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_clickhouse_down_for_a_minute_under_load() {
+    let stack = blocking(|| Stack::start("fault_ch", true, 2, &["--batch-max-rows", "2000"]));
+    let load = spawn_load(stack.load(30_000, 400.0, 13));
+    sleep_secs(3.0).await;
+    blocking(|| stack.ch.stop());
+    let stopped = Instant::now();
+    let mut max_buffer = 0.0f64;
+    let mut max_lag = 0.0f64;
+    while stopped.elapsed() < Duration::from_secs(60) {
+        sleep_secs(2.0).await;
+        blocking(|| {
+            for r in &stack.relays {
+                let m = r.metrics().unwrap();
+                max_buffer = max_buffer.max(sample_value(&m, "spoor_relay_buffer_rows"));
+                max_lag = max_lag.max(sample_value(&m, "spoor_relay_consumer_lag_messages"));
+            }
+        });
+    }
+    blocking(|| stack.ch.restart()).unwrap();
+    let summary = load.await.unwrap();
+    eprintln!("during the outage: max buffered rows per relay {max_buffer}, max consumer lag {max_lag} frames");
+    // One frame past the row bound at most (a frame holds up to 50 events here).
+    assert!(max_buffer <= 2_050.0, "buffer grew to {max_buffer} rows");
+    assert!(
+        max_lag > 50.0,
+        "frames should wait in JetStream during the outage, lag peaked at {max_lag}"
+    );
+    assert!(blocking(|| stack.relay_sum("spoor_relay_insert_errors_total")) > 0.0);
+    blocking(|| stack.assert_exact(&summary, 0));
+}
+
+/// (f) Devices that were offline flush events hours old: 2 hours late
+/// (and, to be sure of crossing a UTC day, 26 hours late). They are stored
+/// under their own event time, in their own day's partition, next to
+/// live traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_events_hours_late_land_in_their_own_day() {
+    let stack = blocking(|| Stack::start("fault_late", false, 1, &[]));
+    let load = spawn_load(stack.load(4_000, 800.0, 16));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut late_ids = Vec::new();
+    let url = format!("{}/v1/batch", stack.edge.url());
+    for (n, late_ms) in [(0, 2 * 3_600_000i64), (1, 26 * 3_600_000)] {
+        let events: Vec<_> = (0..20)
+            .map(|i| {
+                let id = uuid::Uuid::new_v4();
+                late_ids.push((id, late_ms));
+                json!({"event": "page_view", "event_id": id.to_string(),
+                       "anonymous_id": format!("offline-device-{n}"),
+                       "timestamp": now_ms - late_ms + i * 1_000,
+                       "properties": {"late": true}})
+            })
+            .collect();
+        let body = json!({"sent_at": now_ms, "batch": events}).to_string();
+        let answer = blocking(|| {
+            ureq::post(&url)
+                .set("Content-Type", "application/json")
+                .set("X-Spoor-Write-Key", WRITE_KEY)
+                .timeout(Duration::from_secs(20))
+                .send_string(&body)
+        })
+        .unwrap();
+        assert_eq!(answer.status(), 202);
+        let receipt: serde_json::Value =
+            serde_json::from_str(&answer.into_string().unwrap()).unwrap();
+        assert_eq!(receipt["accepted"], 20, "{receipt}");
+    }
+    let summary = load.await.unwrap();
+    blocking(|| {
+        // The loadtest's exactness covers its own events; the late ones are
+        // checked here, one by one.
+        stack.assert_exact(&summary, late_ids.len());
+        for (id, late_ms) in &late_ids {
+            let row = stack.query(&format!(
+                "SELECT toString(event_date), toString(toDate(event_time)), ts_ms, received_at_ms \
+                 FROM {}.events WHERE event_id = '{id}' FORMAT TSV",
+                stack.db
+            ));
+            let cols: Vec<&str> = row.trim().split('\t').collect();
+            assert_eq!(
+                cols.len(),
+                4,
+                "late event {id} not stored exactly once: {row:?}"
+            );
+            let (ts_ms, received_ms): (i64, i64) =
+                (cols[2].parse().unwrap(), cols[3].parse().unwrap());
+            // Skew correction keeps the event's offset from sent_at; the
+            // edge's clock and this test's agree to well within a minute.
+            let lateness = received_ms - ts_ms;
+            assert!(
+                (late_ms - 60_000..=late_ms + 60_000).contains(&lateness),
+                "event {id}: stored {lateness} ms before receipt, expected about {late_ms}"
+            );
+            assert_eq!(cols[0], cols[1], "partition day = event-time day for {id}");
+        }
+        // The 26-hour-late events sit in an older partition than live ones.
+        let days = stack.query(&format!(
+            "SELECT uniqExact(event_date) FROM {}.events WHERE properties LIKE '%\"late\":true%' FORMAT TSV",
+            stack.db
+        ));
+        assert!(
+            days.trim().parse::<u32>().unwrap() >= 2,
+            "late events span two days"
+        );
+        let parts = stack.query(&format!(
+            "SELECT uniqExact(partition) FROM system.parts WHERE database = '{}' AND table = 'events' AND active FORMAT TSV",
+            stack.db
+        ));
+        assert!(
+            parts.trim().parse::<u32>().unwrap() >= 2,
+            "one partition per event day"
+        );
+    });
+}
