@@ -36,6 +36,8 @@ pub struct NatsServer {
     child: Mutex<Option<Child>>,
     binary: PathBuf,
     extra_args: Vec<String>,
+    /// The config file: the repository's, or an edited copy in `dir`.
+    config: PathBuf,
     port: u16,
     monitor_port: u16,
     // Declared last so it is removed after Drop has killed the server.
@@ -52,6 +54,17 @@ impl NatsServer {
     /// config file, e.g. `["--auth", "s3cret"]` for a server that requires a
     /// token. Restarts keep them.
     pub fn start_with_args(args: &[&str]) -> Result<NatsServer> {
+        Self::start_with(args, None)
+    }
+
+    /// Starts a server whose config differs from the repository's only in
+    /// JetStream's `sync_interval` (e.g. `"2m"`, the server default), for
+    /// measuring what the deployed `always` costs.
+    pub fn start_with_sync_interval(value: &str) -> Result<NatsServer> {
+        Self::start_with(&[], Some(value))
+    }
+
+    fn start_with(args: &[&str], sync_interval: Option<&str>) -> Result<NatsServer> {
         let binary = Tool::NatsServer.path()?;
         let dir = tempfile::Builder::new()
             .prefix("spoor-nats-")
@@ -61,11 +74,24 @@ impl NatsServer {
             child: Mutex::new(None),
             binary,
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            config: Self::config_path(),
             port: 0,
             monitor_port: 0,
             dir,
         };
         std::fs::create_dir_all(server.store_dir()).context("creating the JetStream store dir")?;
+        if let Some(value) = sync_interval {
+            let text = std::fs::read_to_string(&server.config)
+                .with_context(|| format!("reading {}", server.config.display()))?;
+            let line = "sync_interval: always";
+            if !text.contains(line) {
+                bail!("{} no longer says `{line}`", server.config.display());
+            }
+            let edited = server.dir.path().join("nats-server.conf");
+            std::fs::write(&edited, text.replace(line, &format!("sync_interval: {value}")))
+                .context("writing the edited nats-server config")?;
+            server.config = edited;
+        }
         // free_port() only says the port was free a moment ago; another test
         // may bind it first. One retry on fresh ports covers that race.
         let mut attempt = 0;
@@ -194,10 +220,10 @@ impl NatsServer {
             "--- spoor harness: starting nats-server on port {} ---",
             self.port
         )?;
-        let config = Self::config_path();
+        let config = &self.config;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("-c")
-            .arg(&config)
+            .arg(config)
             .args(&self.extra_args)
             .env("SPOOR_NATS_PORT", self.port.to_string())
             .env("SPOOR_NATS_MONITOR_PORT", self.monitor_port.to_string())
