@@ -113,6 +113,7 @@ pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
     let client = source_nats::connect(&config.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
+    source::dead_letter::ensure_stream(&js).await?;
     schema::apply(&config.clickhouse).await?;
     let _ = client.flush().await;
     Ok(())
@@ -131,6 +132,7 @@ async fn setup(
     let client = source_nats::connect(&config.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
+    source::dead_letter::ensure_stream(&js).await?;
     let consumer = source_nats::ensure_consumer(
         &js,
         &config.stream,

@@ -39,7 +39,8 @@ use crate::health::Health;
 use crate::internal_events::*;
 use crate::metrics::Metrics;
 use crate::sink::clickhouse::{ClickHouseSink, EventRow};
-use crate::source::nats::{self as source, DeadLetterReason};
+use crate::source::dead_letter;
+use crate::source::nats as source;
 
 /// Longest a pull request waits for messages. It bounds how long shutdown
 /// waits for the request in flight.
@@ -203,7 +204,8 @@ impl Pipeline {
 
     /// Decodes one message and buffers its new events (or dead-letters it).
     async fn accept(&mut self, message: async_nats::jetstream::Message) {
-        let stream_sequence = message.info().ok().map(|i| i.stream_sequence);
+        let origin = dead_letter::Origin::of(&message);
+        let stream_sequence = origin.stream_sequence;
         let (message, acker) = message.split();
         let mut batch =
             match spoor_core::decode_batch(&message.payload, self.config.max_frame_bytes) {
@@ -217,16 +219,24 @@ impl Pipeline {
                         bytes: message.payload.len(),
                     }
                     .emit(&self.metrics);
-                    let reason = DeadLetterReason { kind: error.kind() };
-                    match source::dead_letter(&self.client, &acker, &message.payload, reason).await
+                    let reason = dead_letter::Reason {
+                        kind: error.kind(),
+                        error: &error,
+                    };
+                    // Acked only after the dead letter's PubAck; on failure
+                    // (already logged and counted) it is redelivered.
+                    if dead_letter::dead_letter(
+                        &self.client,
+                        &acker,
+                        &message,
+                        &origin,
+                        reason,
+                        &self.metrics,
+                    )
+                    .await
+                    .is_ok()
                     {
-                        Ok(()) => MessagesAcked { count: 1 }.emit(&self.metrics),
-                        // Unconfirmed: it comes back after ack_wait and fails again.
-                        Err(e) => AckFailed {
-                            error: &e,
-                            count: 1,
-                        }
-                        .emit(&self.metrics),
+                        MessagesAcked { count: 1 }.emit(&self.metrics);
                     }
                     return;
                 }

@@ -3,8 +3,8 @@
 //!
 //! It moves frames and acknowledgements and nothing else: no decoding, no
 //! buffering decisions. In particular it never acks on its own; the pipeline
-//! calls [`ack_all`] only after the rows of those messages were inserted, and
-//! [`dead_letter`] for frames that can never be inserted.
+//! calls [`ack_all`] only after the rows of those messages were inserted;
+//! frames that can never be inserted go through `source::dead_letter`.
 
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub enum SourceError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("the embedded stream definition deploy/nats/events-stream.json is invalid: {0}")]
+    #[error("an embedded stream definition (deploy/nats/*-stream.json) is invalid: {0}")]
     StreamDefinition(#[source] serde_json::Error),
     #[error("cannot create or update JetStream stream {name}: {source}")]
     Stream {
@@ -76,8 +76,16 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, SourceError> {
 /// a field the file omits gets the crate's zero, which the server reads as
 /// its own default (0 limits mean unlimited).
 pub fn stream_config(name: &str) -> Result<jetstream::stream::Config, SourceError> {
+    stream_config_from(STREAM_CONFIG_JSON, name)
+}
+
+/// [`stream_config`] for any embedded definition (`definition` is its JSON).
+pub fn stream_config_from(
+    definition: &str,
+    name: &str,
+) -> Result<jetstream::stream::Config, SourceError> {
     let file: serde_json::Value =
-        serde_json::from_str(STREAM_CONFIG_JSON).map_err(SourceError::StreamDefinition)?;
+        serde_json::from_str(definition).map_err(SourceError::StreamDefinition)?;
     let mut merged = serde_json::to_value(jetstream::stream::Config::default())
         .map_err(SourceError::StreamDefinition)?;
     if let (Some(merged), Some(file)) = (merged.as_object_mut(), file.as_object()) {
@@ -99,7 +107,16 @@ pub fn stream_config(name: &str) -> Result<jetstream::stream::Config, SourceErro
 /// a create of an unchanged stream whose `max_bytes` fills `max_file_store`
 /// fails with "insufficient storage resources" on every restart.
 pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<(), SourceError> {
-    let config = stream_config(name)?;
+    ensure_stream_from(js, STREAM_CONFIG_JSON, name).await
+}
+
+/// [`ensure_stream`] for any embedded definition (`definition` is its JSON).
+pub async fn ensure_stream_from(
+    js: &jetstream::Context,
+    definition: &str,
+    name: &str,
+) -> Result<(), SourceError> {
+    let config = stream_config_from(definition, name)?;
     let stream = match js.get_stream(name).await {
         Ok(stream) => stream,
         Err(err) if is_stream_not_found(&err) => {
@@ -119,7 +136,7 @@ pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<(), So
             })
         }
     };
-    let drifted = drifted_fields(&stream.cached_info().config)?;
+    let drifted = drifted_fields_from(definition, &stream.cached_info().config)?;
     if drifted.is_empty() {
         tracing::info!(stream = name, "JetStream stream matches its definition");
         return Ok(());
@@ -145,8 +162,16 @@ fn is_stream_not_found(err: &async_nats::jetstream::context::GetStreamError) -> 
 /// value on the server differs. Fields the file leaves out are the server's
 /// business and never count as drift.
 pub fn drifted_fields(current: &jetstream::stream::Config) -> Result<Vec<String>, SourceError> {
+    drifted_fields_from(STREAM_CONFIG_JSON, current)
+}
+
+/// [`drifted_fields`] against any embedded definition.
+pub fn drifted_fields_from(
+    definition: &str,
+    current: &jetstream::stream::Config,
+) -> Result<Vec<String>, SourceError> {
     let declared: serde_json::Value =
-        serde_json::from_str(STREAM_CONFIG_JSON).map_err(SourceError::StreamDefinition)?;
+        serde_json::from_str(definition).map_err(SourceError::StreamDefinition)?;
     let current = serde_json::to_value(current).map_err(SourceError::StreamDefinition)?;
     let mut drifted = Vec::new();
     if let Some(declared) = declared.as_object() {
@@ -257,31 +282,6 @@ async fn send_all(
         }),
         None => Ok(acks.len()),
     }
-}
-
-/// Why a message is being dead-lettered.
-#[derive(Debug, Clone, Copy)]
-pub struct DeadLetterReason {
-    /// A stable label (`DecodeError::kind()`), for metrics and headers.
-    pub kind: &'static str,
-}
-
-/// Takes a message that can never be inserted off the stream.
-///
-/// For now it is terminated (`+TERM`): JetStream stops redelivering it and
-/// it stays in the stream until `max_age`, where an operator can still read
-/// it by sequence. This is the seam for the dead-letter stream: republish
-/// `payload` to a `SPOOR_DEAD` subject with the reason as a header, then ack.
-pub async fn dead_letter(
-    client: &async_nats::Client,
-    acker: &Acker,
-    _payload: &[u8],
-    reason: DeadLetterReason,
-) -> Result<(), AckError> {
-    tracing::debug!(reason = reason.kind, "terminating message");
-    send_all(client, std::slice::from_ref(acker), || AckKind::Term)
-        .await
-        .map(|_| ())
 }
 
 #[cfg(test)]
