@@ -28,7 +28,11 @@ pub(crate) struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// A header by name. The name is parsed first: async-nats keys received
+    /// standard headers (`Nats-Msg-Id`) as standard names, which a plain
+    /// `&str` lookup (always a custom name) would miss.
     pub fn header(&self, name: &str) -> Option<&str> {
+        let name: async_nats::header::HeaderName = name.parse().ok()?;
         self.headers
             .as_ref()
             .and_then(|h| h.get(name))

@@ -1,7 +1,9 @@
 //! End-to-end and integration tests against real servers.
 
+mod dead_letters;
+mod e2e;
 mod edge_nats;
 mod harness;
-mod e2e;
+mod reconcile;
 mod relay;
 mod support;

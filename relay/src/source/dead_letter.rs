@@ -112,6 +112,14 @@ pub enum DeadLetterError {
 
 /// The headers of a dead letter for `message`. Pure, so it is unit-tested.
 pub fn headers(message: &async_nats::Message, origin: &Origin, reason: Reason<'_>) -> HeaderMap {
+    // By constant, not by "Nats-Msg-Id": async-nats keys a received
+    // standard header as the standard name, and a `&str` lookup as a custom
+    // one, which never match.
+    let original_id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str());
     let mut h = HeaderMap::new();
     h.insert(header::REASON, reason.kind);
     h.insert(
@@ -122,12 +130,7 @@ pub fn headers(message: &async_nats::Message, origin: &Origin, reason: Reason<'_
         header::ORIGINAL_SUBJECT,
         header_value(message.subject.as_str()).as_str(),
     );
-    let original_id = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(header::NATS_MSG_ID))
-        .map(|v| header_value(v.as_str()))
-        .unwrap_or_default();
+    let original_id = original_id.map(header_value).unwrap_or_default();
     h.insert(header::ORIGINAL_MSG_ID, original_id.as_str());
     if let Some(stream) = &origin.stream {
         h.insert(header::ORIGINAL_STREAM, header_value(stream).as_str());

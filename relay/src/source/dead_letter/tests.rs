@@ -4,7 +4,8 @@ use spoor_core::DecodeError;
 fn message(msg_id: Option<&str>) -> async_nats::Message {
     let headers = msg_id.map(|id| {
         let mut h = async_nats::HeaderMap::new();
-        h.insert(header::NATS_MSG_ID, id);
+        // As a received message has it: keyed by the standard name.
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id);
         h
     });
     async_nats::Message {
