@@ -455,5 +455,33 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
     .await;
     assert_eq!(left[0].original_msg_id, junk[0].msg_id);
     assert_eq!(count(ch, &db).await, 5);
+
+    // Reconcile sees both originals as replayed, the replayed junk as the
+    // one dead letter, and the replayed big frame's events as inserted.
+    let report = spoor_cli::reconcile(&spoor_cli::ReconcileOptions::new(
+        nats.url(),
+        spoor_cli::ClickHouseOptions {
+            url: ch.http_url(),
+            database: db.clone(),
+            user: None,
+            password: None,
+        },
+        time::OffsetDateTime::now_utc() - time::Duration::hours(1),
+    ))
+    .await
+    .unwrap();
+    let text = report.render(20);
+    assert!(report.is_exact(), "{text}");
+    assert_eq!(
+        (
+            report.frames,
+            report.frames_decoded,
+            report.replayed_frames,
+            report.dead_lettered_frames
+        ),
+        (5, 2, 2, 1),
+        "{text}"
+    );
+    assert_eq!((report.accepted_events, report.inserted), (5, 5), "{text}");
     relay.shutdown().await;
 }
