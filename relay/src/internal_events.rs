@@ -63,7 +63,7 @@ impl InternalEvent for FrameDecodeFailed<'_> {
             stream_sequence = self.stream_sequence,
             bytes = self.bytes,
             error = %self.error,
-            "frame failed to decode; dropping it from the stream"
+            "frame failed to decode; moving it to the dead-letter stream"
         );
         m.decode_errors.get_or_create(&[("kind", self.kind)]).inc();
     }
@@ -307,5 +307,50 @@ impl InternalEvent for DrainAbandoned {
             messages = self.messages,
             "drain timed out; leaving messages unacked for redelivery"
         );
+    }
+}
+
+/// A frame was stored in the dead-letter stream and acked off the main one.
+pub struct FrameDeadLettered {
+    pub reason: &'static str,
+    pub stream_sequence: Option<u64>,
+    pub dead_sequence: u64,
+    /// JetStream had it already (a redelivery after a crash before the ack).
+    pub duplicate: bool,
+}
+
+impl InternalEvent for FrameDeadLettered {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = self.reason,
+            stage = "dead_letter",
+            stream_sequence = self.stream_sequence,
+            dead_sequence = self.dead_sequence,
+            duplicate = self.duplicate,
+            "frame moved to the dead-letter stream"
+        );
+        m.dead_lettered
+            .get_or_create(&[("reason", self.reason)])
+            .inc();
+    }
+}
+
+/// Dead-lettering a frame failed; it stays unacked and comes back.
+pub struct DeadLetterFailed<'a> {
+    pub reason: &'static str,
+    pub stream_sequence: Option<u64>,
+    pub error: &'a dyn std::error::Error,
+}
+
+impl InternalEvent for DeadLetterFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::error!(
+            error_type = self.reason,
+            stage = "dead_letter",
+            stream_sequence = self.stream_sequence,
+            error = %self.error,
+            "dead-lettering failed; the frame stays unacked and will be redelivered"
+        );
+        m.dead_letter_errors.inc();
     }
 }

@@ -159,6 +159,7 @@ pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
     source::claims::ensure_stream(&js, &config.stream).await?;
+    source::dead_letter::ensure_stream(&js).await?;
     schema::apply(&config.clickhouse).await?;
     let _ = client.flush().await;
     Ok(())
@@ -178,6 +179,7 @@ async fn setup(
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
     source::claims::ensure_stream(&js, &config.stream).await?;
+    source::dead_letter::ensure_stream(&js).await?;
     let consumer = source_nats::ensure_consumer(
         &js,
         &config.stream,

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub events_received: Counter,
     pub frames_decoded: Counter,
     pub decode_errors: LabeledCounter,
+    pub dead_lettered: LabeledCounter,
+    pub dead_letter_errors: Counter,
     pub events_deduped: Counter,
     pub deduped_by_layer: LabeledCounter,
     pub claims_published: Counter,
@@ -60,6 +62,8 @@ impl Metrics {
             events_received: Counter::default(),
             frames_decoded: Counter::default(),
             decode_errors: LabeledCounter::default(),
+            dead_lettered: LabeledCounter::default(),
+            dead_letter_errors: Counter::default(),
             events_deduped: Counter::default(),
             deduped_by_layer: LabeledCounter::default(),
             claims_published: Counter::default(),
@@ -109,6 +113,16 @@ impl Metrics {
             "decode_errors",
             "Frames that failed to decode, by DecodeError kind",
             m.decode_errors.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Frames moved to the dead-letter stream (PubAck received, original acked), by reason",
+            m.dead_lettered.clone(),
+        );
+        r.register(
+            "dead_letter_errors",
+            "Dead-letter attempts that failed; the original stays unacked and is redelivered",
+            m.dead_letter_errors.clone(),
         );
         r.register(
             "events_deduped",

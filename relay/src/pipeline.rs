@@ -46,7 +46,8 @@ use crate::metrics::Metrics;
 use crate::sink::clickhouse::SinkError;
 use crate::sink::clickhouse::{ClickHouseSink, EventRow};
 use crate::source::claims::{ClaimPublisher, Claimed};
-use crate::source::nats::{self as source, DeadLetterReason};
+use crate::source::dead_letter;
+use crate::source::nats as source;
 
 /// Longest a pull request waits for messages. It bounds how long shutdown
 /// waits for the request in flight.
@@ -227,9 +228,9 @@ impl Pipeline {
 
     /// Decodes one message and buffers its new events (or dead-letters it).
     async fn accept(&mut self, message: async_nats::jetstream::Message) {
-        let info = message.info().ok();
-        let stream_sequence = info.as_ref().map(|i| i.stream_sequence);
-        let delivery = match info.map(|i| i.delivered) {
+        let origin = dead_letter::Origin::of(&message);
+        let stream_sequence = origin.stream_sequence;
+        let delivery = match message.info().ok().map(|i| i.delivered) {
             Some(n) if n > 1 => Delivery::Redelivered,
             // A message without metadata cannot be told apart; treat it as
             // possibly stored.
@@ -249,16 +250,24 @@ impl Pipeline {
                         bytes: message.payload.len(),
                     }
                     .emit(&self.metrics);
-                    let reason = DeadLetterReason { kind: error.kind() };
-                    match source::dead_letter(&self.client, &acker, &message.payload, reason).await
+                    let reason = dead_letter::Reason {
+                        kind: error.kind(),
+                        error: &error,
+                    };
+                    // Acked only after the dead letter's PubAck; on failure
+                    // (already logged and counted) it is redelivered.
+                    if dead_letter::dead_letter(
+                        &self.client,
+                        &acker,
+                        &message,
+                        &origin,
+                        reason,
+                        &self.metrics,
+                    )
+                    .await
+                    .is_ok()
                     {
-                        Ok(()) => MessagesAcked { count: 1 }.emit(&self.metrics),
-                        // Unconfirmed: it comes back after ack_wait and fails again.
-                        Err(e) => AckFailed {
-                            error: &e,
-                            count: 1,
-                        }
-                        .emit(&self.metrics),
+                        MessagesAcked { count: 1 }.emit(&self.metrics);
                     }
                     return;
                 }

@@ -1,9 +1,11 @@
 //! End-to-end and integration tests against real servers.
 
+mod dead_letters;
 mod e2e;
 mod edge_nats;
 mod faults;
 mod harness;
+mod reconcile;
 mod relay;
 mod relay_dedup;
 mod support;

@@ -3,8 +3,8 @@
 //!
 //! It moves frames and acknowledgements and nothing else: no decoding, no
 //! buffering decisions. In particular it never acks on its own; the pipeline
-//! calls [`ack_all`] only after the rows of those messages were inserted, and
-//! [`dead_letter`] for frames that can never be inserted.
+//! calls [`ack_all`] only after the rows of those messages were inserted;
+//! frames that can never be inserted go through `source::dead_letter`.
 
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub enum SourceError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("the embedded stream definition deploy/nats/events-stream.json is invalid: {0}")]
+    #[error("an embedded stream definition (deploy/nats/*-stream.json) is invalid: {0}")]
     StreamDefinition(#[source] serde_json::Error),
     #[error("cannot create or update JetStream stream {name}: {source}")]
     Stream {
@@ -105,6 +105,16 @@ pub fn stream_config_from(
 /// embedded definition declares differs from the server's.
 pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<(), SourceError> {
     ensure_stream_config(js, stream_config(name)?, STREAM_CONFIG_JSON).await
+}
+
+/// [`ensure_stream`] for any embedded definition (`definition` is its JSON),
+/// under `name`.
+pub async fn ensure_stream_from(
+    js: &jetstream::Context,
+    definition: &str,
+    name: &str,
+) -> Result<(), SourceError> {
+    ensure_stream_config(js, stream_config_from(definition, name)?, definition).await
 }
 
 /// Creates the stream `config` if missing, or updates it when a field that
@@ -294,31 +304,6 @@ async fn send_all(
         }),
         None => Ok(acks.len()),
     }
-}
-
-/// Why a message is being dead-lettered.
-#[derive(Debug, Clone, Copy)]
-pub struct DeadLetterReason {
-    /// A stable label (`DecodeError::kind()`), for metrics and headers.
-    pub kind: &'static str,
-}
-
-/// Takes a message that can never be inserted off the stream.
-///
-/// For now it is terminated (`+TERM`): JetStream stops redelivering it and
-/// it stays in the stream until `max_age`, where an operator can still read
-/// it by sequence. This is the seam for the dead-letter stream: republish
-/// `payload` to a `SPOOR_DEAD` subject with the reason as a header, then ack.
-pub async fn dead_letter(
-    client: &async_nats::Client,
-    acker: &Acker,
-    _payload: &[u8],
-    reason: DeadLetterReason,
-) -> Result<(), AckError> {
-    tracing::debug!(reason = reason.kind, "terminating message");
-    send_all(client, std::slice::from_ref(acker), || AckKind::Term)
-        .await
-        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -1,0 +1,195 @@
+//! `spoor`: the operator CLI. Parses flags (with `SPOOR_*` environment
+//! fallbacks), calls `spoor_cli`, prints, and picks the exit code: 0 when
+//! all is well, 1 when `reconcile` found a gap, 2 on any error.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use spoor_cli::dead_letters::{self, ReplayOptions, Selector};
+use spoor_cli::{reconcile, window, ClickHouseOptions, ReconcileOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "spoor",
+    version,
+    about = "Operate a Spoor pipeline: dead letters and reconciliation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Frames the relay could not decode, kept in the SPOOR_DEAD stream.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+    /// Prove accepted = inserted + deduped + dead-lettered for a time window.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// List dead letters: seq, time, reason, original subject, size, detail.
+    List {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// Only this reason (e.g. bad_magic, too_large, unsupported_version).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish dead letters to their original subjects, then delete them.
+    Replay {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// Replay every dead letter with this reason (repeatable).
+        #[arg(long)]
+        reason: Vec<String>,
+        /// Replay the dead letter with this SPOOR_DEAD sequence (repeatable).
+        #[arg(long)]
+        seq: Vec<u64>,
+        /// Replay every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Only say what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct NatsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "SPOOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+#[derive(Args)]
+struct ReconcileArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// JetStream events stream.
+    #[arg(long, env = "SPOOR_STREAM", default_value = "SPOOR_EVENTS")]
+    stream: String,
+    /// ClickHouse HTTP URL.
+    #[arg(
+        long,
+        env = "SPOOR_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    clickhouse_url: String,
+    #[arg(long, env = "SPOOR_CLICKHOUSE_DB", default_value = "spoor")]
+    clickhouse_db: String,
+    #[arg(long, env = "SPOOR_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    #[arg(long, env = "SPOOR_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
+    /// Start of the window: RFC 3339, or a span back from now (15m, 2h, 1d).
+    #[arg(long)]
+    since: String,
+    /// End of the window (default: now).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this project's events.
+    #[arg(long)]
+    project: Option<String>,
+    /// Also show this relay's counters (base URL, e.g. http://127.0.0.1:9100; repeatable).
+    #[arg(long = "relay")]
+    relays: Vec<String>,
+    /// How many missing or duplicated ids to list.
+    #[arg(long, default_value_t = 20)]
+    list: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("spoor: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::DeadLetters(DeadLettersCommand::List { nats, reason, json }) => {
+            let letters = dead_letters::list(&nats.nats_url, reason.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                print!("{}", dead_letters::render_list(&letters));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters(DeadLettersCommand::Replay {
+            nats,
+            reason,
+            seq,
+            all,
+            dry_run,
+            json,
+        }) => {
+            let mut selectors: Vec<Selector> = reason.into_iter().map(Selector::Reason).collect();
+            selectors.extend(seq.into_iter().map(Selector::Seq));
+            if all {
+                selectors.push(Selector::All);
+            }
+            let replayed = dead_letters::replay(&ReplayOptions {
+                nats_url: nats.nats_url,
+                selectors,
+                dry_run,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&replayed)?);
+            } else {
+                print!("{}", dead_letters::render_replayed(&replayed, dry_run));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reconcile(args) => {
+            let now = time::OffsetDateTime::now_utc();
+            let since = window::parse_time(&args.since, now).context("--since")?;
+            let until = args
+                .until
+                .as_deref()
+                .map(|u| window::parse_time(u, now))
+                .transpose()
+                .context("--until")?;
+            let mut opts = ReconcileOptions::new(
+                args.nats.nats_url,
+                ClickHouseOptions {
+                    url: args.clickhouse_url,
+                    database: args.clickhouse_db,
+                    user: args.clickhouse_user,
+                    password: args.clickhouse_password,
+                },
+                since,
+            );
+            opts.stream = args.stream;
+            opts.until = until;
+            opts.project = args.project;
+            opts.relays = args.relays;
+            let report = reconcile(&opts).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render(args.list));
+            }
+            Ok(if report.is_exact() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

@@ -1,0 +1,96 @@
+use super::{header, headers, Origin, Reason};
+use spoor_core::DecodeError;
+
+fn message(msg_id: Option<&str>) -> async_nats::Message {
+    let headers = msg_id.map(|id| {
+        let mut h = async_nats::HeaderMap::new();
+        // As a received message has it: keyed by the standard name.
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        h
+    });
+    async_nats::Message {
+        subject: "spoor.events.eu-west.3".into(),
+        reply: None,
+        payload: bytes::Bytes::from_static(b"junk"),
+        headers,
+        status: None,
+        description: None,
+        length: 4,
+    }
+}
+
+fn get<'a>(h: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.as_str())
+}
+
+#[test]
+fn headers_carry_reason_origin_and_a_deterministic_id() {
+    let origin = Origin {
+        stream: Some("SPOOR_EVENTS".into()),
+        stream_sequence: Some(42),
+        published: Some("2026-11-22T10:00:00.5Z".into()),
+    };
+    let error = DecodeError::UnsupportedVersion(9);
+    let reason = Reason {
+        kind: error.kind(),
+        error: &error,
+    };
+    let h = headers(&message(Some("b-1")), &origin, reason);
+    assert_eq!(get(&h, header::REASON), Some("unsupported_version"));
+    assert_eq!(
+        get(&h, header::DETAIL),
+        Some("unsupported frame format version 9 (this build reads version 1)")
+    );
+    assert_eq!(
+        get(&h, header::ORIGINAL_SUBJECT),
+        Some("spoor.events.eu-west.3")
+    );
+    assert_eq!(get(&h, header::ORIGINAL_MSG_ID), Some("b-1"));
+    assert_eq!(get(&h, header::ORIGINAL_STREAM), Some("SPOOR_EVENTS"));
+    assert_eq!(get(&h, header::ORIGINAL_STREAM_SEQ), Some("42"));
+    assert_eq!(
+        get(&h, header::ORIGINAL_TIME),
+        Some("2026-11-22T10:00:00.5Z")
+    );
+    assert_eq!(get(&h, header::NATS_MSG_ID), Some("dead:SPOOR_EVENTS:42"));
+    // Same original, same id: a redelivered frame dedups in JetStream.
+    let again = headers(&message(Some("b-1")), &origin, reason);
+    assert_eq!(
+        get(&again, header::NATS_MSG_ID),
+        get(&h, header::NATS_MSG_ID)
+    );
+}
+
+#[test]
+fn without_metadata_there_is_no_dedup_id_and_empty_original_id() {
+    let error = DecodeError::BadMagic;
+    let h = headers(
+        &message(None),
+        &Origin::default(),
+        Reason {
+            kind: error.kind(),
+            error: &error,
+        },
+    );
+    assert_eq!(get(&h, header::REASON), Some("bad_magic"));
+    assert_eq!(get(&h, header::ORIGINAL_MSG_ID), Some(""));
+    assert_eq!(get(&h, header::NATS_MSG_ID), None);
+    assert_eq!(get(&h, header::ORIGINAL_STREAM_SEQ), None);
+}
+
+#[test]
+fn detail_is_a_single_bounded_line() {
+    let error = DecodeError::Cbor(format!("bad\r\nvalue {}", "x".repeat(2000)));
+    let h = headers(
+        &message(None),
+        &Origin::default(),
+        Reason {
+            kind: error.kind(),
+            error: &error,
+        },
+    );
+    let detail = get(&h, header::DETAIL).unwrap();
+    assert!(detail.starts_with("CBOR body is invalid: bad  value xxx"));
+    assert!(!detail.contains(['\r', '\n']));
+    assert!(detail.len() <= super::MAX_DETAIL_BYTES);
+}
