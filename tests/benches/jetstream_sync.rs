@@ -140,7 +140,11 @@ fn main() {
             }
         }
         let mean = |s: &str, pick: fn(&Figures) -> f64| {
-            let v: Vec<f64> = rows.iter().filter(|r| r.0 == s).map(|r| pick(&r.1)).collect();
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.0 == s)
+                .map(|r| pick(&r.1))
+                .collect();
             v.iter().sum::<f64>() / v.len() as f64
         };
         println!(

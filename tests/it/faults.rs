@@ -9,7 +9,9 @@
 //! - `count()` = `uniqExact(event_id)` = the unique valid events sent,
 //!   without FINAL (so the ReplacingMergeTree backstop is not what makes it
 //!   true);
-//! - the relays' own counters: received = inserted + deduped.
+//! - `spoor reconcile` over the scenario's window, with the stream as the
+//!   ledger: accepted = inserted + deduped (+ dead-lettered frames), no id
+//!   missing, none stored twice.
 //!
 //! Each scenario has its own nats-server, edge and database; the ClickHouse
 //! outage scenario has its own clickhouse-server too.
@@ -50,6 +52,7 @@ struct Stack {
     db: String,
     edge: Edge,
     relays: Vec<RelayProcess>,
+    started: time::OffsetDateTime,
 }
 
 impl Stack {
@@ -57,6 +60,7 @@ impl Stack {
     /// short timings (flush every 200 ms, redelivery after 6 s) so crashes
     /// recover within the test's time. `relay_args` are extra `run` flags.
     fn start(name: &str, own_clickhouse: bool, relays: usize, relay_args: &[&str]) -> Stack {
+        let started = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
         let nats = NatsServer::start().unwrap();
         let ch = if own_clickhouse {
             Ch::Own(ClickHouseServer::start().unwrap())
@@ -99,6 +103,7 @@ impl Stack {
             db,
             edge,
             relays,
+            started,
         }
     }
 
@@ -138,8 +143,14 @@ impl Stack {
     }
 
     /// The exactness checks every scenario ends with. `extra` counts valid,
-    /// unique events the test sent by hand besides the loadtest's.
-    fn assert_exact(&self, summary: &spoor_loadtest::Summary, extra: usize) {
+    /// unique events the test sent by hand besides the loadtest's;
+    /// `dead_frames` the frames that must have been dead-lettered.
+    async fn assert_exact(
+        &self,
+        summary: &spoor_loadtest::Summary,
+        extra: usize,
+        dead_frames: u64,
+    ) -> spoor_cli::ReconcileReport {
         let logs = || {
             self.relays
                 .iter()
@@ -153,16 +164,52 @@ impl Stack {
             summary.mismatches,
             logs()
         );
-        let row = self.query(&format!(
-            "SELECT count(), uniqExact(event_id) FROM {}.events WHERE project_id = '{PROJECT}' FORMAT TSV",
-            self.db
-        ));
+        let expected = (summary.unique_valid + extra) as u64;
+        let row = blocking(|| {
+            self.query(&format!(
+                "SELECT count(), uniqExact(event_id) FROM {}.events WHERE project_id = '{PROJECT}' FORMAT TSV",
+                self.db
+            ))
+        });
         let nums: Vec<u64> = row.split_whitespace().map(|n| n.parse().unwrap()).collect();
         assert_eq!(
             nums,
-            vec![(summary.unique_valid + extra) as u64; 2],
+            vec![expected; 2],
             "count() and uniqExact(event_id) must equal the unique valid events sent"
         );
+
+        let mut opts = spoor_cli::ReconcileOptions::new(
+            self.nats.url(),
+            spoor_cli::ClickHouseOptions {
+                url: self.ch.http_url(),
+                database: self.db.clone(),
+                user: None,
+                password: None,
+            },
+            self.started,
+        );
+        opts.project = Some(PROJECT.into());
+        let report = spoor_cli::reconcile(&opts).await.unwrap();
+        assert!(
+            report.is_exact(),
+            "reconcile found gaps:\n{}",
+            report.render(20)
+        );
+        assert_eq!(report.inserted, expected, "{}", report.render(5));
+        assert_eq!(report.stored_rows, expected, "{}", report.render(5));
+        assert_eq!(
+            report.accepted_events,
+            report.inserted + report.deduped,
+            "{}",
+            report.render(5)
+        );
+        assert_eq!(
+            report.dead_lettered_frames,
+            dead_frames,
+            "{}",
+            report.render(5)
+        );
+        report
     }
 }
 
@@ -191,8 +238,8 @@ async fn a_sdk_resends_a_fifth_of_its_batches() {
     opts.traffic.invalid_ratio = 0.01;
     let summary = spoor_loadtest::run(&opts).await.unwrap();
     assert!(summary.resends >= 40, "only {} resends", summary.resends);
+    stack.assert_exact(&summary, 0, 0).await;
     blocking(|| {
-        stack.assert_exact(&summary, 0);
         let received = stack.relay_sum("spoor_relay_events_received_total");
         let deduped = stack.relay_sum("spoor_relay_events_deduped_total");
         let inserted = stack.relay_sum("spoor_relay_rows_inserted_total");
@@ -218,7 +265,7 @@ async fn b_a_relay_killed_three_times_under_load() {
         blocking(|| victim.restart()).unwrap();
     }
     let summary = load.await.unwrap();
-    blocking(|| stack.assert_exact(&summary, 0));
+    stack.assert_exact(&summary, 0, 0).await;
 }
 
 /// (c) ClickHouse is stopped for 60 s under load. The relays keep their
@@ -253,7 +300,7 @@ async fn c_clickhouse_down_for_a_minute_under_load() {
         "frames should wait in JetStream during the outage, lag peaked at {max_lag}"
     );
     assert!(blocking(|| stack.relay_sum("spoor_relay_insert_errors_total")) > 0.0);
-    blocking(|| stack.assert_exact(&summary, 0));
+    stack.assert_exact(&summary, 0, 0).await;
 }
 
 /// (f) Devices that were offline flush events hours old: 2 hours late
@@ -296,10 +343,10 @@ async fn f_events_hours_late_land_in_their_own_day() {
         assert_eq!(receipt["accepted"], 20, "{receipt}");
     }
     let summary = load.await.unwrap();
+    // The loadtest's exactness covers its own events; the late ones are
+    // counted as extra, and checked here one by one.
+    stack.assert_exact(&summary, late_ids.len(), 0).await;
     blocking(|| {
-        // The loadtest's exactness covers its own events; the late ones are
-        // checked here, one by one.
-        stack.assert_exact(&summary, late_ids.len());
         for (id, late_ms) in &late_ids {
             let row = stack.query(&format!(
                 "SELECT toString(event_date), toString(toDate(event_time)), ts_ms, received_at_ms \

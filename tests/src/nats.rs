@@ -88,8 +88,11 @@ impl NatsServer {
                 bail!("{} no longer says `{line}`", server.config.display());
             }
             let edited = server.dir.path().join("nats-server.conf");
-            std::fs::write(&edited, text.replace(line, &format!("sync_interval: {value}")))
-                .context("writing the edited nats-server config")?;
+            std::fs::write(
+                &edited,
+                text.replace(line, &format!("sync_interval: {value}")),
+            )
+            .context("writing the edited nats-server config")?;
             server.config = edited;
         }
         // free_port() only says the port was free a moment ago; another test
