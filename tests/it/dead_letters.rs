@@ -165,7 +165,7 @@ pub(crate) fn oversized_frame(batch_id: &str, range: std::ops::Range<u128>) -> V
 }
 
 /// Every kind of poison, with the reason the relay must give it.
-fn poison() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+pub(crate) fn poison() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let good = encode_batch(&batch("x", events(50..53))).unwrap();
     let mut bad_magic = good.clone();
     bad_magic[0..4].copy_from_slice(b"JUNK");

@@ -389,3 +389,86 @@ async fn f_events_hours_late_land_in_their_own_day() {
         );
     });
 }
+
+/// (e) 1% of the events are malformed (each rejected at the edge with its
+/// reason while its batch's good events land), and 10 poison messages are
+/// published straight into the stream under load (garbage, a bad magic, an
+/// unknown format version, a truncated frame, a decompression bomb; twice
+/// each). Every poison message ends in the dead-letter stream with its
+/// reason, is acked off the main stream, and costs no good event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_malformed_events_and_poison_messages_are_isolated() {
+    let stack = blocking(|| Stack::start("fault_poison", false, 2, &[]));
+    let mut opts = stack.load(12_000, 1_500.0, 15);
+    opts.traffic.invalid_ratio = 0.01;
+    let load = spawn_load(opts);
+
+    let client = async_nats::connect(stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let poison: Vec<_> = crate::dead_letters::poison()
+        .into_iter()
+        .filter(|(name, _, _)| *name != "oversized") // only oversized for a small frame limit
+        .collect();
+    assert_eq!(poison.len(), 5);
+    sleep_secs(2.0).await;
+    for round in 0..2 {
+        for (name, bytes, _) in &poison {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("poison-{name}-{round}").as_str());
+            js.publish_with_headers("spoor.events.fault-region.3", headers, bytes.clone().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        sleep_secs(1.0).await;
+    }
+    let summary = load.await.unwrap();
+    assert!(summary.rejected > 0, "the edge rejected no malformed event");
+    assert_eq!(
+        summary.rejected_by_reason.values().sum::<usize>(),
+        summary.rejected
+    );
+    let report = stack.assert_exact(&summary, 0, 10).await;
+    let mut want = std::collections::BTreeMap::new();
+    for (_, _, reason) in &poison {
+        *want.entry(reason.to_string()).or_insert(0u64) += 2;
+    }
+    assert_eq!(report.dead_lettered_by_reason, want);
+    let dead = js
+        .get_stream("SPOOR_DEAD")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(dead, 10);
+    let lettered = blocking(|| {
+        stack
+            .relays
+            .iter()
+            .map(|r| {
+                let m = r.metrics().unwrap();
+                m.lines()
+                    .filter(|l| l.starts_with("spoor_relay_dead_lettered_total{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+    });
+    assert_eq!(lettered, 10.0);
+    let consumer = js
+        .get_stream("SPOOR_EVENTS")
+        .await
+        .unwrap()
+        .consumer_info("spoor-relay")
+        .await
+        .unwrap();
+    assert_eq!(
+        (consumer.num_pending, consumer.num_ack_pending),
+        (0, 0),
+        "everything acked off the main stream"
+    );
+}
