@@ -3,5 +3,6 @@
 mod edge_nats;
 mod harness;
 mod e2e;
+mod edge_delivery;
 mod relay;
 mod support;
