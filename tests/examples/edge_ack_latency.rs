@@ -19,7 +19,11 @@ use spoor_tests::nats::NatsServer;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let events: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50_000);
+    let events: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(50_000);
     let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
     let rate: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(0.0);
 
@@ -33,7 +37,10 @@ async fn main() -> anyhow::Result<()> {
             .var("RATE_LIMIT_EVENTS_PER_SEC", "0"),
     )?;
 
-    for (round, ack) in ["fast", "durable", "fast", "durable"].into_iter().enumerate() {
+    for (round, ack) in ["fast", "durable", "fast", "durable"]
+        .into_iter()
+        .enumerate()
+    {
         let mut opts = spoor_loadtest::RunOptions {
             edge_url: edge.url(),
             write_key: "wk_bench".into(),
