@@ -39,6 +39,8 @@ pub struct EdgeConfig {
     /// Delay before a spilled message whose republish failed is tried again
     /// (`SPILL_RETRY_DELAY_S`).
     pub spill_retry_delay_s: u32,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
     pub limits: Limits,
 }
 
@@ -117,6 +119,7 @@ impl EdgeConfig {
             rate_limits,
             spill_max_bytes: number(env, "SPILL_MAX_BYTES", DEFAULT_SPILL_MAX_BYTES)?,
             spill_retry_delay_s: number(env, "SPILL_RETRY_DELAY_S", 10)?,
+            metrics_token: get(env, "METRICS_TOKEN"),
             limits: Limits::default(),
         })
     }

@@ -57,10 +57,23 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
             )
         }
         (Method::Get, "/metrics") => {
-            let region = EdgeConfig::from_env(env)
-                .map(|c| c.region)
-                .unwrap_or_default();
-            let text = state::count(|c| c.render(&region));
+            let cfg = match EdgeConfig::from_env(env) {
+                Ok(c) => c,
+                Err(e) => return refuse(500, "misconfigured", &e),
+            };
+            if let Some(token) = &cfg.metrics_token {
+                let auth = req.headers().get("Authorization")?.unwrap_or_default();
+                if auth.strip_prefix("Bearer ").map(str::trim) != Some(token.as_str()) {
+                    return json_response(
+                        401,
+                        &error_body(
+                            "metrics_token",
+                            "send METRICS_TOKEN as Authorization: Bearer <token>",
+                        ),
+                    );
+                }
+            }
+            let text = state::count(|c| c.render(&cfg.region));
             let mut resp = Response::ok(text)?;
             resp.headers_mut()
                 .set("Content-Type", "text/plain; version=0.0.4")?;

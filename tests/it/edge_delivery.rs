@@ -248,6 +248,32 @@ async fn fast_ack_answers_202_at_once_and_the_frame_still_reaches_jetstream() {
         ),
         1.0
     );
+
+    // With METRICS_TOKEN set, /metrics wants it.
+    let locked = Edge::start(&config(nats.host_port()).var("METRICS_TOKEN", "s3cret")).unwrap();
+    let metrics_url = format!("{}/metrics", locked.url());
+    let a = send("GET", &metrics_url, &[], None);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (401, "metrics_token"),
+        "{}",
+        a.body
+    );
+    let a = send(
+        "GET",
+        &metrics_url,
+        &[("Authorization", "Bearer nope")],
+        None,
+    );
+    assert_eq!(a.status, 401);
+    let a = send(
+        "GET",
+        &metrics_url,
+        &[("Authorization", "Bearer s3cret")],
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("spoor_edge_events_accepted_total"));
 }
 
 /// How a request asks for a durable ack: a name, the URL, extra headers and
@@ -595,7 +621,9 @@ async fn rate_limit_answers_429_with_retry_after_per_write_key() {
     let stream = Stream::connect(&nats).await;
     let edge = Edge::start(
         &config(nats.host_port())
-            .var("RATE_LIMIT_EVENTS_PER_SEC", "5")
+            // Slow refill, so a loaded box pausing between requests cannot
+            // refill the bucket before the over-limit request.
+            .var("RATE_LIMIT_EVENTS_PER_SEC", "2")
             .var("RATE_LIMIT_BURST", "10")
             .var(
                 "RATE_LIMIT_OVERRIDES",
@@ -609,7 +637,8 @@ async fn rate_limit_answers_429_with_retry_after_per_write_key() {
     let (body, _) = batch(&ten);
     let a = post(&url, KEY, &[], &body);
     assert_eq!(a.status, 202, "{}", a.body);
-    let (body, over_ids) = batch(&[("d1", "page_view"), ("d1", "page_view")]);
+    let six: Vec<(&str, &str)> = (0..6).map(|_| ("d1", "page_view")).collect();
+    let (body, over_ids) = batch(&six);
     let a = post(&url, KEY, &[], &body);
     assert_eq!(
         (a.status, a.error().as_str()),
@@ -622,9 +651,9 @@ async fn rate_limit_answers_429_with_retry_after_per_write_key() {
         .expect("Retry-After")
         .parse()
         .unwrap();
-    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert!((1..=3).contains(&retry_after), "{retry_after}");
     assert!(
-        a.json()["message"].as_str().unwrap().contains("5 events/s"),
+        a.json()["message"].as_str().unwrap().contains("2 events/s"),
         "{}",
         a.body
     );
@@ -648,7 +677,7 @@ async fn rate_limit_answers_429_with_retry_after_per_write_key() {
     );
     assert_eq!(
         metric(&edge, &labels("spoor_edge_rate_limited_events_total", "")),
-        2.0
+        6.0
     );
     assert_eq!(
         metric(
