@@ -8,7 +8,7 @@
 //! no clock: the edge passes the time, geo data and limits in.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,8 @@ pub struct Outbound {
 pub struct Ingested {
     pub receipt: Receipt,
     pub messages: Vec<Outbound>,
+    /// Distinct names of the accepted events (for critical-event acks).
+    pub event_names: BTreeSet<String>,
 }
 
 /// Validates and enriches a request and encodes its accepted events, one
@@ -156,9 +158,13 @@ pub fn ingest(
     };
 
     let mut by_partition: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
+    let mut event_names = BTreeSet::new();
     for (index, raw) in events.iter().enumerate() {
         match parse_event(raw, meta, sent_at_ms, limits) {
             Ok(ev) => {
+                if !event_names.contains(&ev.event) {
+                    event_names.insert(ev.event.clone());
+                }
                 let p = route::partition_of(ev.device_key(), meta.partitions);
                 by_partition.entry(p).or_default().push(ev);
                 receipt.accepted += 1;
@@ -197,7 +203,7 @@ pub fn ingest(
             events: batch.events.len(),
         });
     }
-    Ok(Ingested { receipt, messages })
+    Ok(Ingested { receipt, messages, event_names })
 }
 
 fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {

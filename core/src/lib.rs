@@ -9,11 +9,15 @@
 
 pub mod auth;
 pub mod codec;
+pub mod counters;
+pub mod delivery;
 pub mod enrich;
 pub mod event;
 pub mod ingest;
 pub mod limits;
+pub mod ratelimit;
 pub mod route;
+pub mod spill;
 pub mod timestamp;
 mod validate;
 

@@ -1,20 +1,46 @@
 //! The edge's configuration, read from wrangler vars and secrets on each
 //! request (an isolate's env never changes, and parsing it is microseconds).
+//! It only parses: every rule the values feed lives in spoor-core.
 
 use spoor_core::auth::WriteKeys;
+use spoor_core::delivery::{CriticalEvents, RetrySchedule};
+use spoor_core::ratelimit::RateLimits;
 use spoor_core::route::valid_region;
+use spoor_core::spill::DEFAULT_SPILL_MAX_BYTES;
 use spoor_core::Limits;
 use worker::Env;
 
+/// One nats-server the edge publishes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsTarget {
+    pub host: String,
+    pub port: u16,
+}
+
 pub struct EdgeConfig {
     pub write_keys: WriteKeys,
-    pub nats_host: String,
-    pub nats_port: u16,
+    /// The home region's nats-server (`NATS_URL`).
+    pub home: NatsTarget,
+    /// Where publishing fails over to (`NATS_URL_SECONDARY`, optional).
+    pub secondary: Option<NatsTarget>,
     pub nats_token: Option<String>,
     pub region: String,
     pub partitions: u32,
     pub allow_test_cf: bool,
+    /// Bound on each NATS handshake and on each wait for PubAcks.
     pub publish_timeout_ms: u64,
+    /// Fast-ack publishing after the answer (`PUBLISH_ATTEMPTS`,
+    /// `PUBLISH_RETRY_BASE_MS`, `PUBLISH_BUDGET_MS`).
+    pub fast_retry: RetrySchedule,
+    pub critical: CriticalEvents,
+    pub rate_limits: RateLimits,
+    /// Largest spill queue message (`SPILL_MAX_BYTES`).
+    pub spill_max_bytes: usize,
+    /// Delay before a spilled message whose republish failed is tried again
+    /// (`SPILL_RETRY_DELAY_S`).
+    pub spill_retry_delay_s: u32,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
     pub limits: Limits,
 }
 
@@ -26,15 +52,33 @@ fn get(env: &Env, name: &str) -> Option<String> {
         .filter(|s| !s.trim().is_empty())
 }
 
+fn number<T: std::str::FromStr>(env: &Env, name: &str, default: T) -> Result<T, String> {
+    match get(env, name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} {v:?} is not a valid number")),
+    }
+}
+
 impl EdgeConfig {
     pub fn from_env(env: &Env) -> Result<EdgeConfig, String> {
         let keys = get(env, "WRITE_KEYS").ok_or("WRITE_KEYS is not set")?;
         let write_keys = WriteKeys::from_json(&keys).map_err(|e| e.to_string())?;
-        let nats = get(env, "NATS_URL").ok_or("NATS_URL is not set")?;
-        let (nats_host, nats_port) = parse_host_port(&nats)?;
+        let home = parse_target(
+            "NATS_URL",
+            &get(env, "NATS_URL").ok_or("NATS_URL is not set")?,
+        )?;
+        let secondary = match get(env, "NATS_URL_SECONDARY") {
+            None => None,
+            Some(url) => Some(parse_target("NATS_URL_SECONDARY", &url)?),
+        };
         let region = get(env, "REGION").unwrap_or_else(|| "local".into());
         if !valid_region(&region) {
-            return Err(format!("REGION {region:?} must be 1-32 letters, digits, '-' or '_'"));
+            return Err(format!(
+                "REGION {region:?} must be 1-32 letters, digits, '-' or '_'"
+            ));
         }
         let partitions = match get(env, "PARTITIONS") {
             None => 16,
@@ -44,28 +88,67 @@ impl EdgeConfig {
                 .filter(|p| (1..=1024).contains(p))
                 .ok_or(format!("PARTITIONS {p:?} must be a number from 1 to 1024"))?,
         };
-        let publish_timeout_ms = match get(env, "PUBLISH_TIMEOUT_MS") {
-            None => 5_000,
-            Some(t) => t.parse().map_err(|_| format!("PUBLISH_TIMEOUT_MS {t:?} is not a number"))?,
+        let d = RetrySchedule::default();
+        let fast_retry = RetrySchedule {
+            attempts: number(env, "PUBLISH_ATTEMPTS", d.attempts)?,
+            base_delay_ms: number(env, "PUBLISH_RETRY_BASE_MS", d.base_delay_ms)?,
+            max_delay_ms: d.max_delay_ms,
+            budget_ms: number(env, "PUBLISH_BUDGET_MS", d.budget_ms)?,
         };
+        let critical = match get(env, "CRITICAL_EVENTS") {
+            None => CriticalEvents::default(),
+            Some(text) => CriticalEvents::from_json(&text).map_err(|e| e.to_string())?,
+        };
+        let rate_limits = RateLimits::from_vars(
+            get(env, "RATE_LIMIT_EVENTS_PER_SEC").as_deref(),
+            get(env, "RATE_LIMIT_BURST").as_deref(),
+            get(env, "RATE_LIMIT_OVERRIDES").as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(EdgeConfig {
             write_keys,
-            nats_host,
-            nats_port,
+            home,
+            secondary,
             nats_token: get(env, "NATS_TOKEN"),
             region,
             partitions,
             allow_test_cf: get(env, "ALLOW_TEST_CF").as_deref() == Some("true"),
-            publish_timeout_ms,
+            publish_timeout_ms: number(env, "PUBLISH_TIMEOUT_MS", 5_000)?,
+            fast_retry,
+            critical,
+            rate_limits,
+            spill_max_bytes: number(env, "SPILL_MAX_BYTES", DEFAULT_SPILL_MAX_BYTES)?,
+            spill_retry_delay_s: number(env, "SPILL_RETRY_DELAY_S", 10)?,
+            metrics_token: get(env, "METRICS_TOKEN"),
             limits: Limits::default(),
         })
+    }
+
+    /// The targets in failover order: home, then the secondary if any.
+    pub fn targets(&self) -> Vec<(spoor_core::counters::Target, NatsTarget)> {
+        use spoor_core::counters::Target;
+        let mut t = vec![(Target::Home, self.home.clone())];
+        if let Some(s) = &self.secondary {
+            t.push((Target::Secondary, s.clone()));
+        }
+        t
     }
 }
 
 /// Accepts `host:port` or `nats://host:port`.
-fn parse_host_port(url: &str) -> Result<(String, u16), String> {
-    let s = url.trim().trim_start_matches("nats://").trim_end_matches('/');
-    let (host, port) = s.rsplit_once(':').ok_or(format!("NATS_URL {url:?} must be host:port"))?;
-    let port = port.parse().map_err(|_| format!("NATS_URL {url:?} has a bad port"))?;
-    Ok((host.to_string(), port))
+fn parse_target(name: &str, url: &str) -> Result<NatsTarget, String> {
+    let s = url
+        .trim()
+        .trim_start_matches("nats://")
+        .trim_end_matches('/');
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or(format!("{name} {url:?} must be host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("{name} {url:?} has a bad port"))?;
+    Ok(NatsTarget {
+        host: host.to_string(),
+        port,
+    })
 }

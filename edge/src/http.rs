@@ -17,9 +17,12 @@ pub fn with_cors(mut resp: Response, origin: Option<&str>) -> Result<Response> {
     h.set("Access-Control-Allow-Methods", "POST, GET, OPTIONS")?;
     h.set(
         "Access-Control-Allow-Headers",
-        "Content-Type, Content-Encoding, X-Spoor-Write-Key, Authorization",
+        "Content-Type, Content-Encoding, X-Spoor-Write-Key, X-Spoor-Ack, Authorization",
     )?;
-    h.set("Access-Control-Expose-Headers", "X-Spoor-Ack-Ms, Retry-After")?;
+    h.set(
+        "Access-Control-Expose-Headers",
+        "X-Spoor-Ack, X-Spoor-Ack-Ms, Retry-After",
+    )?;
     h.set("Access-Control-Max-Age", "86400")?;
     Ok(resp)
 }

@@ -1,77 +1,153 @@
 //! spoor-edge: the Cloudflare Worker that SDKs post events to.
 //!
-//! A thin shell around `spoor_core::ingest`: it reads the request, the clock
-//! and the runtime's geo data, hands them to the core, publishes the encoded
-//! frames to NATS JetStream and answers with per-event receipts. It holds no
-//! validation or enrichment rule of its own and keeps no state between
-//! requests (workerd binds sockets to the request that opened them).
+//! A thin shell around spoor-core: it reads the request, the clock and the
+//! runtime's geo data, hands them to `ingest`, asks `delivery` for the ack
+//! mode and `ratelimit` for a verdict, then either publishes before
+//! answering (durable) or answers at once and publishes in `wait_until`
+//! (fast), failing over home → secondary → spill queue. It holds no
+//! validation, enrichment or delivery rule of its own. Its only state is
+//! per isolate: counters and rate-limit buckets (`state`); sockets are
+//! never shared (workerd binds them to the request that opened them).
 
 mod config;
 mod http;
 mod publish;
+mod spill;
+mod state;
 
 use spoor_core::auth::write_key_from_headers;
-use spoor_core::ingest::{error_body, ingest, Endpoint, RequestMeta};
+use spoor_core::delivery::{ack_mode, AckMode};
+use spoor_core::ingest::{error_body, ingest, Endpoint, Ingested, RequestMeta};
+use spoor_core::ratelimit::Verdict;
+use spoor_core::spill::SpillMessage;
 use spoor_core::Geo;
-use worker::{event, Context, Date, Env, Method, Request, Response, Result};
+use spoor_edge_nats::PublishMsg;
+use worker::{
+    console_error, event, Context, Date, Env, MessageBatch, Method, Request, Response, Result,
+};
 
 use crate::config::EdgeConfig;
 use crate::http::{json_response, with_cors};
+use crate::publish::{deliver, durable_schedule, Frame};
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let origin = req.headers().get("Origin").ok().flatten();
-    let resp = route(req, &env).await?;
+    let resp = route(req, &env, &ctx).await?;
     with_cors(resp, origin.as_deref())
 }
 
-async fn route(req: Request, env: &Env) -> Result<Response> {
+/// Republishes frames that were spilled to the `SPILL` queue.
+#[event(queue)]
+async fn queue(batch: MessageBatch<SpillMessage>, env: Env, _ctx: Context) -> Result<()> {
+    spill::replay(batch, env).await
+}
+
+async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
     let path = req.path();
     match (req.method(), path.as_str()) {
         (Method::Options, _) => Ok(Response::empty()?.with_status(204)),
         (Method::Get, "/healthz") => {
-            let region = EdgeConfig::from_env(env).map(|c| c.region).unwrap_or_default();
-            json_response(200, &serde_json::json!({ "status": "ok", "region": region }).to_string())
+            let region = EdgeConfig::from_env(env)
+                .map(|c| c.region)
+                .unwrap_or_default();
+            json_response(
+                200,
+                &serde_json::json!({ "status": "ok", "region": region }).to_string(),
+            )
         }
-        (Method::Post, "/v1/batch") => handle(req, env, Endpoint::Batch).await,
-        (Method::Post, "/v1/track") => handle(req, env, Endpoint::Track).await,
-        (_, "/v1/batch" | "/v1/track" | "/healthz") => json_response(
+        (Method::Get, "/metrics") => {
+            let cfg = match EdgeConfig::from_env(env) {
+                Ok(c) => c,
+                Err(e) => return refuse(500, "misconfigured", &e),
+            };
+            if let Some(token) = &cfg.metrics_token {
+                let auth = req.headers().get("Authorization")?.unwrap_or_default();
+                if auth.strip_prefix("Bearer ").map(str::trim) != Some(token.as_str()) {
+                    return json_response(
+                        401,
+                        &error_body(
+                            "metrics_token",
+                            "send METRICS_TOKEN as Authorization: Bearer <token>",
+                        ),
+                    );
+                }
+            }
+            let text = state::count(|c| c.render(&cfg.region));
+            let mut resp = Response::ok(text)?;
+            resp.headers_mut()
+                .set("Content-Type", "text/plain; version=0.0.4")?;
+            Ok(resp)
+        }
+        (Method::Post, "/v1/batch") => handle(req, env, ctx, Endpoint::Batch).await,
+        (Method::Post, "/v1/track") => handle(req, env, ctx, Endpoint::Track).await,
+        (_, "/v1/batch" | "/v1/track" | "/healthz" | "/metrics") => json_response(
             405,
-            &error_body("method_not_allowed", "use POST for /v1/batch and /v1/track, GET for /healthz"),
+            &error_body(
+                "method_not_allowed",
+                "use POST for /v1/batch and /v1/track, GET for /healthz and /metrics",
+            ),
         ),
-        _ => json_response(404, &error_body("not_found", "endpoints: POST /v1/batch, POST /v1/track, GET /healthz")),
+        _ => json_response(
+            404,
+            &error_body(
+                "not_found",
+                "endpoints: POST /v1/batch, POST /v1/track, GET /healthz, GET /metrics",
+            ),
+        ),
     }
 }
 
-async fn handle(mut req: Request, env: &Env, endpoint: Endpoint) -> Result<Response> {
+/// A refused request: its counter and its JSON error answer.
+fn refuse(status: u16, code: &str, message: &str) -> Result<Response> {
+    state::count(|c| *c.requests_rejected.entry(code.to_string()).or_default() += 1);
+    json_response(status, &error_body(code, message))
+}
+
+async fn handle(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    endpoint: Endpoint,
+) -> Result<Response> {
     let received_at_ms = Date::now().as_millis() as i64;
     let cfg = match EdgeConfig::from_env(env) {
         Ok(c) => c,
-        Err(e) => return json_response(500, &error_body("misconfigured", &e)),
+        Err(e) => return refuse(500, "misconfigured", &e),
     };
     let headers = req.headers();
     let key_header = headers.get("X-Spoor-Write-Key")?;
     let auth_header = headers.get("Authorization")?;
     let Some(key) = write_key_from_headers(key_header.as_deref(), auth_header.as_deref()) else {
-        return json_response(
+        return refuse(
             401,
-            &error_body("missing_write_key", "send your write key in the X-Spoor-Write-Key header"),
+            "missing_write_key",
+            "send your write key in the X-Spoor-Write-Key header",
         );
     };
     let Some(project_id) = cfg.write_keys.project_for(key).map(str::to_owned) else {
-        return json_response(401, &error_body("invalid_write_key", "the write key is not known"));
+        return refuse(401, "invalid_write_key", "the write key is not known");
     };
 
     // Refuse obviously oversized bodies before reading them.
-    if let Some(len) = headers.get("Content-Length")?.and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = headers
+        .get("Content-Length")?
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         if len > cfg.limits.max_body_bytes.saturating_mul(4) {
-            let msg = format!("request body of {len} bytes exceeds the limit of {}", cfg.limits.max_body_bytes);
-            return json_response(413, &error_body("payload_too_large", &msg));
+            let msg = format!(
+                "request body of {len} bytes exceeds the limit of {}",
+                cfg.limits.max_body_bytes
+            );
+            return refuse(413, "payload_too_large", &msg);
         }
     }
     let content_type = headers.get("Content-Type")?;
     let content_encoding = headers.get("Content-Encoding")?;
     let user_agent = headers.get("User-Agent")?.unwrap_or_default();
+    let ack_header = headers.get("X-Spoor-Ack")?;
+    let query = req.url()?.query().map(str::to_owned);
+    let key = key.to_string();
     let (geo, ip) = request_origin(&req, &cfg)?;
     let body = req.bytes().await?;
 
@@ -88,22 +164,106 @@ async fn handle(mut req: Request, env: &Env, endpoint: Endpoint) -> Result<Respo
     };
     let ingested = match ingest(endpoint, &body, &meta, &cfg.limits) {
         Ok(i) => i,
-        Err(e) => return json_response(e.status(), &error_body(e.code(), &e.to_string())),
+        Err(e) => return refuse(e.status(), e.code(), &e.to_string()),
     };
 
-    if let Err(e) = publish::publish(&cfg, &ingested.messages).await {
-        // Nothing of this request is acknowledged; batch ids are deterministic,
-        // so the client's retry cannot double-store what did get through.
-        let mut resp = json_response(503, &error_body("unavailable", &e))?;
-        resp.headers_mut().set("Retry-After", "1")?;
+    // Every event in the request costs a token, valid or not: a client
+    // flooding malformed events is throttled like any other.
+    let cost = (ingested.receipt.accepted + ingested.receipt.rejected.len()).max(1) as u64;
+    let rate = cfg.rate_limits.rate_for(&key);
+    if let Verdict::Limited { retry_after_s } =
+        state::buckets(|b| b.take(&key, rate, cost, received_at_ms))
+    {
+        state::count(|c| {
+            c.rate_limited_requests += 1;
+            c.rate_limited_events += cost;
+        });
+        let msg = format!(
+            "this write key is limited to {} events/s (bursts of {}); nothing of this request was accepted, retry after {retry_after_s} s",
+            rate.events_per_sec, rate.burst
+        );
+        let mut resp = refuse(429, "rate_limited", &msg)?;
+        resp.headers_mut()
+            .set("Retry-After", &retry_after_s.to_string())?;
         return Ok(resp);
     }
 
+    let mode = ack_mode(
+        ack_header.as_deref(),
+        query.as_deref(),
+        &project_id,
+        &ingested.event_names,
+        &cfg.critical,
+    );
+    let frames: Vec<Frame> = ingested
+        .messages
+        .iter()
+        .map(|m| Frame {
+            msg: PublishMsg::new(m.subject.clone(), m.msg_id.clone(), m.frame.clone()),
+            events: m.events,
+        })
+        .collect();
+    if mode == AckMode::Durable {
+        let delivery = deliver(&cfg, &frames, durable_schedule()).await;
+        if !delivery.all_acked() {
+            // Nothing of this request is acknowledged; batch ids are
+            // deterministic, so the client's retry cannot double-store what
+            // did get through.
+            let e = delivery
+                .last_error
+                .unwrap_or_else(|| "no region acknowledged the batch".into());
+            let mut resp = refuse(503, "unavailable", &e)?;
+            resp.headers_mut().set("Retry-After", "1")?;
+            return Ok(resp);
+        }
+    }
+    count_receipt(&ingested, mode);
     let ack_ms = Date::now().as_millis() as i64 - received_at_ms;
-    let body = serde_json::to_string(&ingested.receipt).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let body = serde_json::to_string(&ingested.receipt)
+        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    if mode == AckMode::Fast && !frames.is_empty() {
+        let env = env.clone();
+        ctx.wait_until(async move { deliver_after_ack(env, cfg, ingested, frames).await });
+    }
     let mut resp = json_response(202, &body)?;
-    resp.headers_mut().set("X-Spoor-Ack-Ms", &ack_ms.to_string())?;
+    resp.headers_mut().set("X-Spoor-Ack", mode.as_str())?;
+    resp.headers_mut()
+        .set("X-Spoor-Ack-Ms", &ack_ms.to_string())?;
     Ok(resp)
+}
+
+fn count_receipt(ingested: &Ingested, mode: AckMode) {
+    state::count(|c| {
+        *c.accepted.entry(mode.as_str()).or_default() += ingested.receipt.accepted as u64;
+        for r in &ingested.receipt.rejected {
+            *c.events_rejected.entry(r.reason.clone()).or_default() += 1;
+        }
+    });
+}
+
+/// A fast ack's publishing, after the answer: bounded retries home →
+/// secondary, then the spill queue for whatever no region took.
+async fn deliver_after_ack(env: Env, cfg: EdgeConfig, ingested: Ingested, frames: Vec<Frame>) {
+    let delivery = deliver(&cfg, &frames, cfg.fast_retry).await;
+    if delivery.all_acked() {
+        return;
+    }
+    let unacked: Vec<_> = ingested
+        .messages
+        .iter()
+        .zip(&delivery.acked)
+        .filter(|(_, ok)| !**ok)
+        .map(|(m, _)| m)
+        .collect();
+    let cause = delivery.last_error.unwrap_or_default();
+    let spilled = spill::spill(&env, &cfg, &unacked, &cause).await;
+    let total: usize = unacked.iter().map(|m| m.events).sum();
+    if spilled < total {
+        console_error!(
+            "spoor-edge: {} of {total} events neither published nor spilled",
+            total - spilled
+        );
+    }
 }
 
 /// Geo data and client IP. In production both come from Cloudflare (`cf`

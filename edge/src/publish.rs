@@ -1,47 +1,158 @@
-//! Publishing a request's frames to JetStream from inside workerd: one TCP
-//! socket per request (workerd ties I/O objects to the request that opened
-//! them), the `spoor-edge-nats` handshake, `HPUB` per frame and a wait for
-//! every PubAck. Any failure fails the request as a whole.
+//! Publishing frames to JetStream from inside workerd, with failover: each
+//! round tries the home region, then the secondary for whatever is still
+//! unacknowledged; rounds repeat on the schedule spoor-core decides. One TCP
+//! socket per target per round (workerd ties I/O objects to the request or
+//! queue batch that opened them). It never decides what to do with frames
+//! that no region took: the caller answers 503 (durable) or spills (fast).
 
 use std::time::Duration;
 
-use spoor_core::ingest::Outbound;
+use spoor_core::delivery::RetrySchedule;
 use spoor_edge_nats::{Auth, Client, ConnectOptions, PublishMsg};
-use worker::{Delay, Socket};
+use worker::{console_warn, Date, Delay, Socket};
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, NatsTarget};
+use crate::state;
 
 fn sleep(ms: u64) -> Delay {
     Delay::from(Duration::from_millis(ms))
 }
 
-/// Publishes every frame and returns once each has its PubAck, or the first
-/// error as a sentence for the 503 body.
-pub async fn publish(cfg: &EdgeConfig, messages: &[Outbound]) -> Result<(), String> {
-    if messages.is_empty() {
-        return Ok(());
+/// One frame to publish and the events it carries (for counters).
+pub struct Frame {
+    pub msg: PublishMsg,
+    pub events: usize,
+}
+
+/// What a delivery achieved: which frames have a PubAck, and the last error
+/// as a sentence for logs and 503 bodies.
+pub struct Delivery {
+    pub acked: Vec<bool>,
+    pub last_error: Option<String>,
+}
+
+impl Delivery {
+    pub fn all_acked(&self) -> bool {
+        self.acked.iter().all(|a| *a)
     }
+}
+
+/// Publishes `frames` following `schedule`, home first, then the secondary.
+pub async fn deliver(cfg: &EdgeConfig, frames: &[Frame], schedule: RetrySchedule) -> Delivery {
+    let mut acked = vec![false; frames.len()];
+    let mut last_error = None;
+    if frames.is_empty() {
+        return Delivery { acked, last_error };
+    }
+    let targets = cfg.targets();
+    // A hung server costs a handshake timeout plus a PubAck timeout per target.
+    let worst_round_ms = cfg
+        .publish_timeout_ms
+        .saturating_mul(2 * targets.len() as u64);
+    let started = Date::now().as_millis();
+    let mut attempt = 0;
+    loop {
+        let elapsed = Date::now().as_millis().saturating_sub(started);
+        let Some(delay) = schedule.delay_before(attempt, elapsed, worst_round_ms) else {
+            break;
+        };
+        if delay > 0 {
+            sleep(delay).await;
+        }
+        for (role, target) in &targets {
+            let pending: Vec<usize> = (0..frames.len()).filter(|i| !acked[*i]).collect();
+            if pending.is_empty() {
+                break;
+            }
+            match publish_to(cfg, target, frames, &pending).await {
+                Ok(results) => {
+                    let mut events_ok = 0;
+                    let mut failed = 0;
+                    for (i, r) in pending.iter().zip(results) {
+                        match r {
+                            Ok(()) => {
+                                acked[*i] = true;
+                                events_ok += frames[*i].events as u64;
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                last_error = Some(e);
+                            }
+                        }
+                    }
+                    state::count(|c| {
+                        *c.published.entry(*role).or_default() += events_ok;
+                        if failed > 0 {
+                            *c.publish_failures.entry(*role).or_default() += 1;
+                        }
+                    });
+                }
+                Err(e) => {
+                    console_warn!(
+                        "spoor-edge: publish to {} ({}:{}) failed: {e}",
+                        role.as_str(),
+                        target.host,
+                        target.port
+                    );
+                    state::count(|c| *c.publish_failures.entry(*role).or_default() += 1);
+                    last_error = Some(e);
+                }
+            }
+        }
+        if acked.iter().all(|a| *a) {
+            break;
+        }
+        attempt += 1;
+    }
+    Delivery { acked, last_error }
+}
+
+/// One round on one target: the per-frame results for `pending`, or an
+/// error when the connection itself failed (then nothing was acknowledged).
+async fn publish_to(
+    cfg: &EdgeConfig,
+    target: &NatsTarget,
+    frames: &[Frame],
+    pending: &[usize],
+) -> Result<Vec<Result<(), String>>, String> {
     let socket = Socket::builder()
-        .connect(cfg.nats_host.clone(), cfg.nats_port)
-        .map_err(|e| format!("cannot reach NATS at {}:{}: {e}", cfg.nats_host, cfg.nats_port))?;
+        .connect(target.host.clone(), target.port)
+        .map_err(|e| format!("cannot reach NATS at {}:{}: {e}", target.host, target.port))?;
+    let first = &frames[pending[0]].msg;
     let opts = ConnectOptions {
         name: format!("spoor-edge-{}", cfg.region),
         auth: cfg.nats_token.clone().map(Auth::Token).unwrap_or_default(),
         timeout_ms: cfg.publish_timeout_ms,
         // Batch ids are unique per content, so the first one names the inbox.
-        inbox_token: Some(messages[0].msg_id.clone()),
+        inbox_token: Some(first.msg_id.clone()),
     };
     let mut client = Client::connect(socket, sleep as fn(u64) -> Delay, &opts)
         .await
-        .map_err(|e| format!("NATS handshake failed: {e}"))?;
-    let msgs: Vec<PublishMsg> = messages
-        .iter()
-        .map(|m| PublishMsg::new(m.subject.clone(), m.msg_id.clone(), m.frame.clone()))
-        .collect();
+        .map_err(|e| {
+            format!(
+                "NATS handshake with {}:{} failed: {e}",
+                target.host, target.port
+            )
+        })?;
+    let msgs: Vec<PublishMsg> = pending.iter().map(|i| frames[*i].msg.clone()).collect();
     let results = client.publish_all(&msgs, cfg.publish_timeout_ms).await;
     let _ = client.close(200).await;
-    match results.into_iter().find_map(Result::err) {
-        None => Ok(()),
-        Some(e) => Err(format!("JetStream did not acknowledge the batch: {e}")),
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.map(|_| ())
+                .map_err(|e| format!("JetStream did not acknowledge a frame: {e}"))
+        })
+        .collect())
+}
+
+/// The schedule of a durable ack: one round (home, then secondary) while
+/// the client waits; the client's own retry after a 503 is the next round.
+pub fn durable_schedule() -> RetrySchedule {
+    RetrySchedule {
+        attempts: 1,
+        base_delay_ms: 0,
+        max_delay_ms: 0,
+        budget_ms: 0,
     }
 }

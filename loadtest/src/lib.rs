@@ -125,6 +125,10 @@ pub struct RunOptions {
     /// After everything is stored, wait this long and count again to catch late duplicates.
     #[arg(long, default_value_t = 1000)]
     pub settle_ms: u64,
+    /// Ask the edge for this ack mode (`X-Spoor-Ack: durable|fast`); unset
+    /// leaves the edge's default (fast, unless an event is critical).
+    #[arg(long, value_parser = ["fast", "durable"])]
+    pub ack: Option<String>,
     /// Write the machine-readable summary here.
     #[arg(long)]
     pub json_summary: Option<PathBuf>,
@@ -151,6 +155,7 @@ impl Default for RunOptions {
             clickhouse_password: None,
             verify_timeout_secs: 120,
             settle_ms: 1000,
+            ack: None,
             json_summary: None,
             progress: false,
         }
@@ -185,6 +190,12 @@ pub struct Summary {
     pub p90_ack_ms: f64,
     pub p99_ack_ms: f64,
     pub max_ack_ms: f64,
+    /// The edge's own ack time (`X-Spoor-Ack-Ms`, whole ms) over the 202s.
+    pub server_p50_ack_ms: f64,
+    pub server_p99_ack_ms: f64,
+    pub server_max_ack_ms: f64,
+    /// 202s by the ack mode the edge reported.
+    pub ack_modes: BTreeMap<String, usize>,
     pub send_secs: f64,
     pub events_per_sec: f64,
     pub requests_per_sec: f64,
@@ -221,6 +232,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Summary> {
             request_timeout: Duration::from_secs(opts.request_timeout_secs),
             max_retries: opts.max_retries,
             progress: opts.progress,
+            ack: opts.ack.clone(),
         },
     )
     .await?;
@@ -271,6 +283,10 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Summary> {
         p90_ack_ms: ms(h.value_at_quantile(0.90)),
         p99_ack_ms: ms(h.value_at_quantile(0.99)),
         max_ack_ms: ms(h.max()),
+        server_p50_ack_ms: ms(stats.server_ack_us.value_at_quantile(0.50)),
+        server_p99_ack_ms: ms(stats.server_ack_us.value_at_quantile(0.99)),
+        server_max_ack_ms: ms(stats.server_ack_us.max()),
+        ack_modes: stats.ack_modes.clone(),
         send_secs: stats.elapsed.as_secs_f64(),
         events_per_sec: stats.events_sent as f64 / secs,
         requests_per_sec: stats.attempts as f64 / secs,
@@ -322,6 +338,19 @@ impl fmt::Display for Summary {
                 f,
                 "  ack latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 self.p50_ack_ms, self.p90_ack_ms, self.p99_ack_ms, self.max_ack_ms
+            )?;
+            let modes: Vec<String> = self
+                .ack_modes
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            writeln!(
+                f,
+                "  server ack  p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (X-Spoor-Ack-Ms; modes: {})",
+                self.server_p50_ack_ms,
+                self.server_p99_ack_ms,
+                self.server_max_ack_ms,
+                if modes.is_empty() { "none reported".into() } else { modes.join(", ") }
             )?;
         }
         match (self.stored, self.stored_unique) {

@@ -45,6 +45,8 @@ pub struct SendConfig {
     /// Retries after a connection error or a 5xx (429s are waited out separately).
     pub max_retries: u32,
     pub progress: bool,
+    /// Sent as `X-Spoor-Ack` when set (`durable` or `fast`).
+    pub ack: Option<String>,
 }
 
 /// What sending observed.
@@ -66,6 +68,11 @@ pub struct SendStats {
     pub statuses: BTreeMap<u16, usize>,
     /// Ack latency of each 202, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// The edge's own `X-Spoor-Ack-Ms` of each 202, in microseconds (the
+    /// header has millisecond resolution; 0 ms is recorded as 1 µs).
+    pub server_ack_us: Histogram<u64>,
+    /// 202s by the ack mode the edge reported (`X-Spoor-Ack`).
+    pub ack_modes: BTreeMap<String, usize>,
     /// Per batch: acknowledged at least once.
     pub acked: Vec<bool>,
     pub mismatch_count: usize,
@@ -102,6 +109,8 @@ struct WorkerStats {
     rejected_by_reason: BTreeMap<String, usize>,
     statuses: BTreeMap<u16, usize>,
     latency_us: Option<Histogram<u64>>,
+    server_ack_us: Option<Histogram<u64>>,
+    ack_modes: BTreeMap<String, usize>,
     acked: Vec<usize>,
     mismatch_count: usize,
     mismatches: Vec<(usize, String)>,
@@ -165,6 +174,12 @@ pub async fn send(plan: Arc<Plan>, cfg: SendConfig) -> anyhow::Result<SendStats>
     if cfg.gzip {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
+    if let Some(ack) = &cfg.ack {
+        headers.insert(
+            "X-Spoor-Ack",
+            HeaderValue::from_str(ack).context("--ack is not a valid header value")?,
+        );
+    }
     let progress = if cfg.progress {
         let pb = ProgressBar::new(plan.requests.len() as u64);
         let style = ProgressStyle::with_template(
@@ -208,6 +223,8 @@ pub async fn send(plan: Arc<Plan>, cfg: SendConfig) -> anyhow::Result<SendStats>
         rejected_by_reason: BTreeMap::new(),
         statuses: BTreeMap::new(),
         latency_us: new_histogram(),
+        server_ack_us: new_histogram(),
+        ack_modes: BTreeMap::new(),
         acked: vec![false; n_batches],
         mismatch_count: 0,
         mismatches: Vec::new(),
@@ -235,6 +252,15 @@ pub async fn send(plan: Arc<Plan>, cfg: SendConfig) -> anyhow::Result<SendStats>
                 .latency_us
                 .add(h)
                 .context("merging latency histograms")?;
+        }
+        if let Some(h) = w.server_ack_us {
+            stats
+                .server_ack_us
+                .add(h)
+                .context("merging server ack histograms")?;
+        }
+        for (k, v) in w.ack_modes {
+            *stats.ack_modes.entry(k).or_default() += v;
         }
         for b in w.acked {
             stats.acked[b] = true;
@@ -264,6 +290,7 @@ fn gzip(body: &[u8]) -> anyhow::Result<Bytes> {
 async fn worker(shared: Arc<Shared>) -> WorkerStats {
     let mut stats = WorkerStats {
         latency_us: Some(new_histogram()),
+        server_ack_us: Some(new_histogram()),
         ..WorkerStats::default()
     };
     loop {
@@ -327,6 +354,16 @@ async fn send_one(shared: &Shared, i: usize, b: usize, resend: bool, stats: &mut
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        let server_ack_ms = resp
+            .headers()
+            .get("X-Spoor-Ack-Ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let ack_mode = resp
+            .headers()
+            .get("X-Spoor-Ack")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
@@ -354,6 +391,12 @@ async fn send_one(shared: &Shared, i: usize, b: usize, resend: bool, stats: &mut
                 if let Some(h) = stats.latency_us.as_mut() {
                     h.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
                 }
+                if let (Some(ms), Some(h)) = (server_ack_ms, stats.server_ack_us.as_mut()) {
+                    h.saturating_record(ms.saturating_mul(1000).max(1));
+                }
+                if let Some(mode) = ack_mode {
+                    *stats.ack_modes.entry(mode).or_default() += 1;
+                }
                 *stats.statuses.entry(202).or_default() += 1;
                 stats.acked.push(b);
                 match serde_json::from_slice::<EdgeReceipt>(&body) {
@@ -378,6 +421,9 @@ async fn send_one(shared: &Shared, i: usize, b: usize, resend: bool, stats: &mut
                 return;
             }
             429 => {
+                // Refused as a whole: none of its events count as sent; the
+                // request goes again after Retry-After.
+                stats.events_sent -= batch.events;
                 throttles += 1;
                 stats.throttled += 1;
                 if throttles > MAX_THROTTLES {

@@ -10,7 +10,8 @@
 //! - Enrichment reaches the stored row: geo from the cf object, device from
 //!   the User-Agent, the IP only as a prefix, received_at and skew-corrected
 //!   time; the test cf header is ignored unless the config allows it.
-//! - NATS unreachable: 503 with Retry-After and nothing acknowledged.
+//! - NATS unreachable, durable ack requested: 503 with Retry-After and
+//!   nothing acknowledged.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -49,37 +50,34 @@ fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConf
 }
 
 /// A raw HTTP answer: status, headers (lower-case names) and body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {}", self.body))
     }
 
     /// The `error` code of an error body.
-    fn error(&self) -> String {
-        self.json()["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+    pub(crate) fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_string()
     }
 }
 
 /// Sends one request with ureq, which (unlike a browser) lets the test set
 /// any header, and returns the answer whatever its status.
-fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Answer {
+pub(crate) fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Answer {
     let mut req = ureq::request(method, url).timeout(Duration::from_secs(20));
     for (k, v) in headers {
         req = req.set(k, v);
@@ -125,7 +123,7 @@ fn gzip(body: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-fn uuid() -> String {
+pub(crate) fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -563,7 +561,7 @@ async fn stored_rows_carry_geo_device_ip_prefix_and_corrected_time() {
 }
 
 #[test]
-fn nats_unreachable_is_503_with_retry_after_and_nothing_accepted() {
+fn nats_unreachable_durable_ack_is_503_with_retry_after_and_nothing_accepted() {
     // Nothing listens on this port: the connect fails at once.
     let port = spoor_tests::tools::free_port().unwrap();
     let edge = Edge::start(
@@ -574,13 +572,10 @@ fn nats_unreachable_is_503_with_retry_after_and_nothing_accepted() {
     .unwrap();
     let body = json!({"batch": [{"event": "page_view", "anonymous_id": "d1", "event_id": uuid()}]})
         .to_string();
-    let a = post_json(&format!("{}/v1/batch", edge.url()), &[], &body);
-    assert_eq!(
-        (a.status, a.error().as_str()),
-        (503, "unavailable"),
-        "{}",
-        a.body
-    );
+    // A durable ack is answered only after the PubAck, so it must fail.
+    // (Fast acks answer 202 and spill; tests/it/edge_delivery.rs covers them.)
+    let a = post_json(&format!("{}/v1/batch", edge.url()), &[("X-Spoor-Ack", "durable")], &body);
+    assert_eq!((a.status, a.error().as_str()), (503, "unavailable"), "{}", a.body);
     assert_eq!(a.header("retry-after"), Some("1"));
     assert!(
         a.json().get("accepted").is_none(),

@@ -2,6 +2,7 @@
 
 mod dead_letters;
 mod e2e;
+mod edge_delivery;
 mod edge_nats;
 mod faults;
 mod harness;

@@ -95,6 +95,9 @@ fn good_events_survive_bad_neighbours() {
     assert_eq!(ing.receipt.accepted, 2);
     let idx: Vec<usize> = ing.receipt.rejected.iter().map(|r| r.index).collect();
     assert_eq!(idx, vec![1, 3]);
+    // Only accepted events name the batch (a rejected one cannot make it critical).
+    let names: Vec<&str> = ing.event_names.iter().map(String::as_str).collect();
+    assert_eq!(names, vec!["a", "c"]);
     assert_eq!(ing.receipt.rejected[0].event_id.as_deref(), Some("nope"));
     let events = decode_all(&ing);
     let mut names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
