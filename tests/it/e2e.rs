@@ -71,13 +71,21 @@ impl Answer {
 
     /// The `error` code of an error body.
     pub(crate) fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
 /// Sends one request with ureq, which (unlike a browser) lets the test set
 /// any header, and returns the answer whatever its status.
-pub(crate) fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Answer {
+pub(crate) fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Answer {
     let mut req = ureq::request(method, url).timeout(Duration::from_secs(20));
     for (k, v) in headers {
         req = req.set(k, v);
@@ -574,8 +582,17 @@ fn nats_unreachable_durable_ack_is_503_with_retry_after_and_nothing_accepted() {
         .to_string();
     // A durable ack is answered only after the PubAck, so it must fail.
     // (Fast acks answer 202 and spill; tests/it/edge_delivery.rs covers them.)
-    let a = post_json(&format!("{}/v1/batch", edge.url()), &[("X-Spoor-Ack", "durable")], &body);
-    assert_eq!((a.status, a.error().as_str()), (503, "unavailable"), "{}", a.body);
+    let a = post_json(
+        &format!("{}/v1/batch", edge.url()),
+        &[("X-Spoor-Ack", "durable")],
+        &body,
+    );
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (503, "unavailable"),
+        "{}",
+        a.body
+    );
     assert_eq!(a.header("retry-after"), Some("1"));
     assert!(
         a.json().get("accepted").is_none(),

@@ -55,11 +55,34 @@ struct Stack {
     started: time::OffsetDateTime,
 }
 
+/// How a scenario's pipeline differs from the default one.
+#[derive(Default)]
+struct Setup<'a> {
+    /// Its own clickhouse-server (to stop it) instead of the shared one.
+    own_clickhouse: bool,
+    /// Relay processes (at least one).
+    relays: usize,
+    /// Extra `spoor-relay run` flags.
+    relay_args: &'a [&'a str],
+    /// The edge under `wrangler dev` (which runs the spill queue) instead of
+    /// plain workerd.
+    wrangler: bool,
+    /// Extra edge vars.
+    edge_vars: &'a [(&'a str, &'a str)],
+}
+
 impl Stack {
-    /// nats-server, the edge in workerd, and `relays` relay processes with
-    /// short timings (flush every 200 ms, redelivery after 6 s) so crashes
-    /// recover within the test's time. `relay_args` are extra `run` flags.
-    fn start(name: &str, own_clickhouse: bool, relays: usize, relay_args: &[&str]) -> Stack {
+    /// nats-server, the edge, and relay processes with short timings (flush
+    /// every 200 ms, redelivery after 6 s) so crashes recover within the
+    /// test's time. The edge's rate limit is off unless `edge_vars` set it.
+    fn start(name: &str, setup: Setup<'_>) -> Stack {
+        let Setup {
+            own_clickhouse,
+            relays,
+            relay_args,
+            wrangler,
+            edge_vars,
+        } = setup;
         let started = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
         let nats = NatsServer::start().unwrap();
         let ch = if own_clickhouse {
@@ -87,15 +110,22 @@ impl Stack {
             args,
         };
         // The first relay creates the stream the edge publishes to.
-        let relays = (0..relays)
+        let relays = (0..relays.max(1))
             .map(|_| RelayProcess::start(config.clone()).unwrap())
             .collect();
-        let edge = Edge::start(
-            &EdgeConfig::new(nats.host_port())
-                .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
-                .var("REGION", "fault-region")
-                .var("PARTITIONS", "8"),
-        )
+        let mut edge_config = EdgeConfig::new(nats.host_port())
+            .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
+            .var("REGION", "fault-region")
+            .var("PARTITIONS", "8")
+            .var("RATE_LIMIT_EVENTS_PER_SEC", "0");
+        for (k, v) in edge_vars {
+            edge_config = edge_config.var(*k, *v);
+        }
+        let edge = if wrangler {
+            Edge::start_wrangler(&edge_config)
+        } else {
+            Edge::start(&edge_config)
+        }
         .unwrap();
         Stack {
             nats,
@@ -132,6 +162,18 @@ impl Stack {
         self.ch
             .query(sql)
             .unwrap_or_else(|e| panic!("{sql}: {e:#}"))
+    }
+
+    /// A counter of the edge's `/metrics`, summed over its labels (one
+    /// isolate serves every request locally, so its counters are the totals).
+    fn edge_metric(&self, name: &str) -> f64 {
+        let text = ureq::get(&format!("{}/metrics", self.edge.url()))
+            .timeout(Duration::from_secs(10))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        sum_over_labels(&text, name)
     }
 
     /// Sums one metric sample over every relay.
@@ -213,6 +255,17 @@ impl Stack {
     }
 }
 
+/// Sums every sample of the metric `name`, whatever its labels.
+fn sum_over_labels(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Runs the load in a task so the test can break things meanwhile.
 fn spawn_load(
     opts: spoor_loadtest::RunOptions,
@@ -232,7 +285,15 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// sends them verbatim, later in the run), with 1% invalid events mixed in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sdk_resends_a_fifth_of_its_batches() {
-    let stack = blocking(|| Stack::start("fault_resend", false, 2, &[]));
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_resend",
+            Setup {
+                relays: 2,
+                ..Default::default()
+            },
+        )
+    });
     let mut opts = stack.load(12_000, 0.0, 11);
     opts.traffic.resend_ratio = 0.2;
     opts.traffic.invalid_ratio = 0.01;
@@ -254,7 +315,15 @@ async fn a_sdk_resends_a_fifth_of_its_batches() {
 /// found in ClickHouse and not inserted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_a_relay_killed_three_times_under_load() {
-    let stack = blocking(|| Stack::start("fault_kill", false, 2, &[]));
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_kill",
+            Setup {
+                relays: 2,
+                ..Default::default()
+            },
+        )
+    });
     let load = spawn_load(stack.load(24_000, 1_200.0, 12));
     let victim = &stack.relays[0];
     for round in 0..3 {
@@ -273,7 +342,17 @@ async fn b_a_relay_killed_three_times_under_load() {
 /// the rest, up to max_ack_pending unacked), then catch up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_clickhouse_down_for_a_minute_under_load() {
-    let stack = blocking(|| Stack::start("fault_ch", true, 2, &["--batch-max-rows", "2000"]));
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_ch",
+            Setup {
+                own_clickhouse: true,
+                relays: 2,
+                relay_args: &["--batch-max-rows", "2000"],
+                ..Default::default()
+            },
+        )
+    });
     let load = spawn_load(stack.load(30_000, 400.0, 13));
     sleep_secs(3.0).await;
     blocking(|| stack.ch.stop());
@@ -309,7 +388,15 @@ async fn c_clickhouse_down_for_a_minute_under_load() {
 /// live traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_events_hours_late_land_in_their_own_day() {
-    let stack = blocking(|| Stack::start("fault_late", false, 1, &[]));
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_late",
+            Setup {
+                relays: 1,
+                ..Default::default()
+            },
+        )
+    });
     let load = spawn_load(stack.load(4_000, 800.0, 16));
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -398,7 +485,15 @@ async fn f_events_hours_late_land_in_their_own_day() {
 /// reason, is acked off the main stream, and costs no good event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_malformed_events_and_poison_messages_are_isolated() {
-    let stack = blocking(|| Stack::start("fault_poison", false, 2, &[]));
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_poison",
+            Setup {
+                relays: 2,
+                ..Default::default()
+            },
+        )
+    });
     let mut opts = stack.load(12_000, 1_500.0, 15);
     opts.traffic.invalid_ratio = 0.01;
     let load = spawn_load(opts);
@@ -449,13 +544,7 @@ async fn e_malformed_events_and_poison_messages_are_isolated() {
         stack
             .relays
             .iter()
-            .map(|r| {
-                let m = r.metrics().unwrap();
-                m.lines()
-                    .filter(|l| l.starts_with("spoor_relay_dead_lettered_total{"))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum::<f64>()
-            })
+            .map(|r| sum_over_labels(&r.metrics().unwrap(), "spoor_relay_dead_lettered_total"))
             .sum::<f64>()
     });
     assert_eq!(lettered, 10.0);
@@ -471,4 +560,126 @@ async fn e_malformed_events_and_poison_messages_are_isolated() {
         (0, 0),
         "everything acked off the main stream"
     );
+}
+
+/// (d) NATS is stopped for 30 s under load with fast acks (the default).
+/// The edge keeps answering 202; what it cannot publish goes to the spill
+/// queue (the edge runs under `wrangler dev`, which runs Queues locally),
+/// whose consumer republishes it with the same `Nats-Msg-Id` once NATS is
+/// back. The relays reconnect by themselves. Every acknowledged event is
+/// stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_nats_down_for_30s_under_fast_acks_spills_and_replays() {
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_nats",
+            Setup {
+                relays: 2,
+                wrangler: true,
+                edge_vars: &[("PUBLISH_TIMEOUT_MS", "1000"), ("SPILL_RETRY_DELAY_S", "1")],
+                ..Default::default()
+            },
+        )
+    });
+    let load = spawn_load(stack.load(9_000, 250.0, 14));
+    sleep_secs(5.0).await;
+    blocking(|| stack.nats.stop());
+    sleep_secs(30.0).await;
+    blocking(|| stack.nats.restart()).unwrap();
+    let summary = load.await.unwrap();
+    assert_eq!(
+        summary.failed_requests, 0,
+        "fast acks answer through the outage"
+    );
+    stack.assert_exact(&summary, 0, 0).await;
+    blocking(|| {
+        let spilled = stack.edge_metric("spoor_edge_events_spilled_total");
+        let replayed = stack.edge_metric("spoor_edge_events_replayed_total");
+        assert!(spilled > 0.0, "the outage should have spilled events");
+        assert!(
+            replayed >= spilled,
+            "spilled {spilled}, replayed {replayed}"
+        );
+        assert_eq!(
+            stack.edge_metric("spoor_edge_spill_failed_events_total"),
+            0.0
+        );
+        assert_eq!(
+            stack.edge_metric("spoor_edge_events_accepted_total") as usize,
+            summary.accepted
+        );
+    });
+}
+
+/// (g) A buggy release doubles the traffic over a key's rate limit and
+/// mixes in malformed events and unparseable requests. The edge answers
+/// 429 with Retry-After (the SDK, here the loadtest, waits and resends),
+/// rejects the bad events and requests with their reasons, and every
+/// accepted event lands once; the edge's counters agree with what the
+/// clients were told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_a_burst_at_twice_the_rate_limit() {
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_burst",
+            Setup {
+                relays: 1,
+                edge_vars: &[
+                    ("RATE_LIMIT_EVENTS_PER_SEC", "400"),
+                    ("RATE_LIMIT_BURST", "400"),
+                ],
+                ..Default::default()
+            },
+        )
+    });
+    let mut opts = stack.load(12_000, 800.0, 17);
+    opts.traffic.invalid_ratio = 0.05;
+    opts.max_retries = 20;
+    let load = spawn_load(opts);
+
+    // Meanwhile the buggy release also sends garbage bodies on the same key.
+    let url = format!("{}/v1/batch", stack.edge.url());
+    let mut garbage_400 = 0;
+    let mut saw_429 = false;
+    for _ in 0..40 {
+        sleep_secs(0.25).await;
+        let answer = blocking(|| {
+            ureq::post(&url)
+                .set("Content-Type", "application/json")
+                .set("X-Spoor-Write-Key", WRITE_KEY)
+                .timeout(Duration::from_secs(20))
+                .send_string("{\"batch\": [{\"event\": \"page_view\",")
+        });
+        match answer {
+            Err(ureq::Error::Status(400, r)) => {
+                let body = r.into_string().unwrap();
+                assert!(body.contains("invalid_json"), "{body}");
+                garbage_400 += 1;
+            }
+            Err(ureq::Error::Status(429, r)) => {
+                assert!(r.header("Retry-After").is_some(), "429 without Retry-After");
+                saw_429 = true;
+            }
+            other => panic!("garbage body answered {other:?}"),
+        }
+    }
+    let summary = load.await.unwrap();
+    assert!(summary.throttled > 0, "2x the limit was never throttled");
+    assert!(summary.rejected > 0);
+    stack.assert_exact(&summary, 0, 0).await;
+    blocking(|| {
+        assert!(stack.edge_metric("spoor_edge_rate_limited_requests_total") > 0.0);
+        assert_eq!(
+            stack.edge_metric("spoor_edge_events_accepted_total") as usize,
+            summary.accepted,
+            "edge counter vs receipts"
+        );
+        let rejected = stack.edge_metric("spoor_edge_events_rejected_total");
+        assert_eq!(
+            rejected as usize, summary.rejected,
+            "edge counter vs receipts"
+        );
+    });
+    assert!(garbage_400 > 0, "no garbage body reached the parser");
+    eprintln!("garbage bodies: {garbage_400} answered 400, a 429 seen: {saw_429}");
 }
