@@ -426,6 +426,10 @@ async fn send_one(shared: &Shared, i: usize, b: usize, resend: bool, stats: &mut
                 stats.events_sent -= batch.events;
                 throttles += 1;
                 stats.throttled += 1;
+                if retry_after.is_none() {
+                    // The edge's contract: a 429 says when to come back.
+                    stats.mismatch(i, format!("{what}: 429 without a Retry-After in seconds"));
+                }
                 if throttles > MAX_THROTTLES {
                     stats.failed_requests += 1;
                     *stats.statuses.entry(429).or_default() += 1;

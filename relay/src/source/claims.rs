@@ -78,7 +78,7 @@ pub fn encode(ids: &[Uuid]) -> Vec<u8> {
 /// is not a claim (nothing trustworthy can be read from it) and yields
 /// `None`.
 pub fn decode(payload: &[u8]) -> Option<Vec<Uuid>> {
-    if payload.len() % 16 != 0 {
+    if !payload.len().is_multiple_of(16) {
         return None;
     }
     Some(
