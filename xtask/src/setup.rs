@@ -216,6 +216,27 @@ fn npm_packages(tools: &Tools) -> Result<()> {
         ok("wrangler + workerd (npm)", tools.wrangler.display());
         return Ok(());
     }
+    // `npm ci` removes node_modules first, through a symlink too: a tree
+    // that borrows another checkout's node_modules (a git worktree, say)
+    // would empty that checkout's install. Refuse instead.
+    let node_modules = root.join("node_modules");
+    if node_modules
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        if present {
+            ok(
+                "wrangler + workerd (npm, symlinked node_modules)",
+                tools.wrangler.display(),
+            );
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{} is a symlink and lacks wrangler/workerd; install there, or replace the \
+             symlink with a directory and rerun",
+            node_modules.display()
+        );
+    }
     if sh::which("npm").is_none() {
         installing("nodejs + npm", "npm not found on PATH");
         apt_install(&["nodejs", "npm"])?;
