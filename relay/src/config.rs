@@ -148,6 +148,11 @@ pub struct RunArgs {
     /// retries).
     #[arg(long, env = "SPOOR_ACK_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_wait_secs: u64,
+    /// Largest uncompressed frame the relay inflates (e.g. 8MiB); bigger
+    /// frames are dead-lettered as `too_large`. Defaults to the edge's own
+    /// frame limit.
+    #[arg(long, env = "SPOOR_MAX_FRAME_BYTES", value_parser = parse_byte_size)]
+    pub max_frame_bytes: Option<usize>,
 }
 
 impl ConnectionArgs {
@@ -182,6 +187,9 @@ impl RunArgs {
         config.dedup_max_ids = self.dedup_max_ids;
         config.drain_timeout = Duration::from_secs(self.drain_timeout_secs);
         config.ack_wait = Duration::from_secs(self.ack_wait_secs);
+        if let Some(max) = self.max_frame_bytes {
+            config.max_frame_bytes = max.max(1);
+        }
         config
     }
 }
@@ -217,6 +225,33 @@ pub fn parse_byte_size(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::parse_byte_size;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        run: super::RunArgs,
+    }
+
+    #[test]
+    fn run_flags_reach_the_config() {
+        use clap::Parser as _;
+        use std::time::Duration;
+        let c =
+            Flags::try_parse_from(["relay", "--ack-wait-secs", "7", "--max-frame-bytes", "1MiB"])
+                .unwrap()
+                .run
+                .into_config();
+        assert_eq!(c.ack_wait, Duration::from_secs(7));
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+        let d = Flags::try_parse_from(["relay"]).unwrap().run.into_config();
+        assert_eq!(d.ack_wait, Duration::from_secs(60));
+        assert_eq!(
+            d.max_frame_bytes,
+            spoor_core::Limits::default().max_frame_bytes
+        );
+        assert!(Flags::try_parse_from(["relay", "--ack-wait-secs", "0"]).is_err());
+        assert!(Flags::try_parse_from(["relay", "--max-frame-bytes", "lots"]).is_err());
+    }
 
     #[test]
     fn byte_sizes() {
