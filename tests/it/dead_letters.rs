@@ -11,23 +11,19 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream;
 use spoor_cli::dead_letters::{self, DeadLetterError, ReplayOptions, Selector};
-use spoor_core::{encode_batch, Context, Device, Event, Geo, WireBatch};
+use spoor_core::{encode_batch, Device, Event, Geo, WireBatch};
 use spoor_relay::source::dead_letter::DEAD_STREAM;
 use spoor_relay::{ClickHouseConfig, RelayConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
-use uuid::Uuid;
 
 use crate::support::{eventually, Relay};
 
-pub(crate) const STREAM: &str = "SPOOR_EVENTS";
-pub(crate) const CONSUMER: &str = "spoor-relay";
-pub(crate) const SUBJECT: &str = "spoor.events.eu-west.0";
+// Frames, events and the publisher are the relay tests' own; only the
+// project (and the relay's small frame limit) differ.
+pub(crate) use crate::relay::{event, events, id, Publisher, STREAM, SUBJECT, TS_MS};
 pub(crate) const PROJECT: &str = "proj_dead";
-/// 2024-03-01T12:34:56.789Z
-pub(crate) const TS_MS: i64 = 1_709_296_496_789;
 /// The relay's frame limit in these tests: small, so an "oversized" frame
 /// is cheap to build and a restart with the default limit fixes it.
 pub(crate) const SMALL_FRAME_LIMIT: usize = 64 * 1024;
@@ -59,79 +55,6 @@ pub(crate) async fn count(ch: &ClickHouseServer, db: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
-}
-
-pub(crate) struct Publisher {
-    pub js: jetstream::Context,
-}
-
-impl Publisher {
-    pub async fn connect(nats: &NatsServer) -> Publisher {
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        Publisher {
-            js: jetstream::new(client),
-        }
-    }
-
-    /// Publishes `payload` with `Nats-Msg-Id` = `msg_id`; returns its stream sequence.
-    pub async fn publish(&self, msg_id: &str, payload: Vec<u8>) -> u64 {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        let ack = self
-            .js
-            .publish_with_headers(SUBJECT, headers, payload.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(!ack.duplicate, "{msg_id} dropped as a JetStream duplicate");
-        ack.sequence
-    }
-
-    pub async fn publish_batch(&self, batch: &WireBatch) -> u64 {
-        self.publish(&batch.batch_id, encode_batch(batch).unwrap())
-            .await
-    }
-
-    pub async fn consumer(&self) -> jetstream::consumer::Info {
-        let stream = self.js.get_stream(STREAM).await.unwrap();
-        stream.consumer_info(CONSUMER).await.unwrap()
-    }
-
-    /// Waits until the relay has acked everything up to `last_seq`.
-    pub async fn drained(&self, last_seq: u64) {
-        eventually("the consumer to ack everything", || async {
-            let c = self.consumer().await;
-            (c.num_pending == 0
-                && c.num_ack_pending == 0
-                && c.ack_floor.stream_sequence >= last_seq)
-                .then_some(())
-        })
-        .await;
-    }
-}
-
-pub(crate) fn id(n: u128) -> Uuid {
-    Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | n)
-}
-
-pub(crate) fn event(n: u128) -> Event {
-    Event {
-        event_id: id(n),
-        event_id_derived: false,
-        event: "click".into(),
-        user_id: String::new(),
-        anonymous_id: format!("anon-{n}"),
-        session_id: String::new(),
-        client_ts_ms: None,
-        ts_ms: TS_MS + n as i64,
-        properties: "{}".into(),
-        context: Context::default(),
-    }
-}
-
-pub(crate) fn events(range: std::ops::Range<u128>) -> Vec<Event> {
-    range.map(event).collect()
 }
 
 pub(crate) fn batch(batch_id: &str, events: Vec<Event>) -> WireBatch {

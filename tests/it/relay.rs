@@ -21,6 +21,7 @@ use crate::support::{eventually, sample_value, Relay};
 
 pub(crate) const STREAM: &str = "SPOOR_EVENTS";
 pub(crate) const CONSUMER: &str = "spoor-relay";
+pub(crate) const SUBJECT: &str = "spoor.events.eu-west.0";
 
 /// 2024-03-01T12:34:56.789Z
 pub(crate) const TS_MS: i64 = 1_709_296_496_789;
@@ -72,7 +73,7 @@ impl Publisher {
         headers.insert("Nats-Msg-Id", msg_id);
         let ack = self
             .js
-            .publish_with_headers("spoor.events.eu-west.0", headers, frame.into())
+            .publish_with_headers(SUBJECT, headers, frame.into())
             .await
             .unwrap();
         let ack = ack.await.unwrap();
@@ -91,6 +92,18 @@ impl Publisher {
     pub(crate) async fn consumer(&self) -> jetstream::consumer::Info {
         let stream = self.js.get_stream(STREAM).await.unwrap();
         stream.consumer_info(CONSUMER).await.unwrap()
+    }
+
+    /// Waits until the relays' consumer has acked everything up to `last_seq`.
+    pub(crate) async fn drained(&self, last_seq: u64) {
+        eventually("the consumer to ack everything", || async {
+            let c = self.consumer().await;
+            (c.num_pending == 0
+                && c.num_ack_pending == 0
+                && c.ack_floor.stream_sequence >= last_seq)
+                .then_some(())
+        })
+        .await;
     }
 }
 
