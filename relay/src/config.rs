@@ -40,6 +40,8 @@ pub struct RelayConfig {
     pub max_frame_bytes: usize,
     /// Longest wait between insert retries.
     pub max_retry_backoff: Duration,
+    /// Days the device tables keep (issue 4); 0 turns retention off.
+    pub device_retention_days: u32,
 }
 
 /// Where and as whom the relay writes.
@@ -73,6 +75,7 @@ impl RelayConfig {
             lag_poll_interval: Duration::from_secs(5),
             max_frame_bytes: spoor_core::Limits::default().max_frame_bytes,
             max_retry_backoff: Duration::from_secs(5),
+            device_retention_days: crate::sink::clickhouse::retention::DEFAULT_RETENTION_DAYS,
         }
     }
 
@@ -153,6 +156,10 @@ pub struct RunArgs {
     /// frame limit.
     #[arg(long, env = "SPOOR_MAX_FRAME_BYTES", value_parser = parse_byte_size)]
     pub max_frame_bytes: Option<usize>,
+    /// Days `events_by_device` and `device_users` keep (whole UTC days,
+    /// dropped hourly by partition); 0 keeps them forever.
+    #[arg(long, env = "SPOOR_DEVICE_RETENTION_DAYS", default_value_t = 7)]
+    pub device_retention_days: u32,
 }
 
 impl ConnectionArgs {
@@ -190,6 +197,7 @@ impl RunArgs {
         if let Some(max) = self.max_frame_bytes {
             config.max_frame_bytes = max.max(1);
         }
+        config.device_retention_days = self.device_retention_days;
         config
     }
 }
@@ -249,6 +257,9 @@ mod tests {
             d.max_frame_bytes,
             spoor_core::Limits::default().max_frame_bytes
         );
+        assert_eq!(d.device_retention_days, 7);
+        let r = Flags::try_parse_from(["relay", "--device-retention-days", "2"]).unwrap();
+        assert_eq!(r.run.into_config().device_retention_days, 2);
         assert!(Flags::try_parse_from(["relay", "--ack-wait-secs", "0"]).is_err());
         assert!(Flags::try_parse_from(["relay", "--max-frame-bytes", "lots"]).is_err());
     }

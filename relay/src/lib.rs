@@ -122,6 +122,13 @@ pub async fn run(
     health.set_ready(client.clone());
     tracing::info!(stream = %config.stream, consumer = %config.consumer, database = %config.clickhouse.database, "relay running");
 
+    // Device tables' retention (issue 4): drops their old day partitions.
+    let retention_task = tokio::spawn(sink::clickhouse::retention::run(
+        config.clickhouse.clone(),
+        config.device_retention_days,
+        sink::clickhouse::retention::RETENTION_INTERVAL,
+        stop_rx.clone(),
+    ));
     let lag_task = tokio::spawn(poll_consumer_lag(
         consumer.clone(),
         config.lag_poll_interval,
@@ -144,6 +151,7 @@ pub async fn run(
 
     let _ = stop_tx.send(true);
     let _ = lag_task.await;
+    let _ = retention_task.await;
     let _ = follower.await;
     let _ = http_task.await;
     // Acks were flushed as they were sent; this catches any stragglers
