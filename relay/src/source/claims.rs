@@ -128,8 +128,9 @@ pub type Claimed = Vec<Uuid>;
 
 /// Follows the claims stream from `now - window`, sending other instances'
 /// ids to `tx`, until `stop`. `ready` receives the number of ids replayed
-/// once the follower has caught up with what the stream held at start (at
-/// once when it held nothing in the window).
+/// once the follower has caught up with what the stream held at start (its
+/// last message then, or nothing left pending; at once when the window held
+/// nothing).
 pub async fn follow(
     js: jetstream::Context,
     events_stream: String,
@@ -147,6 +148,10 @@ pub async fn follow(
             name: name.clone(),
             source,
         })?;
+    // What the stream held when the replay began: caught up means having
+    // seen that message (or nothing left pending). "Nothing pending" alone
+    // might never happen while other relays keep publishing.
+    let tail_at_start = stream.cached_info().state.last_sequence;
     let start_time = time::OffsetDateTime::now_utc() - window;
     let consumer = stream
         .create_consumer(OrderedConfig {
@@ -187,7 +192,10 @@ pub async fn follow(
                 continue;
             }
         };
-        let pending = message.info().map(|i| i.pending).unwrap_or(0);
+        let (pending, sequence) = message
+            .info()
+            .map(|i| (i.pending, i.stream_sequence))
+            .unwrap_or((0, u64::MAX));
         let from_self = message
             .headers
             .as_ref()
@@ -207,7 +215,7 @@ pub async fn follow(
                 ),
             }
         }
-        if pending == 0 {
+        if pending == 0 || sequence >= tail_at_start {
             if let Some(r) = ready.take() {
                 let _ = r.send(replayed);
             }
