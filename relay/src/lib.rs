@@ -20,6 +20,7 @@ mod http;
 pub mod internal_events;
 pub mod metrics;
 mod pipeline;
+pub mod ring;
 pub mod sink;
 pub mod source;
 
