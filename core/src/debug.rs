@@ -449,7 +449,7 @@ pub fn merge(query: DeviceQuery, answers: impl IntoIterator<Item = RelayAnswer>)
         }
     }
     let mut events: Vec<DeviceEvent> = by_id.into_values().collect();
-    events.sort_by(|a, b| (a.ts_ms, a.event_id).cmp(&(b.ts_ms, b.event_id)));
+    events.sort_by_key(|e| (e.ts_ms, e.event_id));
     let truncated = events.len() > query.limit;
     if truncated {
         events.drain(..events.len() - query.limit);
