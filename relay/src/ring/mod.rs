@@ -450,8 +450,8 @@ impl Ring {
 
     /// The events the query asks for (window on the edge's receive time,
     /// optional project), and the dead frames on their devices' partitions
-    /// in the window. Unordered and uncapped beyond the query's limit per
-    /// device: the requester merges and caps.
+    /// in the window. Unordered; at most `query.limit` events, the newest by
+    /// event time. The requester merges and caps again.
     pub fn lookup(&self, query: &DeviceQuery) -> Found {
         let slots: Vec<u32> = match &query.subject {
             Subject::Device(id) => self.by_key.get(id.as_str()).copied().into_iter().collect(),
@@ -486,9 +486,18 @@ impl Ring {
                         .as_deref()
                         .is_none_or(|p| p == &*e.project_id)
             });
-            for e in matching.take(query.limit) {
+            for e in matching {
                 found.events.push(self.to_event(&device.key, e));
             }
+        }
+        // The limit keeps the newest by event time (what the merge orders
+        // by), not by arrival: collect, then cut.
+        if found.events.len() > query.limit {
+            let cut = query.limit;
+            found
+                .events
+                .select_nth_unstable_by_key(cut, |e| std::cmp::Reverse((e.ts_ms, e.event_id)));
+            found.events.truncate(cut);
         }
         let since_stream = query.since_ms;
         found.dead_frames = self

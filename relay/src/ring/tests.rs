@@ -352,3 +352,17 @@ fn events_older_than_the_window_are_not_taken_in() {
     r.observe(obs(1, "d", "", NOW - HOUR - 1), NOW);
     assert_eq!((r.events(), r.devices(), r.evictions().total()), (0, 0, 0));
 }
+
+#[test]
+fn the_limit_keeps_the_newest_by_event_time_not_by_arrival() {
+    let mut r = ring(RingLimits::default());
+    // Arrival order is the reverse of event time.
+    for n in 0..10u128 {
+        let mut o = obs(n, "dev", "", NOW - 100 + n as i64);
+        o.ts_ms = NOW - 1_000 - n as i64;
+        r.observe(o, NOW);
+    }
+    let mut q = device_query("dev");
+    q.limit = 3;
+    assert_eq!(ids(&r.lookup(&q)), vec![0, 1, 2]);
+}
