@@ -605,3 +605,67 @@ pub(crate) fn row_key(row: &crate::sink::clickhouse::EventRow) -> &str {
         &row.anonymous_id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spoor_core::debug::{DeviceEvent, EventPath};
+
+    fn event(n: u128, properties_bytes: usize) -> DeviceEvent {
+        DeviceEvent {
+            event_id: Uuid::from_u128(n),
+            event: "click".into(),
+            project_id: "p".into(),
+            anonymous_id: "d".into(),
+            user_id: String::new(),
+            session_id: String::new(),
+            ts_ms: n as i64,
+            properties: "x".repeat(properties_bytes),
+            path: EventPath {
+                client_ts_ms: None,
+                edge_received_at_ms: 0,
+                stream_at_ms: 0,
+                stream_seq: 1,
+                relay_received_at_ms: None,
+                state: EventState::Pending,
+            },
+            relay: "r".into(),
+        }
+    }
+
+    #[test]
+    fn answers_split_into_parts_that_fit_and_merge_back() {
+        // (events, bag size, max_payload, expected parts)
+        let cases = [
+            (0usize, 0usize, 1 << 20, 1usize),
+            (10, 10, 1 << 20, 1),
+            (120, 10_000, 1 << 20, 3),
+            (3, 100_000, 64 << 10, 3), // each event alone, even over budget
+        ];
+        for (n, bag, max_payload, expected) in cases {
+            let found = Found {
+                events: (0..n as u128).map(|i| event(i, bag)).collect(),
+                dead_frames: vec![],
+            };
+            let parts = split(found, RingCoverage::default(), "r", max_payload);
+            assert_eq!(parts.len(), expected, "{n} events of {bag} bytes");
+            for (i, part) in parts.iter().enumerate() {
+                assert_eq!(part.part as usize, i);
+                assert_eq!(part.last, i + 1 == parts.len());
+                let bytes = serde_json::to_vec(part).unwrap().len();
+                assert!(part.events.len() == 1 || bytes <= max_payload, "part {i}: {bytes}");
+            }
+            let q = DeviceQuery::new(
+                spoor_core::debug::Subject::Device("d".into()),
+                None,
+                3_600_000,
+                1_000_000,
+                10_000,
+            )
+            .unwrap();
+            let merged = merge(q, parts);
+            assert_eq!(merged.events.len(), n);
+            assert_eq!(merged.relays, vec!["r".to_string()]);
+        }
+    }
+}

@@ -195,7 +195,7 @@ fn eviction_by_age_device_cap_and_bytes() {
         max_events_per_device: per_device,
         max_dead_frames: 10,
     };
-    let one = ENTRY_OVERHEAD_BYTES + "p".len() + "click".len() + "{}".len();
+    let one = ENTRY_OVERHEAD_BYTES + "click".len() + "{}".len();
     let dev = DEVICE_OVERHEAD_BYTES + "d".len();
     let cases = vec![
         Case {
@@ -330,6 +330,7 @@ fn hostile_event_content_is_held_as_data() {
     let mut o = obs(1, "dev\u{0}\n<script>", "", NOW - 1);
     o.properties = "x".repeat(40_000);
     o.event = "\u{202e}".into();
+    o.session_id = "é".into();
     r.observe(o, NOW);
     let mut empty = obs(2, "", "", NOW - 1);
     empty.anonymous_id = String::new();
@@ -343,7 +344,11 @@ fn hostile_event_content_is_held_as_data() {
         until_ms: NOW + 1,
         limit: 10,
     };
-    assert_eq!(r.lookup(&q).events.len(), 1);
+    let found = r.lookup(&q);
+    assert_eq!(found.events.len(), 1);
+    let e = &found.events[0];
+    assert_eq!((e.event.as_str(), e.session_id.as_str()), ("\u{202e}", "é"));
+    assert_eq!(e.properties.len(), 40_000);
 }
 
 #[test]
