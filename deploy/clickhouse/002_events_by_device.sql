@@ -58,7 +58,11 @@ CREATE TABLE IF NOT EXISTS events_by_device
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY event_date
-ORDER BY (project_id, anonymous_id, ts_ms, event_id);
+ORDER BY (project_id, anonymous_id, ts_ms, event_id)
+-- Point lookups: one device's rows are contiguous in each part, so a lookup
+-- reads about one granule per part; 1,024 rows instead of the default 8,192
+-- cuts what a week-long lookup reads (about 30 parts) eightfold.
+SETTINGS index_granularity = 1024;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS events_by_device_mv TO events_by_device AS
 SELECT
@@ -85,7 +89,8 @@ CREATE TABLE IF NOT EXISTS device_users
 )
 ENGINE = MergeTree
 PARTITION BY event_date
-ORDER BY (project_id, user_id, ts_ms);
+ORDER BY (project_id, user_id, ts_ms)
+SETTINGS index_granularity = 1024;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS device_users_mv TO device_users AS
 SELECT project_id, event_date, user_id, ts_ms, anonymous_id

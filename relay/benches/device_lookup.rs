@@ -35,6 +35,7 @@ use spoor_tests::clickhouse::ClickHouseServer;
 const CHUNK: u64 = 1_000_000;
 const DEVICES: u64 = 200_000;
 const TARGET_EVERY: u64 = 10_000;
+/// Lookups per case; `SPOOR_BENCH_SAMPLES` overrides it.
 const SAMPLES: usize = 1_000;
 const WARMUP: usize = 50;
 const DAY_MS: i64 = 86_400_000;
@@ -116,6 +117,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000_000);
+    let samples: usize = std::env::var("SPOOR_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SAMPLES);
     let ch =
         ClickHouseServer::start().expect("clickhouse-server (install with `cargo xtask setup`)");
     let db = ch.fresh_database("bench_device");
@@ -208,7 +213,7 @@ fn main() {
         let (mut lib, mut raw) = (histogram(), histogram());
         let mut returned = 0;
         let mut raw_bytes = 0;
-        for i in 0..WARMUP + SAMPLES {
+        for i in 0..WARMUP + samples {
             let t = Instant::now();
             let rows = rt
                 .block_on(device_events(&client, &case.query))
