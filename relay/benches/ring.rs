@@ -32,7 +32,7 @@ fn event(n: u64, device: String, user: String) -> Observed {
     let at = NOW - 3_000_000 + (n as i64 * 3_000_000 / TOTAL as i64);
     Observed {
         event_id: Uuid::from_u64_pair(0x0190_0000_0000_7000, n),
-        event: if n % 3 == 0 {
+        event: if n.is_multiple_of(3) {
             "page_view"
         } else {
             "add_to_cart"
@@ -75,7 +75,7 @@ fn filled() -> (Ring, Option<u64>) {
             let d = n % OTHER_DEVICES;
             (
                 format!("anon-{d:08x}-4c1f-9e2a"),
-                if d % 4 == 0 {
+                if d.is_multiple_of(4) {
                     format!("u-{d}")
                 } else {
                     String::new()

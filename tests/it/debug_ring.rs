@@ -107,8 +107,8 @@ async fn lookups_merge_across_two_relays_with_paths() {
     let nats = NatsServer::start().unwrap();
     let ch = ClickHouseServer::shared();
     let db = ch.fresh_database("debug_merge");
-    let a = Relay::start(relay_config(&nats, &ch, &db)).await;
-    let b = Relay::start(relay_config(&nats, &ch, &db)).await;
+    let a = Relay::start(relay_config(&nats, ch, &db)).await;
+    let b = Relay::start(relay_config(&nats, ch, &db)).await;
     let publisher = Publisher::connect(&nats).await;
 
     // 40 frames of 3 events for one device (120 events, spread over both
@@ -122,7 +122,7 @@ async fn lookups_merge_across_two_relays_with_paths() {
     let noise = device_batch("noise", "dev-z", "", 600..610);
     let last = publish_to_partition(&publisher, &noise, "dev-z").await;
     publisher.drained(last).await;
-    assert_eq!(count(&ch, &db).await, 132);
+    assert_eq!(count(ch, &db).await, 132);
 
     // Both rings hold part of dev-x's events.
     let held = |metrics: f64| metrics > 0.0;
@@ -212,8 +212,8 @@ async fn unknown_devices_hostile_ids_and_dead_frames() {
     let nats = NatsServer::start().unwrap();
     let ch = ClickHouseServer::shared();
     let db = ch.fresh_database("debug_input");
-    let a = Relay::start(relay_config(&nats, &ch, &db)).await;
-    let b = Relay::start(relay_config(&nats, &ch, &db)).await;
+    let a = Relay::start(relay_config(&nats, ch, &db)).await;
+    let b = Relay::start(relay_config(&nats, ch, &db)).await;
     let base = format!("http://{}", b.addr);
     let publisher = Publisher::connect(&nats).await;
 
@@ -322,7 +322,7 @@ async fn the_ring_keeps_to_its_budget() {
     let nats = NatsServer::start().unwrap();
     let ch = ClickHouseServer::shared();
     let db = ch.fresh_database("debug_budget");
-    let mut c = relay_config(&nats, &ch, &db);
+    let mut c = relay_config(&nats, ch, &db);
     c.ring.max_bytes = 64 << 10;
     c.ring.max_events_per_device = 20;
     let relay = Relay::start(c).await;
@@ -455,6 +455,6 @@ async fn a_killed_relay_rebuilds_its_ring_from_the_stream() {
     })
     .await;
     assert_eq!(latest.events.len(), 61);
-    assert_eq!(count(&ch, &db).await, 61);
+    assert_eq!(count(ch, &db).await, 61);
     r1.stop();
 }
