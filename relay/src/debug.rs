@@ -377,12 +377,25 @@ pub enum LookupError {
 /// arrives within `timeout`: the library call behind `GET /debug/device`
 /// and `spoor debug device`. Waits the whole `timeout` (the number of
 /// relays is not known in advance); `DeviceLookup::relays` says who
-/// answered.
+/// answered. See [`lookup_expecting`] to stop as soon as a known number of
+/// relays has answered.
 pub async fn lookup(
     client: &async_nats::Client,
     stream: &str,
     query: &DeviceQuery,
     timeout: Duration,
+) -> Result<DeviceLookup, LookupError> {
+    lookup_expecting(client, stream, query, timeout, None).await
+}
+
+/// [`lookup`] that returns early once `expect` relays have answered
+/// completely (every part), for a caller that knows how many run.
+pub async fn lookup_expecting(
+    client: &async_nats::Client,
+    stream: &str,
+    query: &DeviceQuery,
+    timeout: Duration,
+    expect: Option<usize>,
 ) -> Result<DeviceLookup, LookupError> {
     query.validate()?;
     let nats = |e: &dyn std::fmt::Display| LookupError::Nats(e.to_string());
@@ -399,10 +412,21 @@ pub async fn lookup(
     client.flush().await.map_err(|e| nats(&e))?;
     let deadline = Instant::now() + timeout;
     let mut answers = Vec::new();
+    let mut complete = std::collections::HashSet::new();
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers_sub.next()).await {
         match serde_json::from_slice::<RelayAnswer>(&message.payload) {
-            Ok(a) => answers.push(a),
+            Ok(a) => {
+                // A relay's parts are published in order on one connection,
+                // so its last part arrives after the others.
+                if a.last {
+                    complete.insert(a.relay.clone());
+                }
+                answers.push(a);
+            }
             Err(e) => tracing::warn!(error = %e, "ignoring an unreadable debug answer"),
+        }
+        if expect.is_some_and(|n| complete.len() >= n) {
+            break;
         }
     }
     let _ = answers_sub.unsubscribe().await;
@@ -653,7 +677,10 @@ mod tests {
                 assert_eq!(part.part as usize, i);
                 assert_eq!(part.last, i + 1 == parts.len());
                 let bytes = serde_json::to_vec(part).unwrap().len();
-                assert!(part.events.len() == 1 || bytes <= max_payload, "part {i}: {bytes}");
+                assert!(
+                    part.events.len() == 1 || bytes <= max_payload,
+                    "part {i}: {bytes}"
+                );
             }
             let q = DeviceQuery::new(
                 spoor_core::debug::Subject::Device("d".into()),

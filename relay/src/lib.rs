@@ -100,14 +100,21 @@ pub async fn run(
         metrics.clone(),
         stop_rx.clone(),
     );
-    let responder = tokio::spawn(debug::serve_queries(
-        client.clone(),
-        config.stream.clone(),
-        instance.clone(),
-        ring.reader.clone(),
-        metrics.clone(),
-        stop_rx.clone(),
-    ));
+    let responder = tokio::spawn({
+        let serving = debug::serve_queries(
+            client.clone(),
+            config.stream.clone(),
+            instance.clone(),
+            ring.reader.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        );
+        async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "cannot subscribe to debug queries; this relay's ring will not answer");
+            }
+        }
+    });
     let rehydration = tokio::spawn({
         let (js, stream, consumer) = (js.clone(), config.stream.clone(), config.consumer.clone());
         let window =

@@ -107,8 +107,8 @@ async fn lookups_merge_across_two_relays_with_paths() {
     let nats = NatsServer::start().unwrap();
     let ch = ClickHouseServer::shared();
     let db = ch.fresh_database("debug_merge");
-    let a = Relay::start(relay_config(&nats, &ch, &db)).await;
-    let b = Relay::start(relay_config(&nats, &ch, &db)).await;
+    let a = Relay::start(relay_config(&nats, ch, &db)).await;
+    let b = Relay::start(relay_config(&nats, ch, &db)).await;
     let publisher = Publisher::connect(&nats).await;
 
     // 40 frames of 3 events for one device (120 events, spread over both
@@ -122,7 +122,7 @@ async fn lookups_merge_across_two_relays_with_paths() {
     let noise = device_batch("noise", "dev-z", "", 600..610);
     let last = publish_to_partition(&publisher, &noise, "dev-z").await;
     publisher.drained(last).await;
-    assert_eq!(count(&ch, &db).await, 132);
+    assert_eq!(count(ch, &db).await, 132);
 
     // Both rings hold part of dev-x's events.
     let held = |metrics: f64| metrics > 0.0;
@@ -187,6 +187,19 @@ async fn lookups_merge_across_two_relays_with_paths() {
     let direct = spoor_relay::debug::lookup(&client, STREAM, &query, Duration::from_millis(700))
         .await
         .unwrap();
+    // Knowing there are two relays, a caller need not wait out the timeout.
+    let started = std::time::Instant::now();
+    let quick = spoor_relay::debug::lookup_expecting(
+        &client,
+        STREAM,
+        &query,
+        Duration::from_secs(20),
+        Some(2),
+    )
+    .await
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(quick.events, direct.events);
     assert_eq!(direct.relays, lookup.relays);
     assert_eq!(direct.events, lookup.events);
     // Another project sees nothing of it.
@@ -212,8 +225,8 @@ async fn unknown_devices_hostile_ids_and_dead_frames() {
     let nats = NatsServer::start().unwrap();
     let ch = ClickHouseServer::shared();
     let db = ch.fresh_database("debug_input");
-    let a = Relay::start(relay_config(&nats, &ch, &db)).await;
-    let b = Relay::start(relay_config(&nats, &ch, &db)).await;
+    let a = Relay::start(relay_config(&nats, ch, &db)).await;
+    let b = Relay::start(relay_config(&nats, ch, &db)).await;
     let base = format!("http://{}", b.addr);
     let publisher = Publisher::connect(&nats).await;
 
@@ -322,7 +335,7 @@ async fn the_ring_keeps_to_its_budget() {
     let nats = NatsServer::start().unwrap();
     let ch = ClickHouseServer::shared();
     let db = ch.fresh_database("debug_budget");
-    let mut c = relay_config(&nats, &ch, &db);
+    let mut c = relay_config(&nats, ch, &db);
     c.ring.max_bytes = 64 << 10;
     c.ring.max_events_per_device = 20;
     let relay = Relay::start(c).await;
@@ -408,9 +421,13 @@ async fn a_killed_relay_rebuilds_its_ring_from_the_stream() {
         let b = device_batch(&format!("rh-{f}"), "dev-r", "", f * 2..f * 2 + 2);
         last = publish_to_partition(&publisher, &b, "dev-r").await;
     }
-    publisher.drained(last).await;
+    // And an undecodable frame on dev-r's partition.
+    let junk_subject = route::subject("eu-west", route::partition_of("dev-r", PARTITIONS));
+    let junk = publish_raw(&publisher, &junk_subject, "rh-junk", b"junk".to_vec()).await;
+    publisher.drained(junk.max(last)).await;
     let before = lookup_http(&r1.url(), "/debug/device/dev-r").await;
     assert_eq!(before.events.len(), 60);
+    assert_eq!(before.dead_frames.len(), 1);
     assert_eq!(before.relays.len(), 2);
 
     // kill -9 the first relay and bring it back; then take the second away
@@ -424,6 +441,9 @@ async fn a_killed_relay_rebuilds_its_ring_from_the_stream() {
     })
     .await;
     assert_eq!(after.relays.len(), 1, "{:?}", after.relays);
+    // The dead frame was found again on replay.
+    assert_eq!(after.dead_frames.len(), 1);
+    assert_eq!(after.dead_frames[0].stream_seq, junk);
     assert!(
         !before.relays.contains(&after.relays[0]),
         "a new instance id"
@@ -455,6 +475,6 @@ async fn a_killed_relay_rebuilds_its_ring_from_the_stream() {
     })
     .await;
     assert_eq!(latest.events.len(), 61);
-    assert_eq!(count(&ch, &db).await, 61);
+    assert_eq!(count(ch, &db).await, 61);
     r1.stop();
 }
