@@ -3,6 +3,8 @@
 //!
 //! - [`dead_letters`]: list the `SPOOR_DEAD` stream and replay dead letters
 //!   to their original subjects once their cause is fixed.
+//! - [`debug`]: one device's recent events from every relay's ring, with
+//!   the path each took, and older ones from the device table.
 //! - [`reconcile`]: prove for a time window that every event the edge
 //!   accepted is in ClickHouse once, deduped, or in a dead-lettered frame.
 //!
@@ -15,6 +17,7 @@
 pub mod clickhouse;
 pub mod connect;
 pub mod dead_letters;
+pub mod debug;
 pub mod reconcile;
 mod stream_read;
 pub mod window;

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use spoor_cli::dead_letters::{self, ReplayOptions, Selector};
+use spoor_cli::debug;
 use spoor_cli::{reconcile, window, ClickHouseOptions, ReconcileOptions};
 
 #[derive(Parser)]
 #[command(
     name = "spoor",
     version,
-    about = "Operate a Spoor pipeline: dead letters and reconciliation"
+    about = "Operate a Spoor pipeline: device debugging, dead letters and reconciliation"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Look at what one device or user sent: `spoor debug device <id> --last 1h`.
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// Frames the relay could not decode, kept in the SPOOR_DEAD stream.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
@@ -60,6 +64,53 @@ enum DeadLettersCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// One device's events (or, with --user, a user's devices' events), with
+    /// the path each took: edge, relay, ClickHouse.
+    Device(DeviceArgs),
+}
+
+#[derive(Args)]
+struct DeviceArgs {
+    /// The device id (`anonymous_id`), or with --user the `user_id`.
+    id: String,
+    /// Treat the id as a user_id.
+    #[arg(long)]
+    user: bool,
+    /// How far back (e.g. 15m, 1h, 6h; at most 24h).
+    #[arg(long, default_value = "1h")]
+    last: String,
+    /// Only this project's events (needed to read ClickHouse).
+    #[arg(long)]
+    project: Option<String>,
+    /// Most events to show (the newest).
+    #[arg(long, default_value_t = 1_000)]
+    limit: usize,
+    /// Keep watching and print new events as they arrive.
+    #[arg(long)]
+    follow: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// JetStream events stream whose relays to ask.
+    #[arg(long, env = "SPOOR_STREAM", default_value = "SPOOR_EVENTS")]
+    stream: String,
+    /// How long to wait for the relays' answers.
+    #[arg(long, default_value_t = 500)]
+    timeout_ms: u64,
+    /// ClickHouse HTTP URL, for events older than the rings.
+    #[arg(long, env = "SPOOR_CLICKHOUSE_URL")]
+    clickhouse_url: Option<String>,
+    #[arg(long, env = "SPOOR_CLICKHOUSE_DB", default_value = "spoor")]
+    clickhouse_db: String,
+    #[arg(long, env = "SPOOR_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    #[arg(long, env = "SPOOR_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
 }
 
 #[derive(Args)]
@@ -121,6 +172,53 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Debug(DebugCommand::Device(args)) => {
+            use spoor_core::debug::{parse_duration_ms, DeviceQuery, Subject};
+            let last = parse_duration_ms(&args.last).context("--last")?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64;
+            let subject = if args.user {
+                Subject::User(args.id)
+            } else {
+                Subject::Device(args.id)
+            };
+            let query = DeviceQuery::new(subject, args.project, last, now, args.limit)?;
+            let opts = debug::DebugOptions {
+                nats_url: args.nats.nats_url,
+                stream: args.stream,
+                query,
+                timeout: std::time::Duration::from_millis(args.timeout_ms),
+                clickhouse: args.clickhouse_url.map(|url| ClickHouseOptions {
+                    url,
+                    database: args.clickhouse_db,
+                    user: args.clickhouse_user,
+                    password: args.clickhouse_password,
+                }),
+            };
+            if args.follow {
+                if !args.json {
+                    println!("{}", debug::TABLE_HEADER);
+                }
+                debug::follow(&opts, std::time::Duration::from_secs(1), |e| {
+                    if args.json {
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    } else {
+                        println!("{}", debug::render_row(e));
+                    }
+                    true
+                })
+                .await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let result = debug::device(&opts).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{}", debug::render(&result));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::DeadLetters(DeadLettersCommand::List { nats, reason, json }) => {
             let letters = dead_letters::list(&nats.nats_url, reason.as_deref()).await?;
             if json {

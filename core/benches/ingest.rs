@@ -42,8 +42,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ingest_50_events", |b| {
         b.iter(|| ingest(Endpoint::Batch, body.as_bytes(), &meta(), &limits).unwrap())
     });
-    let frame = ingest(Endpoint::Batch, body.as_bytes(), &meta(), &limits).unwrap().messages.remove(0).frame;
-    g.bench_function("decode_50_events", |b| b.iter(|| decode_batch(&frame, limits.max_frame_bytes).unwrap()));
+    let frame = ingest(Endpoint::Batch, body.as_bytes(), &meta(), &limits)
+        .unwrap()
+        .messages
+        .remove(0)
+        .frame;
+    g.bench_function("decode_50_events", |b| {
+        b.iter(|| decode_batch(&frame, limits.max_frame_bytes).unwrap())
+    });
     g.finish();
 }
 

@@ -22,7 +22,10 @@ impl WriteKeys {
     pub fn from_json(text: &str) -> Result<Self, WriteKeysError> {
         let keys: HashMap<String, String> =
             serde_json::from_str(text).map_err(|e| WriteKeysError::Json(e.to_string()))?;
-        if let Some((k, _)) = keys.iter().find(|(k, p)| k.trim().is_empty() || p.trim().is_empty()) {
+        if let Some((k, _)) = keys
+            .iter()
+            .find(|(k, p)| k.trim().is_empty() || p.trim().is_empty())
+        {
             return Err(WriteKeysError::Empty(k.clone()));
         }
         Ok(WriteKeys { keys })
@@ -79,7 +82,10 @@ mod tests {
     fn key_header_forms() {
         assert_eq!(write_key_from_headers(Some("k"), None), Some("k"));
         assert_eq!(write_key_from_headers(None, Some("Bearer k2")), Some("k2"));
-        assert_eq!(write_key_from_headers(None, Some("bearer  k3 ")), Some("k3"));
+        assert_eq!(
+            write_key_from_headers(None, Some("bearer  k3 ")),
+            Some("k3")
+        );
         assert_eq!(write_key_from_headers(None, Some("Basic abc")), None);
         assert_eq!(write_key_from_headers(Some("  "), None), None);
     }

@@ -115,9 +115,16 @@ pub fn check_header(frame: &[u8], max_uncompressed: usize) -> Result<FrameHeader
     let event_count = u32::from_le_bytes([frame[8], frame[9], frame[10], frame[11]]);
     let uncompressed_len = u32::from_le_bytes([frame[12], frame[13], frame[14], frame[15]]);
     if uncompressed_len as usize > max_uncompressed {
-        return Err(DecodeError::TooLarge { declared: uncompressed_len as usize, max: max_uncompressed });
+        return Err(DecodeError::TooLarge {
+            declared: uncompressed_len as usize,
+            max: max_uncompressed,
+        });
     }
-    Ok(FrameHeader { version, event_count, uncompressed_len })
+    Ok(FrameHeader {
+        version,
+        event_count,
+        uncompressed_len,
+    })
 }
 
 /// Decodes one frame, inflating at most `max_uncompressed` bytes.
@@ -127,7 +134,10 @@ pub fn decode_batch(frame: &[u8], max_uncompressed: usize) -> Result<WireBatch, 
     let cbor = lz4_flex::block::decompress(&frame[HEADER_LEN..], declared)
         .map_err(|e| DecodeError::Decompress(e.to_string()))?;
     if cbor.len() != declared {
-        return Err(DecodeError::LengthMismatch { declared, actual: cbor.len() });
+        return Err(DecodeError::LengthMismatch {
+            declared,
+            actual: cbor.len(),
+        });
     }
     let batch: WireBatch =
         ciborium::from_reader(cbor.as_slice()).map_err(|e| DecodeError::Cbor(e.to_string()))?;

@@ -68,14 +68,26 @@ impl Device {
     pub fn from_user_agent(ua: &str) -> Device {
         let ua = ua.trim();
         if ua.is_empty() {
-            return Device { device_type: "unknown".into(), ..Device::default() };
+            return Device {
+                device_type: "unknown".into(),
+                ..Device::default()
+            };
         }
         // woothee is linear in the input; long headers are bot noise anyway.
         let ua = &ua[..floor_char_boundary(ua, 1024)];
         let Some(r) = woothee::parser::Parser::new().parse(ua) else {
-            return Device { device_type: "unknown".into(), ..Device::default() };
+            return Device {
+                device_type: "unknown".into(),
+                ..Device::default()
+            };
         };
-        let known = |s: &str| if s == "UNKNOWN" { String::new() } else { s.to_string() };
+        let known = |s: &str| {
+            if s == "UNKNOWN" {
+                String::new()
+            } else {
+                s.to_string()
+            }
+        };
         let is_bot = r.category == "crawler";
         let device_type = match r.category {
             "pc" => "desktop",
@@ -86,7 +98,11 @@ impl Device {
             _ => "unknown",
         };
         Device {
-            browser: if is_bot { r.name.to_string() } else { known(r.name) },
+            browser: if is_bot {
+                r.name.to_string()
+            } else {
+                known(r.name)
+            },
             browser_version: known(r.version),
             os: known(r.os),
             os_version: known(&r.os_version),
@@ -97,7 +113,10 @@ impl Device {
 }
 
 fn is_tablet(ua: &str, os: &str) -> bool {
-    os == "iPad" || ua.contains("iPad") || ua.contains("Tablet") || (os == "Android" && !ua.contains("Mobile"))
+    os == "iPad"
+        || ua.contains("iPad")
+        || ua.contains("Tablet")
+        || (os == "Android" && !ua.contains("Mobile"))
 }
 
 /// Truncates an IP to its network: IPv4 to /24 (`203.0.113.0`), IPv6 to /48.

@@ -58,7 +58,11 @@ pub enum RequestError {
     #[error("gzip body could not be decompressed: {0}")]
     InvalidGzip(String),
     #[error("invalid JSON at line {line}, column {column}: {message}")]
-    InvalidJson { line: usize, column: usize, message: String },
+    InvalidJson {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{0}")]
     InvalidBody(String),
     #[error("internal error: {0}")]
@@ -151,7 +155,9 @@ pub fn ingest(
         Some(raw) => match parse_json_timestamp(raw) {
             Ok(ms) => Some(ms),
             Err(e) => {
-                receipt.warnings.push(format!("sent_at ignored, no clock-skew correction: {e}"));
+                receipt
+                    .warnings
+                    .push(format!("sent_at ignored, no clock-skew correction: {e}"));
                 None
             }
         },
@@ -203,12 +209,21 @@ pub fn ingest(
             events: batch.events.len(),
         });
     }
-    Ok(Ingested { receipt, messages, event_names })
+    Ok(Ingested {
+        receipt,
+        messages,
+        event_names,
+    })
 }
 
 fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {
     let ct = ct.unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" | "text/plain" => Ok(()),
         _ => Err(RequestError::UnsupportedMediaType(ct.to_string())),
@@ -235,7 +250,8 @@ fn decode_body<'b>(
             Ok(Cow::Borrowed(body))
         }
         "gzip" | "x-gzip" => {
-            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limits.max_body_bytes));
+            let mut out =
+                Vec::with_capacity(body.len().saturating_mul(4).min(limits.max_body_bytes));
             flate2::read::MultiGzDecoder::new(body)
                 .take(limits.max_body_bytes as u64 + 1)
                 .read_to_end(&mut out)
@@ -266,14 +282,25 @@ struct TrackEnvelope<'a> {
 type Envelope<'a> = (Option<&'a RawValue>, Vec<&'a RawValue>);
 
 fn json_error(e: serde_json::Error) -> RequestError {
-    RequestError::InvalidJson { line: e.line(), column: e.column(), message: e.to_string() }
+    RequestError::InvalidJson {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    }
 }
 
-fn parse_envelope<'a>(endpoint: Endpoint, body: &'a [u8], limits: &Limits) -> Result<Envelope<'a>, RequestError> {
+fn parse_envelope<'a>(
+    endpoint: Endpoint,
+    body: &'a [u8],
+    limits: &Limits,
+) -> Result<Envelope<'a>, RequestError> {
     let text = std::str::from_utf8(body).map_err(|e| RequestError::InvalidJson {
         line: 0,
         column: 0,
-        message: format!("body is not UTF-8 (first bad byte at offset {})", e.valid_up_to()),
+        message: format!(
+            "body is not UTF-8 (first bad byte at offset {})",
+            e.valid_up_to()
+        ),
     })?;
     match endpoint {
         Endpoint::Batch => {
@@ -292,9 +319,9 @@ fn parse_envelope<'a>(endpoint: Endpoint, body: &'a [u8], limits: &Limits) -> Re
                     json_error(e)
                 }
             })?;
-            let batch = env
-                .batch
-                .ok_or_else(|| RequestError::InvalidBody("missing `batch`: the array of events".into()))?;
+            let batch = env.batch.ok_or_else(|| {
+                RequestError::InvalidBody("missing `batch`: the array of events".into())
+            })?;
             if batch.len() > limits.max_batch_events {
                 return Err(RequestError::TooLarge {
                     what: format!("batch of {} events", batch.len()),
@@ -306,9 +333,12 @@ fn parse_envelope<'a>(endpoint: Endpoint, body: &'a [u8], limits: &Limits) -> Re
         Endpoint::Track => {
             let raw: &'a RawValue = serde_json::from_str(text).map_err(json_error)?;
             if !raw.get().trim_start().starts_with('{') {
-                return Err(RequestError::InvalidBody("a track body is one JSON event object".into()));
+                return Err(RequestError::InvalidBody(
+                    "a track body is one JSON event object".into(),
+                ));
             }
-            let env: TrackEnvelope<'a> = serde_json::from_str(raw.get()).unwrap_or(TrackEnvelope { sent_at: None });
+            let env: TrackEnvelope<'a> =
+                serde_json::from_str(raw.get()).unwrap_or(TrackEnvelope { sent_at: None });
             Ok((env.sent_at, vec![raw]))
         }
     }
@@ -405,14 +435,25 @@ fn parse_event(
     if text.len() > limits.max_event_bytes {
         return Err(Invalid::new(
             "event_too_large",
-            format!("event is {} bytes; the limit is {}", text.len(), limits.max_event_bytes),
+            format!(
+                "event is {} bytes; the limit is {}",
+                text.len(),
+                limits.max_event_bytes
+            ),
         ));
     }
     if !text.trim_start().starts_with('{') {
-        return Err(Invalid::new("invalid_event", "each event must be a JSON object"));
+        return Err(Invalid::new(
+            "invalid_event",
+            "each event must be a JSON object",
+        ));
     }
-    let ev: RawEvent<'_> = serde_json::from_str(text)
-        .map_err(|e| Invalid::new("invalid_event", format!("event does not match the schema: {e}")))?;
+    let ev: RawEvent<'_> = serde_json::from_str(text).map_err(|e| {
+        Invalid::new(
+            "invalid_event",
+            format!("event does not match the schema: {e}"),
+        )
+    })?;
 
     let name = ev.event.unwrap_or_default();
     validate::check_event_name(&name, limits)?;
@@ -427,11 +468,17 @@ fn parse_event(
                 ))
             }
         },
-        None => (route::derived_event_id(meta.project_id, text.as_bytes()), true),
+        None => (
+            route::derived_event_id(meta.project_id, text.as_bytes()),
+            true,
+        ),
     };
 
     let user_id = ev.user_id.map(IdValue::into_string).unwrap_or_default();
-    let anonymous_id = ev.anonymous_id.map(IdValue::into_string).unwrap_or_default();
+    let anonymous_id = ev
+        .anonymous_id
+        .map(IdValue::into_string)
+        .unwrap_or_default();
     let session_id = ev.session_id.map(IdValue::into_string).unwrap_or_default();
     if user_id.is_empty() && anonymous_id.is_empty() {
         return Err(Invalid::new(
@@ -452,7 +499,9 @@ fn parse_event(
     };
     let ts_ms = corrected_time(client_ts_ms, sent_at_ms, meta.received_at_ms);
     let now = meta.received_at_ms;
-    if ts_ms > now.saturating_add(limits.max_future_ms) || ts_ms < now.saturating_sub(limits.max_past_ms) {
+    if ts_ms > now.saturating_add(limits.max_future_ms)
+        || ts_ms < now.saturating_sub(limits.max_past_ms)
+    {
         return Err(Invalid::new(
             "timestamp_out_of_range",
             format!(

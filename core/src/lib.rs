@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod codec;
 pub mod counters;
+pub mod debug;
 pub mod delivery;
 pub mod enrich;
 pub mod event;

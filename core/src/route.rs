@@ -22,7 +22,9 @@ pub fn subject(region: &str, partition: u32) -> String {
 pub fn valid_region(region: &str) -> bool {
     !region.is_empty()
         && region.len() <= 32
-        && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The id given to an event the client sent without one: a hash of the

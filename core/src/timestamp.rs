@@ -24,8 +24,8 @@ pub fn parse_json_timestamp(raw: &RawValue) -> Result<i64, String> {
 
 /// Parses RFC 3339 (`2026-11-22T07:40:00.123Z`, with any offset) to epoch ms.
 pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
-    let t = OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|e| format!("{s:?} is not RFC 3339 ({e})"))?;
+    let t =
+        OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("{s:?} is not RFC 3339 ({e})"))?;
     let ms = t.unix_timestamp_nanos() / 1_000_000;
     i64::try_from(ms).map_err(|_| "timestamp out of range".to_string())
 }
@@ -63,7 +63,10 @@ mod tests {
 
     #[test]
     fn parses_both_forms() {
-        assert_eq!(parse_json_timestamp(&raw("1700000000123")), Ok(1_700_000_000_123));
+        assert_eq!(
+            parse_json_timestamp(&raw("1700000000123")),
+            Ok(1_700_000_000_123)
+        );
         assert_eq!(
             parse_json_timestamp(&raw("\"2023-11-14T22:13:20.123Z\"")),
             Ok(1_700_000_000_123)
@@ -83,13 +86,19 @@ mod tests {
         // Client clock 1 h fast: event at client 10:00, sent at client 10:05,
         // received at server 09:05 → event really at 09:00.
         let h = 3_600_000;
-        assert_eq!(corrected_time(Some(10 * h), Some(10 * h + 300_000), 9 * h + 300_000), 9 * h);
+        assert_eq!(
+            corrected_time(Some(10 * h), Some(10 * h + 300_000), 9 * h + 300_000),
+            9 * h
+        );
         assert_eq!(corrected_time(Some(5), None, 100), 5);
         assert_eq!(corrected_time(None, Some(1), 100), 100);
     }
 
     #[test]
     fn formats_ms() {
-        assert_eq!(format_rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            format_rfc3339_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 }

@@ -17,7 +17,10 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Invalid { reason, message: message.into() }
+        Invalid {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -25,12 +28,19 @@ impl Invalid {
 /// letters, digits, spaces and `_ - . : $ /`, with no leading or trailing space.
 pub fn check_event_name(name: &str, limits: &Limits) -> Result<(), Invalid> {
     if name.is_empty() {
-        return Err(Invalid::new("missing_event_name", "`event` must be a non-empty string"));
+        return Err(Invalid::new(
+            "missing_event_name",
+            "`event` must be a non-empty string",
+        ));
     }
     if name.len() > limits.max_event_name_bytes {
         return Err(Invalid::new(
             "invalid_event_name",
-            format!("`event` is {} bytes; the limit is {}", name.len(), limits.max_event_name_bytes),
+            format!(
+                "`event` is {} bytes; the limit is {}",
+                name.len(),
+                limits.max_event_name_bytes
+            ),
         ));
     }
     let first_ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '$');
@@ -53,11 +63,18 @@ pub fn check_id(field: &str, value: &str, limits: &Limits) -> Result<(), Invalid
     if value.len() > limits.max_id_bytes {
         return Err(Invalid::new(
             "id_too_long",
-            format!("`{field}` is {} bytes; the limit is {}", value.len(), limits.max_id_bytes),
+            format!(
+                "`{field}` is {} bytes; the limit is {}",
+                value.len(),
+                limits.max_id_bytes
+            ),
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Invalid::new("invalid_id", format!("`{field}` holds control characters")));
+        return Err(Invalid::new(
+            "invalid_id",
+            format!("`{field}` holds control characters"),
+        ));
     }
     Ok(())
 }
@@ -66,7 +83,11 @@ pub fn check_string(field: &str, value: &str, limits: &Limits) -> Result<(), Inv
     if value.len() > limits.max_string_bytes {
         return Err(Invalid::new(
             "string_too_long",
-            format!("`{field}` is {} bytes; the limit is {}", value.len(), limits.max_string_bytes),
+            format!(
+                "`{field}` is {} bytes; the limit is {}",
+                value.len(),
+                limits.max_string_bytes
+            ),
         ));
     }
     Ok(())
@@ -77,11 +98,19 @@ pub fn check_string(field: &str, value: &str, limits: &Limits) -> Result<(), Inv
 pub fn check_properties(json: &str, limits: &Limits) -> Result<String, Invalid> {
     let trimmed = json.trim();
     if !trimmed.starts_with('{') {
-        return Err(Invalid::new("invalid_properties", "`properties` must be a JSON object"));
+        return Err(Invalid::new(
+            "invalid_properties",
+            "`properties` must be a JSON object",
+        ));
     }
     let mut de = serde_json::Deserializer::from_str(trimmed);
     let mut problem = None;
-    let seed = Walk { depth: 0, limits, problem: &mut problem, path_hint: "properties" };
+    let seed = Walk {
+        depth: 0,
+        limits,
+        problem: &mut problem,
+        path_hint: "properties",
+    };
     let res = seed.deserialize(&mut de);
     if let Some(p) = problem {
         return Err(p);
@@ -137,7 +166,12 @@ impl Walk<'_, '_> {
     }
 
     fn child(&mut self) -> Walk<'_, '_> {
-        Walk { depth: self.depth + 1, limits: self.limits, problem: self.problem, path_hint: self.path_hint }
+        Walk {
+            depth: self.depth + 1,
+            limits: self.limits,
+            problem: self.problem,
+            path_hint: self.path_hint,
+        }
     }
 }
 
@@ -219,7 +253,14 @@ mod tests {
     #[test]
     fn event_names() {
         let l = Limits::default();
-        for ok in ["page_view", "Order Completed", "$pageview", "_x", "checkout:step-2", "a/b.c"] {
+        for ok in [
+            "page_view",
+            "Order Completed",
+            "$pageview",
+            "_x",
+            "checkout:step-2",
+            "a/b.c",
+        ] {
             assert_eq!(check_event_name(ok, &l), Ok(()), "{ok}");
         }
         for (bad, reason) in [
@@ -231,24 +272,59 @@ mod tests {
             ("emoji🎉", "invalid_event_name"),
             (&"x".repeat(129), "invalid_event_name"),
         ] {
-            assert_eq!(check_event_name(bad, &l).unwrap_err().reason, reason, "{bad:?}");
+            assert_eq!(
+                check_event_name(bad, &l).unwrap_err().reason,
+                reason,
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn properties_rules() {
-        let l = Limits { max_property_depth: 3, max_string_bytes: 10, ..Limits::default() };
-        assert_eq!(check_properties(r#" { "a" : [1, {"b": "x y"}] } "#, &l).unwrap(), r#"{"a":[1,{"b":"x y"}]}"#);
-        assert_eq!(check_properties("[1]", &l).unwrap_err().reason, "invalid_properties");
-        assert_eq!(check_properties("\"s\"", &l).unwrap_err().reason, "invalid_properties");
-        assert_eq!(check_properties(r#"{"a":{"b":{"c":{}}}}"#, &l).unwrap_err().reason, "properties_too_deep");
-        assert_eq!(check_properties(r#"{"a":"0123456789A"}"#, &l).unwrap_err().reason, "string_too_long");
-        assert_eq!(check_properties(r#"{"0123456789A":1}"#, &l).unwrap_err().reason, "string_too_long");
+        let l = Limits {
+            max_property_depth: 3,
+            max_string_bytes: 10,
+            ..Limits::default()
+        };
+        assert_eq!(
+            check_properties(r#" { "a" : [1, {"b": "x y"}] } "#, &l).unwrap(),
+            r#"{"a":[1,{"b":"x y"}]}"#
+        );
+        assert_eq!(
+            check_properties("[1]", &l).unwrap_err().reason,
+            "invalid_properties"
+        );
+        assert_eq!(
+            check_properties("\"s\"", &l).unwrap_err().reason,
+            "invalid_properties"
+        );
+        assert_eq!(
+            check_properties(r#"{"a":{"b":{"c":{}}}}"#, &l)
+                .unwrap_err()
+                .reason,
+            "properties_too_deep"
+        );
+        assert_eq!(
+            check_properties(r#"{"a":"0123456789A"}"#, &l)
+                .unwrap_err()
+                .reason,
+            "string_too_long"
+        );
+        assert_eq!(
+            check_properties(r#"{"0123456789A":1}"#, &l)
+                .unwrap_err()
+                .reason,
+            "string_too_long"
+        );
         assert!(check_properties(r#"{"a":{"b":{}}}"#, &l).is_ok());
     }
 
     #[test]
     fn minify_keeps_strings() {
-        assert_eq!(minify_json("{ \"a \\\" b\" : 1 ,\n\"c\":[ 1 , 2 ] }"), "{\"a \\\" b\":1,\"c\":[1,2]}");
+        assert_eq!(
+            minify_json("{ \"a \\\" b\" : 1 ,\n\"c\":[ 1 , 2 ] }"),
+            "{\"a \\\" b\":1,\"c\":[1,2]}"
+        );
     }
 }

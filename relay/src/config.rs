@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::batcher::BatchLimits;
+use crate::ring::RingLimits;
 
 /// Everything the relay needs besides its listener and shutdown signal.
 #[derive(Debug, Clone)]
@@ -40,6 +41,16 @@ pub struct RelayConfig {
     pub max_frame_bytes: usize,
     /// Longest wait between insert retries.
     pub max_retry_backoff: Duration,
+    /// Days the device tables keep (issue 4); 0 turns retention off.
+    pub device_retention_days: u32,
+    /// The device debug ring's bounds.
+    pub ring: RingLimits,
+    /// The edge's partition count (its `PARTITIONS`), to find a device's
+    /// partition when listing dead frames that may hold its events.
+    pub partitions: u32,
+    /// How long a region-wide debug lookup (`GET /debug/device`) waits for
+    /// the relays' answers.
+    pub debug_timeout: Duration,
 }
 
 /// Where and as whom the relay writes.
@@ -73,6 +84,10 @@ impl RelayConfig {
             lag_poll_interval: Duration::from_secs(5),
             max_frame_bytes: spoor_core::Limits::default().max_frame_bytes,
             max_retry_backoff: Duration::from_secs(5),
+            device_retention_days: crate::sink::clickhouse::retention::DEFAULT_RETENTION_DAYS,
+            ring: RingLimits::default(),
+            partitions: DEFAULT_PARTITIONS,
+            debug_timeout: Duration::from_millis(300),
         }
     }
 
@@ -87,6 +102,8 @@ impl RelayConfig {
 
 pub const DEFAULT_STREAM: &str = "SPOOR_EVENTS";
 pub const DEFAULT_CONSUMER: &str = "spoor-relay";
+/// The edge's default `PARTITIONS`.
+pub const DEFAULT_PARTITIONS: u32 = 16;
 
 /// Where to find NATS and ClickHouse; shared by `run` and `migrate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -153,6 +170,30 @@ pub struct RunArgs {
     /// frame limit.
     #[arg(long, env = "SPOOR_MAX_FRAME_BYTES", value_parser = parse_byte_size)]
     pub max_frame_bytes: Option<usize>,
+    /// Days `events_by_device` and `device_users` keep (whole UTC days,
+    /// dropped hourly by partition); 0 keeps them forever.
+    #[arg(long, env = "SPOOR_DEVICE_RETENTION_DAYS", default_value_t = 7)]
+    pub device_retention_days: u32,
+    /// How far back the device debug ring keeps events (rebuilt from the
+    /// stream at start).
+    #[arg(long, env = "SPOOR_RING_WINDOW_SECS", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub ring_window_secs: u64,
+    /// Memory budget of the device debug ring (estimated; e.g. 256MiB).
+    #[arg(long, env = "SPOOR_RING_MAX_BYTES", default_value = "256MiB", value_parser = parse_byte_size)]
+    pub ring_max_bytes: usize,
+    /// Most events the debug ring keeps per device; the oldest go first.
+    #[arg(
+        long,
+        env = "SPOOR_RING_MAX_EVENTS_PER_DEVICE",
+        default_value_t = 2_000
+    )]
+    pub ring_max_events_per_device: usize,
+    /// The edge's PARTITIONS (to place a device on its partition).
+    #[arg(long, env = "SPOOR_PARTITIONS", default_value_t = DEFAULT_PARTITIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub partitions: u32,
+    /// How long GET /debug/device waits for every relay's answer.
+    #[arg(long, env = "SPOOR_DEBUG_TIMEOUT_MS", default_value_t = 300)]
+    pub debug_timeout_ms: u64,
 }
 
 impl ConnectionArgs {
@@ -190,6 +231,16 @@ impl RunArgs {
         if let Some(max) = self.max_frame_bytes {
             config.max_frame_bytes = max.max(1);
         }
+        config.device_retention_days = self.device_retention_days;
+        config.ring = RingLimits {
+            window_ms: i64::try_from(self.ring_window_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            max_bytes: self.ring_max_bytes,
+            max_events_per_device: self.ring_max_events_per_device.max(1),
+            ..RingLimits::default()
+        };
+        config.partitions = self.partitions;
+        config.debug_timeout = Duration::from_millis(self.debug_timeout_ms);
         config
     }
 }
@@ -249,8 +300,31 @@ mod tests {
             d.max_frame_bytes,
             spoor_core::Limits::default().max_frame_bytes
         );
+        assert_eq!(d.device_retention_days, 7);
+        let r = Flags::try_parse_from(["relay", "--device-retention-days", "2"]).unwrap();
+        assert_eq!(r.run.into_config().device_retention_days, 2);
         assert!(Flags::try_parse_from(["relay", "--ack-wait-secs", "0"]).is_err());
         assert!(Flags::try_parse_from(["relay", "--max-frame-bytes", "lots"]).is_err());
+        let r = Flags::try_parse_from([
+            "relay",
+            "--ring-max-bytes",
+            "1MiB",
+            "--ring-window-secs",
+            "60",
+            "--ring-max-events-per-device",
+            "5",
+            "--partitions",
+            "4",
+        ])
+        .unwrap()
+        .run
+        .into_config();
+        assert_eq!(r.ring.max_bytes, 1 << 20);
+        assert_eq!(r.ring.window_ms, 60_000);
+        assert_eq!(r.ring.max_events_per_device, 5);
+        assert_eq!(r.partitions, 4);
+        assert_eq!(d.ring, crate::ring::RingLimits::default());
+        assert!(Flags::try_parse_from(["relay", "--partitions", "0"]).is_err());
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The relay's HTTP endpoints over hyper 1: `GET /healthz` and
-//! `GET /metrics`.
+//! The relay's HTTP endpoints over hyper 1: `GET /healthz`,
+//! `GET /metrics` and `GET /debug/device/<id>` (a region-wide device
+//! lookup: this relay asks every relay, itself included, over NATS).
 //!
-//! Read-only views of `Health` and `Metrics`; nothing here may change the
-//! pipeline's state. Connections are served until the relay stops, then
+//! Read-only views of `Health`, `Metrics` and the debug rings; nothing here
+//! may change the pipeline's state. Connections are served until the relay stops, then
 //! dropped (there is nothing in flight worth a graceful close).
 
 use std::convert::Infallible;
@@ -26,6 +27,15 @@ use crate::stopped;
 pub(crate) struct HttpState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Set once NATS is connected; until then lookups answer 503.
+    pub debug: Arc<std::sync::OnceLock<DebugHttp>>,
+}
+
+/// What a debug lookup over HTTP needs.
+pub(crate) struct DebugHttp {
+    pub client: async_nats::Client,
+    pub stream: String,
+    pub timeout: std::time::Duration,
 }
 
 /// Serves until `stop` turns true.
@@ -44,7 +54,7 @@ pub(crate) async fn serve(
                     connections.spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let state = state.clone();
-                            async move { Ok::<_, Infallible>(route(&state, req)) }
+                            async move { Ok::<_, Infallible>(route(&state, req).await) }
                         });
                         if let Err(e) = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -67,8 +77,23 @@ pub(crate) async fn serve(
     connections.shutdown().await;
 }
 
-fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == "/debug/device" || path.starts_with("/debug/device/") {
+        if req.method() != Method::GET {
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET",
+            );
+        }
+        let id = path
+            .strip_prefix("/debug/device")
+            .map(|rest| rest.trim_start_matches('/'))
+            .unwrap_or("");
+        return debug_device(state, id, req.uri().query().unwrap_or("")).await;
+    }
+    match (req.method(), path) {
         (&Method::GET, "/healthz") => match state.health.check() {
             Ok(()) => text(
                 StatusCode::OK,
@@ -93,7 +118,7 @@ fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz or /metrics\n".into(),
+            "not found; try /healthz, /metrics or /debug/device/<id>\n".into(),
             "text/plain; charset=utf-8",
         ),
     }
@@ -106,4 +131,66 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// `GET /debug/device/<id>?last=1h&project=p&limit=n` or
+/// `GET /debug/device?user_id=u`: the region's answer as JSON.
+async fn debug_device(state: &HttpState, id: &str, query: &str) -> Response<Full<Bytes>> {
+    use crate::internal_events::{DebugLookupServed, InternalEvent as _};
+    let started = std::time::Instant::now();
+    let served = |outcome: &'static str, relays: usize, events: usize| {
+        DebugLookupServed {
+            outcome,
+            relays,
+            events,
+            latency: started.elapsed(),
+        }
+        .emit(&state.metrics)
+    };
+    let query = match spoor_core::debug::DeviceQuery::from_http(id, query, crate::debug::wall_ms())
+    {
+        Ok(q) => q,
+        Err(e) => {
+            served(e.kind(), 0, 0);
+            return json_error(StatusCode::BAD_REQUEST, e.kind(), &e.to_string());
+        }
+    };
+    let Some(debug) = state.debug.get() else {
+        served("unavailable", 0, 0);
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "the relay is still connecting to NATS",
+        );
+    };
+    match crate::debug::lookup(&debug.client, &debug.stream, &query, debug.timeout).await {
+        Ok(lookup) => {
+            served("ok", lookup.relays.len(), lookup.events.len());
+            match serde_json::to_string(&lookup) {
+                Ok(body) => text(StatusCode::OK, body, "application/json"),
+                Err(e) => json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding",
+                    &e.to_string(),
+                ),
+            }
+        }
+        Err(crate::debug::LookupError::Query(e)) => {
+            served(e.kind(), 0, 0);
+            json_error(StatusCode::BAD_REQUEST, e.kind(), &e.to_string())
+        }
+        Err(e) => {
+            served("unavailable", 0, 0);
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                &e.to_string(),
+            )
+        }
+    }
+}
+
+fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": error, "message": message }).to_string();
+    text(status, body, "application/json")
 }

@@ -14,12 +14,14 @@
 
 pub mod batcher;
 pub mod config;
+pub mod debug;
 pub mod dedup;
 mod health;
 mod http;
 pub mod internal_events;
 pub mod metrics;
 mod pipeline;
+pub mod ring;
 pub mod sink;
 pub mod source;
 
@@ -62,9 +64,11 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(health::Health::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let debug_http = Arc::new(std::sync::OnceLock::new());
     let http_state = http::HttpState {
         metrics: metrics.clone(),
         health: health.clone(),
+        debug: debug_http.clone(),
     };
     let http_task = tokio::spawn(http::serve(listener, http_state, stop_rx.clone()));
 
@@ -86,10 +90,66 @@ pub async fn run(
         }
     };
 
-    // Share the dedup window: replay the region's recent claims before the
-    // first pull, then keep following them.
     let instance = source::claims::new_instance_id();
     let js = async_nats::jetstream::new(client.clone());
+
+    // The debug ring: its own task, fed by the pipeline without waiting,
+    // rebuilt from the stream in the background, answering lookups over NATS.
+    let ring = debug::spawn_ring(
+        ring::Ring::new(config.ring, config.partitions, instance.clone()),
+        metrics.clone(),
+        stop_rx.clone(),
+    );
+    let responder = tokio::spawn({
+        let serving = debug::serve_queries(
+            client.clone(),
+            config.stream.clone(),
+            instance.clone(),
+            ring.reader.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        );
+        async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "cannot subscribe to debug queries; this relay's ring will not answer");
+            }
+        }
+    });
+    let rehydration = tokio::spawn({
+        let (js, stream, consumer) = (js.clone(), config.stream.clone(), config.consumer.clone());
+        let window =
+            std::time::Duration::from_millis(u64::try_from(config.ring.window_ms).unwrap_or(0));
+        let (max_frame_bytes, tx, stop, metrics) = (
+            config.max_frame_bytes,
+            ring.replay.clone(),
+            stop_rx.clone(),
+            metrics.clone(),
+        );
+        async move {
+            let started = tokio::time::Instant::now();
+            match debug::rehydrate(js, stream, consumer, window, max_frame_bytes, tx, stop).await {
+                Ok(done) => internal_events::RingRehydrated {
+                    frames: done.frames,
+                    events: done.events,
+                    dead_frames: done.dead_frames,
+                    ack_floor: done.ack_floor,
+                    latency: started.elapsed(),
+                }
+                .emit(&metrics),
+                Err(e) => internal_events::RingRehydrationFailed { error: &e }.emit(&metrics),
+            }
+        }
+    });
+    let ring_feed = ring.feed.clone();
+    drop(ring.replay);
+    let _ = debug_http.set(http::DebugHttp {
+        client: client.clone(),
+        stream: config.stream.clone(),
+        timeout: config.debug_timeout,
+    });
+
+    // Share the dedup window: replay the region's recent claims before the
+    // first pull, then keep following them.
     let (claims_tx, claims_rx) = tokio::sync::mpsc::channel(1024);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let follower = tokio::spawn(source::claims::follow(
@@ -108,6 +168,7 @@ pub async fn run(
     let Some(replayed) = replayed else {
         let _ = stop_tx.send(true);
         let _ = http_task.await;
+        let _ = tokio::join!(responder, rehydration, ring.task);
         return match follower.await {
             Ok(Err(e)) => Err(e.into()),
             _ => Ok(()),
@@ -122,6 +183,13 @@ pub async fn run(
     health.set_ready(client.clone());
     tracing::info!(stream = %config.stream, consumer = %config.consumer, database = %config.clickhouse.database, "relay running");
 
+    // Device tables' retention (issue 4): drops their old day partitions.
+    let retention_task = tokio::spawn(sink::clickhouse::retention::run(
+        config.clickhouse.clone(),
+        config.device_retention_days,
+        sink::clickhouse::retention::RETENTION_INTERVAL,
+        stop_rx.clone(),
+    ));
     let lag_task = tokio::spawn(poll_consumer_lag(
         consumer.clone(),
         config.lag_poll_interval,
@@ -136,6 +204,7 @@ pub async fn run(
             incoming: claims_rx,
             publisher,
         },
+        ring_feed,
         metrics,
         health,
     )
@@ -144,7 +213,9 @@ pub async fn run(
 
     let _ = stop_tx.send(true);
     let _ = lag_task.await;
+    let _ = retention_task.await;
     let _ = follower.await;
+    let _ = tokio::join!(responder, rehydration, ring.task);
     let _ = http_task.await;
     // Acks were flushed as they were sent; this catches any stragglers
     // (NAKs, progress) before the connection goes.

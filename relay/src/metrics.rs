@@ -47,6 +47,15 @@ pub struct Metrics {
     pub buffer_rows: Gauge,
     pub buffer_bytes: Gauge,
     pub buffer_messages: Gauge,
+    pub ring_events: Gauge,
+    pub ring_bytes: Gauge,
+    pub ring_devices: Gauge,
+    pub ring_evictions: LabeledCounter,
+    pub ring_updates_dropped: Counter,
+    pub ring_rehydrated_events: Counter,
+    pub ring_rehydration_errors: Counter,
+    pub debug_queries: LabeledCounter,
+    pub debug_lookups: LabeledCounter,
 }
 
 impl Default for Metrics {
@@ -91,6 +100,15 @@ impl Metrics {
             buffer_rows: Gauge::default(),
             buffer_bytes: Gauge::default(),
             buffer_messages: Gauge::default(),
+            ring_events: Gauge::default(),
+            ring_bytes: Gauge::default(),
+            ring_devices: Gauge::default(),
+            ring_evictions: LabeledCounter::default(),
+            ring_updates_dropped: Counter::default(),
+            ring_rehydrated_events: Counter::default(),
+            ring_rehydration_errors: Counter::default(),
+            debug_queries: LabeledCounter::default(),
+            debug_lookups: LabeledCounter::default(),
             registry: Registry::with_prefix("spoor_relay"),
         };
         let r = &mut m.registry;
@@ -223,6 +241,51 @@ impl Metrics {
             "buffer_messages",
             "Messages awaiting ack until the next insert",
             m.buffer_messages.clone(),
+        );
+        r.register(
+            "ring_events",
+            "Events held in the device debug ring",
+            m.ring_events.clone(),
+        );
+        r.register(
+            "ring_bytes",
+            "Estimated bytes held by the device debug ring (see ring module docs)",
+            m.ring_bytes.clone(),
+        );
+        r.register(
+            "ring_devices",
+            "Device keys held in the device debug ring",
+            m.ring_devices.clone(),
+        );
+        r.register(
+            "ring_evictions",
+            "Events evicted from the debug ring, by reason: age, bytes (budget), device_cap",
+            m.ring_evictions.clone(),
+        );
+        r.register(
+            "ring_updates_dropped",
+            "Events whose ring update was dropped because the ring's channel was full (the insert path never waits for the ring)",
+            m.ring_updates_dropped.clone(),
+        );
+        r.register(
+            "ring_rehydrated_events",
+            "Events put back into the debug ring by replaying the stream at start",
+            m.ring_rehydrated_events.clone(),
+        );
+        r.register(
+            "ring_rehydration_errors",
+            "Failed attempts to rebuild the debug ring from the stream",
+            m.ring_rehydration_errors.clone(),
+        );
+        r.register(
+            "debug_queries",
+            "Debug ring queries this relay answered over NATS, by outcome",
+            m.debug_queries.clone(),
+        );
+        r.register(
+            "debug_lookups",
+            "Region-wide debug lookups served over HTTP, by outcome",
+            m.debug_lookups.clone(),
         );
         m
     }

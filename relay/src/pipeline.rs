@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use crate::batcher::{Batcher, FlushReason};
 use crate::config::RelayConfig;
+use crate::debug::{RingFeed, RingUpdate};
 use crate::dedup::{DedupWindow, Delivery, Origin, Verdict};
 use crate::health::Health;
 use crate::internal_events::*;
@@ -64,6 +65,8 @@ pub(crate) struct Pipeline {
     batcher: Batcher<EventRow, Acker>,
     dedup: DedupWindow,
     claims: Claims,
+    /// The debug ring's feed: sends never wait.
+    ring: RingFeed,
     /// Ids of buffered rows that may already be in ClickHouse: rows of
     /// redelivered messages, and the whole buffer after a failed insert
     /// attempt (it may have succeeded on the server). Checked, and the
@@ -101,6 +104,7 @@ impl Pipeline {
         client: async_nats::Client,
         consumer: PullConsumer,
         claims: Claims,
+        ring: RingFeed,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
@@ -116,6 +120,7 @@ impl Pipeline {
             batcher,
             dedup,
             claims,
+            ring,
             unverified: HashSet::new(),
             metrics,
             health,
@@ -230,6 +235,11 @@ impl Pipeline {
     async fn accept(&mut self, message: async_nats::jetstream::Message) {
         let origin = dead_letter::Origin::of(&message);
         let stream_sequence = origin.stream_sequence;
+        let stream_at_ms = message
+            .info()
+            .ok()
+            .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok())
+            .unwrap_or_else(crate::debug::wall_ms);
         let delivery = match message.info().ok().map(|i| i.delivered) {
             Some(n) if n > 1 => Delivery::Redelivered,
             // A message without metadata cannot be told apart; treat it as
@@ -268,6 +278,13 @@ impl Pipeline {
                     .is_ok()
                     {
                         MessagesAcked { count: 1 }.emit(&self.metrics);
+                        self.ring
+                            .send(RingUpdate::Dead(spoor_core::debug::DeadFrame {
+                                subject: message.subject.to_string(),
+                                stream_seq: stream_sequence.unwrap_or(0),
+                                reason: error.kind().to_string(),
+                                stream_at_ms,
+                            }));
                     }
                     return;
                 }
@@ -284,6 +301,8 @@ impl Pipeline {
         let (mut own, mut claimed) = (0usize, 0usize);
         let mut kept_ids = Vec::with_capacity(events.len());
         let mut rows = Vec::with_capacity(events.len());
+        let mut seen = Vec::with_capacity(events.len());
+        let relay_now = crate::debug::wall_ms();
         for event in events {
             // Marked as this relay's as the row enters the buffer: the row
             // then either reaches ClickHouse or stays buffered for retry, so
@@ -297,6 +316,12 @@ impl Pipeline {
                     }
                     kept_ids.push(event.event_id);
                     let row = EventRow::new(&batch, event);
+                    seen.push(crate::debug::observed_row(
+                        &row,
+                        stream_at_ms,
+                        stream_sequence.unwrap_or(0),
+                        relay_now,
+                    ));
                     let size = row.estimated_size();
                     rows.push((row, size));
                 }
@@ -319,6 +344,9 @@ impl Pipeline {
                 error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
             }
             .emit(&self.metrics);
+        }
+        if !seen.is_empty() {
+            self.ring.send(RingUpdate::Observed(seen));
         }
         self.batcher.push(rows, acker, now);
         self.metrics.dedup_window_ids.set(self.dedup.len() as i64);
@@ -362,10 +390,23 @@ impl Pipeline {
             stored.extend(self.sink.stored_ids(project, days, ids).await?);
         }
         let unverified = std::mem::take(&mut self.unverified);
+        let mut already = Vec::new();
         self.batcher.retain_rows(
-            |row| !(unverified.contains(&row.event_id) && stored.contains(&row.event_id)),
+            |row| {
+                let drop = unverified.contains(&row.event_id) && stored.contains(&row.event_id);
+                if drop {
+                    already.push((crate::debug::row_key(row).to_string(), row.event_id));
+                }
+                !drop
+            },
             EventRow::estimated_size,
         );
+        if !already.is_empty() {
+            self.ring.send(RingUpdate::Inserted {
+                events: already,
+                at_ms: None,
+            });
+        }
         PresenceChecked {
             asked: asked_ids,
             stored: stored.len(),
@@ -408,6 +449,18 @@ impl Pipeline {
             match result {
                 Ok(()) => {
                     let latency = started.elapsed();
+                    let inserted: Vec<(String, Uuid)> = self
+                        .batcher
+                        .rows()
+                        .iter()
+                        .map(|r| (crate::debug::row_key(r).to_string(), r.event_id))
+                        .collect();
+                    if !inserted.is_empty() {
+                        self.ring.send(RingUpdate::Inserted {
+                            events: inserted,
+                            at_ms: Some(crate::debug::wall_ms()),
+                        });
+                    }
                     let drained = self.batcher.take();
                     EventsInserted {
                         rows: drained.rows,

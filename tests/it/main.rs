@@ -1,6 +1,9 @@
 //! End-to-end and integration tests against real servers.
 
 mod dead_letters;
+mod debug_cli;
+mod debug_ring;
+mod device_table;
 mod e2e;
 mod edge_delivery;
 mod edge_nats;

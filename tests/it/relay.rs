@@ -663,10 +663,13 @@ async fn setup_is_idempotent_and_migrate_applies_everything() {
     spoor_relay::migrate(&config).await.unwrap();
     let tables = query(
         ch,
-        format!("SELECT name FROM system.tables WHERE database = '{db}'"),
+        format!("SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"),
     )
     .await;
-    assert_eq!(tables.trim(), "events");
+    assert_eq!(
+        tables.trim(),
+        "device_users\ndevice_users_mv\nevents\nevents_by_device\nevents_by_device_mv"
+    );
 
     // A stream that drifted from the embedded definition is put back.
     let client = async_nats::connect(nats.url()).await.unwrap();

@@ -13,8 +13,16 @@ fn sample(n: usize) -> WireBatch {
         region: "eu".into(),
         received_at_ms: 1_700_000_000_000,
         sent_at_ms: Some(1_700_000_000_100),
-        geo: Geo { country: "DE".into(), asn: 3320, ..Geo::default() },
-        device: Device { browser: "Firefox".into(), device_type: "desktop".into(), ..Device::default() },
+        geo: Geo {
+            country: "DE".into(),
+            asn: 3320,
+            ..Geo::default()
+        },
+        device: Device {
+            browser: "Firefox".into(),
+            device_type: "desktop".into(),
+            ..Device::default()
+        },
         ip_prefix: "203.0.113.0".into(),
         events: (0..n)
             .map(|i| Event {
@@ -27,7 +35,11 @@ fn sample(n: usize) -> WireBatch {
                 client_ts_ms: Some(1_700_000_000_000 - i as i64),
                 ts_ms: 1_700_000_000_000,
                 properties: r#"{"path":"/"}"#.into(),
-                context: Context { page_url: "https://x.test/".into(), screen_width: 1920, ..Context::default() },
+                context: Context {
+                    page_url: "https://x.test/".into(),
+                    screen_width: 1920,
+                    ..Context::default()
+                },
             })
             .collect(),
     }
@@ -64,9 +76,27 @@ fn header_is_not_trusted() {
         ("version", Box::new(|f| f[4] = 9), "unsupported_version"),
         ("flags", Box::new(|f| f[5] = 3), "unknown_flags"),
         ("count", Box::new(|f| f[8] = 4), "count_mismatch"),
-        ("len too big", Box::new(|f| f[12..16].copy_from_slice(&u32::MAX.to_le_bytes())), "too_large"),
-        ("len too small", Box::new(|f| { let l = u32::from_le_bytes([f[12], f[13], f[14], f[15]]) - 1; f[12..16].copy_from_slice(&l.to_le_bytes()) }), "decompress"),
-        ("len larger", Box::new(|f| { let l = u32::from_le_bytes([f[12], f[13], f[14], f[15]]) + 7; f[12..16].copy_from_slice(&l.to_le_bytes()) }), "length_mismatch"),
+        (
+            "len too big",
+            Box::new(|f| f[12..16].copy_from_slice(&u32::MAX.to_le_bytes())),
+            "too_large",
+        ),
+        (
+            "len too small",
+            Box::new(|f| {
+                let l = u32::from_le_bytes([f[12], f[13], f[14], f[15]]) - 1;
+                f[12..16].copy_from_slice(&l.to_le_bytes())
+            }),
+            "decompress",
+        ),
+        (
+            "len larger",
+            Box::new(|f| {
+                let l = u32::from_le_bytes([f[12], f[13], f[14], f[15]]) + 7;
+                f[12..16].copy_from_slice(&l.to_le_bytes())
+            }),
+            "length_mismatch",
+        ),
     ];
     for (name, mutate, kind) in table {
         let mut f = frame.clone();

@@ -42,14 +42,35 @@ fn real_user_agents_snapshot() {
             continue;
         }
         let cols: Vec<&str> = line.split('\t').collect();
-        assert_eq!(cols.len(), 5, "line {}: expected 5 tab-separated columns", n + 1);
+        assert_eq!(
+            cols.len(),
+            5,
+            "line {}: expected 5 tab-separated columns",
+            n + 1
+        );
         let d = Device::from_user_agent(cols[4]);
-        let got = [d.browser.as_str(), d.os.as_str(), d.device_type.as_str(), if d.is_bot { "bot" } else { "human" }];
+        let got = [
+            d.browser.as_str(),
+            d.os.as_str(),
+            d.device_type.as_str(),
+            if d.is_bot { "bot" } else { "human" },
+        ];
         if got != [cols[0], cols[1], cols[2], cols[3]] {
-            failures.push(format!("line {}: {:?} → {:?}, expected {:?}", n + 1, cols[4], got, &cols[..4]));
+            failures.push(format!(
+                "line {}: {:?} → {:?}, expected {:?}",
+                n + 1,
+                cols[4],
+                got,
+                &cols[..4]
+            ));
         }
         checked += 1;
     }
     assert!(checked >= 200, "corpus holds only {checked} agents");
-    assert!(failures.is_empty(), "{} of {checked} agents differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} agents differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -71,12 +71,20 @@ fn event_rules_table() {
             .unwrap_or_else(|e| panic!("{name}: whole request failed: {e}"));
         match expect {
             None => {
-                assert_eq!(ing.receipt.accepted, 1, "{name}: {:?}", ing.receipt.rejected);
+                assert_eq!(
+                    ing.receipt.accepted, 1,
+                    "{name}: {:?}",
+                    ing.receipt.rejected
+                );
             }
             Some(reason) => {
                 assert_eq!(ing.receipt.accepted, 0, "{name}");
                 assert_eq!(ing.receipt.rejected.len(), 1, "{name}");
-                assert_eq!(&ing.receipt.rejected[0].reason, reason, "{name}: {}", ing.receipt.rejected[0].message);
+                assert_eq!(
+                    &ing.receipt.rejected[0].reason, reason,
+                    "{name}: {}",
+                    ing.receipt.rejected[0].message
+                );
                 assert!(!ing.receipt.rejected[0].message.is_empty());
             }
         }
@@ -114,7 +122,13 @@ fn enrichment_and_skew() {
         NOW + h,
         NOW + h - 5000
     );
-    let ing = ingest(Endpoint::Batch, body.as_bytes(), &meta(), &Limits::default()).unwrap();
+    let ing = ingest(
+        Endpoint::Batch,
+        body.as_bytes(),
+        &meta(),
+        &Limits::default(),
+    )
+    .unwrap();
     let msg = &ing.messages[0];
     let b = decode_batch(&msg.frame, 1 << 24).unwrap();
     assert_eq!(b.events[0].ts_ms, NOW - 5000);
@@ -150,14 +164,25 @@ fn derived_ids_repeat_for_resends_and_batch_ids_too() {
 
 #[test]
 fn events_are_grouped_by_device_partition() {
-    let evs: Vec<String> = (0..40).map(|i| format!(r#"{{"event":"x","anonymous_id":"dev{i}"}}"#)).collect();
+    let evs: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"event":"x","anonymous_id":"dev{i}"}}"#))
+        .collect();
     let refs: Vec<&str> = evs.iter().map(String::as_str).collect();
-    let ing = ingest(Endpoint::Batch, &batch_of(&refs), &meta(), &Limits::default()).unwrap();
+    let ing = ingest(
+        Endpoint::Batch,
+        &batch_of(&refs),
+        &meta(),
+        &Limits::default(),
+    )
+    .unwrap();
     assert!(ing.messages.len() > 1 && ing.messages.len() <= 4);
     for m in &ing.messages {
         let b = decode_batch(&m.frame, 1 << 24).unwrap();
         for e in &b.events {
-            assert_eq!(route::subject("eu", route::partition_of(&e.anonymous_id, 4)), m.subject);
+            assert_eq!(
+                route::subject("eu", route::partition_of(&e.anonymous_id, 4)),
+                m.subject
+            );
         }
     }
     assert_eq!(ing.messages.iter().map(|m| m.events).sum::<usize>(), 40);
@@ -170,31 +195,149 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// (case, endpoint, body, content type, content encoding, status, error code)
-type RequestCase<'a> = (&'a str, Endpoint, Vec<u8>, Option<&'a str>, Option<&'a str>, u16, &'a str);
+type RequestCase<'a> = (
+    &'a str,
+    Endpoint,
+    Vec<u8>,
+    Option<&'a str>,
+    Option<&'a str>,
+    u16,
+    &'a str,
+);
 
 #[test]
 fn request_errors_table() {
     let l = Limits::default();
     let ok_body = batch_of(&[r#"{"event":"x","anonymous_id":"d"}"#]);
-    let many: Vec<&str> = (0..501).map(|_| r#"{"event":"x","anonymous_id":"d"}"#).collect();
+    let many: Vec<&str> = (0..501)
+        .map(|_| r#"{"event":"x","anonymous_id":"d"}"#)
+        .collect();
     let bomb = gzip(&vec![b' '; 600 * 1024]);
     let cases: Vec<RequestCase> = vec![
-        ("form content type", Endpoint::Batch, ok_body.clone(), Some("application/x-www-form-urlencoded"), None, 415, "unsupported_media_type"),
-        ("no content type", Endpoint::Batch, ok_body.clone(), None, None, 415, "unsupported_media_type"),
-        ("brotli", Endpoint::Batch, ok_body.clone(), Some("application/json"), Some("br"), 415, "unsupported_encoding"),
-        ("broken json", Endpoint::Batch, b"{\"batch\":[{\"event\":}]}".to_vec(), Some("application/json"), None, 400, "invalid_json"),
-        ("not utf8", Endpoint::Batch, b"{\"batch\":[\xff]}".to_vec(), Some("application/json"), None, 400, "invalid_json"),
-        ("array body", Endpoint::Batch, b"[1]".to_vec(), Some("application/json"), None, 400, "invalid_body"),
-        ("missing batch", Endpoint::Batch, b"{}".to_vec(), Some("application/json"), None, 400, "invalid_body"),
-        ("batch not array", Endpoint::Batch, b"{\"batch\":{}}".to_vec(), Some("application/json"), None, 400, "invalid_body"),
-        ("501 events", Endpoint::Batch, batch_of(&many), Some("application/json"), None, 413, "payload_too_large"),
-        ("raw too big", Endpoint::Batch, vec![b' '; 513 * 1024], Some("application/json"), None, 413, "payload_too_large"),
-        ("gzip bomb", Endpoint::Batch, bomb, Some("application/json"), Some("gzip"), 413, "payload_too_large"),
-        ("bad gzip", Endpoint::Batch, b"\x1f\x8bnot gzip".to_vec(), Some("application/json"), Some("gzip"), 400, "invalid_gzip"),
-        ("track array", Endpoint::Track, b"[]".to_vec(), Some("application/json"), None, 400, "invalid_body"),
+        (
+            "form content type",
+            Endpoint::Batch,
+            ok_body.clone(),
+            Some("application/x-www-form-urlencoded"),
+            None,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "no content type",
+            Endpoint::Batch,
+            ok_body.clone(),
+            None,
+            None,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "brotli",
+            Endpoint::Batch,
+            ok_body.clone(),
+            Some("application/json"),
+            Some("br"),
+            415,
+            "unsupported_encoding",
+        ),
+        (
+            "broken json",
+            Endpoint::Batch,
+            b"{\"batch\":[{\"event\":}]}".to_vec(),
+            Some("application/json"),
+            None,
+            400,
+            "invalid_json",
+        ),
+        (
+            "not utf8",
+            Endpoint::Batch,
+            b"{\"batch\":[\xff]}".to_vec(),
+            Some("application/json"),
+            None,
+            400,
+            "invalid_json",
+        ),
+        (
+            "array body",
+            Endpoint::Batch,
+            b"[1]".to_vec(),
+            Some("application/json"),
+            None,
+            400,
+            "invalid_body",
+        ),
+        (
+            "missing batch",
+            Endpoint::Batch,
+            b"{}".to_vec(),
+            Some("application/json"),
+            None,
+            400,
+            "invalid_body",
+        ),
+        (
+            "batch not array",
+            Endpoint::Batch,
+            b"{\"batch\":{}}".to_vec(),
+            Some("application/json"),
+            None,
+            400,
+            "invalid_body",
+        ),
+        (
+            "501 events",
+            Endpoint::Batch,
+            batch_of(&many),
+            Some("application/json"),
+            None,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "raw too big",
+            Endpoint::Batch,
+            vec![b' '; 513 * 1024],
+            Some("application/json"),
+            None,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "gzip bomb",
+            Endpoint::Batch,
+            bomb,
+            Some("application/json"),
+            Some("gzip"),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "bad gzip",
+            Endpoint::Batch,
+            b"\x1f\x8bnot gzip".to_vec(),
+            Some("application/json"),
+            Some("gzip"),
+            400,
+            "invalid_gzip",
+        ),
+        (
+            "track array",
+            Endpoint::Track,
+            b"[]".to_vec(),
+            Some("application/json"),
+            None,
+            400,
+            "invalid_body",
+        ),
     ];
     for (name, ep, body, ct, ce, status, code) in cases {
-        let m = RequestMeta { content_type: ct, content_encoding: ce, ..meta() };
+        let m = RequestMeta {
+            content_type: ct,
+            content_encoding: ce,
+            ..meta()
+        };
         let err = ingest(ep, &body, &m, &l).map(|_| ()).unwrap_err();
         assert_eq!((err.status(), err.code()), (status, code), "{name}: {err}");
     }
@@ -202,9 +345,14 @@ fn request_errors_table() {
 
 #[test]
 fn json_errors_say_where() {
-    let err = ingest(Endpoint::Batch, b"{\"batch\":[\n{\"event\": x}]}", &meta(), &Limits::default())
-        .map(|_| ())
-        .unwrap_err();
+    let err = ingest(
+        Endpoint::Batch,
+        b"{\"batch\":[\n{\"event\": x}]}",
+        &meta(),
+        &Limits::default(),
+    )
+    .map(|_| ())
+    .unwrap_err();
     match err {
         RequestError::InvalidJson { line, column, .. } => assert_eq!((line, column), (2, 11)),
         other => panic!("{other:?}"),
@@ -214,21 +362,44 @@ fn json_errors_say_where() {
 #[test]
 fn gzip_and_text_plain_accepted() {
     let body = gzip(&batch_of(&[r#"{"event":"x","anonymous_id":"d"}"#]));
-    let m = RequestMeta { content_type: Some("text/plain;charset=UTF-8"), content_encoding: Some("gzip"), ..meta() };
-    assert_eq!(ingest(Endpoint::Batch, &body, &m, &Limits::default()).unwrap().receipt.accepted, 1);
+    let m = RequestMeta {
+        content_type: Some("text/plain;charset=UTF-8"),
+        content_encoding: Some("gzip"),
+        ..meta()
+    };
+    assert_eq!(
+        ingest(Endpoint::Batch, &body, &m, &Limits::default())
+            .unwrap()
+            .receipt
+            .accepted,
+        1
+    );
 }
 
 #[test]
 fn track_endpoint_with_own_sent_at() {
-    let body = format!(r#"{{"event":"x","anonymous_id":"d","timestamp":{},"sent_at":{}}}"#, NOW + 10_000, NOW + 20_000);
-    let ing = ingest(Endpoint::Track, body.as_bytes(), &meta(), &Limits::default()).unwrap();
+    let body = format!(
+        r#"{{"event":"x","anonymous_id":"d","timestamp":{},"sent_at":{}}}"#,
+        NOW + 10_000,
+        NOW + 20_000
+    );
+    let ing = ingest(
+        Endpoint::Track,
+        body.as_bytes(),
+        &meta(),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(ing.receipt.accepted, 1);
     assert_eq!(decode_all(&ing)[0].ts_ms, NOW - 10_000);
 }
 
 #[test]
 fn receipt_json_shape() {
-    let body = batch_of(&[r#"{"event":"x","anonymous_id":"d"}"#, r#"{"event":"x","event_id":"bad","anonymous_id":"d"}"#]);
+    let body = batch_of(&[
+        r#"{"event":"x","anonymous_id":"d"}"#,
+        r#"{"event":"x","event_id":"bad","anonymous_id":"d"}"#,
+    ]);
     let ing = ingest(Endpoint::Batch, &body, &meta(), &Limits::default()).unwrap();
     let json = serde_json::to_value(&ing.receipt).unwrap();
     assert_eq!(json["accepted"], 1);

@@ -6,6 +6,8 @@
 //! the pipeline decides what a failure means, so the "ack only after insert"
 //! rule lives in one place.
 
+pub mod device;
+pub mod retention;
 pub mod row;
 pub mod schema;
 

@@ -10,10 +10,16 @@ use super::SinkError;
 use crate::config::ClickHouseConfig;
 
 /// The schema files, in the order they are applied. Add new files here.
-pub const SCHEMA_FILES: &[(&str, &str)] = &[(
-    "001_events.sql",
-    include_str!("../../../../deploy/clickhouse/001_events.sql"),
-)];
+pub const SCHEMA_FILES: &[(&str, &str)] = &[
+    (
+        "001_events.sql",
+        include_str!("../../../../deploy/clickhouse/001_events.sql"),
+    ),
+    (
+        "002_events_by_device.sql",
+        include_str!("../../../../deploy/clickhouse/002_events_by_device.sql"),
+    ),
+];
 
 /// Creates the database and applies every schema statement.
 pub async fn apply(config: &ClickHouseConfig) -> Result<(), SinkError> {
