@@ -146,9 +146,7 @@ fn add_older(lookup: &mut DeviceLookup, rows: Vec<DeviceRow>) -> usize {
         lookup.events.push(from_row(row));
         added += 1;
     }
-    lookup
-        .events
-        .sort_by(|a, b| (a.ts_ms, a.event_id).cmp(&(b.ts_ms, b.event_id)));
+    lookup.events.sort_by_key(|e| (e.ts_ms, e.event_id));
     let limit = lookup.query.limit;
     if lookup.events.len() > limit {
         let extra = lookup.events.len() - limit;
