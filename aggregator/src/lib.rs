@@ -6,3 +6,4 @@
 //! on it.
 
 pub mod query;
+pub mod store;

@@ -1,5 +1,6 @@
 //! End-to-end and integration tests against real servers.
 
+mod aggregator;
 mod dead_letters;
 mod debug_cli;
 mod debug_ring;

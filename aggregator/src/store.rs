@@ -1,0 +1,80 @@
+//! Runs rendered queries on ClickHouse and reads their rows.
+//!
+//! Values are bound by the `clickhouse` crate (it escapes them into the
+//! text it sends); results come back as `JSONCompact`, which both 18.16 and
+//! current releases write, so one reader serves any column list.
+
+use clickhouse::Client;
+use serde::Serialize;
+
+use crate::query::{Param, Sql};
+
+/// One row of a metrics answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsRow {
+    /// The bucket's start, as ClickHouse prints it in the request's timezone.
+    pub bucket: String,
+    /// The group-by values, in the request's order.
+    pub groups: Vec<String>,
+    pub value: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ClickHouse query failed: {0}")]
+    Query(#[from] clickhouse::error::Error),
+    #[error("ClickHouse answered something unreadable: {0}")]
+    Unreadable(String),
+}
+
+#[derive(serde::Deserialize)]
+struct JsonCompact {
+    data: Vec<Vec<serde_json::Value>>,
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn number(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Runs a metrics query (columns: bucket, groups..., value).
+pub async fn run_metrics(client: &Client, sql: &Sql) -> Result<Vec<MetricsRow>, StoreError> {
+    let mut query = client.query(&sql.text);
+    for p in &sql.params {
+        query = match p {
+            Param::Str(s) => query.bind(s.as_str()),
+            Param::Int(i) => query.bind(*i),
+        };
+    }
+    let bytes = query.fetch_bytes("JSONCompact")?.collect().await?;
+    let parsed: JsonCompact =
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Unreadable(e.to_string()))?;
+    parsed
+        .data
+        .into_iter()
+        .map(|row| {
+            let (first, rest) = row
+                .split_first()
+                .ok_or_else(|| StoreError::Unreadable("an empty row".into()))?;
+            let (last, groups) = rest
+                .split_last()
+                .ok_or_else(|| StoreError::Unreadable("a row without a value".into()))?;
+            Ok(MetricsRow {
+                bucket: text(first),
+                groups: groups.iter().map(text).collect(),
+                value: number(last)
+                    .ok_or_else(|| StoreError::Unreadable(format!("value {last}")))?,
+            })
+        })
+        .collect()
+}
