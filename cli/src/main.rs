@@ -105,12 +105,30 @@ struct DeviceArgs {
     /// ClickHouse HTTP URL, for events older than the rings.
     #[arg(long, env = "SPOOR_CLICKHOUSE_URL")]
     clickhouse_url: Option<String>,
+    #[command(flatten)]
+    clickhouse: ClickHouseAccess,
+}
+
+/// Which ClickHouse database, as whom (the URL differs per command).
+#[derive(Args)]
+struct ClickHouseAccess {
     #[arg(long, env = "SPOOR_CLICKHOUSE_DB", default_value = "spoor")]
     clickhouse_db: String,
     #[arg(long, env = "SPOOR_CLICKHOUSE_USER")]
     clickhouse_user: Option<String>,
     #[arg(long, env = "SPOOR_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     clickhouse_password: Option<String>,
+}
+
+impl ClickHouseAccess {
+    fn at(self, url: String) -> ClickHouseOptions {
+        ClickHouseOptions {
+            url,
+            database: self.clickhouse_db,
+            user: self.clickhouse_user,
+            password: self.clickhouse_password,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -134,12 +152,8 @@ struct ReconcileArgs {
         default_value = "http://127.0.0.1:8123"
     )]
     clickhouse_url: String,
-    #[arg(long, env = "SPOOR_CLICKHOUSE_DB", default_value = "spoor")]
-    clickhouse_db: String,
-    #[arg(long, env = "SPOOR_CLICKHOUSE_USER")]
-    clickhouse_user: Option<String>,
-    #[arg(long, env = "SPOOR_CLICKHOUSE_PASSWORD", hide_env_values = true)]
-    clickhouse_password: Option<String>,
+    #[command(flatten)]
+    clickhouse: ClickHouseAccess,
     /// Start of the window: RFC 3339, or a span back from now (15m, 2h, 1d).
     #[arg(long)]
     since: String,
@@ -189,12 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stream: args.stream,
                 query,
                 timeout: std::time::Duration::from_millis(args.timeout_ms),
-                clickhouse: args.clickhouse_url.map(|url| ClickHouseOptions {
-                    url,
-                    database: args.clickhouse_db,
-                    user: args.clickhouse_user,
-                    password: args.clickhouse_password,
-                }),
+                clickhouse: args.clickhouse_url.map(|url| args.clickhouse.at(url)),
             };
             if args.follow {
                 if !args.json {
@@ -265,12 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("--until")?;
             let mut opts = ReconcileOptions::new(
                 args.nats.nats_url,
-                ClickHouseOptions {
-                    url: args.clickhouse_url,
-                    database: args.clickhouse_db,
-                    user: args.clickhouse_user,
-                    password: args.clickhouse_password,
-                },
+                args.clickhouse.at(args.clickhouse_url),
                 since,
             );
             opts.stream = args.stream;

@@ -12,20 +12,32 @@
 //!   cargo run --release -p spoor-tests --example edge_ack_latency -- [events] [concurrency] [events/s, 0 = unpaced]
 //! ```
 
+use clap::Parser;
 use serde_json::json;
 use spoor_tests::edge::{Edge, EdgeConfig};
 use spoor_tests::nats::NatsServer;
 
+/// The load: positional, so the BENCHMARKS.md command lines stay as written.
+#[derive(Parser)]
+struct Load {
+    /// Unique events per round.
+    #[arg(default_value_t = 50_000)]
+    events: usize,
+    /// Requests in flight.
+    #[arg(default_value_t = 16)]
+    concurrency: usize,
+    /// Target events per second; 0 sends as fast as possible.
+    #[arg(default_value_t = 0.0)]
+    rate: f64,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let events: usize = args
-        .next()
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(50_000);
-    let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
-    let rate: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(0.0);
+    let Load {
+        events,
+        concurrency,
+        rate,
+    } = Load::parse();
 
     let nats = NatsServer::start()?;
     let client = async_nats::connect(nats.url()).await?;

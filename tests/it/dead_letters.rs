@@ -14,7 +14,7 @@ use std::time::Duration;
 use spoor_cli::dead_letters::{self, DeadLetterError, ReplayOptions, Selector};
 use spoor_core::{encode_batch, Device, Event, Geo, WireBatch};
 use spoor_relay::source::dead_letter::DEAD_STREAM;
-use spoor_relay::{ClickHouseConfig, RelayConfig};
+use spoor_relay::RelayConfig;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 
@@ -29,18 +29,7 @@ pub(crate) const PROJECT: &str = "proj_dead";
 pub(crate) const SMALL_FRAME_LIMIT: usize = 64 * 1024;
 
 pub(crate) fn config(nats: &NatsServer, ch: &ClickHouseServer, database: &str) -> RelayConfig {
-    let mut config = RelayConfig::new(
-        nats.url(),
-        ClickHouseConfig {
-            url: ch.http_url(),
-            database: database.to_string(),
-            user: None,
-            password: None,
-        },
-    );
-    config.batch.flush_interval_ms = 200;
-    config.lag_poll_interval = Duration::from_millis(200);
-    config.max_retry_backoff = Duration::from_millis(500);
+    let mut config = crate::relay::config(nats, ch.http_url(), database);
     config.max_frame_bytes = SMALL_FRAME_LIMIT;
     config
 }

@@ -47,6 +47,15 @@ pub(crate) async fn query(ch: &ClickHouseServer, sql: String) -> String {
     tokio::task::block_in_place(|| ch.query(&sql).unwrap_or_else(|e| panic!("{e:#}")))
 }
 
+/// `count()` and `uniqExact(event_id)` of the events table, tab-separated.
+pub(crate) async fn stats(ch: &ClickHouseServer, db: &str) -> String {
+    query(
+        ch,
+        format!("SELECT count(), uniqExact(event_id) FROM {db}.events FORMAT TabSeparated"),
+    )
+    .await
+}
+
 pub(crate) async fn count(ch: &ClickHouseServer, db: &str) -> u64 {
     query(ch, format!("SELECT count() FROM {db}.events"))
         .await
@@ -371,11 +380,7 @@ async fn same_event_id_in_two_frames_is_one_row() {
         (c.ack_floor.stream_sequence == 3 && c.num_ack_pending == 0).then_some(())
     })
     .await;
-    let stats = query(
-        ch,
-        format!("SELECT count(), uniqExact(event_id) FROM {db}.events FORMAT TabSeparated"),
-    )
-    .await;
+    let stats = stats(ch, &db).await;
     assert_eq!(stats.trim(), "9\t9");
     // The surviving copy of event 5 is the first one.
     let batch_of_5 = query(
@@ -569,11 +574,7 @@ async fn nothing_is_acked_until_clickhouse_has_the_rows() {
             .then_some(())
     })
     .await;
-    let stats = query(
-        ch,
-        format!("SELECT count(), uniqExact(event_id) FROM {db}.events FORMAT TabSeparated"),
-    )
-    .await;
+    let stats = stats(ch, db).await;
     assert_eq!(stats.trim(), "14\t14");
     assert_eq!(relay.metric("spoor_relay_messages_acked_total").await, 5.0);
     eventually("healthy again", || async {

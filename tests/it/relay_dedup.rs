@@ -14,7 +14,7 @@ use spoor_relay::source::nats as source;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 
-use crate::relay::{batch, config, count, event, events, query, Publisher, CONSUMER, STREAM};
+use crate::relay::{batch, config, count, event, events, stats, Publisher, CONSUMER, STREAM};
 use crate::support::{eventually, Relay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,11 +82,7 @@ async fn rows_a_crashed_relay_inserted_are_not_inserted_again_on_redelivery() {
             .then_some(())
     })
     .await;
-    let stats = query(
-        ch,
-        format!("SELECT count(), uniqExact(event_id) FROM {db}.events FORMAT TabSeparated"),
-    )
-    .await;
+    let stats = stats(ch, &db).await;
     assert_eq!(stats.trim(), "11\t11", "every event exactly once");
     assert_eq!(
         relay
@@ -152,11 +148,7 @@ async fn the_dedup_window_holds_across_relays_and_restarts() {
         (info.ack_floor.stream_sequence == 3 && info.num_ack_pending == 0).then_some(())
     })
     .await;
-    let stats = query(
-        ch,
-        format!("SELECT count(), uniqExact(event_id) FROM {db}.events FORMAT TabSeparated"),
-    )
-    .await;
+    let stats = stats(ch, &db).await;
     assert_eq!(stats.trim(), "7\t7");
     assert_eq!(
         c.metric("spoor_relay_events_deduped_by_layer_total{layer=\"claim\"}")

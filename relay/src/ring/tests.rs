@@ -43,11 +43,7 @@ fn check_invariants(r: &Ring) {
     for d in r.slots.iter().flatten() {
         assert_eq!(d.records as usize, d.entries.len() + d.stale as usize);
         assert!(d.entries.len() <= r.limits.max_events_per_device);
-        assert!(d
-            .entries
-            .iter()
-            .zip(d.entries.iter().skip(1))
-            .all(|(a, b)| a.stream_at_ms <= b.stream_at_ms));
+        assert!(d.entries.iter().is_sorted_by_key(|e| e.stream_at_ms));
         events += d.entries.len() as u64;
         bytes += DEVICE_OVERHEAD_BYTES + d.key.len();
         bytes += d.users.iter().map(|u| 2 * u.len()).sum::<usize>();
