@@ -171,6 +171,9 @@ pub enum RequestError {
     BadTimezone(String),
     #[error("property name `{0}` must be letters, digits, `_`, `-` or `.`")]
     BadPropertyName(String),
+    /// Any other refusal, with the field and what is wrong with it.
+    #[error("`{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
 }
 
 /// A value bound to a `?` placeholder.
@@ -188,7 +191,7 @@ pub struct Sql {
     pub params: Vec<Param>,
 }
 
-fn check_text(field: &'static str, value: &str) -> Result<(), RequestError> {
+pub(crate) fn check_text(field: &'static str, value: &str) -> Result<(), RequestError> {
     if value.is_empty() {
         return Err(RequestError::Empty { field });
     }
@@ -205,7 +208,7 @@ fn check_text(field: &'static str, value: &str) -> Result<(), RequestError> {
 }
 
 /// `UTC`, `Europe/Berlin`, `America/Argentina/Buenos_Aires`, `Etc/GMT+3`.
-fn check_timezone(tz: &str) -> Result<(), RequestError> {
+pub(crate) fn check_timezone(tz: &str) -> Result<(), RequestError> {
     let ok = !tz.is_empty()
         && tz.len() <= 64
         && tz
@@ -220,7 +223,7 @@ fn check_timezone(tz: &str) -> Result<(), RequestError> {
     }
 }
 
-fn check_property_name(name: &str) -> Result<(), RequestError> {
+pub(crate) fn check_property_name(name: &str) -> Result<(), RequestError> {
     check_text("property name", name)?;
     if name
         .chars()
@@ -325,19 +328,14 @@ impl MetricsRequest {
             select.push_str(", ");
             select.push_str(g);
         }
-        let mut conditions = vec![
-            "project_id = ?".to_string(),
-            // Partition pruning by UTC day, then the exact window.
-            "event_date >= toDate(toDateTime(intDiv(?, 1000)), 'UTC') \
-             AND event_date <= toDate(toDateTime(intDiv(?, 1000)), 'UTC')"
-                .to_string(),
-            "ts_ms >= ? AND ts_ms < ?".to_string(),
-        ];
-        params.push(Param::Str(self.project_id.clone()));
-        params.push(Param::Int(self.since_ms));
-        params.push(Param::Int(self.until_ms - 1));
-        params.push(Param::Int(self.since_ms));
-        params.push(Param::Int(self.until_ms));
+        let mut conditions = Vec::new();
+        window_conditions(
+            &self.project_id,
+            self.since_ms,
+            self.until_ms,
+            &mut conditions,
+            &mut params,
+        );
         if !self.events.is_empty() {
             let marks = vec!["?"; self.events.len()].join(", ");
             conditions.push(format!("event IN ({marks})"));
@@ -348,14 +346,7 @@ impl MetricsRequest {
             params.push(Param::Str(f.value.clone()));
         }
         for p in &self.properties {
-            conditions.push("visitParamExtractRaw(properties, ?) IN (?, ?)".to_string());
-            params.push(Param::Str(p.name.clone()));
-            // The raw JSON text: a string value is quoted, a number or
-            // boolean is not; match either spelling.
-            params.push(Param::Str(p.value.clone()));
-            params.push(Param::Str(
-                serde_json::to_string(&p.value).unwrap_or_default(),
-            ));
+            property_condition(p, &mut conditions, &mut params);
         }
         let mut group = "bucket".to_string();
         for g in &groups {
@@ -368,6 +359,46 @@ impl MetricsRequest {
         );
         Ok(Sql { text, params })
     }
+}
+
+/// The project and the event-time window `since_ms <= ts_ms < until_ms`,
+/// for any table with `project_id`, `event_date` (UTC day) and `ts_ms`:
+/// partition pruning by day first, then the exact window.
+pub(crate) fn window_conditions(
+    project_id: &str,
+    since_ms: i64,
+    until_ms: i64,
+    conditions: &mut Vec<String>,
+    params: &mut Vec<Param>,
+) {
+    conditions.push("project_id = ?".to_string());
+    conditions.push(
+        "event_date >= toDate(toDateTime(intDiv(?, 1000)), 'UTC') \
+         AND event_date <= toDate(toDateTime(intDiv(?, 1000)), 'UTC')"
+            .to_string(),
+    );
+    conditions.push("ts_ms >= ? AND ts_ms < ?".to_string());
+    params.push(Param::Str(project_id.to_string()));
+    params.push(Param::Int(since_ms));
+    params.push(Param::Int(until_ms - 1));
+    params.push(Param::Int(since_ms));
+    params.push(Param::Int(until_ms));
+}
+
+/// `properties.<name> = <value>`, both bound. The raw JSON text of a string
+/// value is quoted and of a number or boolean is not; either spelling
+/// matches.
+pub(crate) fn property_condition(
+    p: &PropertyFilter,
+    conditions: &mut Vec<String>,
+    params: &mut Vec<Param>,
+) {
+    conditions.push("visitParamExtractRaw(properties, ?) IN (?, ?)".to_string());
+    params.push(Param::Str(p.name.clone()));
+    params.push(Param::Str(p.value.clone()));
+    params.push(Param::Str(
+        serde_json::to_string(&p.value).unwrap_or_default(),
+    ));
 }
 
 #[cfg(test)]

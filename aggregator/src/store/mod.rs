@@ -47,8 +47,12 @@ fn number(v: &serde_json::Value) -> Option<f64> {
     }
 }
 
-/// Runs a metrics query (columns: bucket, groups..., value).
-pub async fn run_metrics(client: &Client, sql: &Sql) -> Result<Vec<MetricsRow>, StoreError> {
+/// Runs any rendered query and returns its rows as JSON values, columns in
+/// the query's order. The other runners build on this.
+pub async fn fetch_rows(
+    client: &Client,
+    sql: &Sql,
+) -> Result<Vec<Vec<serde_json::Value>>, StoreError> {
     let mut query = client.query(&sql.text);
     for p in &sql.params {
         query = match p {
@@ -59,8 +63,23 @@ pub async fn run_metrics(client: &Client, sql: &Sql) -> Result<Vec<MetricsRow>, 
     let bytes = query.fetch_bytes("JSONCompact")?.collect().await?;
     let parsed: JsonCompact =
         serde_json::from_slice(&bytes).map_err(|e| StoreError::Unreadable(e.to_string()))?;
-    parsed
-        .data
+    Ok(parsed.data)
+}
+
+/// A cell as text (strings unquoted, numbers as printed).
+pub fn cell_text(v: &serde_json::Value) -> String {
+    text(v)
+}
+
+/// A cell as a number (ClickHouse quotes 64-bit integers in JSON).
+pub fn cell_number(v: &serde_json::Value) -> Result<f64, StoreError> {
+    number(v).ok_or_else(|| StoreError::Unreadable(format!("not a number: {v}")))
+}
+
+/// Runs a metrics query (columns: bucket, groups..., value).
+pub async fn run_metrics(client: &Client, sql: &Sql) -> Result<Vec<MetricsRow>, StoreError> {
+    fetch_rows(client, sql)
+        .await?
         .into_iter()
         .map(|row| {
             let (first, rest) = row
@@ -72,8 +91,7 @@ pub async fn run_metrics(client: &Client, sql: &Sql) -> Result<Vec<MetricsRow>, 
             Ok(MetricsRow {
                 bucket: text(first),
                 groups: groups.iter().map(text).collect(),
-                value: number(last)
-                    .ok_or_else(|| StoreError::Unreadable(format!("value {last}")))?,
+                value: cell_number(last)?,
             })
         })
         .collect()
