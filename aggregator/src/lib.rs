@@ -1,9 +1,13 @@
 //! spoor-aggregator: the read path over ClickHouse.
 //!
-//! This first slice is the query layer: a validated metrics request turned
-//! into parameterized SQL (`query`). Pure: no I/O, no clock; the HTTP
-//! service, rollups, funnels, timelines, sessions and the dashboard build
-//! on it.
+//! - `query`: validated requests rendered to parameterized SQL (pure: no
+//!   I/O, no clock);
+//! - `store`: runs that SQL on ClickHouse and shapes the rows;
+//! - `service`: the HTTP API, its limits and the dashboard;
+//! - `config`, `metrics`: settings and Prometheus metrics of one service.
 
+pub mod config;
+pub mod metrics;
 pub mod query;
+pub mod service;
 pub mod store;

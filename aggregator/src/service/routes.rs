@@ -1,0 +1,215 @@
+//! Request routing: which path and method reach which handler, and the
+//! checks every project route shares (token, lane, body).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::lanes::{Lane, LANE_HEADER};
+use super::{assets, error_response, json, read_body, with_type, ApiError, Service};
+use crate::query::{self, MetricsRequest};
+use crate::store;
+
+/// The OpenAPI description served at `/openapi.json`.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+/// A route under `/v1/projects/<project>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProjectRoute {
+    Metrics,
+    Freshness,
+}
+
+/// The project routes: `/v1/projects/<project>/<name>`, with their method.
+pub(crate) const PROJECT_ROUTES: &[(&str, Method, ProjectRoute)] = &[
+    ("metrics", Method::POST, ProjectRoute::Metrics),
+    ("freshness", Method::GET, ProjectRoute::Freshness),
+];
+
+pub(crate) async fn route(service: &Service, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if let Some(rest) = path.strip_prefix("/v1/projects/") {
+        return match project_route(service, rest, req).await {
+            Ok(response) => response,
+            Err(e) => error_response(&e),
+        };
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error_response(&ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET",
+        ));
+    }
+    match path.as_str() {
+        "/healthz" => healthz(service).await,
+        "/metrics" => with_type(
+            StatusCode::OK,
+            service.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/openapi.json" => with_type(StatusCode::OK, OPENAPI, "application/json"),
+        other => match assets::find(other) {
+            Some((content_type, body)) => {
+                let mut r = with_type(StatusCode::OK, body, content_type);
+                r.headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                r
+            }
+            None => error_response(&ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such path; the API is described at /openapi.json",
+            )),
+        },
+    }
+}
+
+async fn healthz(service: &Service) -> Response<Full<Bytes>> {
+    let ping = service.base.query("SELECT 1").fetch_bytes("TabSeparated");
+    let ok = match ping {
+        Ok(mut cursor) => tokio::time::timeout(std::time::Duration::from_secs(2), cursor.collect())
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false),
+        Err(_) => false,
+    };
+    if ok {
+        with_type(StatusCode::OK, "ok\n", "text/plain; charset=utf-8")
+    } else {
+        with_type(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ClickHouse does not answer\n",
+            "text/plain; charset=utf-8",
+        )
+    }
+}
+
+/// The project a bearer token opens, which must be `project`.
+fn authorize(service: &Service, req: &Request<Incoming>, project: &str) -> Result<(), ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the project's read token as `Authorization: Bearer <token>`",
+            )
+        })?;
+    match service.config.tokens.project_of(token) {
+        Some(p) if p == project => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token does not open project `{project}`"),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown read token",
+        )),
+    }
+}
+
+async fn body_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = read_body(req.into_body()).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+async fn project_route(
+    service: &Service,
+    rest: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (project, name) = rest.split_once('/').ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "use /v1/projects/<project>/<metrics|funnel|sessions|timeline|freshness>",
+        )
+    })?;
+    let project = percent_decode(project)?;
+    query::check_text("project", &project)?;
+    let Some((_, method, route)) = PROJECT_ROUTES.iter().find(|(r, _, _)| *r == name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no route `{}`; the API is described at /openapi.json",
+                name.chars().take(64).collect::<String>()
+            ),
+        ));
+    };
+    if req.method() != method {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("use {method}"),
+        ));
+    }
+    authorize(service, &req, &project)?;
+    let lane = Lane::from_header(req.headers().get(LANE_HEADER).map(|v| v.as_bytes()))?;
+    match route {
+        ProjectRoute::Metrics => {
+            let mut request: MetricsRequest = body_json(req).await?;
+            request.project_id = project.clone();
+            let sql = request.sql()?;
+            Ok(service
+                .query("metrics", lane, &project, |client| async move {
+                    let rows = store::run_metrics(&client, &sql).await?;
+                    Ok(MetricsAnswer {
+                        source: "events",
+                        truncated: rows.len() >= query::MAX_ROWS as usize,
+                        rows,
+                    })
+                })
+                .await)
+        }
+        ProjectRoute::Freshness => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "freshness_seconds": service.freshness_seconds(&project).await }),
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct MetricsAnswer {
+    /// The table that answered: `events` or a rollup.
+    source: &'static str,
+    /// True when the answer stopped at the row limit.
+    truncated: bool,
+    rows: Vec<store::MetricsRow>,
+}
+
+/// Decodes `%XX` escapes in a path segment (UTF-8 only).
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ApiError::bad_request("bad percent-escape in the project name"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request("the project name is not UTF-8"))
+}
