@@ -1,6 +1,7 @@
 //! End-to-end and integration tests against real servers.
 
 mod aggregator;
+mod aggregator_api;
 mod dead_letters;
 mod debug_cli;
 mod debug_ring;
