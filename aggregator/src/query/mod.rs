@@ -119,6 +119,8 @@ pub struct DimensionFilter {
 /// One metrics question.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricsRequest {
+    /// Filled from the URL by the service; a body need not carry it.
+    #[serde(default)]
     pub project_id: String,
     pub measure: Measure,
     /// Only these event names (any of them); empty means every event.

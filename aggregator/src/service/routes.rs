@@ -124,7 +124,15 @@ fn authorize(service: &Service, req: &Request<Incoming>, project: &str) -> Resul
 
 async fn body_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let bytes = read_body(req.into_body()).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::bad_request(format!("request body: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("request body: `{path}`: {}", e.inner()))
+        }
+    })
 }
 
 async fn project_route(
