@@ -56,7 +56,7 @@ pub enum StartError {
     },
     #[error(
         "ClickHouse user `{user}` can write (readonly = 0); the aggregator reads with a read-only \
-         user (profile setting readonly = 2, see deploy/clickhouse/users.d/spoor-readonly.xml), or \
+         user (profile setting readonly = 2, as spoor_readonly in deploy/clickhouse/users.xml), or \
          pass --allow-writable-user for a throwaway local setup"
     )]
     WritableUser { user: String },
