@@ -1,9 +1,10 @@
 //! spoor-aggregator: the read path over ClickHouse.
 //!
-//! This first slice is the query layer: a validated metrics request turned
-//! into parameterized SQL (`query`). Pure: no I/O, no clock; the HTTP
-//! service, rollups, funnels, timelines, sessions and the dashboard build
-//! on it.
+//! The query layer: a validated metrics request turned into parameterized
+//! SQL over the smallest table that answers it exactly, a rollup or the raw
+//! events (`query`; pure: no I/O, no clock), and the runner (`store`). The
+//! HTTP service, funnels, timelines, sessions and the dashboard build on
+//! it.
 
 pub mod query;
 pub mod store;
