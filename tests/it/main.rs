@@ -14,4 +14,5 @@ mod harness;
 mod reconcile;
 mod relay;
 mod relay_dedup;
+mod rollups;
 mod support;
