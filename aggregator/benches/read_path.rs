@@ -107,7 +107,7 @@ fn metrics_case(name: &'static str, body: Value) -> Case {
     Case {
         name,
         route: "metrics",
-        sql: request.sql().expect("valid request"),
+        sql: request.plan().expect("valid request").sql,
         body,
     }
 }
