@@ -13,4 +13,5 @@ mod harness;
 mod reconcile;
 mod relay;
 mod relay_dedup;
+mod retention;
 mod support;
