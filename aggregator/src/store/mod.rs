@@ -4,6 +4,10 @@
 //! text it sends); results come back as `JSONCompact`, which both 18.16 and
 //! current releases write, so one reader serves any column list.
 
+pub mod funnel;
+pub mod sessions;
+pub mod timeline;
+
 use clickhouse::Client;
 use serde::Serialize;
 
