@@ -37,7 +37,8 @@
 //! zero users are 0. See [`funnel_steps`].
 //!
 //! With a breakdown, a user's value is the dimension of their earliest
-//! step-1 event in the range (`argMinIf(dim, ts_ms, step = 1)`), even when a
+//! step-1 event in the range (`argMinIf(dim, (ts_ms, event_id), step = 1)`:
+//! on a tie, the least event id in ClickHouse's UUID order), even when a
 //! later step-1 event started their longest chain. The query returns the
 //! `breakdown_limit` values with the most users entered (ties by value) and,
 //! through `WITH TOTALS`, the funnel over all users, from which the runner
@@ -219,7 +220,8 @@ impl FunnelRequest {
         params.push(Param::Int(self.since_ms));
         params.push(Param::Int(tick));
         if self.breakdown.is_some() {
-            per_user.push_str(", argMinIf(breakdown_value, ts_ms, step = 1) AS breakdown");
+            per_user
+                .push_str(", argMinIf(breakdown_value, (ts_ms, event_id), step = 1) AS breakdown");
         }
 
         // The inner query: one row per (event, step it matches).
@@ -252,7 +254,7 @@ impl FunnelRequest {
         where_.push(format!("event IN ({events})"));
         params.extend(self.steps.iter().map(|s| Param::Str(s.event.clone())));
         let inner = format!(
-            "SELECT user_id, anonymous_id, ts_ms{breakdown_column}, \
+            "SELECT user_id, anonymous_id, ts_ms, event_id{breakdown_column}, \
              arrayJoin(arrayFilter(x -> x > 0, [{}])) AS step \
              FROM events WHERE {}",
             marks.join(", "),

@@ -27,7 +27,10 @@
 //!   exact, and for an even count the mean of the two middle values.
 //! - *Pages per session*: `page_view` events per session, averaged over all
 //!   sessions (those without a page view count as 0).
-//! - *Filters* pick sessions by their first event: `country = DE` means
+//! - *Filters* pick sessions by their first event (the earliest; among
+//!   events on the same millisecond, the least event id in ClickHouse's
+//!   UUID order, so the pick does not depend on how rows were read):
+//!   `country = DE` means
 //!   sessions whose first event came from Germany, `page_path = /pricing`
 //!   sessions that landed there. Events are not filtered before they are
 //!   split into sessions.
@@ -112,7 +115,7 @@ impl SessionsRequest {
         let mut firsts = String::new();
         for (i, f) in self.filters.iter().enumerate() {
             carried.push_str(&format!(", {}", f.dimension.column()));
-            firsts.push_str(&format!(", argMin(e.{}, e.1) AS first_{i}", i + 4));
+            firsts.push_str(&format!(", argMin(e.{}, (e.1, e.2)) AS first_{i}", i + 4));
         }
         let mut where_ = Vec::new();
         window_conditions(

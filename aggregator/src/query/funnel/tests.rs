@@ -178,7 +178,7 @@ fn sql_binds_every_caller_value() {
         "SELECT count() AS entered_1, countIf(level >= 2) AS entered_2 FROM (\
          SELECT if(user_id != '', user_id, anonymous_id) AS who, \
          windowFunnel(?)(toUInt32(intDiv(ts_ms - ?, ?) * 2 + 2 - step), step = 1, step = 2) AS level \
-         FROM (SELECT user_id, anonymous_id, ts_ms, arrayJoin(arrayFilter(x -> x > 0, [\
+         FROM (SELECT user_id, anonymous_id, ts_ms, event_id, arrayJoin(arrayFilter(x -> x > 0, [\
          if(event = ? AND visitParamExtractRaw(properties, ?) IN (?, ?) AND ts_ms < ?, 1, 0), \
          if(event = ?, 2, 0)])) AS step FROM events WHERE project_id = ? \
          AND event_date >= toDate(toDateTime(intDiv(?, 1000)), 'UTC') \
@@ -220,10 +220,10 @@ fn breakdown_adds_the_first_step_value_and_totals() {
         .starts_with("SELECT breakdown, count() AS entered_1"));
     assert!(sql
         .text
-        .contains("argMinIf(breakdown_value, ts_ms, step = 1) AS breakdown FROM"));
+        .contains("argMinIf(breakdown_value, (ts_ms, event_id), step = 1) AS breakdown FROM"));
     assert!(sql
         .text
-        .contains("ts_ms, country AS breakdown_value, arrayJoin"));
+        .contains("ts_ms, event_id, country AS breakdown_value, arrayJoin"));
     assert!(sql
         .text
         .ends_with("GROUP BY breakdown WITH TOTALS ORDER BY entered_1 DESC, breakdown LIMIT ?"));

@@ -102,7 +102,7 @@ fn sql_binds_every_caller_value() {
     assert!(sql.text.contains("gap > 1800000"));
     assert!(sql
         .text
-        .contains("argMin(e.4, e.1) AS first_0, argMin(e.5, e.1) AS first_1 FROM"));
+        .contains("argMin(e.4, (e.1, e.2)) AS first_0, argMin(e.5, (e.1, e.2)) AS first_1 FROM"));
     assert!(sql.text.contains(
         "HAVING start >= ? AND start < ? AND first_0 = ? AND first_1 = ?) \
          GROUP BY day WITH TOTALS ORDER BY day"
