@@ -2,9 +2,11 @@
 //!
 //! Pure: no I/O, no clock; every caller value is bound, only closed-enum
 //! columns and constants are spliced. The SQL uses no window functions
-//! (18.16 has none): a device's events are gathered with `groupUniqArray`,
-//! sorted with `arraySort`, split with `arrayDifference` and
-//! `arrayCumSum`, and spread out again with `ARRAY JOIN`.
+//! (18.16 has none). Sessions with an id are plain groups; for the
+//! session-less events a device's events are gathered with
+//! `groupUniqArray`, sorted with `arraySort`, split with `arrayDifference`
+//! and `arrayCumSum`, and spread out again with `ARRAY JOIN`; `UNION ALL`
+//! joins the two kinds.
 //!
 //! # Definitions
 //!
@@ -35,7 +37,8 @@
 //!   sessions that landed there. Events are not filtered before they are
 //!   split into sessions.
 //! - Duplicates of one event that ClickHouse has not merged yet count once
-//!   (the event id is part of what `groupUniqArray` deduplicates).
+//!   (pages are distinct page-view event ids; the arrays are
+//!   `groupUniqArray`s of tuples that include the event id).
 
 use serde::{Deserialize, Serialize};
 
@@ -109,49 +112,46 @@ impl SessionsRequest {
         self.validate()?;
         let mut params = vec![Param::Str(self.timezone.clone())];
 
-        // Each filter's column travels with the event into the session,
-        // which keeps the value of its first event.
+        // Sessions with an id: one group each, no arrays needed.
+        let mut firsts = String::new();
+        for (i, f) in self.filters.iter().enumerate() {
+            let column = f.dimension.column();
+            firsts.push_str(&format!(
+                ", argMin({column}, (ts_ms, event_id)) AS first_{i}"
+            ));
+        }
+        let (where_, having) = self.conditions(&mut params);
+        let with_id = format!(
+            "SELECT min(ts_ms) AS start, max(ts_ms) - min(ts_ms) AS duration_ms, \
+             uniqExactIf(event_id, event = '{PAGE_EVENT}') AS pages{firsts} \
+             FROM events WHERE {where_} AND session_id != '' \
+             GROUP BY anonymous_id, session_id HAVING {having}"
+        );
+
+        // Session-less events: per device, in time order, each numbered
+        // with the session it falls in; filter columns travel along.
         let mut carried = String::new();
         let mut firsts = String::new();
         for (i, f) in self.filters.iter().enumerate() {
             carried.push_str(&format!(", {}", f.dimension.column()));
             firsts.push_str(&format!(", argMin(e.{}, (e.1, e.2)) AS first_{i}", i + 4));
         }
-        let mut where_ = Vec::new();
-        window_conditions(
-            &self.project_id,
-            self.since_ms.saturating_sub(EDGE_MS),
-            self.until_ms.saturating_add(EDGE_MS),
-            &mut where_,
-            &mut params,
-        );
-        let mut having = vec!["start >= ?".to_string(), "start < ?".to_string()];
-        params.push(Param::Int(self.since_ms));
-        params.push(Param::Int(self.until_ms));
-        for (i, f) in self.filters.iter().enumerate() {
-            having.push(format!("first_{i} = ?"));
-            params.push(Param::Str(f.value.clone()));
-        }
-
-        // Per (device, session id): the events in time order, and for each
-        // the number of the session it falls in (session-less events split
-        // by gaps; the others are one session).
-        let per_key = format!(
-            "SELECT anonymous_id, session_id, \
+        let (where_, having) = self.conditions(&mut params);
+        let per_device = format!(
+            "SELECT anonymous_id, \
              arraySort(x -> x.1, groupUniqArray((ts_ms, event_id, event = '{PAGE_EVENT}'{carried}))) AS evs, \
              arrayMap(x -> x.1, evs) AS times, \
-             arrayCumSum(arrayMap((gap, i) -> i = 1 OR (session_id = '' AND gap > {INACTIVITY_MS}), \
+             arrayCumSum(arrayMap((gap, i) -> i = 1 OR gap > {INACTIVITY_MS}, \
              arrayDifference(times), arrayEnumerate(times))) AS parts \
-             FROM events WHERE {} GROUP BY anonymous_id, session_id",
-            where_.join(" AND ")
+             FROM events WHERE {where_} AND session_id = '' GROUP BY anonymous_id"
         );
-        let per_session = format!(
-            "SELECT anonymous_id, session_id, part, min(e.1) AS start, \
-             max(e.1) - min(e.1) AS duration_ms, sum(e.3) AS pages{firsts} \
-             FROM ({per_key}) ARRAY JOIN evs AS e, parts AS part \
-             GROUP BY anonymous_id, session_id, part HAVING {}",
-            having.join(" AND ")
+        let without_id = format!(
+            "SELECT min(e.1) AS start, max(e.1) - min(e.1) AS duration_ms, \
+             sum(e.3) AS pages{firsts} \
+             FROM ({per_device}) ARRAY JOIN evs AS e, parts AS part \
+             GROUP BY anonymous_id, part HAVING {having}"
         );
+        let per_session = format!("{with_id} UNION ALL {without_id}");
         let text = format!(
             "SELECT toString(toDate(toDateTime(intDiv(start, 1000)), ?)) AS day, \
              count() AS sessions, \
@@ -163,6 +163,28 @@ impl SessionsRequest {
              FROM ({per_session}) GROUP BY day WITH TOTALS ORDER BY day"
         );
         Ok(Sql { text, params })
+    }
+
+    /// The scan window (the range widened by [`EDGE_MS`]) and the sessions
+    /// kept (start in the range, first event matching the filters), with
+    /// their values appended to `params` in that order.
+    fn conditions(&self, params: &mut Vec<Param>) -> (String, String) {
+        let mut where_ = Vec::new();
+        window_conditions(
+            &self.project_id,
+            self.since_ms.saturating_sub(EDGE_MS),
+            self.until_ms.saturating_add(EDGE_MS),
+            &mut where_,
+            params,
+        );
+        let mut having = vec!["start >= ?".to_string(), "start < ?".to_string()];
+        params.push(Param::Int(self.since_ms));
+        params.push(Param::Int(self.until_ms));
+        for (i, f) in self.filters.iter().enumerate() {
+            having.push(format!("first_{i} = ?"));
+            params.push(Param::Str(f.value.clone()));
+        }
+        (where_.join(" AND "), having.join(" AND "))
     }
 }
 

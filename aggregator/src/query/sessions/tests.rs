@@ -96,32 +96,46 @@ fn sql_binds_every_caller_value() {
     assert!(sql.text.starts_with(
         "SELECT toString(toDate(toDateTime(intDiv(start, 1000)), ?)) AS day, count() AS sessions"
     ));
+    assert!(sql.text.contains(
+        "uniqExactIf(event_id, event = 'page_view') AS pages, \
+         argMin(country, (ts_ms, event_id)) AS first_0, \
+         argMin(page_path, (ts_ms, event_id)) AS first_1 FROM events WHERE"
+    ));
+    assert!(sql.text.contains(
+        "AND session_id != '' GROUP BY anonymous_id, session_id \
+         HAVING start >= ? AND start < ? AND first_0 = ? AND first_1 = ? UNION ALL SELECT"
+    ));
     assert!(sql
         .text
         .contains("groupUniqArray((ts_ms, event_id, event = 'page_view', country, page_path))"));
-    assert!(sql.text.contains("gap > 1800000"));
+    assert!(sql.text.contains("i = 1 OR gap > 1800000"));
+    assert!(sql
+        .text
+        .contains("AND session_id = '' GROUP BY anonymous_id)"));
     assert!(sql
         .text
         .contains("argMin(e.4, (e.1, e.2)) AS first_0, argMin(e.5, (e.1, e.2)) AS first_1 FROM"));
-    assert!(sql.text.contains(
-        "HAVING start >= ? AND start < ? AND first_0 = ? AND first_1 = ?) \
-         GROUP BY day WITH TOTALS ORDER BY day"
+    assert!(sql.text.ends_with(
+        "GROUP BY anonymous_id, part HAVING start >= ? AND start < ? AND first_0 = ? \
+         AND first_1 = ?) GROUP BY day WITH TOTALS ORDER BY day"
     ));
-    assert_eq!(
-        sql.params,
-        vec![
-            Param::Str("Europe/Berlin".into()),
-            Param::Str("shop".into()),
-            Param::Int(r.since_ms - EDGE_MS),
-            Param::Int(r.until_ms + EDGE_MS - 1),
-            Param::Int(r.since_ms - EDGE_MS),
-            Param::Int(r.until_ms + EDGE_MS),
-            Param::Int(r.since_ms),
-            Param::Int(r.until_ms),
-            Param::Str(hostile.into()),
-            Param::Str("/pricing".into()),
-        ]
-    );
+    // Each branch binds the same values: the scan window, then the range
+    // and the filters.
+    let branch = vec![
+        Param::Str("shop".into()),
+        Param::Int(r.since_ms - EDGE_MS),
+        Param::Int(r.until_ms + EDGE_MS - 1),
+        Param::Int(r.since_ms - EDGE_MS),
+        Param::Int(r.until_ms + EDGE_MS),
+        Param::Int(r.since_ms),
+        Param::Int(r.until_ms),
+        Param::Str(hostile.into()),
+        Param::Str("/pricing".into()),
+    ];
+    let mut want = vec![Param::Str("Europe/Berlin".into())];
+    want.extend(branch.clone());
+    want.extend(branch);
+    assert_eq!(sql.params, want);
 }
 
 #[test]
