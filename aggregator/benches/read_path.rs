@@ -23,6 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use spoor_aggregator::config::{ClickHouseRead, Config, Tokens};
+use spoor_aggregator::query::funnel::FunnelRequest;
+use spoor_aggregator::query::sessions::SessionsRequest;
+use spoor_aggregator::query::timeline::TimelineRequest;
 use spoor_aggregator::query::{MetricsRequest, Sql};
 use spoor_aggregator::store;
 use spoor_relay::sink::clickhouse::schema;
@@ -112,6 +115,39 @@ fn metrics_case(name: &'static str, body: Value) -> Case {
     }
 }
 
+fn funnel_case(name: &'static str, body: Value) -> Case {
+    let mut request: FunnelRequest = serde_json::from_value(body.clone()).expect("request");
+    request.project_id = "bench".into();
+    Case {
+        name,
+        route: "funnel",
+        sql: request.sql().expect("valid request"),
+        body,
+    }
+}
+
+fn timeline_case(name: &'static str, body: Value, now_ms: i64) -> Case {
+    let mut request: TimelineRequest = serde_json::from_value(body.clone()).expect("request");
+    request.project_id = "bench".into();
+    Case {
+        name,
+        route: "timeline",
+        sql: request.plan(now_ms).expect("valid request").sql,
+        body,
+    }
+}
+
+fn sessions_case(name: &'static str, body: Value) -> Case {
+    let mut request: SessionsRequest = serde_json::from_value(body.clone()).expect("request");
+    request.project_id = "bench".into();
+    Case {
+        name,
+        route: "sessions",
+        sql: request.sql().expect("valid request"),
+        body,
+    }
+}
+
 fn main() {
     let rows: u64 = std::env::var("SPOOR_BENCH_ROWS")
         .ok()
@@ -196,7 +232,20 @@ fn main() {
     let hour_end = now_ms - now_ms.rem_euclid(HOUR_MS) + HOUR_MS;
     let minute_end = now_ms - now_ms.rem_euclid(60_000) + 60_000;
     let day_end = now_ms - now_ms.rem_euclid(DAY_MS) + DAY_MS;
-    let cases = vec![
+    // A device and a user with the most events of the generated week.
+    let busiest = |column: &str| {
+        scalar(
+            &ch,
+            &format!(
+                "SELECT {column} FROM {db}.events WHERE {column} != '' GROUP BY {column} \
+                 ORDER BY count() DESC, {column} LIMIT 1"
+            ),
+        )
+    };
+    let device = busiest("anonymous_id");
+    let user = busiest("user_id");
+    eprintln!("timeline subjects: device {device}, user {user}");
+    let mut cases = vec![
         metrics_case(
             "live: events per minute, last hour",
             json!({"measure": {"kind": "count"}, "since_ms": minute_end - HOUR_MS,
@@ -220,10 +269,52 @@ fn main() {
                    "granularity": "day", "group_by": ["country"]}),
         ),
     ];
+    cases.push(funnel_case(
+        "funnel page_view → add_to_cart → purchase, 7 days, 1 h window",
+        json!({"steps": [{"event": "page_view"}, {"event": "add_to_cart"}, {"event": "purchase"}],
+               "window_seconds": 3600, "since_ms": now_ms - 7 * DAY_MS, "until_ms": now_ms}),
+    ));
+    cases.push(funnel_case(
+        "funnel add_to_cart → checkout → payment, 7 days, 1 day window, by country",
+        json!({"steps": [{"event": "add_to_cart"}, {"event": "checkout"}, {"event": "payment"}],
+               "window_seconds": 86400, "since_ms": now_ms - 7 * DAY_MS, "until_ms": now_ms,
+               "breakdown": "country"}),
+    ));
+    // Timelines: `until_ms` fixed so the API and the direct SQL read the
+    // same window.
+    cases.push(timeline_case(
+        "timeline: device, last hour",
+        json!({"anonymous_id": device, "since_ms": now_ms - HOUR_MS, "until_ms": now_ms}),
+        now_ms,
+    ));
+    cases.push(timeline_case(
+        "timeline: device, 7 days, first 100",
+        json!({"anonymous_id": device, "since_ms": now_ms - 7 * DAY_MS, "until_ms": now_ms}),
+        now_ms,
+    ));
+    cases.push(timeline_case(
+        "timeline: user, 7 days, first 100",
+        json!({"user_id": user, "since_ms": now_ms - 7 * DAY_MS, "until_ms": now_ms}),
+        now_ms,
+    ));
+    cases.push(sessions_case(
+        "sessions per day, last day",
+        json!({"since_ms": day_end - DAY_MS, "until_ms": day_end}),
+    ));
+    let only: Option<String> = std::env::var("SPOOR_BENCH_ONLY").ok();
 
     println!("| question | source | API p50 / p95 / p99 ms | SQL straight p50 / p95 / p99 ms | ratio p50 / p95 |");
     println!("|---|---|---|---|---|");
     for case in &cases {
+        if only.as_deref().is_some_and(|o| !case.name.contains(o)) {
+            continue;
+        }
+        // Slow questions get fewer samples (at least 20).
+        let samples = if case.route == "sessions" || case.route == "funnel" {
+            (samples / 5).max(20)
+        } else {
+            samples
+        };
         let url = format!("{base}/v1/projects/bench/{}", case.route);
         let (mut api, mut raw) = (histogram(), histogram());
         let mut source = String::new();
@@ -233,7 +324,10 @@ fn main() {
                 let resp = http
                     .post(&url)
                     .bearer_auth(TOKEN)
-                    .header("X-Spoor-Lane", "dashboard")
+                    .header(
+                        "X-Spoor-Lane",
+                        if case.route == "metrics" { "dashboard" } else { "adhoc" },
+                    )
                     .json(&case.body)
                     .send()
                     .await
@@ -247,7 +341,7 @@ fn main() {
                 resp.json().await.expect("JSON")
             });
             let api_elapsed = started.elapsed();
-            source = answer["source"].as_str().unwrap_or("").to_string();
+            source = answer["source"].as_str().unwrap_or(case.route).to_string();
             let started = Instant::now();
             let rows = rt
                 .block_on(store::fetch_rows(&direct, &case.sql))
