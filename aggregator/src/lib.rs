@@ -1,7 +1,8 @@
 //! spoor-aggregator: the read path over ClickHouse.
 //!
-//! - `query`: validated requests rendered to parameterized SQL (pure: no
-//!   I/O, no clock);
+//! - `query`: validated requests rendered to parameterized SQL over the
+//!   smallest table that answers exactly, a rollup or the raw events (pure:
+//!   no I/O, no clock);
 //! - `store`: runs that SQL on ClickHouse and shapes the rows;
 //! - `service`: the HTTP API, its limits and the dashboard;
 //! - `config`, `metrics`: settings and Prometheus metrics of one service.

@@ -15,4 +15,6 @@ mod harness;
 mod reconcile;
 mod relay;
 mod relay_dedup;
+mod retention;
+mod rollups;
 mod support;

@@ -10,10 +10,16 @@
 //! numbers are typed. That is the invariant the hostile-parameter tests
 //! check.
 //!
+//! [`MetricsRequest::plan`] (in `rollup`) answers from the smallest rollup
+//! table that gives the same answer, and from `events` otherwise.
+//!
 //! The SQL runs on ClickHouse 18.16 and current releases: only
 //! `toStartOf*`, `uniqExact`, `visitParamExtract*` and plain aggregates.
 
 use serde::{Deserialize, Serialize};
+
+mod rollup;
+pub use rollup::{Misfit, Plan, Source};
 
 /// Longest window a metrics request may cover.
 pub const MAX_RANGE_MS: i64 = 400 * 86_400_000;
@@ -169,10 +175,16 @@ pub enum RequestError {
     RepeatedGroup(&'static str),
     #[error("at most {MAX_FILTERS} {what}, got {got}")]
     TooManyFilters { what: &'static str, got: usize },
-    #[error("`{0}` is not a timezone name like Europe/Berlin or UTC")]
+    #[error("`{0}` is not a known timezone name like Europe/Berlin or UTC")]
     BadTimezone(String),
     #[error("property name `{0}` must be letters, digits, `_`, `-` or `.`")]
     BadPropertyName(String),
+    /// A table was asked for (`sql_from`) that cannot answer exactly.
+    #[error("{table} cannot answer this request: {misfit}")]
+    Rollup {
+        table: &'static str,
+        misfit: rollup::Misfit,
+    },
     /// Any other refusal, with the field and what is wrong with it.
     #[error("`{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -209,19 +221,13 @@ pub(crate) fn check_text(field: &'static str, value: &str) -> Result<(), Request
     Ok(())
 }
 
-/// `UTC`, `Europe/Berlin`, `America/Argentina/Buenos_Aires`, `Etc/GMT+3`.
+/// A name in the IANA database compiled into `chrono-tz` (`UTC`,
+/// `Europe/Berlin`, `America/Argentina/Buenos_Aires`, `Etc/GMT+3`), matched
+/// exactly.
 pub(crate) fn check_timezone(tz: &str) -> Result<(), RequestError> {
-    let ok = !tz.is_empty()
-        && tz.len() <= 64
-        && tz
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'))
-        && !tz.starts_with('/')
-        && !tz.contains("//");
-    if ok {
-        Ok(())
-    } else {
-        Err(RequestError::BadTimezone(tz.chars().take(64).collect()))
+    match tz.parse::<chrono_tz::Tz>() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(RequestError::BadTimezone(tz.chars().take(64).collect())),
     }
 }
 

@@ -172,12 +172,13 @@ async fn project_route(
         ProjectRoute::Metrics => {
             let mut request: MetricsRequest = body_json(req).await?;
             request.project_id = project.clone();
-            let sql = request.sql()?;
+            // The smallest table that answers exactly: a rollup or `events`.
+            let plan = request.plan()?;
             Ok(service
                 .query("metrics", lane, &project, |client| async move {
-                    let rows = store::run_metrics(&client, &sql).await?;
+                    let rows = store::run_metrics(&client, &plan.sql).await?;
                     Ok(MetricsAnswer {
-                        source: "events",
+                        source: plan.source.table(),
                         truncated: rows.len() >= query::MAX_ROWS as usize,
                         rows,
                     })

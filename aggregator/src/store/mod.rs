@@ -7,7 +7,7 @@
 use clickhouse::Client;
 use serde::Serialize;
 
-use crate::query::{Param, Sql};
+use crate::query::{MetricsRequest, Param, RequestError, Source, Sql};
 
 /// One row of a metrics answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,4 +95,24 @@ pub async fn run_metrics(client: &Client, sql: &Sql) -> Result<Vec<MetricsRow>, 
             })
         })
         .collect()
+}
+
+/// Why [`metrics`] failed: the request (the caller's to fix) or the store.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Plans a metrics request (the smallest table that answers it exactly,
+/// `MetricsRequest::plan`) and runs it; says which table answered.
+pub async fn metrics(
+    client: &Client,
+    request: &MetricsRequest,
+) -> Result<(Source, Vec<MetricsRow>), MetricsError> {
+    let plan = request.plan()?;
+    let rows = run_metrics(client, &plan.sql).await?;
+    Ok((plan.source, rows))
 }
