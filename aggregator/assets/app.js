@@ -218,7 +218,9 @@ async function refreshSeries() {
   const request = seriesRequest();
   const seq = ++state.seriesSeq;
   const answer = await api('metrics', request).catch((e) => {
-    throw seq === state.seriesSeq ? e : new Superseded();
+    if (seq !== state.seriesSeq) throw new Superseded();
+    $('series-chart').replaceChildren(); // no stale chart under the error
+    throw e;
   });
   if (seq !== state.seriesSeq) throw new Superseded();
   const step = GRANULARITY_MS[request.granularity];
