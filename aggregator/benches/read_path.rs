@@ -238,7 +238,12 @@ fn main() {
                     .send()
                     .await
                     .expect("request");
-                assert!(resp.status().is_success(), "{}: {}", case.name, resp.status());
+                assert!(
+                    resp.status().is_success(),
+                    "{}: {}",
+                    case.name,
+                    resp.status()
+                );
                 resp.json().await.expect("JSON")
             });
             let api_elapsed = started.elapsed();

@@ -654,3 +654,150 @@ async fn queries_stop_at_their_time_and_row_limits() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(values(&answer).iter().map(|v| v.2).sum::<f64>(), 100_000.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funnels_timelines_and_sessions_over_http() {
+    let ch = ClickHouseServer::shared();
+    let (db, write) = database(ch, "agg_api_fts").await;
+    let now = now_ms();
+    let rows = shop_rows(now);
+    ClickHouseSink::new(&write, Duration::from_secs(60))
+        .insert(&rows)
+        .await
+        .unwrap();
+    let served = serve(config(ch, &db)).await;
+    let url = |name: &str| format!("{}/v1/projects/shop/{name}", served.url);
+
+    // "What is the drop-off between add_to_cart and purchase?" The API's
+    // answer is the library's answer for the same request (the library is
+    // checked against an independent computation in tests/it/funnels.rs).
+    let body = json!({
+        "steps": [{"event": "add_to_cart"}, {"event": "purchase"}],
+        "window_seconds": 86_400, "since_ms": now - 7 * DAY, "until_ms": now,
+    });
+    let (status, answer) = post(&url("funnel"), Some(SHOP_TOKEN), None, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut request: spoor_aggregator::query::funnel::FunnelRequest =
+        serde_json::from_value(body.clone()).unwrap();
+    request.project_id = "shop".into();
+    let client = clickhouse::Client::default()
+        .with_url(ch.http_url())
+        .with_database(&db)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    let direct = spoor_aggregator::store::funnel::run_funnel(&client, &request)
+        .await
+        .unwrap();
+    let steps = answer["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), direct.steps.len());
+    for (got, want) in steps.iter().zip(&direct.steps) {
+        assert_eq!(got["event"], want.event.as_str());
+        assert_eq!(got["entered"], want.entered);
+        assert_eq!(got["converted"], want.converted);
+        assert_eq!(got["dropped"], want.dropped);
+        // JSON parsing may round the last bit of a float.
+        let close = |field: &str, v: f64| (got[field].as_f64().unwrap() - v).abs() < 1e-12;
+        assert!(close("conversion_rate", want.conversion_rate), "{got}");
+        assert!(close("drop_off_rate", want.drop_off_rate), "{got}");
+    }
+    let entered = answer["steps"][0]["entered"].as_u64().unwrap();
+    assert!(entered > 0, "{answer}");
+    let rate = answer["steps"][0]["drop_off_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&rate), "{answer}");
+    assert!(answer["freshness_seconds"].as_f64().is_some(), "{answer}");
+
+    // One device's last day, paged by 10: every event once, in order.
+    let device = "dev7";
+    let want: Vec<i64> = {
+        let mut t: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.anonymous_id == device && r.ts_ms >= now - DAY)
+            .map(|r| r.ts_ms)
+            .collect();
+        t.sort_unstable();
+        t
+    };
+    assert!(!want.is_empty());
+    let mut got = Vec::new();
+    let mut cursor = Value::Null;
+    for _ in 0..100 {
+        let (status, page) = post(
+            &url("timeline"),
+            Some(SHOP_TOKEN),
+            None,
+            &json!({"anonymous_id": device, "since_ms": now - DAY, "until_ms": now, "limit": 10, "cursor": cursor}),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        got.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["ts_ms"].as_i64().unwrap()),
+        );
+        cursor = page["next_cursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(got, want);
+
+    // Sessions per day: every event has no session id here, so sessions
+    // come from 30 minutes of inactivity per device.
+    let (status, answer) = post(
+        &url("sessions"),
+        Some(SHOP_TOKEN),
+        Some("dashboard"),
+        &json!({"since_ms": now - 3 * DAY, "until_ms": now, "timezone": "Europe/Berlin"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["total"]["sessions"].as_u64().unwrap() > 0,
+        "{answer}"
+    );
+    assert!(!answer["days"].as_array().unwrap().is_empty(), "{answer}");
+
+    // Their hostile parameters are 400s too.
+    for (name, body, expect) in [
+        (
+            "funnel",
+            json!({"steps": [{"event": "a"}], "window_seconds": 60, "since_ms": now - DAY, "until_ms": now}),
+            "steps",
+        ),
+        (
+            "funnel",
+            json!({"steps": [{"event": "a"}, {"event": "b"}], "window_seconds": 60, "since_ms": now - DAY, "until_ms": now, "breakdown": "1; DROP TABLE events"}),
+            "breakdown",
+        ),
+        (
+            "timeline",
+            json!({"anonymous_id": "d", "cursor": "1' OR 1=1 --"}),
+            "cursor",
+        ),
+        (
+            "timeline",
+            json!({"user_id": "u", "anonymous_id": "d"}),
+            "one of",
+        ),
+        (
+            "sessions",
+            json!({"since_ms": now, "until_ms": now - DAY}),
+            "range",
+        ),
+        (
+            "sessions",
+            json!({"since_ms": now - DAY, "until_ms": now, "timezone": "Nowhere/Atlantis"}),
+            "timezone",
+        ),
+    ] {
+        let (status, answer) = post(&url(name), Some(SHOP_TOKEN), None, &body).await;
+        assert_eq!(status, 400, "{name} {body}: {answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.contains(expect),
+            "{name}: {message:?} should mention {expect:?}"
+        );
+    }
+}

@@ -409,5 +409,9 @@ pub(crate) fn property_condition(
     ));
 }
 
+pub mod funnel;
+pub mod sessions;
+pub mod timeline;
+
 #[cfg(test)]
 mod tests;

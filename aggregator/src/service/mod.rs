@@ -92,6 +92,15 @@ impl From<RequestError> for ApiError {
     }
 }
 
+impl From<store::ReadError> for ApiError {
+    fn from(e: store::ReadError) -> ApiError {
+        match e {
+            store::ReadError::Request(e) => e.into(),
+            store::ReadError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let text = e.to_string();

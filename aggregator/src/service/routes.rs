@@ -11,6 +11,9 @@ use serde::Serialize;
 
 use super::lanes::{Lane, LANE_HEADER};
 use super::{assets, error_response, json, read_body, with_type, ApiError, Service};
+use crate::query::funnel::FunnelRequest;
+use crate::query::sessions::SessionsRequest;
+use crate::query::timeline::TimelineRequest;
 use crate::query::{self, MetricsRequest};
 use crate::store;
 
@@ -21,12 +24,18 @@ pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ProjectRoute {
     Metrics,
+    Funnel,
+    Timeline,
+    Sessions,
     Freshness,
 }
 
 /// The project routes: `/v1/projects/<project>/<name>`, with their method.
 pub(crate) const PROJECT_ROUTES: &[(&str, Method, ProjectRoute)] = &[
     ("metrics", Method::POST, ProjectRoute::Metrics),
+    ("funnel", Method::POST, ProjectRoute::Funnel),
+    ("timeline", Method::POST, ProjectRoute::Timeline),
+    ("sessions", Method::POST, ProjectRoute::Sessions),
     ("freshness", Method::GET, ProjectRoute::Freshness),
 ];
 
@@ -185,6 +194,37 @@ async fn project_route(
                 })
                 .await)
         }
+        ProjectRoute::Funnel => {
+            let mut request: FunnelRequest = body_json(req).await?;
+            request.project_id = project.clone();
+            request.validate()?;
+            Ok(service
+                .query("funnel", lane, &project, |client| async move {
+                    Ok(store::funnel::run_funnel(&client, &request).await?)
+                })
+                .await)
+        }
+        ProjectRoute::Timeline => {
+            let mut request: TimelineRequest = body_json(req).await?;
+            request.project_id = project.clone();
+            let now = super::now_ms();
+            request.plan(now)?;
+            Ok(service
+                .query("timeline", lane, &project, |client| async move {
+                    Ok(store::timeline::run_timeline(&client, &request, now).await?)
+                })
+                .await)
+        }
+        ProjectRoute::Sessions => {
+            let mut request: SessionsRequest = body_json(req).await?;
+            request.project_id = project.clone();
+            request.validate()?;
+            Ok(service
+                .query("sessions", lane, &project, |client| async move {
+                    Ok(store::sessions::run_sessions(&client, &request).await?)
+                })
+                .await)
+        }
         ProjectRoute::Freshness => Ok(json(
             StatusCode::OK,
             &serde_json::json!({ "freshness_seconds": service.freshness_seconds(&project).await }),
@@ -221,4 +261,48 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
         }
     }
     String::from_utf8(out).map_err(|_| ApiError::bad_request("the project name is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/openapi.json` describes exactly the routes the service has.
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().unwrap();
+        for (name, method, _) in PROJECT_ROUTES {
+            let path = format!("/v1/projects/{{project}}/{name}");
+            let entry = paths
+                .get(&path)
+                .unwrap_or_else(|| panic!("{path} is not in openapi.json"));
+            let m = method.as_str().to_ascii_lowercase();
+            assert!(entry.get(&m).is_some(), "{path} has no {m} in openapi.json");
+        }
+        for path in paths.keys() {
+            if let Some(name) = path.strip_prefix("/v1/projects/{project}/") {
+                assert!(
+                    PROJECT_ROUTES.iter().any(|(n, _, _)| *n == name),
+                    "openapi.json describes {path}, which the service does not serve"
+                );
+            } else {
+                assert!(
+                    matches!(path.as_str(), "/healthz" | "/metrics" | "/openapi.json")
+                        || assets::find(path).is_some(),
+                    "openapi.json describes {path}, which the service does not serve"
+                );
+            }
+        }
+        // Every schema reference resolves.
+        let text = OPENAPI;
+        for part in text.split("\"$ref\": \"#/components/schemas/").skip(1) {
+            let name = &part[..part.find('"').unwrap()];
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "dangling $ref {name}"
+            );
+        }
+    }
 }

@@ -4,6 +4,10 @@
 //! text it sends); results come back as `JSONCompact`, which both 18.16 and
 //! current releases write, so one reader serves any column list.
 
+pub mod funnel;
+pub mod sessions;
+pub mod timeline;
+
 use clickhouse::Client;
 use serde::Serialize;
 
@@ -27,11 +31,6 @@ pub enum StoreError {
     Unreadable(String),
 }
 
-#[derive(serde::Deserialize)]
-struct JsonCompact {
-    data: Vec<Vec<serde_json::Value>>,
-}
-
 fn text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
@@ -53,6 +52,22 @@ pub async fn fetch_rows(
     client: &Client,
     sql: &Sql,
 ) -> Result<Vec<Vec<serde_json::Value>>, StoreError> {
+    Ok(fetch_with_totals(client, sql).await?.0)
+}
+
+#[derive(serde::Deserialize)]
+struct WithTotals {
+    data: Vec<Vec<serde_json::Value>>,
+    #[serde(default)]
+    totals: Option<Vec<serde_json::Value>>,
+}
+
+/// Like [`fetch_rows`], and also returns the `WITH TOTALS` row if
+/// the query has one.
+pub async fn fetch_with_totals(
+    client: &Client,
+    sql: &Sql,
+) -> Result<(Vec<Vec<serde_json::Value>>, Option<Vec<serde_json::Value>>), StoreError> {
     let mut query = client.query(&sql.text);
     for p in &sql.params {
         query = match p {
@@ -61,9 +76,40 @@ pub async fn fetch_rows(
         };
     }
     let bytes = query.fetch_bytes("JSONCompact")?.collect().await?;
-    let parsed: JsonCompact =
+    let parsed: WithTotals =
         serde_json::from_slice(&bytes).map_err(|e| StoreError::Unreadable(e.to_string()))?;
-    Ok(parsed.data)
+    Ok((parsed.data, parsed.totals))
+}
+
+/// A cell holding a non-negative integer (quoted or not: ClickHouse quotes
+/// 64-bit integers in JSON by default).
+pub fn cell_u64(v: &serde_json::Value) -> Result<u64, StoreError> {
+    let parsed = match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| StoreError::Unreadable(format!("not a count: {v}")))
+}
+
+/// A cell holding a 64-bit integer, quoted or not.
+pub fn cell_i64(v: &serde_json::Value) -> Result<i64, StoreError> {
+    let parsed = match v {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| StoreError::Unreadable(format!("not an integer: {v}")))
+}
+
+/// A cell holding a float; `null` (ClickHouse's NaN, an average of
+/// nothing) reads as 0.
+pub(crate) fn cell_f64_or_zero(v: &serde_json::Value) -> Result<f64, StoreError> {
+    if v.is_null() {
+        Ok(0.0)
+    } else {
+        cell_number(v)
+    }
 }
 
 /// A cell as text (strings unquoted, numbers as printed).
@@ -97,9 +143,10 @@ pub async fn run_metrics(client: &Client, sql: &Sql) -> Result<Vec<MetricsRow>, 
         .collect()
 }
 
-/// Why [`metrics`] failed: the request (the caller's to fix) or the store.
+/// Why a read gave no answer: the request (the caller's to fix, a 400) or
+/// ClickHouse (a 5xx).
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
+pub enum ReadError {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
@@ -111,7 +158,7 @@ pub enum MetricsError {
 pub async fn metrics(
     client: &Client,
     request: &MetricsRequest,
-) -> Result<(Source, Vec<MetricsRow>), MetricsError> {
+) -> Result<(Source, Vec<MetricsRow>), ReadError> {
     let plan = request.plan()?;
     let rows = run_metrics(client, &plan.sql).await?;
     Ok((plan.source, rows))
