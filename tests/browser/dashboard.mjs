@@ -4,7 +4,7 @@
 // JSON argument:
 //   {url, project, token, chromium, artifacts, timezone,
 //    expect: {live_total, top: {event: count}, series_groups: [..],
-//             funnel: {steps: [..], entered: [..], converted: [..]},
+//             funnel: {steps: [..], window_minutes, entered: [..], converted: [..]},
 //             timeline: {kind, id, events: [[ts_ms, event], ..], page}}}
 // Protocol on stdout/stdin: the script prints `spoor-dashboard: insert`
 // when the page has loaded, the test inserts one more event and answers
@@ -58,11 +58,17 @@ const shot = (name, locator = page) =>
 const testid = (id) => page.getByTestId(id);
 const text = async (id) => (await testid(id).textContent()).trim();
 
+/** Waits for `selector`, failing at once with the panel's message if `errorId` shows instead. */
+async function result(selector, errorId) {
+  await page.waitForSelector(`${selector}, [data-testid="${errorId}"]:not([hidden])`);
+  if (await testid(errorId).isVisible()) throw new Error(`${errorId}: ${await text(errorId)}`);
+}
+
 try {
   await page.goto(`${args.url}/#project=${args.project}&token=${args.token}`);
 
   // The token leaves the address bar; project and token stay in localStorage.
-  await page.waitForFunction(() => document.getElementById('live-total').dataset.value !== undefined);
+  await result('#live-total[data-value]', 'live-error');
   check(!page.url().includes('token='), 'the token is removed from the URL', page.url());
   same(await text('project-name'), args.project, 'the header names the project');
 
@@ -111,31 +117,42 @@ try {
   await page.selectOption('#series-granularity', 'hour');
   await testid('series-error').waitFor({ state: 'hidden' });
 
-  if (expect.funnel) {
+  {
     // Funnel builder: replace the default steps with the expected ones.
     for (const button of await page.$$('#funnel-steps .step-remove')) await button.click();
     for (const event of expect.funnel.steps) {
       await testid('funnel-add').click();
       await page.locator('#funnel-steps .step-event').last().fill(event);
     }
+    await page.fill('#funnel-window', String(expect.funnel.window_minutes));
     await testid('funnel-run').click();
-    await page.waitForSelector('#funnel-result tr[data-step]');
-    const steps = await page.$$eval('#funnel-result tr[data-step]', (rows) => rows.map((r) => ({
+    await result('#funnel-result tr[data-step]', 'funnel-error');
+    const steps = await page.$$eval('#funnel-result [data-group=""] tr[data-step]', (rows) => rows.map((r) => ({
       entered: Number(r.dataset.entered), converted: Number(r.dataset.converted),
     })));
     same(steps.map((s) => s.entered), expect.funnel.entered, 'funnel: entered per step');
     same(steps.map((s) => s.converted), expect.funnel.converted, 'funnel: converted per step');
-    same(await page.$$eval('#funnel-result rect.bar', (rs) => rs.length), expect.funnel.steps.length, 'funnel: a bar per step');
+    same(await page.$$eval('#funnel-result [data-group=""] rect.bar', (rs) => rs.map((r) => Number(r.dataset.value))),
+      expect.funnel.entered, 'funnel: a bar per step, as high as its entered users');
     await shot('funnel', testid('funnel'));
+
+    // With a breakdown: a block per device type, whose first steps add up to everyone's.
+    await page.selectOption('#funnel-breakdown', 'device_type');
+    await testid('funnel-run').click();
+    await result('#funnel-result .funnel-group:not([data-group=""])', 'funnel-error');
+    const firstSteps = await page.$$eval('#funnel-result .funnel-group:not([data-group=""]) tr[data-step="0"]',
+      (rows) => rows.map((r) => Number(r.dataset.entered)));
+    same(firstSteps.reduce((a, b) => a + b, 0), expect.funnel.entered[0], 'funnel: the breakdown adds up to everyone');
+    await shot('funnel-breakdown', testid('funnel'));
   }
 
-  if (expect.timeline) {
+  {
     // Timeline of a known device, in order, a page at a time.
     const { kind, id, events, page: pageSize } = expect.timeline;
     await page.selectOption('#timeline-kind', kind);
     await page.fill('#timeline-id', id);
     await testid('timeline-run').click();
-    await page.waitForSelector('#timeline-rows tr[data-ts]');
+    await result('#timeline-rows tr[data-ts]', 'timeline-error');
     const rows = () => page.$$eval('#timeline-rows tr[data-ts]', (rs) => rs.map((r) => [Number(r.dataset.ts), r.dataset.event]));
     same(await rows(), events.slice(0, pageSize), 'timeline: the first page, in order');
     await shot('timeline', testid('timeline'));

@@ -29,6 +29,11 @@ const DAY: i64 = 24 * HOUR;
 const DEVICE_TYPES: [&str; 3] = ["desktop", "mobile", "tablet"];
 /// The device whose timeline the browser looks up.
 const TIMELINE_DEVICE: &str = "dev-timeline";
+/// The funnel the browser builds, and its conversion window.
+const FUNNEL: [&str; 2] = ["add_to_cart", "payment"];
+const FUNNEL_WINDOW_MS: i64 = HOUR;
+/// Timeline events per page in the dashboard (app.js TIMELINE_PAGE).
+const TIMELINE_PAGE: usize = 50;
 /// The longest the browser script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -154,6 +159,37 @@ fn rows(now: i64) -> Vec<EventRow> {
     rows
 }
 
+/// Users (user id, else device) who entered the two-step funnel in
+/// `since..` and who then reached step 2, strictly later and within the
+/// window: the funnel's definition (aggregator/src/query/funnel.rs).
+fn funnel_counts(rows: &[EventRow], since: i64) -> (usize, usize) {
+    let who = |r: &EventRow| {
+        if r.user_id.is_empty() {
+            r.anonymous_id.clone()
+        } else {
+            r.user_id.clone()
+        }
+    };
+    let firsts: Vec<&EventRow> = rows
+        .iter()
+        .filter(|r| r.event == FUNNEL[0] && r.ts_ms >= since)
+        .collect();
+    let entered: BTreeSet<String> = firsts.iter().map(|r| who(r)).collect();
+    let converted: BTreeSet<String> = firsts
+        .iter()
+        .filter(|first| {
+            rows.iter().any(|r| {
+                r.event == FUNNEL[1]
+                    && who(r) == who(first)
+                    && r.ts_ms > first.ts_ms
+                    && r.ts_ms - first.ts_ms <= FUNNEL_WINDOW_MS
+            })
+        })
+        .map(|r| who(r))
+        .collect();
+    (entered.len(), converted.len())
+}
+
 /// Cargo's target directory: $CARGO_TARGET_DIR or the workspace's `target/`.
 fn target_dir() -> PathBuf {
     let root = tools::workspace_root();
@@ -219,6 +255,21 @@ async fn dashboard_shows_the_data_in_a_browser() {
         .map(|r| r.device_type.as_str())
         .collect();
 
+    let (entered, converted) = funnel_counts(&rows, now - DAY);
+    let mut timeline: Vec<&EventRow> = rows
+        .iter()
+        .filter(|r| r.anonymous_id == TIMELINE_DEVICE)
+        .collect();
+    timeline.sort_by_key(|r| (r.ts_ms, r.event_id));
+    let timeline: Vec<(i64, &str)> = timeline
+        .iter()
+        .map(|r| (r.ts_ms, r.event.as_str()))
+        .collect();
+    assert!(
+        timeline.len() > TIMELINE_PAGE,
+        "the timeline needs two pages"
+    );
+
     // The API gives the same numbers for the windows the page asks for.
     let end = now / MINUTE * MINUTE + MINUTE;
     let live = api_counts(
@@ -251,6 +302,20 @@ async fn dashboard_shows_the_data_in_a_browser() {
             "live_total": live_total,
             "top": top,
             "series_groups": series_groups,
+            "funnel": {
+                "steps": FUNNEL,
+                "window_minutes": FUNNEL_WINDOW_MS / MINUTE,
+                // Per step: users who reached it, and who went on (for the
+                // last step, those who completed).
+                "entered": [entered, converted],
+                "converted": [converted, converted],
+            },
+            "timeline": {
+                "kind": "anonymous_id",
+                "id": TIMELINE_DEVICE,
+                "events": timeline,
+                "page": TIMELINE_PAGE,
+            },
         },
     });
 
