@@ -24,6 +24,10 @@ pub struct Tools {
     pub esbuild: PathBuf,
     pub wrangler: PathBuf,
     pub workerd: PathBuf,
+    /// playwright-core's package directory (the browser tests import it).
+    pub playwright_core: PathBuf,
+    /// Debian's chromium, which the browser tests drive headless.
+    pub chromium: PathBuf,
     pub nats_server: PathBuf,
     pub clickhouse_server: PathBuf,
     pub clickhouse_client: PathBuf,
@@ -49,6 +53,8 @@ impl Tools {
             esbuild,
             wrangler: node.join(".bin/wrangler"),
             workerd: node.join("@cloudflare/workerd-linux-64/bin/workerd"),
+            playwright_core: node.join("playwright-core"),
+            chromium: first_existing("chromium", &["/usr/bin"]),
             nats_server: root.join(".spoor/tools/nats/bin/nats-server"),
             // Debian installs the server in /usr/sbin (not /usr/bin) and the client in /usr/bin.
             clickhouse_server: first_existing("clickhouse-server", &["/usr/sbin", "/usr/bin"]),
@@ -88,6 +94,7 @@ pub fn run() -> Result<Tools> {
     npm_packages(&tools)?;
     nats_server(&tools)?;
     clickhouse(&tools)?;
+    chromium(&tools)?;
     fuzzing(&tools)?;
     // Located again: an install may have put a tool somewhere else on PATH.
     Tools::locate()
@@ -211,9 +218,14 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     let stamp_path = root.join(".spoor/npm-installed.stamp");
     let wanted = npm_stamp(&root)?;
     let stamp = std::fs::read_to_string(&stamp_path).unwrap_or_default();
-    let present = tools.wrangler.is_file() && tools.workerd.is_file();
+    let present = tools.wrangler.is_file()
+        && tools.workerd.is_file()
+        && tools.playwright_core.join("package.json").is_file();
     if present && stamp == wanted {
-        ok("wrangler + workerd (npm)", tools.wrangler.display());
+        ok(
+            "wrangler + workerd + playwright-core (npm)",
+            tools.wrangler.display(),
+        );
         return Ok(());
     }
     // `npm ci` removes node_modules first, through a symlink too: a tree
@@ -226,13 +238,13 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     {
         if present {
             ok(
-                "wrangler + workerd (npm, symlinked node_modules)",
+                "wrangler + workerd + playwright-core (npm, symlinked node_modules)",
                 tools.wrangler.display(),
             );
             return Ok(());
         }
         anyhow::bail!(
-            "{} is a symlink and lacks wrangler/workerd; install there, or replace the \
+            "{} is a symlink and lacks wrangler/workerd/playwright-core; install there, or replace the \
              symlink with a directory and rerun",
             node_modules.display()
         );
@@ -244,9 +256,12 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     let why = if present {
         "package.json or package-lock.json changed since the last install"
     } else {
-        "node_modules/.bin/wrangler missing"
+        "wrangler, workerd or playwright-core missing from node_modules"
     };
-    installing("npm packages (wrangler, workerd, esbuild)", why);
+    installing(
+        "npm packages (wrangler, workerd, esbuild, playwright-core)",
+        why,
+    );
     let mut npm = Command::new("npm");
     npm.current_dir(&root).env("WRANGLER_SEND_METRICS", "false");
     if root.join("package-lock.json").is_file() {
@@ -255,7 +270,12 @@ fn npm_packages(tools: &Tools) -> Result<()> {
         npm.args(["install", "--no-audit", "--no-fund"]);
     }
     sh::run(&mut npm)?;
-    for (path, what) in [(&tools.wrangler, "wrangler"), (&tools.workerd, "workerd")] {
+    let playwright = tools.playwright_core.join("package.json");
+    for (path, what) in [
+        (&tools.wrangler, "wrangler"),
+        (&tools.workerd, "workerd"),
+        (&playwright, "playwright-core"),
+    ] {
         require(path, what).context("npm finished but did not install it")?;
     }
     std::fs::create_dir_all(root.join(".spoor"))?;
@@ -336,6 +356,19 @@ fn clickhouse(tools: &Tools) -> Result<()> {
     apt_install(&["clickhouse-server", "clickhouse-client"])?;
     require(&tools.clickhouse_server, "clickhouse-server")
         .context("apt finished but did not install it")
+}
+
+/// The dashboard's browser test drives Debian's chromium headless through
+/// playwright-core (never `npx playwright install`, which downloads a
+/// browser from elsewhere).
+fn chromium(tools: &Tools) -> Result<()> {
+    if tools.chromium.is_file() {
+        ok("chromium", tools.chromium.display());
+        return Ok(());
+    }
+    installing("chromium (apt)", "chromium missing");
+    apt_install(&["chromium"])?;
+    require(&tools.chromium, "chromium").context("apt finished but did not install it")
 }
 
 /// The fuzz smoke runs (`cargo xtask test`) need a nightly toolchain
