@@ -66,7 +66,7 @@ fn generate(ch: &ClickHouseServer, db: &str, rows: u64, start_ms: i64) {
              SELECT 'bench', toDate(toDateTime(intDiv(ts, 1000)), 'UTC'), \
                toDateTime(intDiv(ts, 1000)), ts, generateUUIDv4(), \
                ['page_view', 'page_view', 'page_view', 'page_view', 'add_to_cart', 'add_to_cart', \
-                'checkout', 'payment', 'purchase', 'page_view'][intHash32(n, 7) % 10 + 1], \
+                'checkout', 'payment', 'purchase', 'page_view'][intHash64(n) % 10 + 1], \
                if(dev % 4 = 0, '', concat('user-', toString(dev % 100000))), \
                concat('device-', toString(dev)), \
                if(n % 5 = 0, '', concat('s-', toString(dev), '-', toString(intDiv(ts, 1800000)))), \
