@@ -198,6 +198,29 @@ pub fn playwright_core_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// chdb-core (current ClickHouse in process, a Python package) as the
+/// directory `pip install --target` filled, for PYTHONPATH:
+/// $SPOOR_CHDB_PATH (set by `cargo xtask test`), else `.spoor/tools/chdb`
+/// in the workspace, where `cargo xtask setup` installs it.
+pub fn chdb_dir() -> Result<PathBuf> {
+    chdb_dir_in(std::env::var_os("SPOOR_CHDB_PATH"))
+}
+
+/// `chdb_dir()` with the value of $SPOOR_CHDB_PATH passed in.
+pub fn chdb_dir_in(env_value: Option<OsString>) -> Result<PathBuf> {
+    let (dir, from) = match env_value {
+        Some(p) => (PathBuf::from(p), "SPOOR_CHDB_PATH="),
+        None => (workspace_root().join(".spoor/tools/chdb"), ""),
+    };
+    if !dir.join("chdb/__init__.py").is_file() {
+        bail!(
+            "chdb-core not found ({from}{} has no chdb/__init__.py); {SETUP_HINT}",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 type SpawnJob = (Command, Signal, mpsc::Sender<io::Result<Child>>);
 
 /// Spawns `cmd` so that the kernel sends it `on_parent_death` when the test

@@ -409,6 +409,23 @@ pub(crate) fn property_condition(
     ));
 }
 
+/// The newest edge receipt time (ms) of a project's events, for the
+/// `freshness_seconds` of every answer: `last_received_ms` of the minute
+/// rollup. With `now_ms`, only event days from two days before it on (a
+/// few partitions; the usual case), else every day. One row, one column;
+/// 0 when nothing matches.
+pub fn freshness_sql(project_id: &str, now_ms: Option<i64>) -> Sql {
+    let mut text =
+        "SELECT maxMerge(last_received_ms) FROM events_rollup_minute WHERE project_id = ?"
+            .to_string();
+    let mut params = vec![Param::Str(project_id.to_string())];
+    if let Some(now_ms) = now_ms {
+        text.push_str(" AND event_date >= toDate(intDiv(?, 1000) - 2 * 86400)");
+        params.push(Param::Int(now_ms));
+    }
+    Sql { text, params }
+}
+
 pub mod funnel;
 pub mod sessions;
 pub mod timeline;

@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, QueryServed};
-use crate::query::{Param, RequestError, Sql};
+use crate::query::{self, Param, RequestError, Sql};
 use crate::store::{self, StoreError};
 
 pub use lanes::Lane;
@@ -286,19 +286,8 @@ impl Service {
 
     async fn newest_received_ms(&self, project: &str) -> Option<i64> {
         for recent_only in [true, false] {
-            let text = format!(
-                "SELECT maxMerge(last_received_ms) FROM events_rollup_minute WHERE project_id = ?{}",
-                if recent_only {
-                    " AND event_date >= toDate(intDiv(?, 1000) - 2 * 86400)"
-                } else {
-                    ""
-                }
-            );
-            let mut params = vec![Param::Str(project.to_string())];
-            if recent_only {
-                params.push(Param::Int(now_ms()));
-            }
-            let rows = match store::fetch_rows(&self.base, &Sql { text, params }).await {
+            let sql = query::freshness_sql(project, recent_only.then(now_ms));
+            let rows = match store::fetch_rows(&self.base, &sql).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, project, "freshness query failed");

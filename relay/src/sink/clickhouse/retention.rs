@@ -446,14 +446,38 @@ pub async fn drop_device_partitions_older_than(
     }
 }
 
+/// `ALTER TABLE <table> DROP PARTITION <literal>`. `table` is one of
+/// [`RETAINED_TABLES`]; the literal is rendered from the parsed value,
+/// digits and dashes only.
+pub fn drop_partition_sql(table: &str, key: PartitionKey) -> String {
+    format!("ALTER TABLE {table} DROP PARTITION {}", key.literal())
+}
+
+/// The listing of a pass, with one `?` for the database: per active
+/// partition of `tables`, `table`, `partition` (the value as the server
+/// prints it), `partition_id` and `max_day` (the newest `max_date`, days
+/// since 1970-01-01).
+pub fn partitions_sql(tables: &[&RetainedTable]) -> String {
+    // Table names are this module's constants, quoted as string literals.
+    let names = tables
+        .iter()
+        .map(|t| format!("'{}'", t.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT table, partition, partition_id, toUInt16(max(max_date)) AS max_day \
+         FROM system.parts \
+         WHERE database = ? AND table IN ({names}) AND active \
+         GROUP BY table, partition, partition_id ORDER BY table, partition_id"
+    )
+}
+
 async fn drop_partition(
     client: &Client,
     table: &'static str,
     key: PartitionKey,
 ) -> Result<(), RetentionError> {
-    // `table` is one of RETAINED_TABLES; the literal is rendered from the
-    // parsed value, digits and dashes only.
-    let sql = format!("ALTER TABLE {table} DROP PARTITION {}", key.literal());
+    let sql = drop_partition_sql(table, key);
     match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(&sql).execute()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(RetentionError::Drop {
@@ -472,19 +496,8 @@ async fn list_partitions(
     database: &str,
     tables: &[&RetainedTable],
 ) -> Result<Vec<ListedPartition>, RetentionError> {
-    // Table names are this module's constants, quoted as string literals.
-    let names = tables
-        .iter()
-        .map(|t| format!("'{}'", t.name))
-        .collect::<Vec<_>>()
-        .join(", ");
     let list = client
-        .query(&format!(
-            "SELECT table, partition, partition_id, toUInt16(max(max_date)) AS max_day \
-             FROM system.parts \
-             WHERE database = ? AND table IN ({names}) AND active \
-             GROUP BY table, partition, partition_id ORDER BY table, partition_id"
-        ))
+        .query(&partitions_sql(tables))
         .bind(database)
         .fetch_all::<ListedPartition>();
     match tokio::time::timeout(STATEMENT_TIMEOUT, list).await {
