@@ -4,18 +4,17 @@
 //! rows themselves; hostile values find nothing and break nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use spoor_aggregator::query::{
     Dimension, DimensionFilter, Granularity, Measure, MetricsRequest, PropertyFilter,
 };
 use spoor_aggregator::store::run_metrics;
 use spoor_core::Geo;
-use spoor_relay::sink::clickhouse::{schema, ClickHouseSink, EventRow};
-use spoor_relay::ClickHouseConfig;
+use spoor_relay::sink::clickhouse::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 
 use crate::relay::{batch, event};
+use crate::support::{schema_database, SchemaDb};
 
 const DAY: i64 = 86_400_000;
 const HOUR: i64 = 3_600_000;
@@ -59,24 +58,9 @@ fn rows() -> Vec<EventRow> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_match_a_computation_over_the_same_rows() {
     let ch = ClickHouseServer::shared();
-    let db = ch.fresh_database("agg_metrics");
-    let config = ClickHouseConfig {
-        url: ch.http_url(),
-        database: db.clone(),
-        user: None,
-        password: None,
-    };
-    schema::apply(&config).await.unwrap();
+    let SchemaDb { sink, client, .. } = schema_database(ch, "agg_metrics").await;
     let rows = rows();
-    ClickHouseSink::new(&config, Duration::from_secs(60))
-        .insert(&rows)
-        .await
-        .unwrap();
-    let client = clickhouse::Client::default()
-        .with_url(ch.http_url())
-        .with_database(&db)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None);
+    sink.insert(&rows).await.unwrap();
     let request = |measure: Measure| MetricsRequest {
         project_id: "shop".into(),
         measure,

@@ -81,10 +81,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 use spoor_core::{Device, Geo};
-use spoor_relay::sink::clickhouse::{schema, ClickHouseSink, EventRow};
+use spoor_relay::sink::clickhouse::{ClickHouseSink, EventRow};
 use spoor_relay::ClickHouseConfig;
 
 use crate::relay::{batch, event};
+use crate::support::{schema_database, SchemaDb};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
@@ -98,15 +99,8 @@ fn now_ms() -> i64 {
 
 /// A database with the schema applied, as ClickHouse's default user.
 async fn database(ch: &ClickHouseServer, prefix: &str) -> (String, ClickHouseConfig) {
-    let db = ch.fresh_database(prefix);
-    let config = ClickHouseConfig {
-        url: ch.http_url(),
-        database: db.clone(),
-        user: None,
-        password: None,
-    };
-    schema::apply(&config).await.unwrap();
-    (db, config)
+    let db = schema_database(ch, prefix).await;
+    (db.name, db.write)
 }
 
 /// 700 events of project `shop` over the last 7 days (one every 14.4
@@ -658,13 +652,15 @@ async fn queries_stop_at_their_time_and_row_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funnels_timelines_and_sessions_over_http() {
     let ch = ClickHouseServer::shared();
-    let (db, write) = database(ch, "agg_api_fts").await;
+    let SchemaDb {
+        name: db,
+        sink,
+        client,
+        ..
+    } = schema_database(ch, "agg_api_fts").await;
     let now = now_ms();
     let rows = shop_rows(now);
-    ClickHouseSink::new(&write, Duration::from_secs(60))
-        .insert(&rows)
-        .await
-        .unwrap();
+    sink.insert(&rows).await.unwrap();
     let served = serve(config(ch, &db)).await;
     let url = |name: &str| format!("{}/v1/projects/shop/{name}", served.url);
 
@@ -680,11 +676,6 @@ async fn funnels_timelines_and_sessions_over_http() {
     let mut request: spoor_aggregator::query::funnel::FunnelRequest =
         serde_json::from_value(body.clone()).unwrap();
     request.project_id = "shop".into();
-    let client = clickhouse::Client::default()
-        .with_url(ch.http_url())
-        .with_database(&db)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None);
     let direct = spoor_aggregator::store::funnel::run_funnel(&client, &request)
         .await
         .unwrap();

@@ -36,12 +36,12 @@ use spoor_relay::sink::clickhouse::retention::{
     drop_partition_sql, parse_partition, partitions_sql, PartitionKey, RetainedTable,
     RETAINED_TABLES,
 };
-use spoor_relay::sink::clickhouse::{schema, ClickHouseSink, EventRow};
-use spoor_relay::ClickHouseConfig;
+use spoor_relay::sink::clickhouse::{schema, EventRow};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::tools::{self, spawn_tied, stop_child};
 
 use crate::funnels::{row, shuffle, Rng, DAY, HOUR, MINUTE};
+use crate::support::{schema_database, SchemaDb};
 
 /// 2026-03-28T00:00:00Z. Events fall in about [T0 - 6 h, T0 + 3 days +
 /// 6 h), across Berlin's change to summer time (2026-03-29T01:00Z); late
@@ -774,24 +774,16 @@ async fn spoor_sql_answers_the_same_on_18_16_and_current_clickhouse() {
 
     // 18.16: the relay's schema and sink.
     let ch = ClickHouseServer::shared();
-    let db = ch.fresh_database("current_clickhouse");
-    let config = ClickHouseConfig {
-        url: ch.http_url(),
-        database: db.clone(),
-        user: None,
-        password: None,
-    };
-    schema::apply(&config).await.unwrap();
-    let sink = ClickHouseSink::new(&config, Duration::from_secs(60));
+    let SchemaDb {
+        name: db,
+        sink,
+        client,
+        ..
+    } = schema_database(ch, "current_clickhouse").await;
     let inserts = data_set();
     for (_, rows) in &inserts {
         sink.insert(rows).await.unwrap();
     }
-    let client = clickhouse::Client::default()
-        .with_url(ch.http_url())
-        .with_database(&db)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None);
     let total: usize = inserts.iter().map(|(_, rows)| rows.len()).sum();
 
     // The same rows for chdb, in the same batches, as 18.16 stored them.

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use spoor_core::{Device, Geo};
-use spoor_relay::sink::clickhouse::{schema, ClickHouseSink, EventRow};
-use spoor_relay::ClickHouseConfig;
+use spoor_relay::sink::clickhouse::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::tools::{self, Tool};
 
 use crate::aggregator_api::{config, reqwest_client, serve, SHOP_TOKEN};
 use crate::relay::{batch, event};
+use crate::support::{schema_database, SchemaDb};
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
@@ -229,15 +229,7 @@ async fn dashboard_shows_the_data_in_a_browser() {
     tools::playwright_core_dir().unwrap_or_else(|e| panic!("{e:#}"));
 
     let ch = ClickHouseServer::shared();
-    let db = ch.fresh_database("dashboard");
-    let write = ClickHouseConfig {
-        url: ch.http_url(),
-        database: db.clone(),
-        user: None,
-        password: None,
-    };
-    schema::apply(&write).await.unwrap();
-    let sink = ClickHouseSink::new(&write, Duration::from_secs(60));
+    let SchemaDb { name: db, sink, .. } = schema_database(ch, "dashboard").await;
     let now = now_ms();
     let rows = rows(now);
     sink.insert(&rows).await.unwrap();

@@ -10,7 +10,6 @@
 //! `sessions`): a fresh database with rows in it, and event rows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use spoor_aggregator::query::funnel::{FunnelRequest, FunnelStep};
 use spoor_aggregator::query::Sql;
@@ -18,12 +17,12 @@ use spoor_aggregator::query::{Dimension, PropertyFilter};
 use spoor_aggregator::store::fetch_rows;
 use spoor_aggregator::store::funnel::{run_funnel, FunnelAnswer};
 use spoor_aggregator::store::{cell_u64, ReadError};
-use spoor_relay::sink::clickhouse::{schema, ClickHouseSink, EventRow};
-use spoor_relay::ClickHouseConfig;
+use spoor_relay::sink::clickhouse::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 use uuid::Uuid;
 
 use crate::relay::{batch, event};
+use crate::support::{schema_database, SchemaDb};
 
 pub(crate) const MINUTE: i64 = 60_000;
 pub(crate) const HOUR: i64 = 3_600_000;
@@ -85,23 +84,11 @@ pub(crate) async fn store_with(
     parts: usize,
 ) -> clickhouse::Client {
     let ch = ClickHouseServer::shared();
-    let db = ch.fresh_database(prefix);
-    let config = ClickHouseConfig {
-        url: ch.http_url(),
-        database: db.clone(),
-        user: None,
-        password: None,
-    };
-    schema::apply(&config).await.unwrap();
-    let sink = ClickHouseSink::new(&config, Duration::from_secs(60));
+    let SchemaDb { sink, client, .. } = schema_database(ch, prefix).await;
     for chunk in rows.chunks(rows.len().div_ceil(parts.max(1)).max(1)) {
         sink.insert(chunk).await.unwrap();
     }
-    clickhouse::Client::default()
-        .with_url(ch.http_url())
-        .with_database(&db)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None)
+    client
 }
 
 /// `count()` of a table in the client's database.

@@ -8,18 +8,17 @@
 //! late events must be counted in their own buckets.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use spoor_aggregator::query::{
     Dimension, DimensionFilter, Granularity, Measure, MetricsRequest, Source,
 };
 use spoor_aggregator::store::{metrics, run_metrics, MetricsRow};
 use spoor_core::{Device, Geo};
-use spoor_relay::sink::clickhouse::{schema, ClickHouseSink, EventRow};
-use spoor_relay::ClickHouseConfig;
+use spoor_relay::sink::clickhouse::{ClickHouseSink, EventRow};
 use spoor_tests::clickhouse::ClickHouseServer;
 
 use crate::relay::{batch, event};
+use crate::support::{schema_database, SchemaDb};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
@@ -145,23 +144,8 @@ struct Store {
 
 async fn store(prefix: &str) -> Store {
     let ch = ClickHouseServer::shared();
-    let db = ch.fresh_database(prefix);
-    let config = ClickHouseConfig {
-        url: ch.http_url(),
-        database: db.clone(),
-        user: None,
-        password: None,
-    };
-    schema::apply(&config).await.unwrap();
-    let client = clickhouse::Client::default()
-        .with_url(ch.http_url())
-        .with_database(&db)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None);
-    Store {
-        sink: ClickHouseSink::new(&config, Duration::from_secs(60)),
-        client,
-    }
+    let SchemaDb { sink, client, .. } = schema_database(ch, prefix).await;
+    Store { sink, client }
 }
 
 /// A valid request: count or unique users, a range aligned to days, hours,
