@@ -11,7 +11,10 @@
 //! # What the numbers mean
 //!
 //! - A *user* is `user_id`, or the device (`anonymous_id`) for events
-//!   without one, as in the metrics.
+//!   without one, as in the metrics. Users are grouped by the 64-bit
+//!   `cityHash64` of that key, which aggregates several times faster than
+//!   the string; two users could only be merged by a hash collision
+//!   (probability about n²/2⁶⁵: under 3·10⁻⁸ at a million users).
 //! - A user *enters* the funnel with a step-1 event in
 //!   `since_ms <= t < until_ms`. Later steps may happen up to the window
 //!   after that, even past `until_ms`.
@@ -212,7 +215,7 @@ impl FunnelRequest {
         // query's in the text.
         let conditions: Vec<String> = (1..=n).map(|k| format!("step = {k}")).collect();
         let mut per_user = format!(
-            "SELECT if(user_id != '', user_id, anonymous_id) AS who, \
+            "SELECT cityHash64(if(user_id != '', user_id, anonymous_id)) AS who, \
              windowFunnel(?)(toUInt32(intDiv(ts_ms - ?, ?) * {n} + {n} - step), {}) AS level",
             conditions.join(", ")
         );
@@ -225,7 +228,7 @@ impl FunnelRequest {
         }
 
         // The inner query: one row per (event, step it matches).
-        let mut marks = Vec::with_capacity(n);
+        let mut conds = Vec::with_capacity(n);
         for (i, step) in self.steps.iter().enumerate() {
             let mut all = vec!["event = ?".to_string()];
             params.push(Param::Str(step.event.clone()));
@@ -236,10 +239,11 @@ impl FunnelRequest {
                 all.push("ts_ms < ?".to_string());
                 params.push(Param::Int(self.until_ms));
             }
-            marks.push(format!("if({}, {}, 0)", all.join(" AND "), i + 1));
+            conds.push(all.join(" AND "));
         }
+        // `event_id` only breaks breakdown ties; without one it is not read.
         let breakdown_column = match self.breakdown {
-            Some(d) => format!(", {} AS breakdown_value", d.column()),
+            Some(d) => format!(", event_id, {} AS breakdown_value", d.column()),
             None => String::new(),
         };
         let mut where_ = Vec::new();
@@ -253,13 +257,40 @@ impl FunnelRequest {
         let events = vec!["?"; n].join(", ");
         where_.push(format!("event IN ({events})"));
         params.extend(self.steps.iter().map(|s| Param::Str(s.event.clone())));
-        let inner = format!(
-            "SELECT user_id, anonymous_id, ts_ms, event_id{breakdown_column}, \
-             arrayJoin(arrayFilter(x -> x > 0, [{}])) AS step \
-             FROM events WHERE {}",
-            marks.join(", "),
-            where_.join(" AND ")
-        );
+        // When every step names a different event, a row matches at most
+        // one step, and a plain `multiIf` gives it without building an
+        // array per row; otherwise one row per step it matches.
+        let distinct = self
+            .steps
+            .iter()
+            .enumerate()
+            .all(|(i, s)| self.steps[..i].iter().all(|t| t.event != s.event));
+        let inner = if distinct {
+            let branches: Vec<String> = conds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c}, {}", i + 1))
+                .collect();
+            format!(
+                "SELECT * FROM (SELECT user_id, anonymous_id, ts_ms{breakdown_column}, \
+                 multiIf({}, 0) AS step FROM events WHERE {}) WHERE step > 0",
+                branches.join(", "),
+                where_.join(" AND ")
+            )
+        } else {
+            let marks: Vec<String> = conds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("if({c}, {}, 0)", i + 1))
+                .collect();
+            format!(
+                "SELECT user_id, anonymous_id, ts_ms{breakdown_column}, \
+                 arrayJoin(arrayFilter(x -> x > 0, [{}])) AS step \
+                 FROM events WHERE {}",
+                marks.join(", "),
+                where_.join(" AND ")
+            )
+        };
 
         let counts: Vec<String> = std::iter::once("count() AS entered_1".to_string())
             .chain((2..=n).map(|k| format!("countIf(level >= {k}) AS entered_{k}")))

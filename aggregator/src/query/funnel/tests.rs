@@ -176,14 +176,14 @@ fn sql_binds_every_caller_value() {
     assert_eq!(
         sql.text,
         "SELECT count() AS entered_1, countIf(level >= 2) AS entered_2 FROM (\
-         SELECT if(user_id != '', user_id, anonymous_id) AS who, \
+         SELECT cityHash64(if(user_id != '', user_id, anonymous_id)) AS who, \
          windowFunnel(?)(toUInt32(intDiv(ts_ms - ?, ?) * 2 + 2 - step), step = 1, step = 2) AS level \
-         FROM (SELECT user_id, anonymous_id, ts_ms, event_id, arrayJoin(arrayFilter(x -> x > 0, [\
-         if(event = ? AND visitParamExtractRaw(properties, ?) IN (?, ?) AND ts_ms < ?, 1, 0), \
-         if(event = ?, 2, 0)])) AS step FROM events WHERE project_id = ? \
+         FROM (SELECT * FROM (SELECT user_id, anonymous_id, ts_ms, multiIf(\
+         event = ? AND visitParamExtractRaw(properties, ?) IN (?, ?) AND ts_ms < ?, 1, \
+         event = ?, 2, 0) AS step FROM events WHERE project_id = ? \
          AND event_date >= toDate(toDateTime(intDiv(?, 1000)), 'UTC') \
          AND event_date <= toDate(toDateTime(intDiv(?, 1000)), 'UTC') \
-         AND ts_ms >= ? AND ts_ms < ? AND event IN (?, ?)) GROUP BY who) WHERE level > 0"
+         AND ts_ms >= ? AND ts_ms < ? AND event IN (?, ?)) WHERE step > 0) GROUP BY who) WHERE level > 0"
     );
     let window_end = T0 + 3_600_000;
     assert_eq!(
@@ -210,6 +210,20 @@ fn sql_binds_every_caller_value() {
 }
 
 #[test]
+fn a_repeated_step_event_gives_one_row_per_step_it_matches() {
+    let mut r = base();
+    r.steps = vec![step("page_view"), step("add_to_cart"), step("page_view")];
+    let sql = r.sql().unwrap();
+    assert!(!sql.text.contains("multiIf"), "{}", sql.text);
+    assert!(sql.text.contains(
+        "arrayJoin(arrayFilter(x -> x > 0, [if(event = ? AND ts_ms < ?, 1, 0), \
+         if(event = ?, 2, 0), if(event = ?, 3, 0)])) AS step"
+    ));
+    assert!(!sql.text.contains("event_id"), "read only for a breakdown");
+    assert_eq!(sql.text.matches('?').count(), sql.params.len());
+}
+
+#[test]
 fn breakdown_adds_the_first_step_value_and_totals() {
     let mut r = base();
     r.breakdown = Some(Dimension::Country);
@@ -223,7 +237,7 @@ fn breakdown_adds_the_first_step_value_and_totals() {
         .contains("argMinIf(breakdown_value, (ts_ms, event_id), step = 1) AS breakdown FROM"));
     assert!(sql
         .text
-        .contains("ts_ms, event_id, country AS breakdown_value, arrayJoin"));
+        .contains("ts_ms, event_id, country AS breakdown_value, multiIf("));
     assert!(sql
         .text
         .ends_with("GROUP BY breakdown WITH TOTALS ORDER BY entered_1 DESC, breakdown LIMIT ?"));
