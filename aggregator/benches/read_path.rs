@@ -18,7 +18,8 @@
 //! `cargo bench -p spoor-aggregator --bench read_path` (needs
 //! clickhouse-server: `cargo xtask setup`). `SPOOR_BENCH_ROWS` and
 //! `SPOOR_BENCH_SAMPLES` override the row count and samples per case,
-//! `SPOOR_BENCH_ONLY` runs the cases whose name contains it.
+//! `SPOOR_BENCH_ONLY` runs the cases whose name contains it (or any of
+//! its `|`-separated parts).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,7 @@ use spoor_aggregator::config::{ClickHouseRead, Config, Tokens};
 use spoor_aggregator::query::funnel::FunnelRequest;
 use spoor_aggregator::query::sessions::SessionsRequest;
 use spoor_aggregator::query::timeline::TimelineRequest;
-use spoor_aggregator::query::{MetricsRequest, Sql};
+use spoor_aggregator::query::{MetricsRequest, Source, Sql};
 use spoor_aggregator::store;
 use spoor_relay::sink::clickhouse::schema;
 use spoor_relay::ClickHouseConfig;
@@ -97,21 +98,26 @@ fn scalar(ch: &ClickHouseServer, sql: &str) -> String {
     ch.query(sql).expect("query").trim().to_string()
 }
 
-/// One measured question: the API request, and the SQL it runs.
+/// One measured question: the API request, the SQL it runs and, for a
+/// metrics question answered from a rollup, the same question over the raw
+/// events (what the rollup saves).
 struct Case {
     name: &'static str,
     route: &'static str,
     body: Value,
     sql: Sql,
+    raw: Option<Sql>,
 }
 
 fn metrics_case(name: &'static str, body: Value) -> Case {
     let mut request: MetricsRequest = serde_json::from_value(body.clone()).expect("request");
     request.project_id = "bench".into();
+    let plan = request.plan().expect("valid request");
     Case {
         name,
         route: "metrics",
-        sql: request.plan().expect("valid request").sql,
+        raw: (plan.source != Source::Raw).then(|| request.sql().expect("valid request")),
+        sql: plan.sql,
         body,
     }
 }
@@ -122,6 +128,7 @@ fn funnel_case(name: &'static str, body: Value) -> Case {
     Case {
         name,
         route: "funnel",
+        raw: None,
         sql: request.sql().expect("valid request"),
         body,
     }
@@ -133,6 +140,7 @@ fn timeline_case(name: &'static str, body: Value, now_ms: i64) -> Case {
     Case {
         name,
         route: "timeline",
+        raw: None,
         sql: request.plan(now_ms).expect("valid request").sql,
         body,
     }
@@ -144,6 +152,7 @@ fn sessions_case(name: &'static str, body: Value) -> Case {
     Case {
         name,
         route: "sessions",
+        raw: None,
         sql: request.sql().expect("valid request"),
         body,
     }
@@ -308,10 +317,13 @@ fn main() {
     ));
     let only: Option<String> = std::env::var("SPOOR_BENCH_ONLY").ok();
 
-    println!("| question | source | API p50 / p95 / p99 ms | SQL straight p50 / p95 / p99 ms | ratio p50 / p95 |");
-    println!("|---|---|---|---|---|");
+    println!("| question | source | API p50 / p95 / p99 ms | SQL straight p50 / p95 / p99 ms | ratio p50 / p95 | same question on raw events p50 / p95 ms |");
+    println!("|---|---|---|---|---|---|");
     for case in &cases {
-        if only.as_deref().is_some_and(|o| !case.name.contains(o)) {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split('|').any(|part| case.name.contains(part)))
+        {
             continue;
         }
         // Slow questions get fewer samples (at least 20).
@@ -321,7 +333,7 @@ fn main() {
             samples
         };
         let url = format!("{base}/v1/projects/bench/{}", case.route);
-        let (mut api, mut raw) = (histogram(), histogram());
+        let (mut api, mut raw, mut unrolled) = (histogram(), histogram(), histogram());
         let mut source = String::new();
         for i in 0..(WARMUP + samples) {
             let started = Instant::now();
@@ -331,7 +343,11 @@ fn main() {
                     .bearer_auth(TOKEN)
                     .header(
                         "X-Spoor-Lane",
-                        if case.route == "metrics" { "dashboard" } else { "adhoc" },
+                        if case.route == "metrics" {
+                            "dashboard"
+                        } else {
+                            "adhoc"
+                        },
                     )
                     .json(&case.body)
                     .send()
@@ -353,13 +369,29 @@ fn main() {
                 .expect("direct SQL");
             let raw_elapsed = started.elapsed();
             std::hint::black_box(rows);
+            let unrolled_elapsed = case.raw.as_ref().map(|sql| {
+                let started = Instant::now();
+                let rows = rt
+                    .block_on(store::fetch_rows(&direct, sql))
+                    .expect("raw SQL");
+                std::hint::black_box(rows);
+                started.elapsed()
+            });
             if i >= WARMUP {
                 record(&mut api, api_elapsed);
                 record(&mut raw, raw_elapsed);
+                if let Some(d) = unrolled_elapsed {
+                    record(&mut unrolled, d);
+                }
             }
         }
+        let unrolled = if case.raw.is_some() {
+            format!("{:.1} / {:.1}", ms(&unrolled, 0.5), ms(&unrolled, 0.95))
+        } else {
+            "-".to_string()
+        };
         println!(
-            "| {} | {source} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} |",
+            "| {} | {source} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} | {unrolled} |",
             case.name,
             ms(&api, 0.5),
             ms(&api, 0.95),
