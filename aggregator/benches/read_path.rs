@@ -109,10 +109,23 @@ struct Case {
     raw: Option<Sql>,
 }
 
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("ms fit i64")
+}
+
 fn metrics_case(name: &'static str, body: Value) -> Case {
     let mut request: MetricsRequest = serde_json::from_value(body.clone()).expect("request");
     request.project_id = "bench".into();
-    let plan = request.plan().expect("valid request");
+    // As the service plans it (default raw retention: 90 days).
+    let plan = request
+        .plan_for_service(now_ms() - 90 * DAY_MS)
+        .expect("valid request");
     Case {
         name,
         route: "metrics",

@@ -39,6 +39,10 @@ pub struct Config {
     pub max_result_rows: u64,
     /// How long a project's freshness is reused before it is asked again.
     pub freshness_ttl: Duration,
+    /// Days the raw `events` table keeps (the relay's `--retention-days`);
+    /// 0 means forever. Unique-user questions inside it read raw events,
+    /// older ones the rollups.
+    pub raw_retention_days: u32,
 }
 
 impl Config {
@@ -59,6 +63,7 @@ impl Config {
             },
             max_result_rows: 100_000,
             freshness_ttl: Duration::from_secs(1),
+            raw_retention_days: 90,
         }
     }
 }
@@ -80,6 +85,19 @@ pub enum TokenError {
     BadCharacters(String),
     #[error("one token is given to both `{0}` and `{1}`; each project needs its own")]
     Shared(String, String),
+}
+
+impl Config {
+    /// The first millisecond the raw table still holds at `now_ms`.
+    pub fn raw_kept_since_ms(&self, now_ms: i64) -> i64 {
+        if self.raw_retention_days == 0 {
+            i64::MIN
+        } else {
+            // Retention drops whole UTC days before (today - days).
+            let today = now_ms - now_ms.rem_euclid(86_400_000);
+            today - i64::from(self.raw_retention_days) * 86_400_000
+        }
+    }
 }
 
 /// Shortest accepted token.

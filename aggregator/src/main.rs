@@ -66,6 +66,10 @@ struct Args {
     /// Most rows ClickHouse may return for one query.
     #[arg(long, default_value_t = 100_000)]
     max_result_rows: u64,
+    /// Days the raw events are kept (the relay's --retention-days; 0:
+    /// forever): unique-user questions inside them read the raw events.
+    #[arg(long, env = "SPOOR_RETENTION_DAYS", default_value_t = 90)]
+    raw_retention_days: u32,
 }
 
 fn secs(what: &str, s: f64) -> anyhow::Result<Duration> {
@@ -114,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         timeout: secs("adhoc-timeout-secs", args.adhoc_timeout_secs)?,
     };
     config.max_result_rows = args.max_result_rows;
+    config.raw_retention_days = args.raw_retention_days;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -182,7 +182,8 @@ async fn project_route(
             let mut request: MetricsRequest = body_json(req).await?;
             request.project_id = project.clone();
             // The smallest table that answers exactly: a rollup or `events`.
-            let plan = request.plan()?;
+            let plan =
+                request.plan_for_service(service.config.raw_kept_since_ms(super::now_ms()))?;
             Ok(service
                 .query("metrics", lane, &project, |client| async move {
                     let rows = store::run_metrics(&client, &plan.sql).await?;

@@ -424,3 +424,19 @@ fn timezones_are_checked_against_the_iana_database() {
         assert!(r.plan().is_err());
     }
 }
+
+#[test]
+fn the_service_counts_unique_users_on_raw_events_while_they_are_kept() {
+    let mut r = base();
+    r.measure = Measure::UniqueUsers;
+    // The raw table still holds the range: raw events.
+    let plan = r.plan_for_service(T0 - DAY).unwrap();
+    assert_eq!(plan.source, Source::Raw);
+    assert_eq!(plan.sql, r.sql().unwrap());
+    // Past its retention: the rollup's exact answer.
+    assert_eq!(r.plan_for_service(T0 + DAY).unwrap().source, Source::Day);
+    // Counts always take the smallest rollup.
+    r.measure = Measure::Count;
+    assert_eq!(r.plan_for_service(T0 - DAY).unwrap().source, Source::Day);
+    assert_eq!(r.plan_for_service(i64::MIN).unwrap(), r.plan().unwrap());
+}
