@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::batcher::BatchLimits;
 use crate::ring::RingLimits;
+use crate::sink::clickhouse::retention::{self, Retention};
 
 /// Everything the relay needs besides its listener and shutdown signal.
 #[derive(Debug, Clone)]
@@ -41,8 +42,13 @@ pub struct RelayConfig {
     pub max_frame_bytes: usize,
     /// Longest wait between insert retries.
     pub max_retry_backoff: Duration,
-    /// Days the device tables keep (issue 4); 0 turns retention off.
+    /// Days `events` keeps; 0 keeps it forever.
+    pub retention_days: u32,
+    /// Days the device tables keep (issue 4); 0 keeps them forever.
     pub device_retention_days: u32,
+    /// Days the rollup tables keep; 0 keeps them forever. At least
+    /// `retention_days` when both are on ([`RelayConfig::validate`]).
+    pub rollup_retention_days: u32,
     /// The device debug ring's bounds.
     pub ring: RingLimits,
     /// The edge's partition count (its `PARTITIONS`), to find a device's
@@ -84,11 +90,28 @@ impl RelayConfig {
             lag_poll_interval: Duration::from_secs(5),
             max_frame_bytes: spoor_core::Limits::default().max_frame_bytes,
             max_retry_backoff: Duration::from_secs(5),
-            device_retention_days: crate::sink::clickhouse::retention::DEFAULT_RETENTION_DAYS,
+            retention_days: retention::DEFAULT_RETENTION_DAYS,
+            device_retention_days: retention::DEFAULT_DEVICE_RETENTION_DAYS,
+            rollup_retention_days: retention::DEFAULT_ROLLUP_RETENTION_DAYS,
             ring: RingLimits::default(),
             partitions: DEFAULT_PARTITIONS,
             debug_timeout: Duration::from_millis(300),
         }
+    }
+
+    /// Every table family's retention.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            raw_days: self.retention_days,
+            device_days: self.device_retention_days,
+            rollup_days: self.rollup_retention_days,
+        }
+    }
+
+    /// Checks what clap cannot check flag by flag; [`crate::run`] refuses
+    /// to start on an error.
+    pub fn validate(&self) -> Result<(), retention::PolicyError> {
+        self.retention().validate()
     }
 
     /// The consumer's `max_ack_pending`: everything the buffer may hold plus
@@ -170,10 +193,19 @@ pub struct RunArgs {
     /// frame limit.
     #[arg(long, env = "SPOOR_MAX_FRAME_BYTES", value_parser = parse_byte_size)]
     pub max_frame_bytes: Option<usize>,
+    /// Days `events` keeps (whole UTC days, dropped hourly by partition);
+    /// 0 keeps it forever.
+    #[arg(long, env = "SPOOR_RETENTION_DAYS", default_value_t = retention::DEFAULT_RETENTION_DAYS)]
+    pub retention_days: u32,
     /// Days `events_by_device` and `device_users` keep (whole UTC days,
     /// dropped hourly by partition); 0 keeps them forever.
-    #[arg(long, env = "SPOOR_DEVICE_RETENTION_DAYS", default_value_t = 7)]
+    #[arg(long, env = "SPOOR_DEVICE_RETENTION_DAYS", default_value_t = retention::DEFAULT_DEVICE_RETENTION_DAYS)]
     pub device_retention_days: u32,
+    /// Days the rollup tables keep (whole months, dropped once the month
+    /// is entirely past); 0 keeps them forever. At least --retention-days
+    /// when both are on.
+    #[arg(long, env = "SPOOR_ROLLUP_RETENTION_DAYS", default_value_t = retention::DEFAULT_ROLLUP_RETENTION_DAYS)]
+    pub rollup_retention_days: u32,
     /// How far back the device debug ring keeps events (rebuilt from the
     /// stream at start).
     #[arg(long, env = "SPOOR_RING_WINDOW_SECS", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -231,7 +263,9 @@ impl RunArgs {
         if let Some(max) = self.max_frame_bytes {
             config.max_frame_bytes = max.max(1);
         }
+        config.retention_days = self.retention_days;
         config.device_retention_days = self.device_retention_days;
+        config.rollup_retention_days = self.rollup_retention_days;
         config.ring = RingLimits {
             window_ms: i64::try_from(self.ring_window_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
@@ -301,8 +335,36 @@ mod tests {
             spoor_core::Limits::default().max_frame_bytes
         );
         assert_eq!(d.device_retention_days, 7);
-        let r = Flags::try_parse_from(["relay", "--device-retention-days", "2"]).unwrap();
-        assert_eq!(r.run.into_config().device_retention_days, 2);
+        assert_eq!((d.retention_days, d.rollup_retention_days), (90, 400));
+        assert_eq!(d.validate(), Ok(()));
+        let r = Flags::try_parse_from([
+            "relay",
+            "--device-retention-days",
+            "2",
+            "--retention-days",
+            "30",
+            "--rollup-retention-days",
+            "0",
+        ])
+        .unwrap()
+        .run
+        .into_config();
+        assert_eq!(
+            r.retention(),
+            crate::sink::clickhouse::retention::Retention {
+                raw_days: 30,
+                device_days: 2,
+                rollup_days: 0
+            }
+        );
+        assert_eq!(r.validate(), Ok(()));
+        // Rollups shorter than raw events parse but do not validate.
+        let short = Flags::try_parse_from(["relay", "--rollup-retention-days", "30"])
+            .unwrap()
+            .run
+            .into_config();
+        assert!(short.validate().is_err());
+        assert!(Flags::try_parse_from(["relay", "--retention-days", "-1"]).is_err());
         assert!(Flags::try_parse_from(["relay", "--ack-wait-secs", "0"]).is_err());
         assert!(Flags::try_parse_from(["relay", "--max-frame-bytes", "lots"]).is_err());
         let r = Flags::try_parse_from([

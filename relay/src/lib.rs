@@ -46,6 +46,8 @@ pub enum RelayError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] sink::clickhouse::retention::PolicyError),
 }
 
 /// Runs the relay until `shutdown` resolves, then drains and returns.
@@ -53,14 +55,16 @@ pub enum RelayError {
 /// Setup first: connect to NATS, apply the stream definition, create the
 /// durable consumer, create the ClickHouse database and apply the schema.
 /// Any failure there returns an error (the HTTP endpoints answer meanwhile,
-/// with `/healthz` saying "starting"). After that it relays until shutdown;
-/// see the `pipeline` module for the drain. `listener` serves `/healthz` and
-/// `/metrics`; bind it to port 0 in tests.
+/// with `/healthz` saying "starting"); an invalid `config`
+/// ([`RelayConfig::validate`]) returns one before anything starts. After
+/// that it relays until shutdown; see the `pipeline` module for the drain.
+/// `listener` serves `/healthz` and `/metrics`; bind it to port 0 in tests.
 pub async fn run(
     config: RelayConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
+    config.validate()?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(health::Health::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -183,10 +187,11 @@ pub async fn run(
     health.set_ready(client.clone());
     tracing::info!(stream = %config.stream, consumer = %config.consumer, database = %config.clickhouse.database, "relay running");
 
-    // Device tables' retention (issue 4): drops their old day partitions.
+    // Retention of events, the device tables and the rollups: drops their
+    // expired partitions.
     let retention_task = tokio::spawn(sink::clickhouse::retention::run(
         config.clickhouse.clone(),
-        config.device_retention_days,
+        config.retention(),
         sink::clickhouse::retention::RETENTION_INTERVAL,
         stop_rx.clone(),
     ));

@@ -2,8 +2,9 @@
 //! clickhouse-server (18.16): rows a real relay inserts into `events` reach
 //! them through the views and come back from `device_events` by device and
 //! by user, ordered by time; unknown ids give an empty answer; hostile ids
-//! are rejected or bound, never spliced; retention drops only old day
-//! partitions, and only of the device tables; the schema applies twice.
+//! are rejected or bound, never spliced; device retention drops only old
+//! day partitions, and only of the device tables (the other families:
+//! `retention.rs`); the schema applies twice.
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::support::{eventually, Relay};
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 
-fn ch_config(ch: &ClickHouseServer, db: &str) -> ClickHouseConfig {
+pub(crate) fn ch_config(ch: &ClickHouseServer, db: &str) -> ClickHouseConfig {
     ClickHouseConfig {
         url: ch.http_url(),
         database: db.to_string(),
@@ -34,7 +35,7 @@ fn ch_config(ch: &ClickHouseServer, db: &str) -> ClickHouseConfig {
     }
 }
 
-async fn rows_in(ch: &ClickHouseServer, db: &str, table: &str) -> u64 {
+pub(crate) async fn rows_in(ch: &ClickHouseServer, db: &str, table: &str) -> u64 {
     query(ch, format!("SELECT count() FROM {db}.{table}"))
         .await
         .trim()
@@ -43,7 +44,7 @@ async fn rows_in(ch: &ClickHouseServer, db: &str, table: &str) -> u64 {
 }
 
 /// An event of `device` (and `user`, if any) at `ts_ms`.
-fn device_event(n: u128, device: &str, user: &str, ts_ms: i64) -> spoor_core::Event {
+pub(crate) fn device_event(n: u128, device: &str, user: &str, ts_ms: i64) -> spoor_core::Event {
     let mut e = event(n);
     e.anonymous_id = device.into();
     e.user_id = user.into();
@@ -56,7 +57,7 @@ fn device_event(n: u128, device: &str, user: &str, ts_ms: i64) -> spoor_core::Ev
 /// Inserts events straight through the relay's own sink (one INSERT into
 /// `events`, as the relay makes), for tests that are about the tables, not
 /// the relay's consumption.
-async fn insert(cfg: &ClickHouseConfig, events: Vec<spoor_core::Event>) {
+pub(crate) async fn insert(cfg: &ClickHouseConfig, events: Vec<spoor_core::Event>) {
     let wire: WireBatch = batch("direct", Vec::new());
     let rows: Vec<EventRow> = events
         .into_iter()
@@ -333,7 +334,7 @@ async fn a_slow_or_missing_server_is_an_error_not_a_panic() {
     }
 }
 
-async fn days_in(ch: &ClickHouseServer, db: &str, table: &str) -> Vec<String> {
+pub(crate) async fn days_in(ch: &ClickHouseServer, db: &str, table: &str) -> Vec<String> {
     query(
         ch,
         format!("SELECT DISTINCT toString(event_date) AS day FROM {db}.{table} ORDER BY day"),
@@ -389,7 +390,10 @@ async fn retention_drops_only_old_device_partitions() {
         ]
     );
     // Two tables, two old days each.
-    let mut gone: Vec<(&str, String)> = dropped.iter().map(|d| (d.table, d.day.clone())).collect();
+    let mut gone: Vec<(&str, String)> = dropped
+        .iter()
+        .map(|d| (d.table, d.partition.to_string()))
+        .collect();
     gone.sort();
     assert_eq!(
         gone,
@@ -498,7 +502,13 @@ async fn the_schema_applies_twice_and_creates_the_views() {
          device_users_mv\tMaterializedView\n\
          events\tReplacingMergeTree\n\
          events_by_device\tReplacingMergeTree\n\
-         events_by_device_mv\tMaterializedView\n"
+         events_by_device_mv\tMaterializedView\n\
+         events_rollup_day\tAggregatingMergeTree\n\
+         events_rollup_day_mv\tMaterializedView\n\
+         events_rollup_hour\tAggregatingMergeTree\n\
+         events_rollup_hour_mv\tMaterializedView\n\
+         events_rollup_minute\tAggregatingMergeTree\n\
+         events_rollup_minute_mv\tMaterializedView\n"
     );
     // Laid out for point lookups: (project, device, time, id), by day.
     let create = query(ch, format!("SHOW CREATE TABLE {db}.events_by_device")).await;

@@ -1,5 +1,9 @@
 //! End-to-end and integration tests against real servers.
 
+mod aggregator;
+mod aggregator_api;
+mod current_clickhouse;
+mod dashboard;
 mod dead_letters;
 mod debug_cli;
 mod debug_ring;
@@ -8,8 +12,13 @@ mod e2e;
 mod edge_delivery;
 mod edge_nats;
 mod faults;
+mod funnels;
 mod harness;
 mod reconcile;
 mod relay;
 mod relay_dedup;
+mod retention;
+mod rollups;
+mod sessions;
 mod support;
+mod timeline;

@@ -39,6 +39,10 @@ pub(crate) fn config(nats: &NatsServer, clickhouse_url: String, database: &str) 
     config.batch.flush_interval_ms = 200;
     config.lag_poll_interval = Duration::from_millis(200);
     config.max_retry_backoff = Duration::from_millis(500);
+    // Test events are from 2024 (TS_MS): the relay's retention would drop
+    // them from `events` and the rollups. Tests of retention turn it on.
+    config.retention_days = 0;
+    config.rollup_retention_days = 0;
     config
 }
 

@@ -111,3 +111,42 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A fresh database with Spoor's schema applied, for read-path tests: the
+/// relay's sink writes rows as the default user, `client` reads them the
+/// way the aggregator does (no validation, uncompressed answers, which
+/// 18.16 needs).
+pub struct SchemaDb {
+    pub name: String,
+    pub write: spoor_relay::ClickHouseConfig,
+    pub sink: spoor_relay::sink::clickhouse::ClickHouseSink,
+    pub client: clickhouse::Client,
+}
+
+pub async fn schema_database(
+    ch: &spoor_tests::clickhouse::ClickHouseServer,
+    prefix: &str,
+) -> SchemaDb {
+    let name = ch.fresh_database(prefix);
+    let write = spoor_relay::ClickHouseConfig {
+        url: ch.http_url(),
+        database: name.clone(),
+        user: None,
+        password: None,
+    };
+    spoor_relay::sink::clickhouse::schema::apply(&write)
+        .await
+        .unwrap();
+    let sink = spoor_relay::sink::clickhouse::ClickHouseSink::new(&write, Duration::from_secs(60));
+    let client = clickhouse::Client::default()
+        .with_url(ch.http_url())
+        .with_database(&name)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    SchemaDb {
+        name,
+        write,
+        sink,
+        client,
+    }
+}

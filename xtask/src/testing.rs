@@ -92,8 +92,10 @@ fn cargo_test(tools: &Tools) -> Command {
     let root = sh::root();
     c.env("SPOOR_NATS_SERVER", &tools.nats_server)
         .env("SPOOR_CLICKHOUSE_SERVER", &tools.clickhouse_server)
+        .env("SPOOR_CHDB_PATH", &tools.chdb)
         .env("SPOOR_WORKERD", &tools.workerd)
         .env("SPOOR_WRANGLER", &tools.wrangler)
+        .env("SPOOR_CHROMIUM", &tools.chromium)
         .env("SPOOR_EDGE_BUILD", root.join("edge/build"))
         .env("SPOOR_RELAY_BIN", target_dir().join("debug/spoor-relay"));
     c

@@ -19,6 +19,10 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
         "002_events_by_device.sql",
         include_str!("../../../../deploy/clickhouse/002_events_by_device.sql"),
     ),
+    (
+        "003_rollups.sql",
+        include_str!("../../../../deploy/clickhouse/003_rollups.sql"),
+    ),
 ];
 
 /// Creates the database and applies every schema statement.

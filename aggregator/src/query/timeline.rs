@@ -1,0 +1,252 @@
+//! Timeline requests: one user's or one device's events in order, paged.
+//!
+//! Reads the point-lookup tables of `deploy/clickhouse/002_events_by_device.sql`:
+//! a device's events are one primary-key range of `events_by_device`
+//! (project, anonymous_id, ts_ms, event_id); a user's devices come from
+//! `device_users` (project, user_id, ts_ms) first. `LIMIT 1 BY event_id`
+//! hides a duplicate that the ReplacingMergeTree has not merged yet. Pure:
+//! the clock comes in as `now_ms`, every caller value is bound.
+//!
+//! A *user's* timeline is the events with that `user_id` plus the anonymous
+//! events (`user_id = ''`) of the devices the user was seen on within the
+//! range: what they did before logging in. Other users' events on a shared
+//! device are left out.
+//!
+//! Paging is by key: events are ordered by `(ts_ms, event_id)` (ClickHouse's
+//! UUID order, the same in the `ORDER BY` and the comparison), and the
+//! cursor is the key of the last event returned, `"<ts_ms>:<event_id>"`.
+//! The next page repeats the request with that cursor and the same window
+//! (the answer echoes the window used, which matters when it was defaulted
+//! from `now_ms`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_text, funnel::check_range, window_conditions, Param, RequestError, Sql};
+
+/// Events per page when the request does not say.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Most events per page.
+pub const MAX_LIMIT: u32 = 1000;
+/// The window when the request gives no `since_ms`: one hour.
+pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
+/// Longest window: the raw table's 90 days (the device tables keep fewer).
+pub const MAX_TIMELINE_RANGE_MS: i64 = 90 * 86_400_000;
+
+/// Oldest first (the default) or newest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    #[default]
+    OldestFirst,
+    NewestFirst,
+}
+
+/// One timeline page. JSON: `{"anonymous_id": "d-1"}` or
+/// `{"user_id": "u-1", "since_ms": ..., "until_ms": ..., "limit": 100,
+/// "order": "newest_first", "cursor": "1795305600123:0190a1b2-..."}`.
+/// Exactly one of `user_id` and `anonymous_id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineRequest {
+    /// Filled in by the service from the URL.
+    #[serde(default)]
+    pub project_id: String,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub anonymous_id: Option<String>,
+    /// Events in `since_ms <= t < until_ms`. `until_ms` defaults to now,
+    /// `since_ms` to one hour before `until_ms`.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+    /// 1 to 1000; 100 if absent.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// The previous page's `next_cursor`.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub order: Order,
+}
+
+/// The key of an event in timeline order, and its text form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts_ms: i64,
+    /// Canonical lowercase UUID text.
+    pub event_id: String,
+}
+
+impl Cursor {
+    /// `"<ts_ms>:<uuid>"`: a decimal integer (optional `-`, at most 19
+    /// digits), a colon, a UUID as 8-4-4-4-12 hex digits. Nothing else.
+    pub fn parse(text: &str) -> Result<Cursor, RequestError> {
+        let bad = |reason: &str| RequestError::Invalid {
+            field: "cursor",
+            reason: format!("{reason}; pass back a `next_cursor` unchanged"),
+        };
+        let (ts, id) = text
+            .split_once(':')
+            .ok_or_else(|| bad("not of the form <ts_ms>:<event_id>"))?;
+        let digits = ts.strip_prefix('-').unwrap_or(ts);
+        if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("the time is not a decimal number of milliseconds"));
+        }
+        let ts_ms: i64 = ts.parse().map_err(|_| bad("the time is out of range"))?;
+        let uuid_shape = id.len() == 36
+            && id.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            });
+        if !uuid_shape {
+            return Err(bad("the event id is not a UUID"));
+        }
+        Ok(Cursor {
+            ts_ms,
+            event_id: id.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ts_ms, self.event_id)
+    }
+}
+
+/// Whose timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    User(&'a str),
+    Device(&'a str),
+}
+
+/// A validated request with its defaults filled in, and its query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelinePlan {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub limit: u32,
+    pub order: Order,
+    /// Selects up to `limit + 1` rows (the extra one says whether there is
+    /// a next page) with the columns of [`TIMELINE_COLUMNS`].
+    pub sql: Sql,
+}
+
+/// The columns of a timeline query, in order.
+pub const TIMELINE_COLUMNS: &str = "toString(event_id) AS id, event, ts_ms, user_id, \
+    anonymous_id, session_id, properties, page_url, page_path, page_title, country, city, \
+    device_type, browser, os, app_name, app_version";
+
+impl TimelineRequest {
+    /// Whose timeline, checked: exactly one non-empty id without control
+    /// characters, at most 256 bytes.
+    pub fn subject(&self) -> Result<Subject<'_>, RequestError> {
+        match (&self.user_id, &self.anonymous_id) {
+            (Some(user), None) => {
+                check_text("user_id", user)?;
+                Ok(Subject::User(user))
+            }
+            (None, Some(device)) => {
+                check_text("anonymous_id", device)?;
+                Ok(Subject::Device(device))
+            }
+            _ => Err(RequestError::Invalid {
+                field: "user_id",
+                reason: "give exactly one of `user_id` and `anonymous_id`".into(),
+            }),
+        }
+    }
+
+    /// `(since_ms, until_ms)` with the defaults: until now, one hour.
+    pub fn window(&self, now_ms: i64) -> Result<(i64, i64), RequestError> {
+        let until = self.until_ms.unwrap_or(now_ms);
+        let since = self
+            .since_ms
+            .unwrap_or_else(|| until.saturating_sub(DEFAULT_WINDOW_MS));
+        check_range(since, until, MAX_TIMELINE_RANGE_MS, "90 days")?;
+        Ok((since, until))
+    }
+
+    /// Checks the request and renders its query; `now_ms` fills a missing
+    /// `until_ms`.
+    pub fn plan(&self, now_ms: i64) -> Result<TimelinePlan, RequestError> {
+        check_text("project_id", &self.project_id)?;
+        let subject = self.subject()?;
+        let (since_ms, until_ms) = self.window(now_ms)?;
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(RequestError::Invalid {
+                field: "limit",
+                reason: format!("1 to {MAX_LIMIT} events per page, got {limit}"),
+            });
+        }
+        let cursor = match &self.cursor {
+            Some(text) => Some(Cursor::parse(text)?),
+            None => None,
+        };
+
+        let mut conditions = Vec::new();
+        let mut params = Vec::new();
+        window_conditions(
+            &self.project_id,
+            since_ms,
+            until_ms,
+            &mut conditions,
+            &mut params,
+        );
+        match subject {
+            Subject::Device(id) => {
+                conditions.push("anonymous_id = ?".into());
+                params.push(Param::Str(id.into()));
+            }
+            Subject::User(id) => {
+                let mut devices = Vec::new();
+                window_conditions(
+                    &self.project_id,
+                    since_ms,
+                    until_ms,
+                    &mut devices,
+                    &mut params,
+                );
+                devices.push("user_id = ?".into());
+                params.push(Param::Str(id.into()));
+                conditions.push(format!(
+                    "anonymous_id IN (SELECT anonymous_id FROM device_users WHERE {})",
+                    devices.join(" AND ")
+                ));
+                conditions.push("(user_id = ? OR user_id = '')".into());
+                params.push(Param::Str(id.into()));
+            }
+        }
+        let (after, direction) = match self.order {
+            Order::OldestFirst => (">", "ASC"),
+            Order::NewestFirst => ("<", "DESC"),
+        };
+        if let Some(c) = cursor {
+            conditions.push(format!(
+                "(ts_ms {after} ? OR (ts_ms = ? AND event_id {after} toUUID(?)))"
+            ));
+            params.push(Param::Int(c.ts_ms));
+            params.push(Param::Int(c.ts_ms));
+            params.push(Param::Str(c.event_id));
+        }
+        params.push(Param::Int(i64::from(limit) + 1));
+        let text = format!(
+            "SELECT {TIMELINE_COLUMNS} FROM events_by_device WHERE {} \
+             ORDER BY ts_ms {direction}, event_id {direction} LIMIT 1 BY event_id LIMIT ?",
+            conditions.join(" AND ")
+        );
+        Ok(TimelinePlan {
+            since_ms,
+            until_ms,
+            limit,
+            order: self.order,
+            sql: Sql { text, params },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
