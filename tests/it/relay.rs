@@ -673,7 +673,9 @@ async fn setup_is_idempotent_and_migrate_applies_everything() {
     .await;
     assert_eq!(
         tables.trim(),
-        "device_users\ndevice_users_mv\nevents\nevents_by_device\nevents_by_device_mv"
+        "device_users\ndevice_users_mv\nevents\nevents_by_device\nevents_by_device_mv\n\
+         events_rollup_day\nevents_rollup_day_mv\nevents_rollup_hour\nevents_rollup_hour_mv\n\
+         events_rollup_minute\nevents_rollup_minute_mv"
     );
 
     // A stream that drifted from the embedded definition is put back.
