@@ -23,7 +23,6 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use spoor_aggregator::config::{ClickHouseRead, Config, Tokens};
 use spoor_aggregator::query::funnel::FunnelRequest;
@@ -33,6 +32,7 @@ use spoor_aggregator::query::{MetricsRequest, Source, Sql};
 use spoor_aggregator::store;
 use spoor_relay::sink::clickhouse::schema;
 use spoor_relay::ClickHouseConfig;
+use spoor_tests::bench::{env_or, histogram, quantile_ms, record};
 use spoor_tests::clickhouse::{ClickHouseServer, READONLY_USER};
 
 const CHUNK: u64 = 1_000_000;
@@ -41,19 +41,6 @@ const WARMUP: usize = 10;
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
 const TOKEN: &str = "bench-read-token-0123456789";
-
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
-}
-
-fn record(h: &mut Histogram<u64>, d: Duration) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-    h.saturating_record(us);
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
 
 /// Fills `events` and, through the views, the rollups and device tables.
 fn generate(ch: &ClickHouseServer, db: &str, rows: u64, start_ms: i64, span_ms: i64) {
@@ -172,14 +159,8 @@ fn sessions_case(name: &'static str, body: Value) -> Case {
 }
 
 fn main() {
-    let rows: u64 = std::env::var("SPOOR_BENCH_ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000_000);
-    let samples: usize = std::env::var("SPOOR_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(SAMPLES);
+    let rows: u64 = env_or("SPOOR_BENCH_ROWS", 10_000_000);
+    let samples: usize = env_or("SPOOR_BENCH_SAMPLES", SAMPLES);
     let ch =
         ClickHouseServer::start().expect("clickhouse-server (install with `cargo xtask setup`)");
     let db = ch.fresh_database("bench_read");
@@ -196,17 +177,8 @@ fn main() {
         .expect("tokio runtime");
     rt.block_on(schema::apply(&write)).expect("schema");
 
-    let now_ms = i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis(),
-    )
-    .expect("ms fit i64");
-    let days: i64 = std::env::var("SPOOR_BENCH_DAYS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let now_ms = now_ms();
+    let days: i64 = env_or("SPOOR_BENCH_DAYS", 30);
     let start_ms = now_ms - days * DAY_MS;
     let generating = Instant::now();
     generate(&ch, &db, rows, start_ms, days * DAY_MS);
@@ -399,21 +371,25 @@ fn main() {
             }
         }
         let unrolled = if case.raw.is_some() {
-            format!("{:.1} / {:.1}", ms(&unrolled, 0.5), ms(&unrolled, 0.95))
+            format!(
+                "{:.1} / {:.1}",
+                quantile_ms(&unrolled, 0.5),
+                quantile_ms(&unrolled, 0.95)
+            )
         } else {
             "-".to_string()
         };
         println!(
             "| {} | {source} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} | {unrolled} |",
             case.name,
-            ms(&api, 0.5),
-            ms(&api, 0.95),
-            ms(&api, 0.99),
-            ms(&raw, 0.5),
-            ms(&raw, 0.95),
-            ms(&raw, 0.99),
-            ms(&api, 0.5) / ms(&raw, 0.5),
-            ms(&api, 0.95) / ms(&raw, 0.95),
+            quantile_ms(&api, 0.5),
+            quantile_ms(&api, 0.95),
+            quantile_ms(&api, 0.99),
+            quantile_ms(&raw, 0.5),
+            quantile_ms(&raw, 0.95),
+            quantile_ms(&raw, 0.99),
+            quantile_ms(&api, 0.5) / quantile_ms(&raw, 0.5),
+            quantile_ms(&api, 0.95) / quantile_ms(&raw, 0.95),
         );
     }
 }

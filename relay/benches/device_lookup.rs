@@ -30,6 +30,7 @@ use spoor_relay::sink::clickhouse::device::{
 };
 use spoor_relay::sink::clickhouse::schema;
 use spoor_relay::ClickHouseConfig;
+use spoor_tests::bench::{env_or, histogram, quantile_ms, record};
 use spoor_tests::clickhouse::ClickHouseServer;
 
 const CHUNK: u64 = 1_000_000;
@@ -47,21 +48,11 @@ struct Figures {
 }
 
 fn figures(h: &Histogram<u64>) -> Figures {
-    let ms = |us: u64| us as f64 / 1000.0;
     Figures {
-        p50_ms: ms(h.value_at_quantile(0.50)),
-        p99_ms: ms(h.value_at_quantile(0.99)),
-        max_ms: ms(h.max()),
+        p50_ms: quantile_ms(h, 0.50),
+        p99_ms: quantile_ms(h, 0.99),
+        max_ms: h.max() as f64 / 1000.0,
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
-}
-
-fn record(h: &mut Histogram<u64>, d: Duration) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-    h.saturating_record(us);
 }
 
 /// Fills `events` (and, through the views, the device tables).
@@ -113,14 +104,8 @@ struct Case<'a> {
 }
 
 fn main() {
-    let rows: u64 = std::env::var("SPOOR_BENCH_ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000_000);
-    let samples: usize = std::env::var("SPOOR_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(SAMPLES);
+    let rows: u64 = env_or("SPOOR_BENCH_ROWS", 10_000_000);
+    let samples: usize = env_or("SPOOR_BENCH_SAMPLES", SAMPLES);
     let ch =
         ClickHouseServer::start().expect("clickhouse-server (install with `cargo xtask setup`)");
     let db = ch.fresh_database("bench_device");

@@ -81,7 +81,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 use spoor_core::{Device, Geo};
-use spoor_relay::sink::clickhouse::{ClickHouseSink, EventRow};
+use spoor_relay::sink::clickhouse::EventRow;
 use spoor_relay::ClickHouseConfig;
 
 use crate::relay::{batch, event};
@@ -90,12 +90,7 @@ use crate::support::{schema_database, SchemaDb};
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use crate::support::now_ms;
 
 /// A database with the schema applied, as ClickHouse's default user.
 async fn database(ch: &ClickHouseServer, prefix: &str) -> (String, ClickHouseConfig) {
@@ -140,6 +135,16 @@ fn shop_rows(now: i64) -> Vec<EventRow> {
             EventRow::new(&b, e)
         })
         .collect()
+}
+
+/// `shop_rows(now)` stored in a fresh database, and an aggregator over it.
+async fn shop(ch: &ClickHouseServer, prefix: &str) -> (SchemaDb, Vec<EventRow>, i64, Served) {
+    let db = schema_database(ch, prefix).await;
+    let now = now_ms();
+    let rows = shop_rows(now);
+    db.sink.insert(&rows).await.unwrap();
+    let served = serve(config(ch, &db.name)).await;
+    (db, rows, now, served)
 }
 
 fn user_key(r: &EventRow) -> String {
@@ -189,14 +194,7 @@ fn values(answer: &Value) -> Vec<(String, Vec<String>, f64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_the_example_questions_with_freshness() {
     let ch = ClickHouseServer::shared();
-    let (db, write) = database(ch, "agg_api_questions").await;
-    let now = now_ms();
-    let rows = shop_rows(now);
-    ClickHouseSink::new(&write, Duration::from_secs(60))
-        .insert(&rows)
-        .await
-        .unwrap();
-    let served = serve(config(ch, &db)).await;
+    let (_, rows, now, served) = shop(ch, "agg_api_questions").await;
     let metrics = format!("{}/v1/projects/shop/metrics", served.url);
 
     // "How many users completed checkout yesterday?" (UTC days.)
@@ -298,13 +296,7 @@ async fn answers_the_example_questions_with_freshness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_tokens_open_only_their_own_project() {
     let ch = ClickHouseServer::shared();
-    let (db, write) = database(ch, "agg_api_tokens").await;
-    let now = now_ms();
-    ClickHouseSink::new(&write, Duration::from_secs(60))
-        .insert(&shop_rows(now))
-        .await
-        .unwrap();
-    let served = serve(config(ch, &db)).await;
+    let (_, _, now, served) = shop(ch, "agg_api_tokens").await;
     let body = json!({"measure": {"kind": "count"}, "since_ms": now - DAY, "until_ms": now, "granularity": "day"});
     let shop = format!("{}/v1/projects/shop/metrics", served.url);
     for (token, want, code) in [
@@ -335,14 +327,7 @@ async fn read_tokens_open_only_their_own_project() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_parameters_get_a_clear_400_and_change_nothing() {
     let ch = ClickHouseServer::shared();
-    let (db, write) = database(ch, "agg_api_hostile").await;
-    let now = now_ms();
-    let rows = shop_rows(now);
-    ClickHouseSink::new(&write, Duration::from_secs(60))
-        .insert(&rows)
-        .await
-        .unwrap();
-    let served = serve(config(ch, &db)).await;
+    let (SchemaDb { name: db, .. }, rows, now, served) = shop(ch, "agg_api_hostile").await;
     let metrics = format!("{}/v1/projects/shop/metrics", served.url);
     let base = json!({"measure": {"kind": "count"}, "since_ms": now - DAY, "until_ms": now, "granularity": "hour"});
     let with = |patch: Value| {
@@ -652,16 +637,7 @@ async fn queries_stop_at_their_time_and_row_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funnels_timelines_and_sessions_over_http() {
     let ch = ClickHouseServer::shared();
-    let SchemaDb {
-        name: db,
-        sink,
-        client,
-        ..
-    } = schema_database(ch, "agg_api_fts").await;
-    let now = now_ms();
-    let rows = shop_rows(now);
-    sink.insert(&rows).await.unwrap();
-    let served = serve(config(ch, &db)).await;
+    let (SchemaDb { client, .. }, rows, now, served) = shop(ch, "agg_api_fts").await;
     let url = |name: &str| format!("{}/v1/projects/shop/{name}", served.url);
 
     // "What is the drop-off between add_to_cart and purchase?" The API's

@@ -37,12 +37,7 @@ const TIMELINE_PAGE: usize = 50;
 /// The longest the browser script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use crate::support::now_ms;
 
 /// Builds rows with unique event ids.
 struct Rows {

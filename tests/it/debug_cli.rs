@@ -7,7 +7,7 @@
 //!   ClickHouse, marked as such;
 //! - `follow` sees an event sent after it started.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use spoor_cli::debug::{self, DebugOptions, FROM_CLICKHOUSE};
 use spoor_cli::ClickHouseOptions;
@@ -24,12 +24,7 @@ const PARTITIONS: u32 = 8;
 const DEVICE: &str = "cli-device-1";
 const PROJECT: &str = "proj_it";
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use crate::support::now_ms;
 
 /// Events `range` of `DEVICE`, received now, event times a second apart.
 fn device_batch(name: &str, range: std::ops::Range<u128>) -> WireBatch {

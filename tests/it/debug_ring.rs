@@ -6,7 +6,7 @@
 //! undecodable frames on the device's partition are listed.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use spoor_core::debug::{DeviceLookup, DeviceQuery, EventState, Subject};
 use spoor_core::{encode_batch, route, Event, WireBatch};
@@ -20,12 +20,7 @@ use crate::support::{eventually, sample_value, Relay};
 
 const PARTITIONS: u32 = 16;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use crate::support::now_ms;
 
 /// Events `range` of `device`, received by the edge now, event times one
 /// millisecond apart in reverse arrival order (so time order is checked,

@@ -447,13 +447,7 @@ async fn the_relay_runs_retention_with_its_flag() {
     let mut cfg = config(&nats, ch.http_url(), &db);
     cfg.device_retention_days = 3;
     schema::apply(&cfg.clickhouse).await.unwrap();
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let now_ms = crate::support::now_ms();
     insert(
         &cfg.clickhouse,
         vec![

@@ -241,8 +241,11 @@ async fn zero_days_turns_a_family_off_and_short_rollups_are_refused() {
     assert!(pass.dropped.iter().all(|d| d.table == "events"));
     assert_eq!(pass.dropped.len(), 9);
     assert_eq!(days_in(ch, &db, "events").await, ["2024-03-08"]);
-    for ((table, now), (_, then)) in snapshot(ch, &db).await.into_iter().zip(before).skip(1) {
-        assert_eq!(now, then, "{table}");
+    // Every other table is as it was.
+    for ((table, now), (_, then)) in snapshot(ch, &db).await.into_iter().zip(before) {
+        if table != "events" {
+            assert_eq!(now, then, "{table}");
+        }
     }
 
     // Everything off: nothing to do, and not even a listing.
@@ -342,13 +345,7 @@ async fn the_relay_runs_raw_and_rollup_retention_with_its_flags() {
     cfg.rollup_retention_days = 60;
     cfg.device_retention_days = 0;
     schema::apply(&cfg.clickhouse).await.unwrap();
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let now_ms = crate::support::now_ms();
     // Whatever today is: 200 days back is a month wholly before the rollup
     // cutoff (60 days); 45 days back is past the raw cutoff but its month
     // ends after the rollup cutoff; an hour back is kept everywhere.

@@ -11,6 +11,14 @@ use tokio::task::JoinHandle;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// A relay running in this process, stopped through its shutdown future.
 pub struct Relay {
     pub addr: SocketAddr,

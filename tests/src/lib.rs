@@ -5,6 +5,7 @@
 //! so tests run in parallel. A missing binary is an error naming the set-up
 //! command (`cargo xtask setup`), never a skip.
 
+pub mod bench;
 pub mod clickhouse;
 pub mod edge;
 pub mod nats;

@@ -11,7 +11,7 @@ pub mod timeline;
 use clickhouse::Client;
 use serde::Serialize;
 
-use crate::query::{MetricsRequest, Param, RequestError, Source, Sql};
+use crate::query::{Param, RequestError, Sql};
 
 /// One row of a metrics answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -151,15 +151,4 @@ pub enum ReadError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Plans a metrics request (the smallest table that answers it exactly,
-/// `MetricsRequest::plan`) and runs it; says which table answered.
-pub async fn metrics(
-    client: &Client,
-    request: &MetricsRequest,
-) -> Result<(Source, Vec<MetricsRow>), ReadError> {
-    let plan = request.plan()?;
-    let rows = run_metrics(client, &plan.sql).await?;
-    Ok((plan.source, rows))
 }
