@@ -435,8 +435,10 @@ async fn read_ledger(
             ledger.replayed_frames += 1;
             continue;
         }
-        let batch = match spoor_core::decode_batch(&payload, opts.max_frame_bytes) {
-            Ok(batch) => batch,
+        // A message is one frame or a bundle of frames (one per request an
+        // edge link coalesced); each frame is counted on its own.
+        let batches = match spoor_core::decode_message(&payload, opts.max_frame_bytes) {
+            Ok(batches) => batches,
             Err(e) => {
                 ledger.undecodable.push(UndecodableFrame {
                     stream_seq: seq,
@@ -446,25 +448,27 @@ async fn read_ledger(
                 continue;
             }
         };
-        if opts
-            .project
-            .as_ref()
-            .is_some_and(|p| *p != batch.project_id)
-        {
-            ledger.other_project_frames += 1;
-            continue;
-        }
-        ledger.frames_decoded += 1;
-        for event in batch.events {
-            ledger.accepted_events += 1;
-            ledger
-                .unique
-                .entry(event.event_id)
-                .or_insert_with(|| Expected {
-                    project_id: batch.project_id.clone(),
-                    event_date: event_date(event.ts_ms),
-                    stream_seq: seq,
-                });
+        for batch in batches {
+            if opts
+                .project
+                .as_ref()
+                .is_some_and(|p| *p != batch.project_id)
+            {
+                ledger.other_project_frames += 1;
+                continue;
+            }
+            ledger.frames_decoded += 1;
+            for event in batch.events {
+                ledger.accepted_events += 1;
+                ledger
+                    .unique
+                    .entry(event.event_id)
+                    .or_insert_with(|| Expected {
+                        project_id: batch.project_id.clone(),
+                        event_date: event_date(event.ts_ms),
+                        stream_seq: seq,
+                    });
+            }
         }
     }
     Ok(ledger)

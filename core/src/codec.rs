@@ -14,6 +14,21 @@
 //! caller's limit before anything is allocated, the LZ4 block must inflate to
 //! exactly that length, and the decoded event count must match. Every failure
 //! is a `DecodeError`; no input panics (the decoders are fuzzed).
+//!
+//! A JetStream message holds either one frame or a **bundle**: the frames of
+//! several requests for the same subject that an edge link coalesced into one
+//! message (see `edge/src/link`). A bundle is
+//!
+//! ```text
+//! 0..4   magic  b"SPB\0"
+//! 4      bundle version (1)
+//! 5..8   reserved, zero
+//! 8..12  frame count, u32 little-endian (at least 1)
+//! then per frame: its length, u32 little-endian, and the frame itself
+//! ```
+//!
+//! Readers of the stream call [`decode_message`] (or [`split_message`]),
+//! never `decode_batch` on a message payload directly.
 
 use crate::event::WireBatch;
 
@@ -50,6 +65,14 @@ pub enum DecodeError {
     Cbor(String),
     #[error("frame declares {declared} events but holds {actual}")]
     CountMismatch { declared: u32, actual: usize },
+    #[error("bundle is malformed: {0}")]
+    BadBundle(String),
+    #[error("frame {index} of a bundle: {source}")]
+    InBundle {
+        index: usize,
+        #[source]
+        source: Box<DecodeError>,
+    },
 }
 
 impl DecodeError {
@@ -65,6 +88,8 @@ impl DecodeError {
             DecodeError::LengthMismatch { .. } => "length_mismatch",
             DecodeError::Cbor(_) => "cbor",
             DecodeError::CountMismatch { .. } => "count_mismatch",
+            DecodeError::BadBundle(_) => "bad_bundle",
+            DecodeError::InBundle { source, .. } => source.kind(),
         }
     }
 }
@@ -148,6 +173,119 @@ pub fn decode_batch(frame: &[u8], max_uncompressed: usize) -> Result<WireBatch, 
         });
     }
     Ok(batch)
+}
+
+pub const BUNDLE_MAGIC: [u8; 4] = *b"SPB\0";
+pub const BUNDLE_VERSION: u8 = 1;
+pub const BUNDLE_HEADER_LEN: usize = 12;
+
+/// The bytes a bundle of `frame_lens` frames adds around them.
+pub fn bundle_overhead(frames: usize) -> usize {
+    BUNDLE_HEADER_LEN + 4 * frames
+}
+
+/// Wraps frames into one bundle. Frames are copied as they are; a bundle of
+/// one frame is valid, but publishers send a lone frame bare.
+pub fn encode_bundle<F: AsRef<[u8]>>(frames: &[F]) -> Vec<u8> {
+    let body: usize = frames.iter().map(|f| f.as_ref().len()).sum();
+    let mut out = Vec::with_capacity(bundle_overhead(frames.len()) + body);
+    out.extend_from_slice(&BUNDLE_MAGIC);
+    out.push(BUNDLE_VERSION);
+    out.extend_from_slice(&[0, 0, 0]);
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    for f in frames {
+        let f = f.as_ref();
+        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+/// True when a message payload is a bundle rather than a single frame.
+pub fn is_bundle(payload: &[u8]) -> bool {
+    payload.len() >= 4 && payload[0..4] == BUNDLE_MAGIC
+}
+
+/// The frames a message payload holds: itself when it is a plain frame, the
+/// bundle's members otherwise. Checks the bundle's structure only (every
+/// length inside the payload, nothing left over); the frames themselves are
+/// checked by `decode_batch`.
+pub fn split_message(payload: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    if !is_bundle(payload) {
+        return Ok(vec![payload]);
+    }
+    let bad = |m: String| DecodeError::BadBundle(m);
+    if payload.len() < BUNDLE_HEADER_LEN {
+        return Err(bad(format!(
+            "{} bytes, shorter than the {BUNDLE_HEADER_LEN}-byte header",
+            payload.len()
+        )));
+    }
+    if payload[4] != BUNDLE_VERSION {
+        return Err(bad(format!("unsupported bundle version {}", payload[4])));
+    }
+    if payload[5..8] != [0, 0, 0] {
+        return Err(bad("reserved bytes are not zero".into()));
+    }
+    let count = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]) as usize;
+    // Every member needs at least its length and a frame header, so a count
+    // the payload cannot hold is refused before anything is allocated.
+    let room = (payload.len() - BUNDLE_HEADER_LEN) / (4 + HEADER_LEN);
+    if count == 0 || count > room {
+        return Err(bad(format!(
+            "declares {count} frames, but {} bytes hold between 1 and {room}",
+            payload.len()
+        )));
+    }
+    let mut frames = Vec::with_capacity(count);
+    let mut rest = &payload[BUNDLE_HEADER_LEN..];
+    for i in 0..count {
+        if rest.len() < 4 {
+            return Err(bad(format!("frame {i}'s length is cut off")));
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        rest = &rest[4..];
+        if len > rest.len() {
+            return Err(bad(format!(
+                "frame {i} declares {len} bytes but {} remain",
+                rest.len()
+            )));
+        }
+        frames.push(&rest[..len]);
+        rest = &rest[len..];
+    }
+    if !rest.is_empty() {
+        return Err(bad(format!("{} bytes after the last frame", rest.len())));
+    }
+    Ok(frames)
+}
+
+/// Decodes every batch of one message payload (a frame or a bundle). All or
+/// nothing: one bad member fails the message, naming the member, because
+/// the edge writes every member of a bundle itself and a bad one means the
+/// message is damaged.
+pub fn decode_message(
+    payload: &[u8],
+    max_uncompressed: usize,
+) -> Result<Vec<WireBatch>, DecodeError> {
+    let frames = split_message(payload)?;
+    let bundled = is_bundle(payload);
+    frames
+        .into_iter()
+        .enumerate()
+        .map(|(index, f)| {
+            decode_batch(f, max_uncompressed).map_err(|e| {
+                if bundled {
+                    DecodeError::InBundle {
+                        index,
+                        source: Box::new(e),
+                    }
+                } else {
+                    e
+                }
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,13 +16,17 @@ pub mod enrich;
 pub mod event;
 pub mod ingest;
 pub mod limits;
+pub mod link;
 pub mod ratelimit;
 pub mod route;
 pub mod spill;
 pub mod timestamp;
 mod validate;
 
-pub use codec::{decode_batch, encode_batch, DecodeError, FrameHeader};
+pub use codec::{
+    decode_batch, decode_message, encode_batch, encode_bundle, split_message, DecodeError,
+    FrameHeader,
+};
 pub use enrich::{Device, Geo};
 pub use event::{Context, Event, WireBatch};
 pub use ingest::{ingest, Endpoint, Ingested, Receipt, Rejection, RequestError, RequestMeta};

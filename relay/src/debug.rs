@@ -531,14 +531,17 @@ pub(crate) async fn rehydrate(
         let stream_at_ms =
             i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         done.frames += 1;
-        let update = match spoor_core::decode_batch(&message.payload, max_frame_bytes) {
-            Ok(batch) => {
+        let update = match spoor_core::decode_message(&message.payload, max_frame_bytes) {
+            Ok(batches) => {
                 let state = if seq <= ack_floor {
                     EventState::Inserted { at_ms: None }
                 } else {
                     EventState::Pending
                 };
-                let events = observed(batch, stream_at_ms, seq, None, state);
+                let mut events = Vec::new();
+                for batch in batches {
+                    events.extend(observed(batch, stream_at_ms, seq, None, state));
+                }
                 done.events += events.len() as u64;
                 RingUpdate::Observed(events)
             }

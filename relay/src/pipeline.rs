@@ -248,9 +248,11 @@ impl Pipeline {
             Some(_) => Delivery::First,
         };
         let (message, acker) = message.split();
-        let mut batch =
-            match spoor_core::decode_batch(&message.payload, self.config.max_frame_bytes) {
-                Ok(batch) => batch,
+        // One message holds one frame or a bundle of frames an edge link
+        // coalesced; all of them are buffered under the message's one ack.
+        let batches =
+            match spoor_core::decode_message(&message.payload, self.config.max_frame_bytes) {
+                Ok(batches) => batches,
                 Err(error) => {
                     FrameDecodeFailed {
                         kind: error.kind(),
@@ -289,41 +291,43 @@ impl Pipeline {
                     return;
                 }
             };
-        FrameDecoded {
-            batch_id: &batch.batch_id,
-            events: batch.events.len(),
-        }
-        .emit(&self.metrics);
-
         self.take_claims();
         let now = self.now_ms();
-        let events = std::mem::take(&mut batch.events);
+        let total: usize = batches.iter().map(|b| b.events.len()).sum();
         let (mut own, mut claimed) = (0usize, 0usize);
-        let mut kept_ids = Vec::with_capacity(events.len());
-        let mut rows = Vec::with_capacity(events.len());
-        let mut seen = Vec::with_capacity(events.len());
+        let mut kept_ids = Vec::with_capacity(total);
+        let mut rows = Vec::with_capacity(total);
+        let mut seen = Vec::with_capacity(total);
         let relay_now = crate::debug::wall_ms();
-        for event in events {
-            // Marked as this relay's as the row enters the buffer: the row
-            // then either reaches ClickHouse or stays buffered for retry, so
-            // dropping a later copy never loses the event.
-            match self.dedup.observe(event.event_id, delivery, now) {
-                Verdict::Duplicate(Origin::Own) => own += 1,
-                Verdict::Duplicate(Origin::Claimed) => claimed += 1,
-                verdict => {
-                    if verdict == Verdict::KeepIfNotStored {
-                        self.unverified.insert(event.event_id);
+        for mut batch in batches {
+            FrameDecoded {
+                batch_id: &batch.batch_id,
+                events: batch.events.len(),
+            }
+            .emit(&self.metrics);
+            let events = std::mem::take(&mut batch.events);
+            for event in events {
+                // Marked as this relay's as the row enters the buffer: the row
+                // then either reaches ClickHouse or stays buffered for retry, so
+                // dropping a later copy never loses the event.
+                match self.dedup.observe(event.event_id, delivery, now) {
+                    Verdict::Duplicate(Origin::Own) => own += 1,
+                    Verdict::Duplicate(Origin::Claimed) => claimed += 1,
+                    verdict => {
+                        if verdict == Verdict::KeepIfNotStored {
+                            self.unverified.insert(event.event_id);
+                        }
+                        kept_ids.push(event.event_id);
+                        let row = EventRow::new(&batch, event);
+                        seen.push(crate::debug::observed_row(
+                            &row,
+                            stream_at_ms,
+                            stream_sequence.unwrap_or(0),
+                            relay_now,
+                        ));
+                        let size = row.estimated_size();
+                        rows.push((row, size));
                     }
-                    kept_ids.push(event.event_id);
-                    let row = EventRow::new(&batch, event);
-                    seen.push(crate::debug::observed_row(
-                        &row,
-                        stream_at_ms,
-                        stream_sequence.unwrap_or(0),
-                        relay_now,
-                    ));
-                    let size = row.estimated_size();
-                    rows.push((row, size));
                 }
             }
         }

@@ -11,6 +11,7 @@ mod device_table;
 mod e2e;
 mod edge_delivery;
 mod edge_nats;
+mod edge_pipeline;
 mod faults;
 mod funnels;
 mod harness;

@@ -172,3 +172,86 @@ proptest! {
         let _ = decode_batch(&frame, MAX);
     }
 }
+
+fn batch_with_id(id: &str, n: usize) -> WireBatch {
+    WireBatch {
+        batch_id: id.into(),
+        ..sample(n)
+    }
+}
+
+#[test]
+fn a_plain_frame_is_a_message_of_one_batch() {
+    let frame = encode_batch(&sample(3)).unwrap();
+    assert_eq!(split_message(&frame).unwrap(), vec![&frame[..]]);
+    assert_eq!(decode_message(&frame, MAX).unwrap(), vec![sample(3)]);
+    // A plain frame's own errors keep their kind.
+    let err = decode_message(&frame[..10], MAX).unwrap_err();
+    assert_eq!(err.kind(), "incomplete");
+}
+
+#[test]
+fn bundles_round_trip_in_order() {
+    let batches = [
+        batch_with_id("a", 1),
+        batch_with_id("b", 5),
+        batch_with_id("c", 2),
+    ];
+    let frames: Vec<Vec<u8>> = batches.iter().map(|b| encode_batch(b).unwrap()).collect();
+    let bundle = encode_bundle(&frames);
+    assert_eq!(
+        bundle.len(),
+        bundle_overhead(3) + frames.iter().map(Vec::len).sum::<usize>()
+    );
+    assert!(is_bundle(&bundle));
+    assert_eq!(decode_message(&bundle, MAX).unwrap(), batches.to_vec());
+}
+
+#[test]
+fn malformed_bundles_are_refused_with_a_reason() {
+    let frames = vec![
+        encode_batch(&sample(2)).unwrap(),
+        encode_batch(&sample(1)).unwrap(),
+    ];
+    let good = encode_bundle(&frames);
+    let kind = |b: &[u8]| decode_message(b, MAX).unwrap_err().kind();
+    // Cut anywhere inside: structure error, never a panic.
+    for cut in 4..good.len() {
+        assert!(decode_message(&good[..cut], MAX).is_err(), "cut at {cut}");
+    }
+    // Trailing garbage.
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert_eq!(kind(&trailing), "bad_bundle");
+    // A count the payload cannot hold is refused before allocating.
+    let mut huge = good.clone();
+    huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(kind(&huge), "bad_bundle");
+    // Zero frames.
+    assert_eq!(kind(&encode_bundle::<Vec<u8>>(&[])), "bad_bundle");
+    // Unknown version.
+    let mut v2 = good.clone();
+    v2[4] = 2;
+    assert_eq!(kind(&v2), "bad_bundle");
+    // A damaged member fails the message and names the member.
+    let mut damaged = frames.clone();
+    damaged[1][0] = b'X';
+    let err = decode_message(&encode_bundle(&damaged), MAX).unwrap_err();
+    assert_eq!(err.kind(), "bad_magic");
+    assert!(err.to_string().starts_with("frame 1 of a bundle"), "{err}");
+    // Bundles do not nest.
+    let nested = encode_bundle(&[good.clone()]);
+    assert_eq!(
+        decode_message(&nested, MAX).unwrap_err().kind(),
+        "bad_magic"
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bundles_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut payload = BUNDLE_MAGIC.to_vec();
+        payload.extend_from_slice(&bytes);
+        let _ = decode_message(&payload, MAX);
+    }
+}

@@ -106,26 +106,12 @@ where
     /// and PING, and waits for PONG, so bad credentials fail here as
     /// [`NatsError::Server`] rather than on the first publish.
     pub async fn connect(io: S, timer: T, opts: &ConnectOptions) -> Result<Self, NatsError> {
-        if let Some(token) = &opts.inbox_token {
-            check_inbox_token(token)?;
-        }
-        let mut conn = Conn::new(io);
-        let stage = Cell::new(Stage::Info);
-        bounded(
-            &timer,
-            opts.timeout_ms,
-            &stage,
-            conn.handshake(opts, &stage),
-        )
-        .await?;
-        let token = match &opts.inbox_token {
-            Some(t) => t.clone(),
-            None => format!("c{}", conn.info.client_id.unwrap_or(0)),
-        };
+        let conn = Conn::connect(io, &timer, opts).await?;
+        let inbox_prefix = conn.inbox_for(opts);
         Ok(Client {
             conn,
             timer,
-            inbox_prefix: format!("_INBOX.{token}"),
+            inbox_prefix,
             next_sid: 1,
             broken: false,
         })
@@ -309,7 +295,7 @@ async fn bounded<T: Timer, R>(
 }
 
 /// The reply to one HPUB as the caller's result.
-fn ack_result(reply: &Message, subject: &str) -> Result<PubAck, NatsError> {
+pub(crate) fn ack_result(reply: &Message, subject: &str) -> Result<PubAck, NatsError> {
     match reply
         .headers
         .as_ref()
@@ -332,7 +318,7 @@ enum Event {
 }
 
 /// Read and write halves of the protocol over one socket.
-struct Conn<S> {
+pub(crate) struct Conn<S> {
     io: S,
     /// Unparsed bytes are `rbuf[rpos..]`. The parser asks for more only while
     /// an op is incomplete and within its limits, so this stays below one
@@ -344,6 +330,19 @@ struct Conn<S> {
 }
 
 const READ_CHUNK: usize = 16 * 1024;
+
+/// What the parser accepts from a server that sent `info`: replies to us
+/// are small, but the server may deliver anything up to its own
+/// max_payload plus headers; stay within NATS's hard cap.
+pub(crate) fn reply_limits(info: &ServerInfo) -> Limits {
+    Limits {
+        max_payload: info
+            .max_payload
+            .saturating_add(64 * 1024)
+            .clamp(Limits::default().max_payload, HARD_MAX_PAYLOAD),
+        ..Limits::default()
+    }
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn new(io: S) -> Self {
@@ -357,13 +356,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn set_info(&mut self, info: ServerInfo) {
-        // Replies to us are small, but the server may deliver anything up to
-        // its own max_payload plus headers; stay within NATS's hard cap.
-        self.limits.max_payload = info
-            .max_payload
-            .saturating_add(64 * 1024)
-            .clamp(Limits::default().max_payload, HARD_MAX_PAYLOAD);
+        self.limits = reply_limits(&info);
         self.info = info;
+    }
+
+    /// Opens a connection: the whole handshake, bounded by `opts.timeout_ms`.
+    pub(crate) async fn connect<T: Timer>(
+        io: S,
+        timer: &T,
+        opts: &ConnectOptions,
+    ) -> Result<Self, NatsError> {
+        if let Some(token) = &opts.inbox_token {
+            check_inbox_token(token)?;
+        }
+        let mut conn = Conn::new(io);
+        let stage = Cell::new(Stage::Info);
+        bounded(timer, opts.timeout_ms, &stage, conn.handshake(opts, &stage)).await?;
+        Ok(conn)
+    }
+
+    /// The prefix of this connection's reply inboxes.
+    pub(crate) fn inbox_for(&self, opts: &ConnectOptions) -> String {
+        let token = match &opts.inbox_token {
+            Some(t) => t.clone(),
+            None => format!("c{}", self.info.client_id.unwrap_or(0)),
+        };
+        format!("_INBOX.{token}")
+    }
+
+    /// The socket, the bytes read but not yet parsed, the parser's limits
+    /// and the server's INFO.
+    pub(crate) fn into_parts(self) -> (S, Vec<u8>, Limits, ServerInfo) {
+        let leftover = self.rbuf[self.rpos..].to_vec();
+        (self.io, leftover, self.limits, self.info)
     }
 
     async fn read_op(&mut self) -> Result<ServerOp, NatsError> {

@@ -20,6 +20,7 @@ mod error;
 mod headers;
 mod jetstream;
 mod parser;
+mod pipeline;
 mod timer;
 mod wire;
 
@@ -30,4 +31,5 @@ pub use jetstream::{check_api_response, parse_pub_ack, PubAck};
 pub use parser::{
     parse_op, Limits, Message, ProtocolError, ServerInfo, ServerOp, HARD_MAX_PAYLOAD,
 };
+pub use pipeline::{Connected, Pipeline};
 pub use timer::Timer;
