@@ -50,6 +50,10 @@ pub struct EdgeCounters {
     /// Requests and events refused by the rate limit.
     pub rate_limited_requests: u64,
     pub rate_limited_events: u64,
+    /// Requests handed to a link.
+    pub link_requests: u64,
+    /// Requests whose link could not be reached, published per request.
+    pub link_fallback_requests: u64,
 }
 
 impl EdgeCounters {
@@ -119,7 +123,17 @@ impl EdgeCounters {
                 t.as_str()
             );
         }
-        let singles: [(&str, &str, u64); 8] = [
+        let singles: [(&str, &str, u64); 10] = [
+            (
+                "spoor_edge_link_requests_total",
+                "Requests whose frames were handed to a NATS link.",
+                self.link_requests,
+            ),
+            (
+                "spoor_edge_link_fallback_requests_total",
+                "Requests whose link could not be reached, published over a socket of their own.",
+                self.link_fallback_requests,
+            ),
             (
                 "spoor_edge_events_spilled_total",
                 "Events parked on the spill queue.",
@@ -169,6 +183,66 @@ impl EdgeCounters {
     }
 }
 
+/// The links' own state (each link reports it; not per isolate): gauges
+/// for connected and in-flight, counters for connects, messages, frames
+/// and failed frames, labelled by link name.
+pub fn render_links(region: &str, links: &[crate::link::LinkHealth]) -> String {
+    let mut s = String::new();
+    let r = escape(region);
+    type Get = fn(&crate::link::LinkHealth) -> u64;
+    let families: [(&str, &str, &str, Get); 6] = [
+        (
+            "spoor_edge_link_connected",
+            "gauge",
+            "1 when the link holds an open NATS connection.",
+            |l| l.connected as u64,
+        ),
+        (
+            "spoor_edge_link_in_flight",
+            "gauge",
+            "Messages the link has sent that await their PubAck.",
+            |l| l.in_flight as u64,
+        ),
+        (
+            "spoor_edge_link_connects_total",
+            "counter",
+            "NATS connections the link has opened since it started.",
+            |l| l.connects,
+        ),
+        (
+            "spoor_edge_link_messages_total",
+            "counter",
+            "JetStream messages the link published since it started.",
+            |l| l.messages,
+        ),
+        (
+            "spoor_edge_link_frames_total",
+            "counter",
+            "Frames those messages carried (frames/messages is the coalescing ratio).",
+            |l| l.frames,
+        ),
+        (
+            "spoor_edge_link_failed_frames_total",
+            "counter",
+            "Frames the link answered with a failure.",
+            |l| l.failed_frames,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} {kind}");
+        for l in links {
+            let _ = writeln!(
+                s,
+                "{name}{{region=\"{r}\",link=\"{}\"}} {}",
+                escape(&l.name),
+                get(l)
+            );
+        }
+    }
+    s
+}
+
 fn family(s: &mut String, name: &str, help: &str) {
     let _ = writeln!(s, "# HELP {name} {help} Per isolate.");
     let _ = writeln!(s, "# TYPE {name} counter");
@@ -186,6 +260,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn renders_link_health() {
+        let links = [crate::link::LinkHealth {
+            name: "eu:FRA:1".into(),
+            connected: true,
+            in_flight: 2,
+            connects: 1,
+            messages: 10,
+            frames: 25,
+            ..Default::default()
+        }];
+        let text = render_links("eu", &links);
+        for line in [
+            "spoor_edge_link_connected{region=\"eu\",link=\"eu:FRA:1\"} 1",
+            "spoor_edge_link_in_flight{region=\"eu\",link=\"eu:FRA:1\"} 2",
+            "spoor_edge_link_frames_total{region=\"eu\",link=\"eu:FRA:1\"} 25",
+            "# TYPE spoor_edge_link_connected gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn renders_every_family_with_labels() {
         let mut c = EdgeCounters::default();
         *c.accepted.entry("fast").or_default() += 3;
@@ -197,6 +296,7 @@ mod tests {
             .or_default() += 2;
         *c.published.entry(Target::Secondary).or_default() += 3;
         c.spilled_events = 4;
+        c.link_fallback_requests = 5;
         let text = c.render("eu\"1");
         for line in [
             "spoor_edge_events_accepted_total{region=\"eu\\\"1\",ack=\"fast\"} 3",
@@ -207,6 +307,7 @@ mod tests {
             "spoor_edge_events_published_total{region=\"eu\\\"1\",target=\"secondary\"} 3",
             "spoor_edge_events_spilled_total{region=\"eu\\\"1\"} 4",
             "# TYPE spoor_edge_replay_retries_total counter",
+            "spoor_edge_link_fallback_requests_total{region=\"eu\\\"1\"} 5",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -161,6 +161,26 @@ pub struct HandoffAnswer {
     pub results: Vec<FrameResult>,
 }
 
+/// What a link reports of itself (its `/health`), shown by the edge's
+/// /healthz and /metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkHealth {
+    pub name: String,
+    pub connected: bool,
+    pub in_flight: usize,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_error_at_ms: Option<i64>,
+    /// Connections opened since the object started.
+    pub connects: u64,
+    /// JetStream messages published, and the frames they carried.
+    pub messages: u64,
+    pub frames: u64,
+    /// Frames a failure answered (no PubAck).
+    pub failed_frames: u64,
+}
+
 /// The `Nats-Msg-Id` of a message coalescing frames with `ids`.
 pub fn bundle_msg_id<S: AsRef<str>>(ids: &[S]) -> String {
     let mut buf = Vec::with_capacity(ids.len() * 33);

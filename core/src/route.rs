@@ -18,6 +18,16 @@ pub fn subject(region: &str, partition: u32) -> String {
     format!("{SUBJECT_PREFIX}.{region}.{partition}")
 }
 
+/// The partition an events subject names (its last token), if it is one.
+pub fn partition_of_subject(subject: &str) -> Option<u32> {
+    subject
+        .strip_prefix(SUBJECT_PREFIX)?
+        .rsplit('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// True when `region` is a single NATS subject token we accept in config.
 pub fn valid_region(region: &str) -> bool {
     !region.is_empty()
@@ -64,6 +74,9 @@ mod tests {
         }
         assert_eq!(partition_of("x", 0), 0);
         assert_eq!(subject("eu-west", 3), "spoor.events.eu-west.3");
+        assert_eq!(partition_of_subject("spoor.events.eu-west.3"), Some(3));
+        assert_eq!(partition_of_subject("spoor.events.eu-west.x"), None);
+        assert_eq!(partition_of_subject("other.eu.3"), None);
     }
 
     #[test]

@@ -4,11 +4,16 @@
 
 use spoor_core::auth::WriteKeys;
 use spoor_core::delivery::{CriticalEvents, RetrySchedule};
+use spoor_core::link::Coalesce;
 use spoor_core::ratelimit::RateLimits;
 use spoor_core::route::valid_region;
 use spoor_core::spill::DEFAULT_SPILL_MAX_BYTES;
 use spoor_core::Limits;
+use spoor_edge_nats::Auth;
 use worker::Env;
+
+/// Links per (region, colo) unless `SHARDS` says otherwise.
+pub const DEFAULT_SHARDS: u32 = 2;
 
 /// One nats-server the edge publishes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +29,14 @@ pub struct EdgeConfig {
     /// Where publishing fails over to (`NATS_URL_SECONDARY`, optional).
     pub secondary: Option<NatsTarget>,
     pub nats_token: Option<String>,
+    /// TLS to every nats-server (`NATS_TLS`, on unless "off"): the socket
+    /// opens with TLS first, which nats-server's `handshake_first` expects.
+    pub nats_tls: bool,
     pub region: String,
+    /// Links per (region, colo) (`SHARDS`).
+    pub shards: u32,
+    /// How links coalesce frames (`COALESCE_MS`, `COALESCE_MAX_BYTES`).
+    pub coalesce: Coalesce,
     pub partitions: u32,
     pub allow_test_cf: bool,
     /// Bound on each NATS handshake and on each wait for PubAcks.
@@ -88,6 +100,30 @@ impl EdgeConfig {
                 .filter(|p| (1..=1024).contains(p))
                 .ok_or(format!("PARTITIONS {p:?} must be a number from 1 to 1024"))?,
         };
+        let shards = match get(env, "SHARDS") {
+            None => DEFAULT_SHARDS,
+            Some(p) => p
+                .parse::<u32>()
+                .ok()
+                .filter(|p| (1..=64).contains(p))
+                .ok_or(format!("SHARDS {p:?} must be a number from 1 to 64"))?,
+        };
+        let dc = Coalesce::default();
+        let coalesce = Coalesce {
+            window_ms: number(env, "COALESCE_MS", dc.window_ms)?,
+            max_bytes: number(env, "COALESCE_MAX_BYTES", dc.max_bytes)?,
+        };
+        if coalesce.window_ms > 1_000 {
+            return Err(format!(
+                "COALESCE_MS {} is over 1000: a window that long holds every ack back",
+                coalesce.window_ms
+            ));
+        }
+        let nats_tls = match get(env, "NATS_TLS").as_deref().map(str::trim) {
+            None | Some("on") | Some("true") => true,
+            Some("off") | Some("false") => false,
+            Some(other) => return Err(format!("NATS_TLS {other:?} must be \"on\" or \"off\"")),
+        };
         let d = RetrySchedule::default();
         let fast_retry = RetrySchedule {
             attempts: number(env, "PUBLISH_ATTEMPTS", d.attempts)?,
@@ -110,7 +146,10 @@ impl EdgeConfig {
             home,
             secondary,
             nats_token: get(env, "NATS_TOKEN"),
+            nats_tls,
             region,
+            shards,
+            coalesce,
             partitions,
             allow_test_cf: get(env, "ALLOW_TEST_CF").as_deref() == Some("true"),
             publish_timeout_ms: number(env, "PUBLISH_TIMEOUT_MS", 5_000)?,
@@ -122,6 +161,11 @@ impl EdgeConfig {
             metrics_token: get(env, "METRICS_TOKEN"),
             limits: Limits::default(),
         })
+    }
+
+    /// The credentials sent in CONNECT.
+    pub fn nats_auth(&self) -> Auth {
+        self.nats_token.clone().map(Auth::Token).unwrap_or_default()
     }
 
     /// The targets in failover order: home, then the secondary if any.

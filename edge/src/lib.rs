@@ -4,13 +4,18 @@
 //! runtime's geo data, hands them to `ingest`, asks `delivery` for the ack
 //! mode and `ratelimit` for a verdict, then either publishes before
 //! answering (durable) or answers at once and publishes in `wait_until`
-//! (fast), failing over home → secondary → spill queue. It holds no
-//! validation, enrichment or delivery rule of its own. Its only state is
-//! per isolate: counters and rate-limit buckets (`state`); sockets are
-//! never shared (workerd binds them to the request that opened them).
+//! (fast). Publishing goes through a **link** (`link`), a Durable Object
+//! per (region, colo, shard) that owns one long-lived NATS connection and
+//! coalesces frames; what the link cannot store fails over to per-request
+//! sockets (home, secondary), then the spill queue (fast) or a 503
+//! (durable). It holds no validation, enrichment or delivery rule of its
+//! own. Its only state is per isolate: counters and rate-limit buckets
+//! (`state`); an isolate's own sockets are never shared (workerd binds them
+//! to the request that opened them), which is why the link exists.
 
 mod config;
 mod http;
+mod link;
 mod publish;
 mod spill;
 mod state;
@@ -21,14 +26,15 @@ use spoor_core::ingest::{error_body, ingest, Endpoint, Ingested, RequestMeta};
 use spoor_core::ratelimit::Verdict;
 use spoor_core::spill::SpillMessage;
 use spoor_core::Geo;
-use spoor_edge_nats::PublishMsg;
 use worker::{
     console_error, event, Context, Date, Env, MessageBatch, Method, Request, Response, Result,
 };
 
 use crate::config::EdgeConfig;
 use crate::http::{json_response, with_cors};
-use crate::publish::{deliver, durable_schedule, Frame};
+use crate::publish::{deliver_via_link, durable_schedule, Frame};
+use futures_util::StreamExt as _;
+use spoor_core::link::{link_name, LinkHealth};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
@@ -48,12 +54,23 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
     match (req.method(), path.as_str()) {
         (Method::Options, _) => Ok(Response::empty()?.with_status(204)),
         (Method::Get, "/healthz") => {
-            let region = EdgeConfig::from_env(env)
-                .map(|c| c.region)
-                .unwrap_or_default();
+            let cfg = match EdgeConfig::from_env(env) {
+                Ok(c) => c,
+                Err(e) => return refuse(500, "misconfigured", &e),
+            };
+            let (geo, _) = request_origin(&req, &cfg)?;
+            let links: Vec<serde_json::Value> = links_health(env, &cfg, &geo.colo)
+                .await
+                .into_iter()
+                .map(|l| match l {
+                    Ok(h) => serde_json::to_value(h).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                })
+                .collect();
             json_response(
                 200,
-                &serde_json::json!({ "status": "ok", "region": region }).to_string(),
+                &serde_json::json!({ "status": "ok", "region": cfg.region, "links": links })
+                    .to_string(),
             )
         }
         (Method::Get, "/metrics") => {
@@ -73,7 +90,14 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
                     );
                 }
             }
-            let text = state::count(|c| c.render(&cfg.region));
+            let (geo, _) = request_origin(&req, &cfg)?;
+            let links: Vec<LinkHealth> = links_health(env, &cfg, &geo.colo)
+                .await
+                .into_iter()
+                .filter_map(|l| l.ok())
+                .collect();
+            let mut text = state::count(|c| c.render(&cfg.region));
+            text.push_str(&spoor_core::counters::render_links(&cfg.region, &links));
             let mut resp = Response::ok(text)?;
             resp.headers_mut()
                 .set("Content-Type", "text/plain; version=0.0.4")?;
@@ -149,7 +173,17 @@ async fn handle(
     let query = req.url()?.query().map(str::to_owned);
     let key = key.to_string();
     let (geo, ip) = request_origin(&req, &cfg)?;
-    let body = req.bytes().await?;
+    // Bodies without Content-Length (chunked) are read only up to the
+    // limit: a 50 MB stream costs the isolate nothing past it.
+    let read_limit = cfg.limits.max_body_bytes.saturating_mul(4);
+    let body = match read_bounded(&mut req, read_limit).await? {
+        Some(b) => b,
+        None => {
+            let msg = format!("request body exceeds the limit of {read_limit} bytes");
+            return refuse(413, "payload_too_large", &msg);
+        }
+    };
+    let colo = geo.colo.clone();
 
     let meta = RequestMeta {
         project_id: &project_id,
@@ -195,16 +229,18 @@ async fn handle(
         &ingested.event_names,
         &cfg.critical,
     );
-    let frames: Vec<Frame> = ingested
+    let frames: Vec<Frame> = ingested.messages.iter().map(Frame::of).collect();
+    // One link per request, chosen by its first partition, so one
+    // partition's frames meet (and coalesce) in one link.
+    let link = ingested
         .messages
-        .iter()
-        .map(|m| Frame {
-            msg: PublishMsg::new(m.subject.clone(), m.msg_id.clone(), m.frame.clone()),
-            events: m.events,
-        })
-        .collect();
+        .first()
+        .and_then(|m| spoor_core::route::partition_of_subject(&m.subject))
+        .map(|p| link_name(&cfg.region, &colo, p, cfg.shards))
+        .unwrap_or_default();
     if mode == AckMode::Durable {
-        let delivery = deliver(&cfg, &frames, durable_schedule()).await;
+        state::count(|c| c.link_requests += 1);
+        let delivery = deliver_via_link(env, &cfg, &link, &frames, durable_schedule()).await;
         if !delivery.all_acked() {
             // Nothing of this request is acknowledged; batch ids are
             // deterministic, so the client's retry cannot double-store what
@@ -223,7 +259,7 @@ async fn handle(
         .map_err(|e| worker::Error::RustError(e.to_string()))?;
     if mode == AckMode::Fast && !frames.is_empty() {
         let env = env.clone();
-        ctx.wait_until(async move { deliver_after_ack(env, cfg, ingested, frames).await });
+        ctx.wait_until(async move { deliver_after_ack(env, cfg, link, ingested, frames).await });
     }
     let mut resp = json_response(202, &body)?;
     resp.headers_mut().set("X-Spoor-Ack", mode.as_str())?;
@@ -241,10 +277,18 @@ fn count_receipt(ingested: &Ingested, mode: AckMode) {
     });
 }
 
-/// A fast ack's publishing, after the answer: bounded retries home →
-/// secondary, then the spill queue for whatever no region took.
-async fn deliver_after_ack(env: Env, cfg: EdgeConfig, ingested: Ingested, frames: Vec<Frame>) {
-    let delivery = deliver(&cfg, &frames, cfg.fast_retry).await;
+/// A fast ack's publishing, after the answer: the link, then bounded
+/// retries home → secondary over per-request sockets, then the spill
+/// queue for whatever no region took.
+async fn deliver_after_ack(
+    env: Env,
+    cfg: EdgeConfig,
+    link: String,
+    ingested: Ingested,
+    frames: Vec<Frame>,
+) {
+    state::count(|c| c.link_requests += 1);
+    let delivery = deliver_via_link(&env, &cfg, &link, &frames, cfg.fast_retry).await;
     if delivery.all_acked() {
         return;
     }
@@ -264,6 +308,51 @@ async fn deliver_after_ack(env: Env, cfg: EdgeConfig, ingested: Ingested, frames
             total - spilled
         );
     }
+}
+
+/// Reads the body, or `None` once it passes `limit` bytes (the rest is
+/// never read).
+async fn read_bounded(req: &mut Request, limit: usize) -> Result<Option<Vec<u8>>> {
+    let mut stream = req.stream()?;
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// Every link of this colo's shards, as each reports itself (or why it
+/// could not be asked). Asking does not make a link connect.
+async fn links_health(
+    env: &Env,
+    cfg: &EdgeConfig,
+    colo: &str,
+) -> Vec<std::result::Result<LinkHealth, String>> {
+    let mut out = Vec::new();
+    for k in 0..cfg.shards {
+        let name = link_name(&cfg.region, colo, k, cfg.shards);
+        out.push(
+            link_health(env, &name)
+                .await
+                .map_err(|e| format!("{name}: {e}")),
+        );
+    }
+    out
+}
+
+async fn link_health(env: &Env, name: &str) -> Result<LinkHealth> {
+    let stub = env
+        .durable_object(link::LINK_BINDING)?
+        .id_from_name(name)?
+        .get_stub()?;
+    let mut req = Request::new("https://link/health", Method::Get)?;
+    req.headers_mut()?.set(link::LINK_NAME_HEADER, name)?;
+    let mut resp = stub.fetch_with_request(req).await?;
+    resp.json().await
 }
 
 /// Geo data and client IP. In production both come from Cloudflare (`cf`

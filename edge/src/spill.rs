@@ -16,8 +16,9 @@ use spoor_edge_nats::PublishMsg;
 use worker::{console_error, console_warn, Env, MessageBatch, MessageBuilder, MessageExt, Result};
 
 use crate::config::EdgeConfig;
-use crate::publish::{deliver, durable_schedule, Frame};
+use crate::publish::{deliver_via_link, durable_schedule, Frame};
 use crate::state;
+use spoor_core::link::link_name;
 
 /// The producer binding's name in wrangler.toml.
 pub const SPILL_BINDING: &str = "SPILL";
@@ -117,7 +118,13 @@ pub async fn replay(batch: MessageBatch<SpillMessage>, env: Env) -> Result<()> {
             }
         }
     }
-    let delivery = deliver(&cfg, &frames, durable_schedule()).await;
+    // Through the link of the first frame's partition, like a request.
+    let link = frames
+        .first()
+        .and_then(|f| spoor_core::route::partition_of_subject(&f.msg.subject))
+        .map(|p| link_name(&cfg.region, "", p, cfg.shards))
+        .unwrap_or_default();
+    let delivery = deliver_via_link(&env, &cfg, &link, &frames, durable_schedule()).await;
     let queue = env.queue(SPILL_BINDING).ok();
     for ((m, body), ok) in messages.iter().zip(&delivery.acked) {
         if *ok {

@@ -10,6 +10,7 @@ mod debug_ring;
 mod device_table;
 mod e2e;
 mod edge_delivery;
+mod edge_link;
 mod edge_nats;
 mod edge_pipeline;
 mod faults;

@@ -57,6 +57,7 @@ impl EdgeConfig {
         }
         vars.insert("NATS_URL".into(), "127.0.0.1:1".into());
         vars.insert("ALLOW_TEST_CF".into(), "true".into());
+        vars.insert("NATS_TLS".into(), "off".into());
         vars.extend(self.vars.clone());
         vars
     }
@@ -365,7 +366,15 @@ fn workerd_config(
     for (k, v) in vars {
         let _ = writeln!(c, "    (name = {}, text = {}),", capnp_str(k), capnp_str(v));
     }
-    c.push_str("  ],\n  globalOutbound = \"outbound\",\n);\n");
+    // The NATS links: Durable Objects kept in memory (they hold sockets,
+    // not data) and never evicted while the edge runs.
+    let _ = writeln!(
+        c,
+        "    (name = \"LINK\", durableObjectNamespace = \"Link\"),"
+    );
+    c.push_str("  ],\n  durableObjectNamespaces = [ (className = \"Link\", uniqueKey = \"spoor-edge-link\", preventEviction = true) ],\n");
+    c.push_str("  durableObjectStorage = (inMemory = void),\n");
+    c.push_str("  globalOutbound = \"outbound\",\n);\n");
     c
 }
 

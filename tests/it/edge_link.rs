@@ -1,0 +1,367 @@
+//! The edge's NATS links (Durable Objects holding one long-lived
+//! connection each) in plain workerd against a real nats-server:
+//!
+//! - 10,000 requests open no more connections than there are links (plus
+//!   slack), where the per-request path opened one each; every event is in
+//!   the stream and nothing fell back to a per-request socket;
+//! - durable acks are group-committed: concurrent requests for one
+//!   partition share JetStream messages, and each gets its 202 after the
+//!   PubAck of the message holding its events;
+//! - a retried request whose events were already stored inside a coalesced
+//!   message is stored once (the relay's event-id dedup), counted without
+//!   FINAL;
+//! - a link reconnects lazily after nats-server restarts;
+//! - a chunked 50 MB body is cut off at the limit with 413 while other
+//!   requests' publishes complete.
+
+use std::collections::BTreeSet;
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::StreamExt as _;
+use serde_json::{json, Value};
+use spoor_relay::{ClickHouseConfig, RelayConfig};
+use spoor_tests::clickhouse::ClickHouseServer;
+use spoor_tests::edge::{Edge, EdgeConfig};
+use spoor_tests::nats::NatsServer;
+
+use crate::e2e::{send, uuid, Answer};
+use crate::support::{eventually, Relay};
+
+const WRITE_KEY: &str = "wk_link";
+const PROJECT: &str = "link";
+const STREAM: &str = "SPOOR_EVENTS";
+const SHARDS: u64 = 2;
+
+fn edge_config(nats: &NatsServer) -> EdgeConfig {
+    EdgeConfig::new(nats.host_port())
+        .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
+        .var("REGION", "lk")
+        .var("PARTITIONS", "16")
+        .var("SHARDS", SHARDS.to_string())
+        .var("RATE_LIMIT_EVENTS_PER_SEC", "0")
+}
+
+async fn admin(nats: &NatsServer) -> async_nats::Client {
+    async_nats::connect(nats.url()).await.unwrap()
+}
+
+async fn create_stream(nats: &NatsServer) -> jetstream::Context {
+    let js = jetstream::new(admin(nats).await);
+    spoor_relay::source::nats::ensure_stream(&js, STREAM)
+        .await
+        .unwrap();
+    js
+}
+
+/// Connections the server has seen, open and closed.
+fn connections_seen(nats: &NatsServer) -> u64 {
+    let url = format!(
+        "http://127.0.0.1:{}/connz?state=all&limit=100000",
+        nats.monitor_port()
+    );
+    let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["total"].as_u64().unwrap()
+}
+
+/// A batch of `n` events from one device, and their ids.
+fn batch(device: &str, n: usize) -> (String, Vec<String>) {
+    let ids: Vec<String> = (0..n).map(|_| uuid()).collect();
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            json!({"event": "page_view", "event_id": id, "anonymous_id": device,
+                   "properties": {"path": "/"}})
+        })
+        .collect();
+    (json!({ "batch": events }).to_string(), ids)
+}
+
+fn post(edge: &Edge, body: &str, durable: bool) -> Answer {
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("X-Spoor-Write-Key", WRITE_KEY),
+    ];
+    if durable {
+        headers.push(("X-Spoor-Ack", "durable"));
+    }
+    send(
+        "POST",
+        &format!("{}/v1/batch", edge.url()),
+        &headers,
+        Some(body.as_bytes()),
+    )
+}
+
+/// Every event id in the stream (frames and bundles alike), and the
+/// number of messages.
+async fn stream_contents(js: &jetstream::Context) -> (u64, Vec<String>) {
+    let stream = js.get_stream(STREAM).await.unwrap();
+    let messages = stream.cached_info().state.messages;
+    let mut ids = Vec::new();
+    if messages == 0 {
+        return (0, ids);
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut stream_msgs = consumer.messages().await.unwrap().take(messages as usize);
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(30), stream_msgs.next())
+        .await
+        .expect("reading the stream")
+    {
+        let m = m.unwrap();
+        for batch in spoor_core::decode_message(&m.payload, 1 << 24).unwrap() {
+            ids.extend(batch.events.iter().map(|e| e.event_id.to_string()));
+        }
+    }
+    (messages, ids)
+}
+
+fn edge_metric(edge: &Edge, name: &str) -> f64 {
+    let text = ureq::get(&format!("{}/metrics", edge.url()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_requests_reuse_the_links_connections() {
+    const REQUESTS: usize = 10_000;
+    const EVENTS: usize = 2;
+    let nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats).await;
+    let before = connections_seen(&nats);
+    let edge = Arc::new(Edge::start(&edge_config(&nats)).unwrap());
+
+    // 16 senders, each a share of the requests, devices spread over partitions.
+    let mut senders = Vec::new();
+    for s in 0..16 {
+        let edge = edge.clone();
+        senders.push(tokio::task::spawn_blocking(move || {
+            let mut ids = Vec::new();
+            for i in (s..REQUESTS).step_by(16) {
+                let (body, batch_ids) = batch(&format!("dev-{}", i % 500), EVENTS);
+                let a = post(&edge, &body, false);
+                assert_eq!(a.status, 202, "{}", a.body);
+                ids.extend(batch_ids);
+            }
+            ids
+        }));
+    }
+    let mut sent = BTreeSet::new();
+    for s in senders {
+        sent.extend(s.await.unwrap());
+    }
+    assert_eq!(sent.len(), REQUESTS * EVENTS);
+
+    let frames = eventually("every frame published by the links", || async {
+        let f = edge_metric(&edge, "spoor_edge_link_frames_total");
+        (f as usize >= REQUESTS).then_some(f)
+    })
+    .await;
+    assert_eq!(
+        frames as usize, REQUESTS,
+        "one frame per single-device request"
+    );
+    assert_eq!(
+        edge_metric(&edge, "spoor_edge_link_fallback_requests_total"),
+        0.0,
+        "no request fell back to a socket of its own\n{}",
+        edge.log()
+    );
+    let (messages, stored) = stream_contents(&js).await;
+    let stored: BTreeSet<String> = stored.into_iter().collect();
+    assert_eq!(stored, sent, "every accepted event is in the stream");
+    assert!(
+        messages <= REQUESTS as u64,
+        "{messages} NATS messages for {REQUESTS} requests"
+    );
+    let opened = connections_seen(&nats) - before;
+    assert!(
+        opened <= SHARDS + 2,
+        "{opened} connections opened for {REQUESTS} requests with {SHARDS} links"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_acks_are_group_committed_and_a_retry_is_stored_once() {
+    const REQUESTS: usize = 24;
+    const EVENTS: usize = 3;
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("edge_link");
+    let mut relay_config = RelayConfig::new(
+        nats.url(),
+        ClickHouseConfig {
+            url: ch.http_url(),
+            database: db.clone(),
+            user: None,
+            password: None,
+        },
+    );
+    relay_config.batch.flush_interval_ms = 200;
+    let relay = Relay::start(relay_config).await;
+    let js = jetstream::new(admin(&nats).await);
+    // A wide window so that concurrent requests surely meet in one message.
+    let edge = Arc::new(Edge::start(&edge_config(&nats).var("COALESCE_MS", "50")).unwrap());
+
+    // Concurrent durable requests from one device: one partition, one link.
+    let bodies: Vec<(String, Vec<String>)> =
+        (0..REQUESTS).map(|_| batch("dev-group", EVENTS)).collect();
+    let mut waits = Vec::new();
+    for (body, _) in &bodies {
+        let (edge, body) = (edge.clone(), body.clone());
+        waits.push(tokio::task::spawn_blocking(move || {
+            post(&edge, &body, true)
+        }));
+    }
+    for w in waits {
+        let a = w.await.unwrap();
+        assert_eq!(a.status, 202, "{}", a.body);
+        assert_eq!(a.header("x-spoor-ack"), Some("durable"));
+    }
+    // Every durable 202 came after its PubAck: all events are in the stream now.
+    let (messages, stored) = stream_contents(&js).await;
+    assert_eq!(stored.len(), REQUESTS * EVENTS);
+    assert!(
+        messages < REQUESTS as u64,
+        "{REQUESTS} concurrent requests for one partition should share messages, got {messages}"
+    );
+
+    // The first request again, alone: its frame is published bare under its
+    // own id, unlike the coalesced message that already stored its events.
+    let retry = post(&edge, &bodies[0].0, true);
+    assert_eq!(retry.status, 202, "{}", retry.body);
+    let (after, _) = stream_contents(&js).await;
+    assert_eq!(after, messages + 1, "the retry is a new JetStream message");
+
+    let expected = (REQUESTS * EVENTS) as u64;
+    eventually("the retry's events dropped as duplicates", || async {
+        (relay.metric("spoor_relay_events_deduped_total").await >= EVENTS as f64).then_some(())
+    })
+    .await;
+    let counts = eventually("every event stored", || async {
+        let row = tokio::task::block_in_place(|| {
+            ch.query(&format!(
+                "SELECT count(), uniqExact(event_id) FROM {db}.events \
+                 WHERE project_id = '{PROJECT}' FORMAT TSV"
+            ))
+            .unwrap()
+        });
+        let v: Vec<u64> = row.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[1] >= expected).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        counts,
+        vec![expected, expected],
+        "count() = uniqExact(event_id), no FINAL"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_reconnects_after_nats_restarts() {
+    let nats = NatsServer::start().unwrap();
+    create_stream(&nats).await;
+    let edge = Edge::start(&edge_config(&nats)).unwrap();
+    let one = |durable| post(&edge, &batch("dev-r", 1).0, durable);
+    let a = tokio::task::block_in_place(|| one(true));
+    assert_eq!(a.status, 202, "{}", a.body);
+
+    nats.stop();
+    let down = tokio::task::block_in_place(|| one(true));
+    assert_eq!(down.status, 503, "{}", down.body);
+    nats.restart().unwrap();
+    let back = tokio::task::block_in_place(|| one(true));
+    assert_eq!(back.status, 202, "{}", back.body);
+
+    let health: Value = tokio::task::block_in_place(|| {
+        send("GET", &format!("{}/healthz", edge.url()), &[], None).json()
+    });
+    let links = health["links"].as_array().unwrap();
+    assert_eq!(links.len() as u64, SHARDS, "{health}");
+    let used: Vec<&Value> = links.iter().filter(|l| l["connects"] != 0).collect();
+    assert_eq!(used.len(), 1, "{health}");
+    assert_eq!(
+        used[0]["connects"], 2,
+        "one reconnect after the restart: {health}"
+    );
+    assert_eq!(used[0]["connected"], true);
+    assert!(
+        used[0]["last_error"].is_string(),
+        "the outage is remembered: {health}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_50_mb_body_gets_413_and_other_publishes_complete() {
+    let nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats).await;
+    let edge = Arc::new(Edge::start(&edge_config(&nats)).unwrap());
+    let addr = edge.url().trim_start_matches("http://").to_string();
+
+    let big = std::thread::spawn(move || {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             X-Spoor-Write-Key: {WRITE_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b' '; 64 * 1024];
+        let mut written = 0usize;
+        // The edge may answer and close long before 50 MB: a failed write
+        // is expected then.
+        while written < 50 << 20 {
+            let framed = format!("{:x}\r\n", chunk.len());
+            if tcp.write_all(framed.as_bytes()).is_err()
+                || tcp.write_all(&chunk).is_err()
+                || tcp.write_all(b"\r\n").is_err()
+            {
+                break;
+            }
+            written += chunk.len();
+        }
+        let _ = tcp.write_all(b"0\r\n\r\n");
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        (written, answer)
+    });
+    // Meanwhile, ordinary durable requests keep being stored.
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let (body, ids) = batch(&format!("dev-{i}"), 2);
+        let edge = edge.clone();
+        let a = tokio::task::spawn_blocking(move || post(&edge, &body, true))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 202, "{}", a.body);
+        sent.extend(ids);
+    }
+    let (written, answer) = tokio::task::spawn_blocking(move || big.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "after {written} bytes: {answer:?}"
+    );
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    let (_, stored) = stream_contents(&js).await;
+    let stored: BTreeSet<String> = stored.into_iter().collect();
+    assert!(sent.iter().all(|id| stored.contains(id)));
+    // The edge is still well.
+    let h =
+        tokio::task::block_in_place(|| send("GET", &format!("{}/healthz", edge.url()), &[], None));
+    assert_eq!(h.status, 200);
+}
