@@ -44,16 +44,31 @@ pub struct HandoffFrame {
 #[error("link hand-off body is malformed: {0}")]
 pub struct HandoffError(pub String);
 
-/// Encodes frames for the link:
-/// `version, count u16 LE, then per frame: subject (u16 len), msg id (u16
-/// len), events u32, frame (u32 len)`, all little-endian.
-pub fn encode_handoff(frames: &[HandoffFrame]) -> Vec<u8> {
+/// Frames handed to a link, and how it may send them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handoff {
+    /// Each frame goes out as its own message under its own id, never
+    /// coalesced: the spill replay's frames may repeat one another (a frame
+    /// spilled twice), and only bare frames let JetStream's duplicate window
+    /// drop the repeat.
+    pub alone: bool,
+    pub frames: Vec<HandoffFrame>,
+}
+
+const FLAG_ALONE: u8 = 1;
+
+/// Encodes a hand-off for the link: `version, flags, count u16, then per
+/// frame: subject (u16 len), msg id (u16 len), events u32, frame (u32
+/// len)`, all little-endian.
+pub fn encode_handoff(handoff: &Handoff) -> Vec<u8> {
+    let frames = &handoff.frames;
     let size: usize = frames
         .iter()
         .map(|f| 12 + f.subject.len() + f.msg_id.len() + f.frame.len())
         .sum();
-    let mut out = Vec::with_capacity(3 + size);
+    let mut out = Vec::with_capacity(4 + size);
     out.push(HANDOFF_VERSION);
+    out.push(if handoff.alone { FLAG_ALONE } else { 0 });
     out.extend_from_slice(&(frames.len() as u16).to_le_bytes());
     for f in frames {
         out.extend_from_slice(&(f.subject.len() as u16).to_le_bytes());
@@ -101,11 +116,15 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decodes a hand-off body.
-pub fn decode_handoff(body: &[u8]) -> Result<Vec<HandoffFrame>, HandoffError> {
+pub fn decode_handoff(body: &[u8]) -> Result<Handoff, HandoffError> {
     let mut c = Cursor { rest: body };
     let version = c.take(1, "version")?[0];
     if version != HANDOFF_VERSION {
         return Err(HandoffError(format!("unsupported version {version}")));
+    }
+    let flags = c.take(1, "flags")?[0];
+    if flags & !FLAG_ALONE != 0 {
+        return Err(HandoffError(format!("unknown flags {flags:#04x}")));
     }
     let count = c.u16("frame count")?;
     // Each frame takes at least 12 bytes of lengths.
@@ -135,7 +154,10 @@ pub fn decode_handoff(body: &[u8]) -> Result<Vec<HandoffFrame>, HandoffError> {
             c.rest.len()
         )));
     }
-    Ok(frames)
+    Ok(Handoff {
+        alone: flags & FLAG_ALONE != 0,
+        frames,
+    })
 }
 
 /// The link's answer for one handed-off frame.

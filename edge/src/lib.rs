@@ -240,7 +240,7 @@ async fn handle(
         .unwrap_or_default();
     if mode == AckMode::Durable {
         state::count(|c| c.link_requests += 1);
-        let delivery = deliver_via_link(env, &cfg, &link, &frames, durable_schedule()).await;
+        let delivery = deliver_via_link(env, &cfg, &link, &frames, durable_schedule(), false).await;
         if !delivery.all_acked() {
             // Nothing of this request is acknowledged; batch ids are
             // deterministic, so the client's retry cannot double-store what
@@ -288,7 +288,7 @@ async fn deliver_after_ack(
     frames: Vec<Frame>,
 ) {
     state::count(|c| c.link_requests += 1);
-    let delivery = deliver_via_link(&env, &cfg, &link, &frames, cfg.fast_retry).await;
+    let delivery = deliver_via_link(&env, &cfg, &link, &frames, cfg.fast_retry, false).await;
     if delivery.all_acked() {
         return;
     }

@@ -108,8 +108,8 @@ impl DurableObject for Link {
             (Method::Get, "/health") => Response::from_json(&self.health()),
             (Method::Post, "/publish") => {
                 let body = req.bytes().await?;
-                let frames = match decode_handoff(&body) {
-                    Ok(f) => f,
+                let (frames, alone) = match decode_handoff(&body) {
+                    Ok(h) => (h.frames, h.alone),
                     Err(e) => return Response::error(e.to_string(), 400),
                 };
                 let config = match self.config() {
@@ -127,7 +127,7 @@ impl DurableObject for Link {
                 };
                 let waits: Vec<_> = frames
                     .into_iter()
-                    .map(|f| enqueue(&self.inner, &config, f))
+                    .map(|f| enqueue(&self.inner, &config, f, alone))
                     .collect();
                 let results = join_all(waits.into_iter().map(|rx| async move {
                     rx.await.unwrap_or_else(|_| FrameResult {
@@ -171,10 +171,22 @@ fn enqueue(
     inner: &Rc<RefCell<Inner>>,
     config: &Rc<EdgeConfig>,
     frame: HandoffFrame,
+    alone: bool,
 ) -> oneshot::Receiver<FrameResult> {
     let (tx, rx) = oneshot::channel();
     let limits = config.coalesce;
     let subject = frame.subject.clone();
+    if alone {
+        let mut pending = Pending::default();
+        pending.add(frame, limits);
+        let open = Open {
+            generation: 0,
+            pending,
+            waiters: vec![tx],
+        };
+        send(inner.clone(), config.clone(), subject, open);
+        return rx;
+    }
     let mut i = inner.borrow_mut();
     // A frame that would overflow the open message sends that one first.
     if i.open

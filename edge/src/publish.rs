@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use spoor_core::delivery::RetrySchedule;
 use spoor_core::ingest::Outbound;
-use spoor_core::link::{encode_handoff, HandoffAnswer, HandoffFrame};
+use spoor_core::link::{encode_handoff, Handoff, HandoffAnswer, HandoffFrame};
 use spoor_edge_nats::{Client, ConnectOptions, PublishMsg};
 use worker::{
     console_warn, Date, Delay, Env, Method, Request, RequestInit, SecureTransport, Socket,
@@ -71,13 +71,14 @@ pub async fn deliver_via_link(
     link_name: &str,
     frames: &[Frame],
     schedule: RetrySchedule,
+    alone: bool,
 ) -> Delivery {
     let mut acked = vec![false; frames.len()];
     let mut last_error = None;
     if frames.is_empty() {
         return Delivery { acked, last_error };
     }
-    let targets = match hand_off(env, link_name, frames).await {
+    let targets = match hand_off(env, link_name, frames, alone).await {
         Ok(answer) => {
             let mut stored_events = 0;
             for (i, r) in answer.results.iter().enumerate().take(frames.len()) {
@@ -129,9 +130,15 @@ pub async fn deliver_via_link(
 }
 
 /// Posts the frames to the link and reads its per-frame answer.
-async fn hand_off(env: &Env, link_name: &str, frames: &[Frame]) -> Result<HandoffAnswer, String> {
-    let body = encode_handoff(
-        &frames
+async fn hand_off(
+    env: &Env,
+    link_name: &str,
+    frames: &[Frame],
+    alone: bool,
+) -> Result<HandoffAnswer, String> {
+    let body = encode_handoff(&Handoff {
+        alone,
+        frames: frames
             .iter()
             .map(|f| HandoffFrame {
                 subject: f.msg.subject.clone(),
@@ -139,8 +146,8 @@ async fn hand_off(env: &Env, link_name: &str, frames: &[Frame]) -> Result<Handof
                 events: f.events as u32,
                 frame: f.msg.payload.clone(),
             })
-            .collect::<Vec<_>>(),
-    );
+            .collect(),
+    });
     let stub = env
         .durable_object(LINK_BINDING)
         .and_then(|ns| ns.id_from_name(link_name)?.get_stub())

@@ -118,13 +118,15 @@ pub async fn replay(batch: MessageBatch<SpillMessage>, env: Env) -> Result<()> {
             }
         }
     }
-    // Through the link of the first frame's partition, like a request.
+    // Through the link of the first frame's partition, like a request, but
+    // each frame alone under its own id: a frame spilled twice is then
+    // JetStream's duplicate.
     let link = frames
         .first()
         .and_then(|f| spoor_core::route::partition_of_subject(&f.msg.subject))
         .map(|p| link_name(&cfg.region, "", p, cfg.shards))
         .unwrap_or_default();
-    let delivery = deliver_via_link(&env, &cfg, &link, &frames, durable_schedule()).await;
+    let delivery = deliver_via_link(&env, &cfg, &link, &frames, durable_schedule(), true).await;
     let queue = env.queue(SPILL_BINDING).ok();
     for ((m, body), ok) in messages.iter().zip(&delivery.acked) {
         if *ok {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde_json::{json, Value};
-use spoor_core::decode_batch;
+use spoor_core::decode_message;
 use spoor_core::route::{batch_id, partition_of};
 use spoor_tests::edge::{Edge, EdgeConfig};
 use spoor_tests::nats::NatsServer;
@@ -141,15 +141,18 @@ impl Stream {
                 .get(async_nats::header::NATS_MESSAGE_ID)
                 .map(|v| v.to_string())
                 .unwrap_or_default();
-            let frame = decode_batch(&m.payload, 1 << 24).unwrap();
-            assert_eq!(
-                frame.batch_id, msg_id,
-                "a frame's batch id is its Nats-Msg-Id"
-            );
-            let event_ids = frame
-                .events
+            // A link's coalesced message holds several frames under a
+            // bundle id; a lone frame is published under its own batch id.
+            let frames = decode_message(&m.payload, 1 << 24).unwrap();
+            if !spoor_core::codec::is_bundle(&m.payload) {
+                assert_eq!(
+                    frames[0].batch_id, msg_id,
+                    "a frame's batch id is its Nats-Msg-Id"
+                );
+            }
+            let event_ids = frames
                 .iter()
-                .map(|e| e.event_id.to_string())
+                .flat_map(|f| f.events.iter().map(|e| e.event_id.to_string()))
                 .collect();
             out.push(Stored { msg_id, event_ids });
         }

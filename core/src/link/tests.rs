@@ -29,14 +29,23 @@ fn handoffs_round_trip() {
         frame("spoor.events.eu.2", "b", 0),
         frame("spoor.events.eu.1", "c", 3000),
     ];
-    let body = encode_handoff(&frames);
-    assert_eq!(decode_handoff(&body).unwrap(), frames);
-    assert_eq!(decode_handoff(&encode_handoff(&[])).unwrap(), vec![]);
+    for alone in [false, true] {
+        let h = Handoff {
+            alone,
+            frames: frames.clone(),
+        };
+        assert_eq!(decode_handoff(&encode_handoff(&h)).unwrap(), h);
+    }
+    let empty = Handoff::default();
+    assert_eq!(decode_handoff(&encode_handoff(&empty)).unwrap(), empty);
 }
 
 #[test]
 fn malformed_handoffs_are_errors() {
-    let body = encode_handoff(&[frame("s", "a", 10), frame("t", "b", 20)]);
+    let body = encode_handoff(&Handoff {
+        alone: false,
+        frames: vec![frame("s", "a", 10), frame("t", "b", 20)],
+    });
     for cut in 0..body.len() {
         assert!(decode_handoff(&body[..cut]).is_err(), "cut at {cut}");
     }
@@ -46,8 +55,11 @@ fn malformed_handoffs_are_errors() {
     let mut version = body.clone();
     version[0] = 9;
     assert!(decode_handoff(&version).unwrap_err().0.contains("version"));
+    let mut flags = body.clone();
+    flags[1] = 0x80;
+    assert!(decode_handoff(&flags).unwrap_err().0.contains("flags"));
     let mut count = body.clone();
-    count[1..3].copy_from_slice(&u16::MAX.to_le_bytes());
+    count[2..4].copy_from_slice(&u16::MAX.to_le_bytes());
     assert!(decode_handoff(&count).is_err());
 }
 
