@@ -35,6 +35,14 @@ pub struct EdgeConfig {
     pub region: String,
     /// Links per (region, colo) (`SHARDS`).
     pub shards: u32,
+    /// `LINKS=off` publishes every request over sockets of its own (the
+    /// fallback path) without asking a link: an operator's switch, and the
+    /// baseline the link is benchmarked against.
+    pub links: bool,
+    /// `DISCARD_FRAMES_FOR_BENCHMARKS=true` (honoured only with
+    /// `ALLOW_TEST_CF=true`, which production never sets): accepted frames
+    /// are dropped instead of published, to measure the isolate's own work.
+    pub discard_frames: bool,
     /// How links coalesce frames (`COALESCE_MS`, `COALESCE_MAX_BYTES`).
     pub coalesce: Coalesce,
     pub partitions: u32,
@@ -108,6 +116,14 @@ impl EdgeConfig {
                 .filter(|p| (1..=64).contains(p))
                 .ok_or(format!("SHARDS {p:?} must be a number from 1 to 64"))?,
         };
+        let links = match get(env, "LINKS").as_deref().map(str::trim) {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => return Err(format!("LINKS {other:?} must be \"on\" or \"off\"")),
+        };
+        let allow_test_cf = get(env, "ALLOW_TEST_CF").as_deref() == Some("true");
+        let discard_frames =
+            allow_test_cf && get(env, "DISCARD_FRAMES_FOR_BENCHMARKS").as_deref() == Some("true");
         let dc = Coalesce::default();
         let coalesce = Coalesce {
             window_ms: number(env, "COALESCE_MS", dc.window_ms)?,
@@ -149,9 +165,11 @@ impl EdgeConfig {
             nats_tls,
             region,
             shards,
+            links,
+            discard_frames,
             coalesce,
             partitions,
-            allow_test_cf: get(env, "ALLOW_TEST_CF").as_deref() == Some("true"),
+            allow_test_cf,
             publish_timeout_ms: number(env, "PUBLISH_TIMEOUT_MS", 5_000)?,
             fast_retry,
             critical,

@@ -229,6 +229,15 @@ async fn handle(
         &ingested.event_names,
         &cfg.critical,
     );
+    if cfg.discard_frames {
+        // Benchmarks only: the isolate's work without any publishing.
+        count_receipt(&ingested, mode);
+        let body = serde_json::to_string(&ingested.receipt)
+            .map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let mut resp = json_response(202, &body)?;
+        resp.headers_mut().set("X-Spoor-Ack", mode.as_str())?;
+        return Ok(resp);
+    }
     let frames: Vec<Frame> = ingested.messages.iter().map(Frame::of).collect();
     // One link per request, chosen by its first partition, so one
     // partition's frames meet (and coalesce) in one link.

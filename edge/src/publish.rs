@@ -78,7 +78,12 @@ pub async fn deliver_via_link(
     if frames.is_empty() {
         return Delivery { acked, last_error };
     }
-    let targets = match hand_off(env, link_name, frames, alone).await {
+    let handed = if cfg.links {
+        hand_off(env, link_name, frames, alone).await
+    } else {
+        Err(String::new())
+    };
+    let targets = match handed {
         Ok(answer) => {
             let mut stored_events = 0;
             for (i, r) in answer.results.iter().enumerate().take(frames.len()) {
@@ -101,6 +106,7 @@ pub async fn deliver_via_link(
             });
             Targets::SecondaryOnly
         }
+        Err(_) if !cfg.links => Targets::All,
         Err(e) => {
             console_warn!("spoor-edge: link {link_name} unreachable, publishing per request: {e}");
             state::count(|c| c.link_fallback_requests += 1);
