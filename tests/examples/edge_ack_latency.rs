@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     } = Load::parse();
 
     let nats = NatsServer::start()?;
-    let client = async_nats::connect(nats.url()).await?;
+    let client = nats.connect(spoor_tests::nats::NatsRole::Admin).await?;
     let js = async_nats::jetstream::new(client);
     spoor_relay::source::nats::ensure_stream(&js, "SPOOR_EVENTS").await?;
     let edge = Edge::start(

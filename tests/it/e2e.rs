@@ -13,6 +13,8 @@
 //! - NATS unreachable, durable ack requested: 503 with Retry-After and
 //!   nothing acknowledged.
 
+use spoor_tests::nats::NatsRole;
+use crate::support::nats_endpoint;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -36,7 +38,7 @@ fn edge_config(nats: &NatsServer) -> EdgeConfig {
 
 fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConfig {
     let mut config = RelayConfig::new(
-        nats.url(),
+        nats_endpoint(nats, NatsRole::Relay),
         ClickHouseConfig {
             url: ch.http_url(),
             database: db.to_string(),

@@ -13,6 +13,7 @@
 //! - Rate limit: 429 + Retry-After per write key while other keys pass.
 //! - `/metrics` counters move with all of the above.
 
+use spoor_tests::nats::NatsRole;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -119,7 +120,7 @@ struct Stream {
 
 impl Stream {
     async fn connect(nats: &NatsServer) -> Stream {
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        let client = nats.connect(NatsRole::Admin).await.unwrap();
         let js = jetstream::new(client);
         spoor_relay::source::nats::ensure_stream(&js, STREAM)
             .await

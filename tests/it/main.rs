@@ -14,6 +14,7 @@ mod edge_nats;
 mod faults;
 mod funnels;
 mod harness;
+mod nats_security;
 mod reconcile;
 mod relay;
 mod relay_dedup;

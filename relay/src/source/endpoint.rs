@@ -164,7 +164,7 @@ impl NatsEndpoint {
             .await
             .map_err(|source| NatsConnectError::Connect {
                 url: self.url.clone(),
-                hint: self.hint(source.kind()),
+                hint: self.hint(&source),
                 source,
             })
     }
@@ -183,7 +183,16 @@ impl NatsEndpoint {
         self.connect_with(options).await
     }
 
-    fn hint(&self, kind: ConnectErrorKind) -> &'static str {
+    fn hint(&self, error: &async_nats::ConnectError) -> &'static str {
+        // async-nats reports a failed certificate check as an I/O error
+        // ("invalid peer certificate: ..."), so look at the text too.
+        let text = error.to_string().to_ascii_lowercase();
+        let kind = match error.kind() {
+            ConnectErrorKind::Io if self.uses_tls() && text.contains("certificate") => {
+                ConnectErrorKind::Tls
+            }
+            kind => kind,
+        };
         match kind {
             ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
                 if self.nkey_seed.is_some() {
