@@ -72,7 +72,7 @@ pub enum NatsConnectError {
     },
     #[error("the NATS nkey seed is not a valid nkey seed (from {NKEY_FLAG}; `nk -gen user` or nsc makes one): {reason}")]
     BadSeed { reason: String },
-    #[error("cannot connect to NATS at {url}: {source}; {hint}")]
+    #[error("cannot reach NATS at {url}: {source}; {hint}")]
     Connect {
         url: String,
         hint: &'static str,
