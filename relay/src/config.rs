@@ -365,10 +365,15 @@ mod tests {
             Flags::try_parse_from(["relay", "--ack-wait-secs", "7", "--max-frame-bytes", "1MiB"])
                 .unwrap()
                 .run
-                .into_config().unwrap();
+                .into_config()
+                .unwrap();
         assert_eq!(c.ack_wait, Duration::from_secs(7));
         assert_eq!(c.max_frame_bytes, 1 << 20);
-        let d = Flags::try_parse_from(["relay"]).unwrap().run.into_config().unwrap();
+        let d = Flags::try_parse_from(["relay"])
+            .unwrap()
+            .run
+            .into_config()
+            .unwrap();
         assert_eq!(d.ack_wait, Duration::from_secs(60));
         assert_eq!(
             d.max_frame_bytes,
@@ -388,7 +393,8 @@ mod tests {
         ])
         .unwrap()
         .run
-        .into_config().unwrap();
+        .into_config()
+        .unwrap();
         assert_eq!(
             r.retention(),
             crate::sink::clickhouse::retention::Retention {
@@ -402,7 +408,8 @@ mod tests {
         let short = Flags::try_parse_from(["relay", "--rollup-retention-days", "30"])
             .unwrap()
             .run
-            .into_config().unwrap();
+            .into_config()
+            .unwrap();
         assert!(short.validate().is_err());
         assert!(Flags::try_parse_from(["relay", "--retention-days", "-1"]).is_err());
         assert!(Flags::try_parse_from(["relay", "--ack-wait-secs", "0"]).is_err());
@@ -420,7 +427,8 @@ mod tests {
         ])
         .unwrap()
         .run
-        .into_config().unwrap();
+        .into_config()
+        .unwrap();
         assert_eq!(r.ring.max_bytes, 1 << 20);
         assert_eq!(r.ring.window_ms, 60_000);
         assert_eq!(r.ring.max_events_per_device, 5);

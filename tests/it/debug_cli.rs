@@ -7,8 +7,8 @@
 //!   ClickHouse, marked as such;
 //! - `follow` sees an event sent after it started.
 
-use spoor_tests::nats::NatsRole;
 use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::time::Duration;
 
 use spoor_cli::debug::{self, DebugOptions, FROM_CLICKHOUSE};

@@ -13,8 +13,8 @@
 //! - NATS unreachable, durable ack requested: 503 with Retry-After and
 //!   nothing acknowledged.
 
-use spoor_tests::nats::NatsRole;
 use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::io::Write as _;
 use std::time::Duration;
 

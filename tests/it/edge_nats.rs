@@ -7,11 +7,11 @@
 //! secure `Socket` on the edge. Set-up calls (stream creation) use the admin
 //! role; the edge role cannot reach the JetStream API.
 
+use crate::support::tls_socket;
 use serde_json::{json, Value};
 use spoor_edge_nats::{
     check_api_response, Auth, Client, ConnectOptions, NatsError, PubAck, PublishMsg, Stage,
 };
-use crate::support::tls_socket;
 use spoor_tests::nats::{NatsRole, NatsServer};
 use spoor_tests::tools::workspace_root;
 use std::time::Duration;
@@ -447,7 +447,10 @@ async fn the_edge_role_publishes_with_its_nkey_and_inbox_prefix() {
         .await;
     match &results[0] {
         Err(NatsError::Server(text)) => {
-            assert!(text.contains("Permissions Violation for Subscription"), "{text}")
+            assert!(
+                text.contains("Permissions Violation for Subscription"),
+                "{text}"
+            )
         }
         other => panic!("expected a permissions violation, got {other:?}"),
     }

@@ -16,8 +16,8 @@
 //! Each scenario has its own nats-server, edge and database; the ClickHouse
 //! outage scenario has its own clickhouse-server too.
 
-use spoor_tests::nats::NatsRole;
 use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::time::{Duration, Instant};
 
 use serde_json::json;

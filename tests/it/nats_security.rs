@@ -146,7 +146,11 @@ async fn a_client_that_does_not_speak_tls_first_is_refused() {
         Err(other) => panic!("expected the server to close the connection, got {other}"),
         Ok(_) => panic!("a plain-text client completed the handshake"),
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
 
     // async-nats without TLS, with a valid nkey.
     let plain = format!("nats://127.0.0.1:{}", nats.port());
@@ -187,7 +191,10 @@ async fn a_wrong_ca_or_a_certificate_for_another_name_fails_closed() {
         .err()
         .expect("connected with the wrong CA");
     let text = err.to_string();
-    assert!(text.contains("TLS failed") && text.contains("--nats-ca"), "{text}");
+    assert!(
+        text.contains("TLS failed") && text.contains("--nats-ca"),
+        "{text}"
+    );
     // The right CA still works.
     nats_endpoint(&nats, NatsRole::Relay)
         .connect("t", Some(Duration::from_secs(5)))
@@ -222,7 +229,14 @@ async fn the_edge_role_can_only_publish_events() {
         .await
         .unwrap();
     let acked = edge
-        .publish_all(&[PublishMsg::new("spoor.events.eu-west.7", "sec-1", b"frame".to_vec())], T)
+        .publish_all(
+            &[PublishMsg::new(
+                "spoor.events.eu-west.7",
+                "sec-1",
+                b"frame".to_vec(),
+            )],
+            T,
+        )
         .await;
     assert_eq!(acked[0].as_ref().unwrap().stream, STREAM);
 
@@ -242,7 +256,8 @@ async fn the_edge_role_can_only_publish_events() {
         let result = edge.request(subject, b"{}", T).await;
         match result {
             Err(NatsError::Server(text)) => assert!(
-                text.contains("Permissions Violation for Publish") && text.contains(subject.as_str()),
+                text.contains("Permissions Violation for Publish")
+                    && text.contains(subject.as_str()),
                 "{subject}: {text}"
             ),
             other => panic!("{subject}: expected a permissions violation, got {other:?}"),

@@ -4,10 +4,10 @@
 //! rows deleted in ClickHouse are named one by one and fail the check; a
 //! project filter and a window that ends before the traffic narrow it.
 
-use spoor_tests::nats::NatsRole;
 use crate::support::nats_endpoint;
 use spoor_cli::{reconcile, ClickHouseOptions, ReconcileOptions};
 use spoor_tests::clickhouse::ClickHouseServer;
+use spoor_tests::nats::NatsRole;
 use spoor_tests::nats::NatsServer;
 use time::OffsetDateTime;
 

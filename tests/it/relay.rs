@@ -8,8 +8,8 @@
 //! Frames are built with `spoor_core::encode_batch` and published with
 //! async-nats, as the edge would publish them (one `Nats-Msg-Id` per batch).
 
-use spoor_tests::nats::NatsRole;
 use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::time::Duration;
 
 use async_nats::jetstream;

@@ -75,7 +75,9 @@ pub struct Pki {
 
 impl std::fmt::Debug for Pki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -193,9 +195,10 @@ fn certificates(server_names: &[&str]) -> Result<(String, String, String)> {
     // into DNS SANs.
     let names: Vec<String> = server_names.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(names).context("server certificate names")?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, server_names.first().copied().unwrap_or("nats"));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        server_names.first().copied().unwrap_or("nats"),
+    );
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate().context("generating the server key")?;
     let cert = params

@@ -339,15 +339,14 @@ fn start_relay(
     let mut cmd = Command::new(relay_bin);
     cmd.arg("run");
     nats_args(&mut cmd, ports, pki, NatsRole::Relay);
-    cmd
-        .args([
-            "--clickhouse-url",
-            &format!("http://127.0.0.1:{ch_http_port}"),
-        ])
-        .args(["--clickhouse-db", DB])
-        .args(["--listen", &format!("127.0.0.1:{relay_port}")])
-        // Its log goes to a file: no ANSI colours (tracing-subscriber honours NO_COLOR).
-        .env("NO_COLOR", "1");
+    cmd.args([
+        "--clickhouse-url",
+        &format!("http://127.0.0.1:{ch_http_port}"),
+    ])
+    .args(["--clickhouse-db", DB])
+    .args(["--listen", &format!("127.0.0.1:{relay_port}")])
+    // Its log goes to a file: no ANSI colours (tracing-subscriber honours NO_COLOR).
+    .env("NO_COLOR", "1");
     let s = services.push(Service::start("spoor-relay", cmd, &dir.join("relay.log"))?);
     let health = format!("http://127.0.0.1:{relay_port}/healthz");
     s.wait_ready("GET /healthz = 200", Duration::from_secs(60), || {

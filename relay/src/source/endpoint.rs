@@ -232,7 +232,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(missing.contains("--nats-ca") && missing.contains("SPOOR_NATS_CA"), "{missing}");
+        assert!(
+            missing.contains("--nats-ca") && missing.contains("SPOOR_NATS_CA"),
+            "{missing}"
+        );
 
         let seed = "SUAMLK2ZNL35WSMW37E7UD4VZ7ELPKW7DHC3BWBSD2GCZ7IUQQXZIORRBU-not";
         let endpoint = NatsEndpoint::new("nats://127.0.0.1:1").with_nkey_seed(seed);
