@@ -92,8 +92,7 @@ async fn a_client_without_credentials_is_refused() {
         .add_root_certificates(nats.ca_pem_path().to_path_buf())
         .connect(nats.url())
         .await
-        .err()
-        .expect("connected without credentials");
+        .expect_err("connected without credentials");
     assert_eq!(
         err.kind(),
         async_nats::ConnectErrorKind::AuthorizationViolation,
@@ -159,8 +158,7 @@ async fn a_client_that_does_not_speak_tls_first_is_refused() {
         .connection_timeout(Duration::from_secs(5))
         .connect(plain.as_str())
         .await
-        .err()
-        .expect("connected without TLS");
+        .expect_err("connected without TLS");
     assert_ne!(
         err.kind(),
         async_nats::ConnectErrorKind::AuthorizationViolation,
@@ -188,8 +186,7 @@ async fn a_wrong_ca_or_a_certificate_for_another_name_fails_closed() {
     let err = endpoint
         .connect("t", Some(Duration::from_secs(5)))
         .await
-        .err()
-        .expect("connected with the wrong CA");
+        .expect_err("connected with the wrong CA");
     let text = err.to_string();
     assert!(
         text.contains("TLS failed") && text.contains("--nats-ca"),
@@ -204,8 +201,7 @@ async fn a_wrong_ca_or_a_certificate_for_another_name_fails_closed() {
     // The edge path: a name that is not in the certificate.
     let err = tls_socket(&nats, "nats.elsewhere.example")
         .await
-        .err()
-        .expect("TLS accepted a certificate for other names");
+        .expect_err("TLS accepted a certificate for other names");
     assert!(err.to_string().contains("certificate"), "{err}");
 
     // A server whose certificate (from the right CA) names another host:
@@ -214,8 +210,7 @@ async fn a_wrong_ca_or_a_certificate_for_another_name_fails_closed() {
     let err = nats_endpoint(&misnamed, NatsRole::Relay)
         .connect("t", Some(Duration::from_secs(5)))
         .await
-        .err()
-        .expect("connected to a server whose certificate names another host");
+        .expect_err("connected to a server whose certificate names another host");
     assert!(err.to_string().contains("TLS failed"), "{err}");
 }
 
