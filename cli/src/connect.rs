@@ -3,27 +3,30 @@
 
 use std::time::Duration;
 
+pub use spoor_relay::{NatsConnectError, NatsEndpoint};
+
 /// How long the first NATS connection may take before the CLI gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// NATS could not be reached or refused us; the message says which flag
+/// or environment variable to fix (`spoor_relay::NatsEndpoint`'s errors).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach NATS at {url}: {source} (is nats-server running? set --nats-url or SPOOR_NATS_URL)")]
+#[error("{source}")]
 pub struct NatsUnreachable {
     pub url: String,
     #[source]
-    pub source: async_nats::ConnectError,
+    pub source: NatsConnectError,
 }
 
 /// Connects once, without retrying in the background: a CLI should fail
-/// fast and say so, not hang.
-pub async fn nats(url: &str) -> Result<async_nats::Client, NatsUnreachable> {
-    async_nats::ConnectOptions::new()
-        .name("spoor-cli")
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
+/// fast and say so, not hang. TLS and the nkey come from `endpoint`, the
+/// same connect code the relay uses (the CLI runs as the ops role).
+pub async fn nats(endpoint: &NatsEndpoint) -> Result<async_nats::Client, NatsUnreachable> {
+    endpoint
+        .connect("spoor-cli", Some(CONNECT_TIMEOUT))
         .await
         .map_err(|source| NatsUnreachable {
-            url: url.to_string(),
+            url: endpoint.url.clone(),
             source,
         })
 }

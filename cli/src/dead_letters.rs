@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use spoor_relay::source::dead_letter::{header, DEAD_STREAM};
 
-use crate::connect::{self, NatsUnreachable};
+use crate::connect::{self, NatsEndpoint, NatsUnreachable};
 use crate::stream_read::{self, ReadError, StoredMessage};
 use crate::window::format_time;
 
@@ -108,10 +108,10 @@ pub enum DeadLetterError {
 
 /// Every dead letter, oldest first; only `reason`'s when given.
 pub async fn list(
-    nats_url: &str,
+    nats: &NatsEndpoint,
     reason: Option<&str>,
 ) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    let client = connect::nats(nats_url).await?;
+    let client = connect::nats(nats).await?;
     let js = jetstream::new(client);
     read_all(&js, reason).await
 }
@@ -141,7 +141,8 @@ pub enum Selector {
 
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
-    pub nats_url: String,
+    /// NATS and the ops role's credentials.
+    pub nats: NatsEndpoint,
     pub selectors: Vec<Selector>,
     /// Only say what would be replayed.
     pub dry_run: bool,
@@ -168,7 +169,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<Vec<Replayed>, DeadLetterErr
     if opts.selectors.is_empty() {
         return Err(DeadLetterError::NothingSelected);
     }
-    let client = connect::nats(&opts.nats_url).await?;
+    let client = connect::nats(&opts.nats).await?;
     let js = jetstream::new(client.clone());
     let letters = read_all(&js, None).await?;
     let wanted_seqs: Vec<u64> = opts

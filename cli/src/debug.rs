@@ -24,7 +24,7 @@ use spoor_relay::sink::clickhouse::device::{self as ch_device, DeviceRow, Who};
 use spoor_relay::ClickHouseConfig;
 use uuid::Uuid;
 
-use crate::connect::{self, ClickHouseOptions, NatsUnreachable};
+use crate::connect::{self, ClickHouseOptions, NatsEndpoint, NatsUnreachable};
 
 /// The relay id given to events read from ClickHouse.
 pub const FROM_CLICKHOUSE: &str = "clickhouse";
@@ -32,7 +32,8 @@ pub const FROM_CLICKHOUSE: &str = "clickhouse";
 /// One `spoor debug device` call.
 #[derive(Debug, Clone)]
 pub struct DebugOptions {
-    pub nats_url: String,
+    /// NATS and the ops role's credentials.
+    pub nats: NatsEndpoint,
     /// The events stream whose relays to ask.
     pub stream: String,
     pub query: DeviceQuery,
@@ -64,7 +65,7 @@ pub enum DebugError {
 
 /// Asks the rings and, where they fall short, ClickHouse.
 pub async fn device(opts: &DebugOptions) -> Result<DebugResult, DebugError> {
-    let client = connect::nats(&opts.nats_url).await?;
+    let client = connect::nats(&opts.nats).await?;
     device_with(&client, opts).await
 }
 
@@ -189,7 +190,7 @@ pub async fn follow(
     interval: Duration,
     mut on_event: impl FnMut(&DeviceEvent) -> bool,
 ) -> Result<(), DebugError> {
-    let client = connect::nats(&opts.nats_url).await?;
+    let client = connect::nats(&opts.nats).await?;
     let mut reported: HashMap<Uuid, u8> = HashMap::new();
     let mut opts = opts.clone();
     let width = opts.query.until_ms - opts.query.since_ms;

@@ -131,12 +131,9 @@ impl ClickHouseAccess {
     }
 }
 
-#[derive(Args)]
-struct NatsArgs {
-    /// NATS server URL.
-    #[arg(long, env = "SPOOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-}
+/// NATS's URL, CA and the ops role's nkey: the relay's own flags
+/// (`--nats-url`, `--nats-ca`, `--nats-nkey-file`, `SPOOR_NATS_NKEY_SEED`).
+use spoor_relay::config::NatsArgs;
 
 #[derive(Args)]
 struct ReconcileArgs {
@@ -199,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let query = DeviceQuery::new(subject, args.project, last, now, args.limit)?;
             let opts = debug::DebugOptions {
-                nats_url: args.nats.nats_url,
+                nats: args.nats.endpoint()?,
                 stream: args.stream,
                 query,
                 timeout: std::time::Duration::from_millis(args.timeout_ms),
@@ -229,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::DeadLetters(DeadLettersCommand::List { nats, reason, json }) => {
-            let letters = dead_letters::list(&nats.nats_url, reason.as_deref()).await?;
+            let letters = dead_letters::list(&nats.endpoint()?, reason.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else {
@@ -251,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 selectors.push(Selector::All);
             }
             let replayed = dead_letters::replay(&ReplayOptions {
-                nats_url: nats.nats_url,
+                nats: nats.endpoint()?,
                 selectors,
                 dry_run,
             })
@@ -273,7 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .transpose()
                 .context("--until")?;
             let mut opts = ReconcileOptions::new(
-                args.nats.nats_url,
+                args.nats.endpoint()?,
                 args.clickhouse.at(args.clickhouse_url),
                 since,
             );

@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::clickhouse::{quote, ClickHouse, ClickHouseError};
-use crate::connect::{self, ClickHouseOptions, NatsUnreachable};
+use crate::connect::{self, ClickHouseOptions, NatsEndpoint, NatsUnreachable};
 use crate::stream_read::{self, ReadError};
 use crate::window::format_time;
 
@@ -40,7 +40,8 @@ const IDS_PER_QUERY: usize = 2_000;
 
 #[derive(Debug, Clone)]
 pub struct ReconcileOptions {
-    pub nats_url: String,
+    /// NATS and the ops role's credentials.
+    pub nats: NatsEndpoint,
     /// The events stream (`SPOOR_EVENTS`).
     pub stream: String,
     pub clickhouse: ClickHouseOptions,
@@ -60,12 +61,12 @@ pub struct ReconcileOptions {
 
 impl ReconcileOptions {
     pub fn new(
-        nats_url: impl Into<String>,
+        nats: impl Into<NatsEndpoint>,
         clickhouse: ClickHouseOptions,
         since: OffsetDateTime,
     ) -> ReconcileOptions {
         ReconcileOptions {
-            nats_url: nats_url.into(),
+            nats: nats.into(),
             stream: spoor_relay::config::DEFAULT_STREAM.to_string(),
             clickhouse,
             since,
@@ -317,7 +318,7 @@ pub async fn reconcile(opts: &ReconcileOptions) -> Result<ReconcileReport, Recon
     let clickhouse = ClickHouse::new(&opts.clickhouse);
     // Fail on an unreachable ClickHouse before the (longer) stream read.
     clickhouse.check_events_table().await?;
-    let client = connect::nats(&opts.nats_url).await?;
+    let client = connect::nats(&opts.nats).await?;
     let js = jetstream::new(client);
 
     let dead = dead_letters_of(&js, &opts.stream, opts.since).await?;

@@ -196,6 +196,9 @@ pub struct LinkHealth {
     pub last_error_at_ms: Option<i64>,
     /// Connections opened since the object started.
     pub connects: u64,
+    /// Connection attempts the network cut off and the link made again.
+    #[serde(default)]
+    pub connect_retries: u64,
     /// JetStream messages published, and the frames they carried.
     pub messages: u64,
     pub frames: u64,

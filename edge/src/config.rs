@@ -12,6 +12,10 @@ use spoor_core::Limits;
 use spoor_edge_nats::Auth;
 use worker::Env;
 
+/// The edge role's reply-inbox prefix: its NATS permissions let it
+/// subscribe there and nowhere else.
+pub const INBOX_PREFIX: &str = "_INBOX_EDGE";
+
 /// Links per (region, colo) unless `SHARDS` says otherwise.
 pub const DEFAULT_SHARDS: u32 = 2;
 
@@ -29,6 +33,9 @@ pub struct EdgeConfig {
     /// Where publishing fails over to (`NATS_URL_SECONDARY`, optional).
     pub secondary: Option<NatsTarget>,
     pub nats_token: Option<String>,
+    /// The edge role's nkey seed (`NATS_NKEY_SEED`, a secret): CONNECT
+    /// carries its public key and a signature of the server's nonce.
+    pub nats_nkey_seed: Option<String>,
     /// TLS to every nats-server (`NATS_TLS`, on unless "off"): the socket
     /// opens with TLS first, which nats-server's `handshake_first` expects.
     pub nats_tls: bool,
@@ -162,6 +169,7 @@ impl EdgeConfig {
             home,
             secondary,
             nats_token: get(env, "NATS_TOKEN"),
+            nats_nkey_seed: get(env, "NATS_NKEY_SEED"),
             nats_tls,
             region,
             shards,
@@ -181,9 +189,14 @@ impl EdgeConfig {
         })
     }
 
-    /// The credentials sent in CONNECT.
+    /// The credentials sent in CONNECT: the nkey when there is one, else the
+    /// token, else none.
     pub fn nats_auth(&self) -> Auth {
-        self.nats_token.clone().map(Auth::Token).unwrap_or_default()
+        match (&self.nats_nkey_seed, &self.nats_token) {
+            (Some(seed), _) => Auth::NKey { seed: seed.clone() },
+            (None, Some(token)) => Auth::Token(token.clone()),
+            (None, None) => Auth::None,
+        }
     }
 
     /// The targets in failover order: home, then the secondary if any.

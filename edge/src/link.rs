@@ -341,7 +341,37 @@ async fn pipeline(
             format!("spoor-edge-link-{}", config.region),
         );
         spawn_local(async move {
-            let result = connect(&target.host, target.port, tls, auth, timeout_ms, name).await;
+            // A handshake cut off by the network is tried again at once (it
+            // is seen when the runtime has just started its outbound TLS);
+            // a refusal by the server (credentials, permissions) is not.
+            let mut result: std::result::Result<Pipeline<Sleeper>, ConnectError> =
+                Err(ConnectError {
+                    message: String::new(),
+                    retryable: false,
+                });
+            for attempt in 0..CONNECT_ATTEMPTS {
+                if attempt > 0 {
+                    sleep(50 * u64::from(attempt)).await;
+                }
+                result = connect(
+                    &target.host,
+                    target.port,
+                    tls,
+                    auth.clone(),
+                    timeout_ms,
+                    name.clone(),
+                )
+                .await;
+                match &result {
+                    Ok(_) => break,
+                    Err(e) if e.retryable => {
+                        inner.borrow_mut().health.connect_retries += 1;
+                        console_warn!("spoor-edge link: {}; trying again", e.message);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = result.map_err(|e| e.message);
             let waiters = {
                 let mut i = inner.borrow_mut();
                 let next = match &result {
@@ -372,6 +402,15 @@ async fn pipeline(
         .unwrap_or_else(|_| Err("the link's connection attempt was dropped".into()))
 }
 
+/// Connection attempts per connect, when the network cuts them off.
+const CONNECT_ATTEMPTS: u32 = 3;
+
+struct ConnectError {
+    message: String,
+    /// The socket failed (I/O, EOF), not the server's verdict.
+    retryable: bool,
+}
+
 async fn connect(
     host: &str,
     port: u16,
@@ -379,7 +418,7 @@ async fn connect(
     auth: Auth,
     timeout_ms: u64,
     name: String,
-) -> std::result::Result<Pipeline<Sleeper>, String> {
+) -> std::result::Result<Pipeline<Sleeper>, ConnectError> {
     let socket = Socket::builder()
         .secure_transport(if tls {
             SecureTransport::On
@@ -387,12 +426,16 @@ async fn connect(
             SecureTransport::Off
         })
         .connect(host.to_string(), port)
-        .map_err(|e| format!("cannot reach NATS at {host}:{port}: {e}"))?;
+        .map_err(|e| ConnectError {
+            message: format!("cannot reach NATS at {host}:{port}: {e}"),
+            retryable: true,
+        })?;
     let opts = ConnectOptions {
         name,
         auth,
         timeout_ms,
         inbox_token: Some(inbox_token()),
+        inbox_prefix: crate::config::INBOX_PREFIX.into(),
     };
     let Connected {
         pipeline,
@@ -400,7 +443,10 @@ async fn connect(
         writer,
     } = Pipeline::connect(socket, sleep as Sleeper, &opts)
         .await
-        .map_err(|e| format!("NATS handshake with {host}:{port} failed: {e}"))?;
+        .map_err(|e| ConnectError {
+            retryable: matches!(e, NatsError::Io(_) | NatsError::Closed),
+            message: format!("NATS handshake with {host}:{port} failed: {e}"),
+        })?;
     spawn_local(reader);
     spawn_local(writer);
     Ok(pipeline)

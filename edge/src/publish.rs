@@ -296,6 +296,7 @@ async fn publish_to(
         timeout_ms: cfg.publish_timeout_ms,
         // Batch ids are unique per content, so the first one names the inbox.
         inbox_token: Some(first.msg_id.clone()),
+        inbox_prefix: crate::config::INBOX_PREFIX.into(),
     };
     let mut client = Client::connect(socket, sleep as fn(u64) -> Delay, &opts)
         .await

@@ -10,11 +10,14 @@ use std::time::Duration;
 use crate::batcher::BatchLimits;
 use crate::ring::RingLimits;
 use crate::sink::clickhouse::retention::{self, Retention};
+use crate::source::endpoint::{NatsConnectError, NatsEndpoint};
 
 /// Everything the relay needs besides its listener and shutdown signal.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    pub nats_url: String,
+    /// The NATS server, its CA and the relay's nkey (`run` uses the relay
+    /// role's, `migrate` the admin's).
+    pub nats: NatsEndpoint,
     pub clickhouse: ClickHouseConfig,
     /// JetStream stream to consume. The embedded stream definition is applied
     /// under this name.
@@ -70,9 +73,9 @@ pub struct ClickHouseConfig {
 
 impl RelayConfig {
     /// A config with the documented defaults for everything but the endpoints.
-    pub fn new(nats_url: impl Into<String>, clickhouse: ClickHouseConfig) -> Self {
+    pub fn new(nats: impl Into<NatsEndpoint>, clickhouse: ClickHouseConfig) -> Self {
         RelayConfig {
-            nats_url: nats_url.into(),
+            nats: nats.into(),
             clickhouse,
             stream: DEFAULT_STREAM.to_string(),
             consumer: DEFAULT_CONSUMER.to_string(),
@@ -128,12 +131,48 @@ pub const DEFAULT_CONSUMER: &str = "spoor-relay";
 /// The edge's default `PARTITIONS`.
 pub const DEFAULT_PARTITIONS: u32 = 16;
 
+/// Where NATS is and how to prove who we are to it; shared by the relay's
+/// commands and the `spoor` CLI.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL (`nats://` or `tls://`; with TLS the host must be a
+    /// name in the server's certificate).
+    #[arg(long, env = "SPOOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// CA certificate (PEM) that signed nats-server's certificate. Turns on
+    /// TLS first, as Spoor's server config requires.
+    #[arg(long, env = "SPOOR_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
+    /// File holding this client's nkey seed (`SU...`): the relay role's for
+    /// `run`, the admin's for `migrate`, the ops role's for the CLI.
+    #[arg(long, env = "SPOOR_NATS_NKEY_FILE", conflicts_with = "nats_nkey_seed")]
+    pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// The nkey seed itself, for platforms that hand secrets over as
+    /// environment variables (a flag would show in `ps`; prefer the env var
+    /// or the file).
+    #[arg(long, env = "SPOOR_NATS_NKEY_SEED", hide_env_values = true)]
+    pub nats_nkey_seed: Option<String>,
+}
+
+impl NatsArgs {
+    /// The endpoint, with the seed read from its file.
+    pub fn endpoint(&self) -> Result<NatsEndpoint, NatsConnectError> {
+        let mut endpoint = NatsEndpoint::new(self.nats_url.clone());
+        endpoint.ca_file = self.nats_ca.clone();
+        if let Some(path) = &self.nats_nkey_file {
+            endpoint = endpoint.with_nkey_file(path)?;
+        } else if let Some(seed) = &self.nats_nkey_seed {
+            endpoint = endpoint.with_nkey_seed(seed.trim().to_string());
+        }
+        Ok(endpoint)
+    }
+}
+
 /// Where to find NATS and ClickHouse; shared by `run` and `migrate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
-    /// NATS server URL.
-    #[arg(long, env = "SPOOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// ClickHouse HTTP URL.
     #[arg(
         long,
@@ -238,17 +277,18 @@ impl ConnectionArgs {
         }
     }
 
-    /// A config for `migrate`, which only uses the endpoints and the stream name.
-    pub fn into_config(self) -> RelayConfig {
-        let mut config = RelayConfig::new(self.nats_url.clone(), self.clickhouse());
+    /// A config for `migrate`, which only uses the endpoints and the stream
+    /// name. Fails when the nkey seed file cannot be read.
+    pub fn into_config(self) -> Result<RelayConfig, NatsConnectError> {
+        let mut config = RelayConfig::new(self.nats.endpoint()?, self.clickhouse());
         config.stream = self.stream;
-        config
+        Ok(config)
     }
 }
 
 impl RunArgs {
-    pub fn into_config(self) -> RelayConfig {
-        let mut config = self.connection.into_config();
+    pub fn into_config(self) -> Result<RelayConfig, NatsConnectError> {
+        let mut config = self.connection.into_config()?;
         config.consumer = self.consumer;
         config.batch.max_rows = self.batch_max_rows.max(1);
         config.batch.max_bytes = self.batch_max_bytes.max(1);
@@ -275,7 +315,7 @@ impl RunArgs {
         };
         config.partitions = self.partitions;
         config.debug_timeout = Duration::from_millis(self.debug_timeout_ms);
-        config
+        Ok(config)
     }
 }
 
@@ -325,10 +365,15 @@ mod tests {
             Flags::try_parse_from(["relay", "--ack-wait-secs", "7", "--max-frame-bytes", "1MiB"])
                 .unwrap()
                 .run
-                .into_config();
+                .into_config()
+                .unwrap();
         assert_eq!(c.ack_wait, Duration::from_secs(7));
         assert_eq!(c.max_frame_bytes, 1 << 20);
-        let d = Flags::try_parse_from(["relay"]).unwrap().run.into_config();
+        let d = Flags::try_parse_from(["relay"])
+            .unwrap()
+            .run
+            .into_config()
+            .unwrap();
         assert_eq!(d.ack_wait, Duration::from_secs(60));
         assert_eq!(
             d.max_frame_bytes,
@@ -348,7 +393,8 @@ mod tests {
         ])
         .unwrap()
         .run
-        .into_config();
+        .into_config()
+        .unwrap();
         assert_eq!(
             r.retention(),
             crate::sink::clickhouse::retention::Retention {
@@ -362,7 +408,8 @@ mod tests {
         let short = Flags::try_parse_from(["relay", "--rollup-retention-days", "30"])
             .unwrap()
             .run
-            .into_config();
+            .into_config()
+            .unwrap();
         assert!(short.validate().is_err());
         assert!(Flags::try_parse_from(["relay", "--retention-days", "-1"]).is_err());
         assert!(Flags::try_parse_from(["relay", "--ack-wait-secs", "0"]).is_err());
@@ -380,7 +427,8 @@ mod tests {
         ])
         .unwrap()
         .run
-        .into_config();
+        .into_config()
+        .unwrap();
         assert_eq!(r.ring.max_bytes, 1 << 20);
         assert_eq!(r.ring.window_ms, 60_000);
         assert_eq!(r.ring.max_events_per_device, 5);

@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::{ClickHouseConfig, RelayConfig};
+pub use source::endpoint::{NatsConnectError, NatsEndpoint};
 
 use internal_events::{ConsumerLagPolled, InternalEvent};
 use metrics::Metrics;
@@ -231,7 +232,7 @@ pub async fn run(
 /// Applies the stream definition and the ClickHouse schema, then returns:
 /// what `spoor-relay migrate` does, and the first half of `run`'s setup.
 pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
-    let client = source_nats::connect(&config.nats_url).await?;
+    let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
     source::claims::ensure_stream(&js, &config.stream).await?;
@@ -251,7 +252,7 @@ async fn setup(
     RelayError,
 > {
     schema::check_identifier(&config.clickhouse.database)?;
-    let client = source_nats::connect(&config.nats_url).await?;
+    let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
     source::claims::ensure_stream(&js, &config.stream).await?;

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let listen = args.listen;
-            let config = args.into_config();
+            let config = args.into_config()?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
             spoor_relay::run(config, listener, shutdown_signal()).await?;
         }
         Command::Migrate(args) => {
-            spoor_relay::migrate(&args.into_config()).await?;
+            spoor_relay::migrate(&args.into_config()?).await?;
             tracing::info!("migrations applied");
         }
     }

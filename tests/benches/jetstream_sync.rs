@@ -60,7 +60,10 @@ struct Figures {
 }
 
 async fn measure(server: &NatsServer, frames: &[Vec<u8>], concurrency: usize) -> Figures {
-    let client = async_nats::connect(server.url()).await.expect("connect");
+    let client = server
+        .connect(spoor_tests::nats::NatsRole::Admin)
+        .await
+        .expect("connect");
     let js = async_nats::jetstream::new(client);
     spoor_relay::source::nats::ensure_stream(&js, "SPOOR_EVENTS")
         .await

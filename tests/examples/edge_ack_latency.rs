@@ -40,11 +40,11 @@ async fn main() -> anyhow::Result<()> {
     } = Load::parse();
 
     let nats = NatsServer::start()?;
-    let client = async_nats::connect(nats.url()).await?;
+    let client = nats.connect(spoor_tests::nats::NatsRole::Admin).await?;
     let js = async_nats::jetstream::new(client);
     spoor_relay::source::nats::ensure_stream(&js, "SPOOR_EVENTS").await?;
     let edge = Edge::start(
-        &EdgeConfig::new(nats.host_port())
+        &EdgeConfig::for_nats(&nats)
             .var("WRITE_KEYS", json!({"wk_bench": "bench"}).to_string())
             .var("RATE_LIMIT_EVENTS_PER_SEC", "0"),
     )?;

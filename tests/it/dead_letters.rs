@@ -9,6 +9,8 @@
 //! The helpers here (relay config, publisher, frames) are shared with
 //! `reconcile.rs`.
 
+use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::time::Duration;
 
 use spoor_cli::dead_letters::{self, DeadLetterError, ReplayOptions, Selector};
@@ -141,7 +143,9 @@ async fn poison_frames_are_dead_lettered_with_reasons_and_acked_while_neighbours
     .await;
     publisher.drained(last).await;
 
-    let letters = dead_letters::list(&nats.url(), None).await.unwrap();
+    let letters = dead_letters::list(&nats_endpoint(&nats, NatsRole::Ops), None)
+        .await
+        .unwrap();
     assert_eq!(letters.len(), published.len(), "{letters:#?}");
     let dead = publisher.js.get_stream(DEAD_STREAM).await.unwrap();
     for (msg_id, payload, reason, seq) in &published {
@@ -225,7 +229,9 @@ async fn a_failed_dead_letter_publish_leaves_the_frame_unacked_until_it_succeeds
         .await
         .unwrap();
     publisher.drained(seq).await;
-    let letters = dead_letters::list(&nats.url(), None).await.unwrap();
+    let letters = dead_letters::list(&nats_endpoint(&nats, NatsRole::Ops), None)
+        .await
+        .unwrap();
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_eq!(letters[0].original_stream_seq, Some(seq));
     assert_eq!(letters[0].reason, "bad_magic");
@@ -260,9 +266,11 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
     publisher.drained(last).await;
     assert_eq!(count(ch, &db).await, 2);
 
-    let all = dead_letters::list(&nats.url(), None).await.unwrap();
+    let all = dead_letters::list(&nats_endpoint(&nats, NatsRole::Ops), None)
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2, "{all:#?}");
-    let too_large = dead_letters::list(&nats.url(), Some("too_large"))
+    let too_large = dead_letters::list(&nats_endpoint(&nats, NatsRole::Ops), Some("too_large"))
         .await
         .unwrap();
     assert_eq!(too_large.len(), 1);
@@ -281,7 +289,7 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
 
     // Nothing selected is an error, not "replay everything".
     let nothing = ReplayOptions {
-        nats_url: nats.url(),
+        nats: nats_endpoint(&nats, NatsRole::Ops),
         selectors: vec![],
         dry_run: false,
     };
@@ -297,7 +305,7 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
     let relay = Relay::start(fixed).await;
 
     let by_seq = |dry_run| ReplayOptions {
-        nats_url: nats.url(),
+        nats: nats_endpoint(&nats, NatsRole::Ops),
         selectors: vec![Selector::Seq(big.seq)],
         dry_run,
     };
@@ -306,7 +314,10 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
     assert_eq!(dry[0].msg_id, format!("replay:{}:big-1", big.seq));
     assert_eq!(dry[0].stream_seq, None);
     assert_eq!(
-        dead_letters::list(&nats.url(), None).await.unwrap().len(),
+        dead_letters::list(&nats_endpoint(&nats, NatsRole::Ops), None)
+            .await
+            .unwrap()
+            .len(),
         2
     );
 
@@ -320,7 +331,9 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
     })
     .await;
     publisher.drained(replay_seq).await;
-    let left = dead_letters::list(&nats.url(), None).await.unwrap();
+    let left = dead_letters::list(&nats_endpoint(&nats, NatsRole::Ops), None)
+        .await
+        .unwrap();
     assert_eq!(left.len(), 1, "{left:#?}");
     assert_eq!(left[0].reason, "incomplete");
 
@@ -351,7 +364,7 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
 
     // Still broken: replaying the junk frame dead-letters it again.
     let junk = dead_letters::replay(&ReplayOptions {
-        nats_url: nats.url(),
+        nats: nats_endpoint(&nats, NatsRole::Ops),
         selectors: vec![Selector::Reason("incomplete".into())],
         dry_run: false,
     })
@@ -361,7 +374,9 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
     let junk_replay_seq = junk[0].stream_seq.unwrap();
     publisher.drained(junk_replay_seq).await;
     let left = eventually("the junk frame dead-lettered again", || async {
-        let left = dead_letters::list(&nats.url(), None).await.unwrap();
+        let left = dead_letters::list(&nats_endpoint(&nats, NatsRole::Ops), None)
+            .await
+            .unwrap();
         (left.len() == 1 && left[0].original_stream_seq == Some(junk_replay_seq)).then_some(left)
     })
     .await;
@@ -371,7 +386,7 @@ async fn list_then_replay_after_the_fix_inserts_once_and_removes_the_dead_letter
     // Reconcile sees both originals as replayed, the replayed junk as the
     // one dead letter, and the replayed big frame's events as inserted.
     let report = spoor_cli::reconcile(&spoor_cli::ReconcileOptions::new(
-        nats.url(),
+        nats_endpoint(&nats, NatsRole::Ops),
         spoor_cli::ClickHouseOptions {
             url: ch.http_url(),
             database: db.clone(),

@@ -7,6 +7,8 @@
 //!   ClickHouse, marked as such;
 //! - `follow` sees an event sent after it started.
 
+use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::time::Duration;
 
 use spoor_cli::debug::{self, DebugOptions, FROM_CLICKHOUSE};
@@ -62,7 +64,7 @@ fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConf
 
 fn options(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> DebugOptions {
     DebugOptions {
-        nats_url: nats.url(),
+        nats: nats_endpoint(nats, NatsRole::Ops),
         stream: STREAM.into(),
         query: DeviceQuery::new(
             Subject::Device(DEVICE.into()),

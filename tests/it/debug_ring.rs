@@ -5,6 +5,7 @@
 //! budget; an unknown device is an empty answer; hostile ids get a 400;
 //! undecodable frames on the device's partition are listed.
 
+use spoor_tests::nats::NatsRole;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -170,7 +171,7 @@ async fn lookups_merge_across_two_relays_with_paths() {
     assert_eq!(limited.events, lookup.events[110..].to_vec());
 
     // The library call the CLI uses gives the same answer over NATS.
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = nats.connect(NatsRole::Admin).await.unwrap();
     let query = DeviceQuery::new(
         Subject::Device("dev-x".into()),
         Some("proj_it".into()),
@@ -265,7 +266,7 @@ async fn unknown_devices_hostile_ids_and_dead_frames() {
 
     // A hostile query straight over NATS is refused by each relay, which
     // still answers (with the error) so the requester can count it.
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = nats.connect(NatsRole::Admin).await.unwrap();
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
     let bad = serde_json::json!({"subject": {"by": "device", "id": "x\u{0}"}, "project_id": null,
@@ -404,6 +405,8 @@ async fn a_killed_relay_rebuilds_its_ring_from_the_stream() {
     .collect();
     let process_config = RelayProcessConfig {
         nats_url: nats.url(),
+        nats_ca: Some(nats.ca_pem_path().to_path_buf()),
+        nats_nkey_file: Some(nats.seed_path(NatsRole::Relay)),
         clickhouse_url: ch.http_url(),
         database: db.clone(),
         args,

@@ -13,6 +13,8 @@
 //! - NATS unreachable, durable ack requested: 503 with Retry-After and
 //!   nothing acknowledged.
 
+use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ const WRITE_KEY: &str = "wk_e2e";
 const PROJECT: &str = "e2e";
 
 fn edge_config(nats: &NatsServer) -> EdgeConfig {
-    EdgeConfig::new(nats.host_port())
+    EdgeConfig::for_nats(nats)
         .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
         .var("REGION", "e2e-region")
         .var("PARTITIONS", "4")
@@ -36,7 +38,7 @@ fn edge_config(nats: &NatsServer) -> EdgeConfig {
 
 fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConfig {
     let mut config = RelayConfig::new(
-        nats.url(),
+        nats_endpoint(nats, NatsRole::Relay),
         ClickHouseConfig {
             url: ch.http_url(),
             database: db.to_string(),

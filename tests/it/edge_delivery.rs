@@ -13,6 +13,7 @@
 //! - Rate limit: 429 + Retry-After per write key while other keys pass.
 //! - `/metrics` counters move with all of the above.
 
+use spoor_tests::nats::NatsRole;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -34,7 +35,16 @@ const PARTITIONS: u32 = 4;
 const REGION: &str = "edge-test";
 
 fn config(home: impl Into<String>) -> EdgeConfig {
-    EdgeConfig::new(home)
+    with_vars(EdgeConfig::new(home))
+}
+
+/// The edge publishing to `nats` as deployed (TLS, the edge's nkey).
+fn config_for(nats: &NatsServer) -> EdgeConfig {
+    with_vars(EdgeConfig::for_nats(nats))
+}
+
+fn with_vars(config: EdgeConfig) -> EdgeConfig {
+    config
         .var(
             "WRITE_KEYS",
             json!({ KEY: PROJECT, "wk_blog": "blog", "wk_big": "shop" }).to_string(),
@@ -119,7 +129,7 @@ struct Stream {
 
 impl Stream {
     async fn connect(nats: &NatsServer) -> Stream {
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        let client = nats.connect(NatsRole::Admin).await.unwrap();
         let js = jetstream::new(client);
         spoor_relay::source::nats::ensure_stream(&js, STREAM)
             .await
@@ -186,7 +196,7 @@ impl Stream {
 async fn fast_ack_answers_202_at_once_and_the_frame_still_reaches_jetstream() {
     let nats = NatsServer::start().unwrap();
     let stream = Stream::connect(&nats).await;
-    let edge = Edge::start(&config(nats.host_port())).unwrap();
+    let edge = Edge::start(&config_for(&nats)).unwrap();
     let url = format!("{}/v1/batch", edge.url());
 
     let (body, ids) = batch(&[
@@ -253,7 +263,7 @@ async fn fast_ack_answers_202_at_once_and_the_frame_still_reaches_jetstream() {
     );
 
     // With METRICS_TOKEN set, /metrics wants it.
-    let locked = Edge::start(&config(nats.host_port()).var("METRICS_TOKEN", "s3cret")).unwrap();
+    let locked = Edge::start(&config_for(&nats).var("METRICS_TOKEN", "s3cret")).unwrap();
     let metrics_url = format!("{}/metrics", locked.url());
     let a = send("GET", &metrics_url, &[], None);
     assert_eq!(
@@ -287,7 +297,7 @@ type DurableCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a str);
 async fn durable_ack_answers_after_the_puback_and_503_when_nats_is_down() {
     let nats = NatsServer::start().unwrap();
     let stream = Stream::connect(&nats).await;
-    let edge = Edge::start(&config(nats.host_port())).unwrap();
+    let edge = Edge::start(&config_for(&nats)).unwrap();
     let base = edge.url();
 
     let cases: [DurableCase; 3] = [
@@ -415,8 +425,7 @@ async fn publishing_fails_over_to_the_secondary_region() {
     let stream = Stream::connect(&secondary).await;
 
     // Home refuses connections.
-    let edge =
-        Edge::start(&config(dead_addr()).var("NATS_URL_SECONDARY", secondary.host_port())).unwrap();
+    let edge = Edge::start(&config(dead_addr()).secondary(&secondary)).unwrap();
     let url = format!("{}/v1/batch", edge.url());
     let (fast_body, fast_ids) = batch(&[("d1", "page_view"), ("d2", "page_view")]);
     let a = post(&url, KEY, &[], &fast_body);
@@ -466,7 +475,7 @@ async fn publishing_fails_over_to_the_secondary_region() {
     let (_hung, hung_addr) = hung_server();
     let edge = Edge::start(
         &config(hung_addr)
-            .var("NATS_URL_SECONDARY", secondary.host_port())
+            .secondary(&secondary)
             .var("PUBLISH_TIMEOUT_MS", "1500"),
     )
     .unwrap();
@@ -511,7 +520,7 @@ async fn spill_queue_carries_fast_acks_through_an_outage_with_the_same_msg_ids()
     Stream::connect(&nats).await;
     nats.stop();
     let edge = Edge::start_wrangler(
-        &config(nats.host_port())
+        &config_for(&nats)
             .var("PUBLISH_TIMEOUT_MS", "1000")
             .var("PUBLISH_ATTEMPTS", "2")
             .var("PUBLISH_RETRY_BASE_MS", "50")
@@ -623,7 +632,7 @@ async fn rate_limit_answers_429_with_retry_after_per_write_key() {
     let nats = NatsServer::start().unwrap();
     let stream = Stream::connect(&nats).await;
     let edge = Edge::start(
-        &config(nats.host_port())
+        &config_for(&nats)
             // Slow refill, so a loaded box pausing between requests cannot
             // refill the bucket before the over-limit request.
             .var("RATE_LIMIT_EVENTS_PER_SEC", "2")

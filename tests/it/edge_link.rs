@@ -25,10 +25,10 @@ use serde_json::{json, Value};
 use spoor_relay::{ClickHouseConfig, RelayConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
-use spoor_tests::nats::NatsServer;
+use spoor_tests::nats::{NatsRole, NatsServer};
 
 use crate::e2e::{send, uuid, Answer};
-use crate::support::{eventually, Relay};
+use crate::support::{eventually, nats_endpoint, Relay};
 
 const WRITE_KEY: &str = "wk_link";
 const PROJECT: &str = "link";
@@ -36,7 +36,7 @@ const STREAM: &str = "SPOOR_EVENTS";
 const SHARDS: u64 = 2;
 
 fn edge_config(nats: &NatsServer) -> EdgeConfig {
-    EdgeConfig::new(nats.host_port())
+    EdgeConfig::for_nats(nats)
         .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
         .var("REGION", "lk")
         .var("PARTITIONS", "16")
@@ -45,7 +45,7 @@ fn edge_config(nats: &NatsServer) -> EdgeConfig {
 }
 
 async fn admin(nats: &NatsServer) -> async_nats::Client {
-    async_nats::connect(nats.url()).await.unwrap()
+    nats.connect(NatsRole::Admin).await.unwrap()
 }
 
 async fn create_stream(nats: &NatsServer) -> jetstream::Context {
@@ -166,6 +166,14 @@ async fn ten_thousand_requests_reuse_the_links_connections() {
 
     let frames = eventually("every frame published by the links", || async {
         let f = edge_metric(&edge, "spoor_edge_link_frames_total");
+        let failed = edge_metric(&edge, "spoor_edge_link_failed_frames_total");
+        if failed > 0.0 {
+            let health = send("GET", &format!("{}/healthz", edge.url()), &[], None).body;
+            panic!(
+                "{failed} frames the links failed: {health}\n{}",
+                nats.log_tail(40)
+            );
+        }
         (f as usize >= REQUESTS).then_some(f)
     })
     .await;
@@ -201,7 +209,7 @@ async fn durable_acks_are_group_committed_and_a_retry_is_stored_once() {
     let ch = ClickHouseServer::shared();
     let db = ch.fresh_database("edge_link");
     let mut relay_config = RelayConfig::new(
-        nats.url(),
+        nats_endpoint(&nats, NatsRole::Relay),
         ClickHouseConfig {
             url: ch.http_url(),
             database: db.clone(),

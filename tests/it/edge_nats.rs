@@ -1,20 +1,25 @@
 //! spoor-edge-nats against a real nats-server started from the repository's
 //! config: handshake, JetStream PubAcks, dedup by `Nats-Msg-Id`, no
 //! responders, the size limit, `-ERR` on bad credentials, timeouts, large
-//! batches, and durability across a crash. The client runs over tokio's
-//! `TcpStream`, as it runs over workers' `Socket` on the edge.
+//! batches, durability across a crash, and nkey authentication with the
+//! edge role's inbox prefix. The client runs over TLS on tokio's
+//! `TcpStream` (TLS first, as the server requires), as it runs over workers'
+//! secure `Socket` on the edge. Set-up calls (stream creation) use the admin
+//! role; the edge role cannot reach the JetStream API.
 
+use crate::support::tls_socket;
 use serde_json::{json, Value};
 use spoor_edge_nats::{
     check_api_response, Auth, Client, ConnectOptions, NatsError, PubAck, PublishMsg, Stage,
 };
-use spoor_tests::nats::NatsServer;
+use spoor_tests::nats::{NatsRole, NatsServer};
 use spoor_tests::tools::workspace_root;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 type Sleep = fn(u64) -> tokio::time::Sleep;
-type NatsClient = Client<TcpStream, Sleep>;
+type NatsClient = Client<TlsStream<TcpStream>, Sleep>;
 
 fn sleep(ms: u64) -> tokio::time::Sleep {
     tokio::time::sleep(Duration::from_millis(ms))
@@ -23,19 +28,30 @@ fn sleep(ms: u64) -> tokio::time::Sleep {
 const T: u64 = 10_000;
 
 async fn connect_with(server: &NatsServer, opts: ConnectOptions) -> Result<NatsClient, NatsError> {
-    let tcp = TcpStream::connect(server.host_port())
+    let tls = tls_socket(server, "localhost")
         .await
-        .expect("TCP connect to nats-server");
-    Client::connect(tcp, sleep as Sleep, &opts).await
+        .expect("TLS connect to nats-server");
+    Client::connect(tls, sleep as Sleep, &opts).await
 }
 
-async fn connect(server: &NatsServer) -> NatsClient {
-    let opts = ConnectOptions {
-        name: "spoor-it".into(),
+/// Options for `role`: its seed, its inbox prefix.
+pub(crate) fn role_options(server: &NatsServer, role: NatsRole) -> ConnectOptions {
+    ConnectOptions {
+        name: format!("spoor-it-{role:?}"),
+        auth: Auth::NKey {
+            seed: server.seed(role),
+        },
+        inbox_prefix: role.inbox_prefix().into(),
         timeout_ms: T,
         ..Default::default()
-    };
-    connect_with(server, opts).await.unwrap()
+    }
+}
+
+/// The admin role: set-up and checks go through the JetStream API.
+async fn connect(server: &NatsServer) -> NatsClient {
+    connect_with(server, role_options(server, NatsRole::Admin))
+        .await
+        .unwrap()
 }
 
 /// A JetStream API call; panics on an API error.
@@ -216,7 +232,8 @@ async fn payload_over_max_payload_is_refused_without_sending() {
 
 #[tokio::test]
 async fn bad_credentials_fail_the_handshake_with_the_server_error() {
-    let server = NatsServer::start_with_args(&["--auth", "right-token"]).unwrap();
+    // Token auth (still TLS first): the client's handling of a refused CONNECT.
+    let server = NatsServer::start_with_token("right-token").unwrap();
     let with = |auth| ConnectOptions {
         auth,
         timeout_ms: T,
@@ -395,6 +412,64 @@ fn base64(text: &str) -> Vec<u8> {
         out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
     }
     out
+}
+
+#[tokio::test]
+async fn the_edge_role_publishes_with_its_nkey_and_inbox_prefix() {
+    let server = NatsServer::start().unwrap();
+    let mut admin = connect(&server).await;
+    let stream = create_events_stream(&mut admin).await;
+
+    let mut edge = connect_with(&server, role_options(&server, NatsRole::Edge))
+        .await
+        .unwrap();
+    assert!(edge.server_info().auth_required);
+    assert!(edge.server_info().nonce.is_some());
+    let results = edge
+        .publish_all(&[msg("spoor.events.eu-west.3", "edge-1", b"frame")], T)
+        .await;
+    assert_eq!(ack(&results[0]).stream, stream);
+    assert_eq!(stream_messages(&mut admin, &stream).await, 1);
+
+    // With the default `_INBOX` prefix the edge may not subscribe to its
+    // PubAck inbox: the server says so instead of acking.
+    let mut wrong_inbox = connect_with(
+        &server,
+        ConnectOptions {
+            inbox_prefix: "_INBOX".into(),
+            ..role_options(&server, NatsRole::Edge)
+        },
+    )
+    .await
+    .unwrap();
+    let results = wrong_inbox
+        .publish_all(&[msg("spoor.events.eu-west.3", "edge-2", b"frame")], T)
+        .await;
+    match &results[0] {
+        Err(NatsError::Server(text)) => {
+            assert!(
+                text.contains("Permissions Violation for Subscription"),
+                "{text}"
+            )
+        }
+        other => panic!("expected a permissions violation, got {other:?}"),
+    }
+
+    // A key the server does not know is refused at the handshake.
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    match connect_with(
+        &server,
+        ConnectOptions {
+            auth: Auth::NKey { seed: stranger },
+            ..role_options(&server, NatsRole::Edge)
+        },
+    )
+    .await
+    {
+        Err(NatsError::Server(text)) => assert!(text.contains("Authorization Violation"), "{text}"),
+        Err(other) => panic!("expected Authorization Violation, got {other:?}"),
+        Ok(_) => panic!("an unknown nkey was accepted"),
+    }
 }
 
 #[test]

@@ -16,6 +16,8 @@
 //! Each scenario has its own nats-server, edge and database; the ClickHouse
 //! outage scenario has its own clickhouse-server too.
 
+use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -105,6 +107,8 @@ impl Stack {
         args.extend(relay_args.iter().map(|s| s.to_string()));
         let config = RelayProcessConfig {
             nats_url: nats.url(),
+            nats_ca: Some(nats.ca_pem_path().to_path_buf()),
+            nats_nkey_file: Some(nats.seed_path(NatsRole::Relay)),
             clickhouse_url: ch.http_url(),
             database: db.clone(),
             args,
@@ -113,7 +117,7 @@ impl Stack {
         let relays = (0..relays.max(1))
             .map(|_| RelayProcess::start(config.clone()).unwrap())
             .collect();
-        let mut edge_config = EdgeConfig::new(nats.host_port())
+        let mut edge_config = EdgeConfig::for_nats(&nats)
             .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
             .var("REGION", "fault-region")
             .var("PARTITIONS", "8")
@@ -221,7 +225,7 @@ impl Stack {
         );
 
         let mut opts = spoor_cli::ReconcileOptions::new(
-            self.nats.url(),
+            nats_endpoint(&self.nats, NatsRole::Ops),
             spoor_cli::ClickHouseOptions {
                 url: self.ch.http_url(),
                 database: self.db.clone(),
@@ -508,7 +512,7 @@ async fn e_malformed_events_and_poison_messages_are_isolated() {
     opts.traffic.invalid_ratio = 0.01;
     let load = spawn_load(opts);
 
-    let client = async_nats::connect(stack.nats.url()).await.unwrap();
+    let client = stack.nats.connect(NatsRole::Admin).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let poison: Vec<_> = crate::dead_letters::poison()
         .into_iter()

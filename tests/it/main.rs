@@ -16,6 +16,7 @@ mod edge_pipeline;
 mod faults;
 mod funnels;
 mod harness;
+mod nats_security;
 mod reconcile;
 mod relay;
 mod relay_dedup;

@@ -4,8 +4,10 @@
 //! rows deleted in ClickHouse are named one by one and fail the check; a
 //! project filter and a window that ends before the traffic narrow it.
 
+use crate::support::nats_endpoint;
 use spoor_cli::{reconcile, ClickHouseOptions, ReconcileOptions};
 use spoor_tests::clickhouse::ClickHouseServer;
+use spoor_tests::nats::NatsRole;
 use spoor_tests::nats::NatsServer;
 use time::OffsetDateTime;
 
@@ -23,7 +25,7 @@ fn options(
     since: OffsetDateTime,
 ) -> ReconcileOptions {
     let mut opts = ReconcileOptions::new(
-        nats.url(),
+        nats_endpoint(nats, NatsRole::Ops),
         ClickHouseOptions {
             url: ch.http_url(),
             database: db.to_string(),

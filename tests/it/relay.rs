@@ -8,6 +8,8 @@
 //! Frames are built with `spoor_core::encode_batch` and published with
 //! async-nats, as the edge would publish them (one `Nats-Msg-Id` per batch).
 
+use crate::support::nats_endpoint;
+use spoor_tests::nats::NatsRole;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -28,7 +30,7 @@ pub(crate) const TS_MS: i64 = 1_709_296_496_789;
 
 pub(crate) fn config(nats: &NatsServer, clickhouse_url: String, database: &str) -> RelayConfig {
     let mut config = RelayConfig::new(
-        nats.url(),
+        nats_endpoint(nats, NatsRole::Relay),
         ClickHouseConfig {
             url: clickhouse_url,
             database: database.to_string(),
@@ -74,7 +76,7 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     pub(crate) async fn connect(nats: &NatsServer) -> Publisher {
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        let client = nats.connect(NatsRole::Admin).await.unwrap();
         Publisher {
             js: jetstream::new(client),
         }
@@ -679,7 +681,7 @@ async fn setup_is_idempotent_and_migrate_applies_everything() {
     );
 
     // A stream that drifted from the embedded definition is put back.
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = nats.connect(NatsRole::Admin).await.unwrap();
     let js = jetstream::new(client);
     let mut drifted = js
         .get_stream(STREAM)

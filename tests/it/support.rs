@@ -158,3 +158,47 @@ pub async fn schema_database(
         client,
     }
 }
+
+/// The NATS endpoint (URL, CA, `role`'s seed) of a harness server, as the
+/// relay and the CLI take it.
+pub fn nats_endpoint(
+    nats: &spoor_tests::nats::NatsServer,
+    role: spoor_tests::nats::NatsRole,
+) -> spoor_relay::NatsEndpoint {
+    spoor_relay::NatsEndpoint::new(nats.url())
+        .with_ca(nats.ca_pem_path())
+        .with_nkey_seed(nats.seed(role))
+}
+
+/// A rustls client config that trusts only `ca_pem`.
+pub fn tls_client_config(ca_pem: &str) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// A TLS-first connection to `nats`, as workerd's `connect(addr,
+/// { secureTransport: "on" })` opens it: TCP to the server's port, then a
+/// TLS handshake verifying the certificate against `server_name` and the
+/// server's CA. The edge's NATS client then runs over it.
+pub async fn tls_socket(
+    nats: &spoor_tests::nats::NatsServer,
+    server_name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", nats.port())).await?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(std::io::Error::other)?;
+    tokio_rustls::TlsConnector::from(tls_client_config(&nats.ca_pem()))
+        .connect(name, tcp)
+        .await
+}

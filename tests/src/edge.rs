@@ -30,12 +30,60 @@ pub struct EdgeConfig {
     /// Overrides for the worker's text bindings; anything not set falls
     /// back to the harness defaults, then to wrangler.toml.
     pub vars: BTreeMap<String, String>,
+    /// CA certificates (PEM files) the runtime trusts for its outbound TLS:
+    /// workerd through the network service's `trustedCertificates`,
+    /// wrangler through `NODE_EXTRA_CA_CERTS`.
+    pub trusted_cas: Vec<PathBuf>,
 }
 
 impl EdgeConfig {
-    /// A config whose edge publishes to the nats-server at `nats_addr` (`host:port`).
+    /// A config whose edge publishes to the nats-server at `nats_addr`
+    /// (`host:port`) with the deployed defaults (TLS on) and no
+    /// credentials: for addresses where no Spoor server listens.
     pub fn new(nats_addr: impl Into<String>) -> Self {
         EdgeConfig::default().var("NATS_URL", nats_addr)
+    }
+
+    /// A config whose edge publishes to `nats` as deployed: TLS first to
+    /// `localhost` (the name in its certificate), the CA trusted, the edge
+    /// role's nkey seed.
+    pub fn for_nats(nats: &crate::nats::NatsServer) -> Self {
+        EdgeConfig::new(nats.host_port())
+            .var("NATS_TLS", "on")
+            .var("NATS_NKEY_SEED", nats.seed(crate::nats::NatsRole::Edge))
+            .trust_ca(nats.ca_pem_path())
+    }
+
+    /// Fails over to `nats` (a server sharing the home server's keys, see
+    /// `NatsServer::start_sharing_keys_with`).
+    pub fn secondary(self, nats: &crate::nats::NatsServer) -> Self {
+        self.var("NATS_URL_SECONDARY", nats.host_port())
+            .var("NATS_TLS", "on")
+            .var("NATS_NKEY_SEED", nats.seed(crate::nats::NatsRole::Edge))
+            .trust_ca(nats.ca_pem_path())
+    }
+
+    pub fn trust_ca(mut self, pem: &Path) -> Self {
+        self.trusted_cas.push(pem.to_path_buf());
+        self
+    }
+
+    /// The trusted CAs concatenated into one PEM file in `dir`, if any.
+    fn write_cas(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        if self.trusted_cas.is_empty() {
+            return Ok(None);
+        }
+        let mut pem = String::new();
+        for ca in &self.trusted_cas {
+            pem.push_str(
+                &std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading the CA {}", ca.display()))?,
+            );
+            pem.push('\n');
+        }
+        let path = dir.join("trusted-ca.pem");
+        std::fs::write(&path, pem)?;
+        Ok(Some(path))
     }
 
     pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -57,7 +105,6 @@ impl EdgeConfig {
         }
         vars.insert("NATS_URL".into(), "127.0.0.1:1".into());
         vars.insert("ALLOW_TEST_CF".into(), "true".into());
-        vars.insert("NATS_TLS".into(), "off".into());
         vars.extend(self.vars.clone());
         vars
     }
@@ -109,7 +156,8 @@ impl Edge {
                 .tempdir()?;
             let modules = copy_build(dir.path())?;
             let port = tools::free_port()?;
-            let capnp = workerd_config(port, &modules, &date, &flags, &vars);
+            let cas = config.write_cas(dir.path())?;
+            let capnp = workerd_config(port, &modules, &date, &flags, &vars, cas.is_some());
             std::fs::write(dir.path().join("config.capnp"), capnp)?;
             let log = dir.path().join("workerd.log");
             let out = std::fs::File::create(&log)?;
@@ -181,7 +229,12 @@ impl Edge {
                     "state",
                     "--show-interactive-dev-session=false",
                 ])
-                .env("WRANGLER_SEND_METRICS", "false")
+                .env("WRANGLER_SEND_METRICS", "false");
+            // wrangler dev's workerd trusts extra CAs through node's variable.
+            if let Some(cas) = config.write_cas(dir.path())? {
+                cmd.env("NODE_EXTRA_CA_CERTS", cas);
+            }
+            cmd
                 // wrangler writes its own logs under the config home; keep them per instance.
                 .env("XDG_CONFIG_HOME", dir.path().join("config"))
                 .current_dir(dir.path())
@@ -342,11 +395,22 @@ fn workerd_config(
     date: &str,
     flags: &[String],
     vars: &BTreeMap<String, String>,
+    trusted_ca: bool,
 ) -> String {
     let mut c = String::from("using Workerd = import \"/workerd/workerd.capnp\";\n\n");
     c.push_str("const config :Workerd.Config = (\n  services = [\n");
     c.push_str("    (name = \"edge\", worker = .edge),\n");
-    c.push_str("    (name = \"outbound\", network = (allow = [\"public\", \"private\", \"local\"])),\n  ],\n");
+    // Outbound TLS (the edge to nats-server) trusts the test CA on top of
+    // the system's roots.
+    let tls = if trusted_ca {
+        ", tlsOptions = (trustedCertificates = [ embed \"trusted-ca.pem\" ])"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        c,
+        "    (name = \"outbound\", network = (allow = [\"public\", \"private\", \"local\"]{tls})),\n  ],"
+    );
     let _ = writeln!(c, "  sockets = [ (name = \"http\", address = \"127.0.0.1:{port}\", http = (), service = \"edge\") ],\n);\n");
     c.push_str("const edge :Workerd.Worker = (\n  modules = [\n");
     for m in modules {

@@ -9,5 +9,6 @@ pub mod bench;
 pub mod clickhouse;
 pub mod edge;
 pub mod nats;
+pub mod pki;
 pub mod relay;
 pub mod tools;

@@ -3,17 +3,25 @@
 //! temporary directory, stoppable and restartable on the same port and store
 //! (for outage tests), and killed on drop.
 //!
+//! Every server runs secured, as deployed: TLS first with a certificate
+//! from a fresh throwaway CA ([`crate::pki`]), and nkey users for the four
+//! roles. Clients get their credentials from the handle
+//! ([`NatsServer::connect`], [`NatsServer::connect_options`],
+//! [`NatsServer::seed`], [`NatsServer::ca_pem_path`]).
+//!
 //! It must never touch the test process's environment (tests run in
 //! parallel; the config's `$SPOOR_NATS_*` variables go to the child only),
 //! never skip when the binary is missing (the error names the set-up
 //! command), and never leave a server running after its handle is dropped.
 
+pub use crate::pki::NatsRole;
+use crate::pki::Pki;
 use crate::tools::{free_port, port_open, spawn_tied, stop_child, tail, workspace_root, Tool};
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::Signal;
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -40,59 +48,122 @@ pub struct NatsServer {
     config: PathBuf,
     port: u16,
     monitor_port: u16,
+    pki: Pki,
     // Declared last so it is removed after Drop has killed the server.
     dir: tempfile::TempDir,
 }
 
+/// How a test server differs from the deployed one.
+#[derive(Debug, Clone, Default)]
+struct Variant<'a> {
+    args: &'a [&'a str],
+    sync_interval: Option<&'a str>,
+    /// Drop the nkey users (for `--auth <token>`, which nats-server does not
+    /// accept beside a users list); TLS stays on.
+    without_users: bool,
+    /// Names in the server certificate instead of [`Pki::LOCAL_NAMES`].
+    server_names: Option<&'a [&'a str]>,
+    /// Another server's CA, certificate and keys instead of fresh ones.
+    pki: Option<&'a Pki>,
+}
+
 impl NatsServer {
-    /// Starts a server with the repository's config.
+    /// Starts a server with the repository's config: TLS first, nkey users.
     pub fn start() -> Result<NatsServer> {
-        Self::start_with_args(&[])
+        Self::start_with(Variant::default())
     }
 
     /// Starts a server with extra command-line flags, which override the
-    /// config file, e.g. `["--auth", "s3cret"]` for a server that requires a
-    /// token. Restarts keep them.
+    /// config file. Restarts keep them.
     pub fn start_with_args(args: &[&str]) -> Result<NatsServer> {
-        Self::start_with(args, None)
+        Self::start_with(Variant {
+            args,
+            ..Variant::default()
+        })
+    }
+
+    /// Starts a server that requires `token` (`--auth`) instead of nkey
+    /// users, still TLS first: for clients' token handling.
+    pub fn start_with_token(token: &str) -> Result<NatsServer> {
+        Self::start_with(Variant {
+            args: &["--auth", token],
+            without_users: true,
+            ..Variant::default()
+        })
     }
 
     /// Starts a server whose config differs from the repository's only in
     /// JetStream's `sync_interval` (e.g. `"2m"`, the server default), for
     /// measuring what the deployed `always` costs.
     pub fn start_with_sync_interval(value: &str) -> Result<NatsServer> {
-        Self::start_with(&[], Some(value))
+        Self::start_with(Variant {
+            sync_interval: Some(value),
+            ..Variant::default()
+        })
     }
 
-    fn start_with(args: &[&str], sync_interval: Option<&str>) -> Result<NatsServer> {
+    /// Starts a server whose certificate names only `names` (signed by its
+    /// CA as usual): clients dialling 127.0.0.1 must refuse it.
+    pub fn start_with_cert_names(names: &[&str]) -> Result<NatsServer> {
+        Self::start_with(Variant {
+            server_names: Some(names),
+            ..Variant::default()
+        })
+    }
+
+    /// Starts a second server (another region) with `home`'s CA,
+    /// certificate and nkey users, so the same clients (one edge seed, one
+    /// trusted CA) may fail over to it.
+    pub fn start_sharing_keys_with(home: &NatsServer) -> Result<NatsServer> {
+        Self::start_with(Variant {
+            pki: Some(&home.pki),
+            ..Variant::default()
+        })
+    }
+
+    fn start_with(variant: Variant<'_>) -> Result<NatsServer> {
         let binary = Tool::NatsServer.path()?;
         let dir = tempfile::Builder::new()
             .prefix("spoor-nats-")
             .tempdir()
             .context("creating nats-server's temporary directory")?;
+        let pki = match variant.pki {
+            Some(shared) => shared
+                .copy_into(&dir.path().join("pki"))
+                .context("copying the shared test PKI")?,
+            None => Pki::generate(
+                &dir.path().join("pki"),
+                variant.server_names.unwrap_or(&Pki::LOCAL_NAMES),
+            )
+            .context("generating the test PKI")?,
+        };
         let mut server = NatsServer {
             child: Mutex::new(None),
             binary,
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            extra_args: variant.args.iter().map(|a| a.to_string()).collect(),
             config: Self::config_path(),
             port: 0,
             monitor_port: 0,
+            pki,
             dir,
         };
         std::fs::create_dir_all(server.store_dir()).context("creating the JetStream store dir")?;
-        if let Some(value) = sync_interval {
-            let text = std::fs::read_to_string(&server.config)
+        if variant.sync_interval.is_some() || variant.without_users {
+            let mut text = std::fs::read_to_string(&server.config)
                 .with_context(|| format!("reading {}", server.config.display()))?;
-            let line = "sync_interval: always";
-            if !text.contains(line) {
-                bail!("{} no longer says `{line}`", server.config.display());
+            if let Some(value) = variant.sync_interval {
+                let line = "sync_interval: always";
+                if !text.contains(line) {
+                    bail!("{} no longer says `{line}`", server.config.display());
+                }
+                text = text.replace(line, &format!("sync_interval: {value}"));
+            }
+            if variant.without_users {
+                text = without_authorization(&text)
+                    .with_context(|| format!("editing {}", server.config.display()))?;
             }
             let edited = server.dir.path().join("nats-server.conf");
-            std::fs::write(
-                &edited,
-                text.replace(line, &format!("sync_interval: {value}")),
-            )
-            .context("writing the edited nats-server config")?;
+            std::fs::write(&edited, text).context("writing the edited nats-server config")?;
             server.config = edited;
         }
         // free_port() only says the port was free a moment ago; another test
@@ -127,14 +198,63 @@ impl NatsServer {
         self.monitor_port
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `tls://127.0.0.1:PORT`: the certificate names 127.0.0.1, and the
+    /// scheme makes async-nats insist on TLS. Connect with
+    /// [`NatsServer::connect_options`] (TLS first, the CA, a role's nkey).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("tls://127.0.0.1:{}", self.port)
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `localhost:PORT`, for the edge (`NATS_URL`), which verifies the
+    /// certificate against the name `localhost`.
     pub fn host_port(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("localhost:{}", self.port)
+    }
+
+    /// The throwaway PKI this server runs with.
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// The CA certificate (PEM file) that clients trust.
+    pub fn ca_pem_path(&self) -> &Path {
+        self.pki.ca_path()
+    }
+
+    /// The CA certificate as PEM text.
+    pub fn ca_pem(&self) -> String {
+        self.pki.ca_pem().to_string()
+    }
+
+    /// The nkey seed of `role` (`SU...`).
+    pub fn seed(&self, role: NatsRole) -> String {
+        self.pki.seed(role).to_string()
+    }
+
+    /// A file holding only `role`'s seed (for `--nats-nkey-file`).
+    pub fn seed_path(&self, role: NatsRole) -> PathBuf {
+        self.pki.seed_path(role)
+    }
+
+    /// async-nats options for `role`: TLS first, this server's CA, the
+    /// role's nkey, and its inbox prefix (the edge may only read
+    /// `_INBOX_EDGE.>`).
+    pub fn connect_options(&self, role: NatsRole) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::new()
+            .name(format!("spoor-test-{}", role.name()))
+            .require_tls(true)
+            .tls_first()
+            .add_root_certificates(self.ca_pem_path().to_path_buf())
+            .nkey(self.seed(role))
+            .custom_inbox_prefix(role.inbox_prefix())
+    }
+
+    /// Connects to [`NatsServer::url`] as `role`.
+    pub async fn connect(&self, role: NatsRole) -> Result<async_nats::Client> {
+        self.connect_options(role)
+            .connect(self.url())
+            .await
+            .with_context(|| format!("connecting to {} as {role:?}", self.url()))
     }
 
     /// JetStream's store directory; it survives `stop`/`kill`/`restart`.
@@ -232,6 +352,7 @@ impl NatsServer {
             .env("SPOOR_NATS_MONITOR_PORT", self.monitor_port.to_string())
             .env("SPOOR_NATS_NAME", format!("spoor-test-{}", self.port))
             .env("SPOOR_NATS_STORE_DIR", self.store_dir())
+            .envs(self.pki.server_env())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
@@ -281,6 +402,33 @@ impl Drop for NatsServer {
         // No grace: the store is deleted right after.
         self.kill();
     }
+}
+
+/// The config without its `authorization { ... }` block (from that line to
+/// the next line that is exactly `}`).
+fn without_authorization(config: &str) -> Result<String> {
+    let mut out = String::with_capacity(config.len());
+    let mut skipping = false;
+    let mut found = false;
+    for line in config.lines() {
+        if !skipping && line.starts_with("authorization {") {
+            skipping = true;
+            found = true;
+            continue;
+        }
+        if skipping {
+            if line == "}" {
+                skipping = false;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !found || skipping {
+        bail!("no top-level `authorization {{ ... }}` block ending in a line `}}`");
+    }
+    Ok(out)
 }
 
 /// True when the monitoring endpoint answers `/healthz` with 200 (ureq

@@ -11,6 +11,7 @@
 use crate::tools::{free_port, spawn_tied, stop_child, tail, wait_until, workspace_root};
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::Signal;
+use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -27,6 +28,11 @@ const STOP_GRACE: Duration = Duration::from_secs(40);
 #[derive(Debug, Clone)]
 pub struct RelayProcessConfig {
     pub nats_url: String,
+    /// `--nats-ca`: the CA of a TLS-first server ([`crate::nats::NatsServer::ca_pem_path`]).
+    pub nats_ca: Option<PathBuf>,
+    /// `--nats-nkey-file`: the relay role's seed
+    /// ([`crate::nats::NatsServer::seed_path`] of `NatsRole::Relay`).
+    pub nats_nkey_file: Option<PathBuf>,
     pub clickhouse_url: String,
     pub database: String,
     /// Extra flags for `spoor-relay run`, e.g. `["--flush-interval-ms", "200"]`.
@@ -149,6 +155,18 @@ impl RelayProcess {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("run")
             .args(["--nats-url", &self.config.nats_url])
+            .args(
+                self.config
+                    .nats_ca
+                    .iter()
+                    .flat_map(|ca| [OsStr::new("--nats-ca"), ca.as_os_str()]),
+            )
+            .args(
+                self.config
+                    .nats_nkey_file
+                    .iter()
+                    .flat_map(|f| [OsStr::new("--nats-nkey-file"), f.as_os_str()]),
+            )
             .args(["--clickhouse-url", &self.config.clickhouse_url])
             .args(["--clickhouse-db", &self.config.database])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])

@@ -6,6 +6,7 @@
 //! until Ctrl-C; with `--exit` it verifies and stops. It listens on
 //! 127.0.0.1 only and never leaves a child running.
 
+use crate::pki::{NatsRole, Pki};
 use crate::services::{Service, Services};
 use crate::setup::{self, Tools};
 use crate::{build_edge, sh};
@@ -94,13 +95,18 @@ pub fn run(opts: Options) -> Result<()> {
         ..
     } = ports;
 
+    // NATS runs as deployed: TLS first with a throwaway CA, one nkey user
+    // per role (the seeds are files in .spoor/demo/pki/).
+    let pki = Pki::generate(&dir.join("pki"), &Pki::LOCAL_NAMES)
+        .context("generating the demo's CA, certificate and nkeys")?;
     let mut services = Services::default();
-    start_nats(&mut services, &tools, &dir, ports)?;
+    start_nats(&mut services, &tools, &dir, ports, &pki)?;
     start_clickhouse(&mut services, &tools, &dir, ports)?;
-    start_relay(&mut services, &relay_bin, &dir, ports)?;
+    migrate(&relay_bin, ports, &pki)?;
+    start_relay(&mut services, &relay_bin, &dir, ports, &pki)?;
     let read_token = demo_read_token();
     start_aggregator(&mut services, &aggregator_bin, &dir, ports, &read_token)?;
-    start_edge(&mut services, &tools, &dir, ports)?;
+    start_edge(&mut services, &tools, &dir, ports, &pki)?;
 
     let summary_path = dir.join("summary.json");
     let mut loadtest = Command::new(&loadtest_bin);
@@ -228,7 +234,13 @@ fn check_ports_free(ports: Ports) -> Result<()> {
     Ok(())
 }
 
-fn start_nats(services: &mut Services, tools: &Tools, dir: &Path, ports: Ports) -> Result<()> {
+fn start_nats(
+    services: &mut Services,
+    tools: &Tools,
+    dir: &Path,
+    ports: Ports,
+    pki: &Pki,
+) -> Result<()> {
     let Ports {
         nats: nats_port,
         nats_monitor: nats_monitor_port,
@@ -241,7 +253,8 @@ fn start_nats(services: &mut Services, tools: &Tools, dir: &Path, ports: Ports) 
     cmd.env("SPOOR_NATS_PORT", nats_port.to_string())
         .env("SPOOR_NATS_MONITOR_PORT", nats_monitor_port.to_string())
         .env("SPOOR_NATS_NAME", "spoor-demo")
-        .env("SPOOR_NATS_STORE_DIR", dir.join("nats"));
+        .env("SPOOR_NATS_STORE_DIR", dir.join("nats"))
+        .envs(pki.server_env());
     let s = services.push(Service::start(
         "nats-server",
         cmd,
@@ -281,24 +294,59 @@ fn start_clickhouse(
     })
 }
 
-fn start_relay(services: &mut Services, relay_bin: &Path, dir: &Path, ports: Ports) -> Result<()> {
+/// The NATS flags of a native client as `role`: TLS first against the
+/// demo's CA, the role's seed file.
+fn nats_args(cmd: &mut Command, ports: Ports, pki: &Pki, role: NatsRole) {
+    cmd.args(["--nats-url", &format!("tls://localhost:{}", ports.nats)])
+        .arg("--nats-ca")
+        .arg(pki.ca_path())
+        .arg("--nats-nkey-file")
+        .arg(pki.seed_path(role));
+}
+
+/// `spoor-relay migrate` with the admin key: streams and schema, as a
+/// deployment applies them before relays (which hold only the relay key).
+fn migrate(relay_bin: &Path, ports: Ports, pki: &Pki) -> Result<()> {
+    let mut cmd = Command::new(relay_bin);
+    cmd.arg("migrate");
+    nats_args(&mut cmd, ports, pki, NatsRole::Admin);
+    cmd.args([
+        "--clickhouse-url",
+        &format!("http://127.0.0.1:{}", ports.ch_http),
+    ])
+    .args(["--clickhouse-db", DB])
+    .env("NO_COLOR", "1");
+    println!("$ {}", sh::display(&cmd));
+    let status = cmd.status().context("starting spoor-relay migrate")?;
+    if !status.success() {
+        bail!("spoor-relay migrate failed ({status})");
+    }
+    Ok(())
+}
+
+fn start_relay(
+    services: &mut Services,
+    relay_bin: &Path,
+    dir: &Path,
+    ports: Ports,
+    pki: &Pki,
+) -> Result<()> {
     let Ports {
-        nats: nats_port,
         ch_http: ch_http_port,
         relay: relay_port,
         ..
     } = ports;
     let mut cmd = Command::new(relay_bin);
-    cmd.arg("run")
-        .args(["--nats-url", &format!("nats://127.0.0.1:{nats_port}")])
-        .args([
-            "--clickhouse-url",
-            &format!("http://127.0.0.1:{ch_http_port}"),
-        ])
-        .args(["--clickhouse-db", DB])
-        .args(["--listen", &format!("127.0.0.1:{relay_port}")])
-        // Its log goes to a file: no ANSI colours (tracing-subscriber honours NO_COLOR).
-        .env("NO_COLOR", "1");
+    cmd.arg("run");
+    nats_args(&mut cmd, ports, pki, NatsRole::Relay);
+    cmd.args([
+        "--clickhouse-url",
+        &format!("http://127.0.0.1:{ch_http_port}"),
+    ])
+    .args(["--clickhouse-db", DB])
+    .args(["--listen", &format!("127.0.0.1:{relay_port}")])
+    // Its log goes to a file: no ANSI colours (tracing-subscriber honours NO_COLOR).
+    .env("NO_COLOR", "1");
     let s = services.push(Service::start("spoor-relay", cmd, &dir.join("relay.log"))?);
     let health = format!("http://127.0.0.1:{relay_port}/healthz");
     s.wait_ready("GET /healthz = 200", Duration::from_secs(60), || {
@@ -381,7 +429,13 @@ fn aggregator_count(port: u16, read_token: &str) -> Result<u64> {
     Ok(rows.iter().filter_map(|r| r["value"].as_f64()).sum::<f64>() as u64)
 }
 
-fn start_edge(services: &mut Services, tools: &Tools, dir: &Path, ports: Ports) -> Result<()> {
+fn start_edge(
+    services: &mut Services,
+    tools: &Tools,
+    dir: &Path,
+    ports: Ports,
+    pki: &Pki,
+) -> Result<()> {
     let Ports {
         nats: nats_port,
         edge: edge_port,
@@ -395,7 +449,18 @@ fn start_edge(services: &mut Services, tools: &Tools, dir: &Path, ports: Ports) 
         .arg(root.join("wrangler.toml"))
         .args(["--ip", "127.0.0.1", "--port", &ports.edge.to_string()])
         .args(["--inspector-port", &ports.edge_inspector.to_string()])
-        .args(["--var", &format!("NATS_URL:127.0.0.1:{nats_port}")])
+        // The edge dials NATS by the name in its certificate, TLS first
+        // (workerd's secureTransport "on"), trusting the demo CA through
+        // NODE_EXTRA_CA_CERTS, and signs in with the edge role's nkey. The
+        // seed is a throwaway demo key; production sets it with
+        // `wrangler secret put NATS_NKEY_SEED`.
+        .args(["--var", &format!("NATS_URL:localhost:{nats_port}")])
+        .args(["--var", "NATS_TLS:on"])
+        .args([
+            "--var",
+            &format!("NATS_NKEY_SEED:{}", pki.seed(NatsRole::Edge)),
+        ])
+        .env("NODE_EXTRA_CA_CERTS", pki.ca_path())
         .arg("--persist-to")
         .arg(dir.join("wrangler-state"))
         .args(["--show-interactive-dev-session=false"])
@@ -513,6 +578,11 @@ fn print_things_to_try(ports: Ports, read_token: &str) {
         ports.aggregator,
         today,
         today + day,
+    );
+    println!("\nAsk the relays, as the ops role (TLS first, the demo's CA and ops nkey):");
+    println!(
+        "  cargo run -q -p spoor-cli -- dead-letters list --nats-url tls://localhost:{} --nats-ca .spoor/demo/pki/ca.pem --nats-nkey-file .spoor/demo/pki/ops.nk",
+        ports.nats
     );
     println!("\nLook inside:");
     println!("  curl -s http://127.0.0.1:{relay_port}/metrics");

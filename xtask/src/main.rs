@@ -7,6 +7,13 @@
 
 mod build_edge;
 mod demo;
+/// The test harness's throwaway PKI (CA, server certificate, nkey users),
+/// shared by source rather than by depending on spoor-tests, which would
+/// make `cargo xtask setup` compile async-nats and tokio before anything
+/// is installed.
+#[path = "../../tests/src/pki.rs"]
+#[allow(dead_code)] // the harness uses the rest
+mod pki;
 mod services;
 mod setup;
 mod sh;

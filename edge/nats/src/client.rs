@@ -24,7 +24,7 @@ use std::pin::pin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Credentials sent in `CONNECT`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum Auth {
     #[default]
     None,
@@ -33,6 +33,50 @@ pub enum Auth {
         pass: String,
     },
     Token(String),
+    /// An nkey user: `seed` is the user's private seed (`SU...`). The seed
+    /// never goes on the wire: CONNECT carries the public key and an ed25519
+    /// signature of the nonce from the server's INFO, so a server (or
+    /// anyone in between) learns nothing it could replay elsewhere.
+    NKey {
+        seed: String,
+    },
+}
+
+/// Secrets stay out of logs and error messages: only the kind is shown.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::UserPass { user, .. } => {
+                write!(f, "UserPass {{ user: {user:?}, pass: <redacted> }}")
+            }
+            Auth::Token(_) => f.write_str("Token(<redacted>)"),
+            Auth::NKey { .. } => f.write_str("NKey { seed: <redacted> }"),
+        }
+    }
+}
+
+/// The public key and the signature of `nonce` for an nkey user's
+/// `CONNECT`: the signature is base64url without padding, as nats-server
+/// expects it. Fails (never panics) on a bad seed or a missing nonce.
+pub fn sign_nonce(seed: &str, nonce: Option<&str>) -> Result<(String, String), NatsError> {
+    use base64::Engine as _;
+    let pair = nkeys::KeyPair::from_seed(seed.trim())
+        .map_err(|e| NatsError::Auth(format!("the nkey seed is not a valid seed ({e})")))?;
+    let nonce = nonce.filter(|n| !n.is_empty()).ok_or_else(|| {
+        NatsError::Auth(
+            "nkey authentication is configured but the server's INFO carries no nonce \
+             to sign: the server has no nkey users configured (wrong server or config?)"
+                .into(),
+        )
+    })?;
+    let sig = pair
+        .sign(nonce.as_bytes())
+        .map_err(|e| NatsError::Auth(format!("signing the server's nonce failed: {e}")))?;
+    Ok((
+        pair.public_key(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
+    ))
 }
 
 /// How to connect.
@@ -48,6 +92,11 @@ pub struct ConnectOptions {
     /// `None`, the server-assigned `client_id` is used, which is unique per
     /// server process.
     pub inbox_token: Option<String>,
+    /// First part of reply inboxes (`<prefix>.<token>.<sid>.<i>`), default
+    /// `_INBOX`. A locked-down user may only subscribe below its own prefix
+    /// (Spoor's edge role: `_INBOX_EDGE`), so it cannot read other clients'
+    /// replies.
+    pub inbox_prefix: String,
 }
 
 impl Default for ConnectOptions {
@@ -57,9 +106,13 @@ impl Default for ConnectOptions {
             auth: Auth::None,
             timeout_ms: 5_000,
             inbox_token: None,
+            inbox_prefix: DEFAULT_INBOX_PREFIX.into(),
         }
     }
 }
+
+/// NATS's conventional reply-inbox prefix.
+pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
 
 /// One message for [`Client::publish_all`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,6 +422,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(token) = &opts.inbox_token {
             check_inbox_token(token)?;
         }
+        wire::check_subject(&opts.inbox_prefix, false)
+            .map_err(|e| NatsError::InvalidInput(format!("inbox prefix: {e}")))?;
         let mut conn = Conn::new(io);
         let stage = Cell::new(Stage::Info);
         bounded(timer, opts.timeout_ms, &stage, conn.handshake(opts, &stage)).await?;
@@ -381,7 +436,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(t) => t.clone(),
             None => format!("c{}", self.info.client_id.unwrap_or(0)),
         };
-        format!("_INBOX.{token}")
+        format!("{}.{token}", opts.inbox_prefix)
     }
 
     /// The socket, the bytes read but not yet parsed, the parser's limits
@@ -454,9 +509,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ));
         }
         let (user, pass, auth_token) = match &opts.auth {
-            Auth::None => (None, None, None),
+            Auth::None | Auth::NKey { .. } => (None, None, None),
             Auth::UserPass { user, pass } => (Some(user.as_str()), Some(pass.as_str()), None),
             Auth::Token(t) => (None, None, Some(t.as_str())),
+        };
+        let signed = match &opts.auth {
+            Auth::NKey { seed } => Some(sign_nonce(seed, self.info.nonce.as_deref())?),
+            _ => None,
         };
         let mut out = Vec::new();
         wire::connect(
@@ -473,6 +532,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 user,
                 pass,
                 auth_token,
+                nkey: signed.as_ref().map(|(public, _)| public.as_str()),
+                sig: signed.as_ref().map(|(_, sig)| sig.as_str()),
             },
             &mut out,
         );

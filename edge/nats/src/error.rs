@@ -61,6 +61,12 @@ pub enum NatsError {
     #[error("nats-server error: {0}")]
     Server(String),
 
+    /// The configured credentials cannot be used: an invalid nkey seed, or
+    /// nkey auth against a server whose INFO has no nonce to sign. Nothing
+    /// was sent; fix the configuration (retrying cannot help).
+    #[error("NATS credentials unusable: {0}")]
+    Auth(String),
+
     /// The server sent bytes that are not the NATS protocol, or a reply that
     /// is not the JSON JetStream promises. Retrying on a new connection may
     /// work; it is worth an alert either way.

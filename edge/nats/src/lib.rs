@@ -24,7 +24,7 @@ mod pipeline;
 mod timer;
 mod wire;
 
-pub use client::{Auth, Client, ConnectOptions, PublishMsg};
+pub use client::{sign_nonce, Auth, Client, ConnectOptions, PublishMsg, DEFAULT_INBOX_PREFIX};
 pub use error::{NatsError, Stage};
 pub use headers::{parse_headers, Headers};
 pub use jetstream::{check_api_response, parse_pub_ack, PubAck};

@@ -95,6 +95,9 @@ pub struct ServerInfo {
     pub jetstream: bool,
     pub auth_required: bool,
     pub client_id: Option<u64>,
+    /// The challenge an nkey user signs (`Auth::NKey`); servers send it
+    /// when nkey users are configured.
+    pub nonce: Option<String>,
 }
 
 impl Default for ServerInfo {
@@ -109,6 +112,7 @@ impl Default for ServerInfo {
             jetstream: false,
             auth_required: false,
             client_id: None,
+            nonce: None,
         }
     }
 }

@@ -31,6 +31,12 @@ pub struct ConnectInfo<'a> {
     pub pass: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<&'a str>,
+    /// An nkey user's public key (`U...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey: Option<&'a str>,
+    /// base64url (no padding) ed25519 signature of INFO's `nonce`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<&'a str>,
 }
 
 /// Appends `CONNECT {json}\r\n`.
@@ -147,6 +153,8 @@ mod tests {
             user: None,
             pass: None,
             auth_token: Some("t\r\nPING"),
+            nkey: None,
+            sig: None,
         };
         let mut out = Vec::new();
         connect(&info, &mut out);

@@ -3,4 +3,5 @@
 //! stream.
 pub mod claims;
 pub mod dead_letter;
+pub mod endpoint;
 pub mod nats;

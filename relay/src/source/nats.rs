@@ -15,6 +15,8 @@ use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, AckKind};
 
+use super::endpoint::{NatsConnectError, NatsEndpoint};
+
 /// The stream definition, in the JetStream API's JSON form, as deployed.
 pub const STREAM_CONFIG_JSON: &str = include_str!("../../../deploy/nats/events-stream.json");
 
@@ -23,12 +25,8 @@ pub const EVENTS_FILTER: &str = "spoor.events.>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
+    #[error(transparent)]
+    Connect(#[from] NatsConnectError),
     #[error("an embedded stream definition (deploy/nats/*-stream.json) is invalid: {0}")]
     StreamDefinition(#[source] serde_json::Error),
     #[error("cannot create or update JetStream stream {name}: {source}")]
@@ -56,18 +54,11 @@ pub enum SourceError {
     Fetch(#[source] async_nats::jetstream::consumer::pull::BatchError),
 }
 
-/// Connects to NATS. The client reconnects by itself afterwards; the
-/// initial connection failing is an error so a misconfigured relay stops
-/// at once instead of looking alive.
-pub async fn connect(url: &str) -> Result<async_nats::Client, SourceError> {
-    async_nats::ConnectOptions::new()
-        .name("spoor-relay")
-        .connect(url)
-        .await
-        .map_err(|source| SourceError::Connect {
-            url: url.to_string(),
-            source,
-        })
+/// Connects to NATS (TLS and nkey as `endpoint` says). The client
+/// reconnects by itself afterwards; the initial connection failing is an
+/// error so a misconfigured relay stops at once instead of looking alive.
+pub async fn connect(endpoint: &NatsEndpoint) -> Result<async_nats::Client, SourceError> {
+    Ok(endpoint.connect("spoor-relay", None).await?)
 }
 
 /// The embedded events stream definition, renamed to `name`.

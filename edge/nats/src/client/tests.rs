@@ -488,3 +488,161 @@ async fn default_inbox_token_is_the_client_id() {
     let (r, ()) = tokio::join!(client, server);
     assert_eq!(r[0].as_ref().unwrap().seq, 1);
 }
+
+/// A user seed made once per test run (the crate itself never makes keys).
+fn user_seed() -> (String, String) {
+    let pair = nkeys::KeyPair::new_user();
+    (pair.seed().unwrap(), pair.public_key())
+}
+
+#[tokio::test]
+async fn nkey_auth_signs_the_nonce_and_sends_no_secret() {
+    use base64::Engine as _;
+    let (seed, public) = user_seed();
+    let (io, mut peer) = pipe();
+    let o = ConnectOptions {
+        auth: Auth::NKey { seed: seed.clone() },
+        inbox_prefix: "_INBOX_EDGE".into(),
+        ..opts()
+    };
+    let client = async {
+        let mut c = Client::connect(io, timer(), &o).await.unwrap();
+        c.publish_all(
+            &[PublishMsg::new("spoor.events.r.1", "m", b"x".to_vec())],
+            1_000,
+        )
+        .await
+    };
+    let nonce = "kR3pxUh1Jq0yVrqS6DdHyQ";
+    let server = async {
+        peer.send(
+            format!(
+                "INFO {{\"server_id\":\"N\",\"headers\":true,\"max_payload\":1024,\"auth_required\":true,\"nonce\":\"{nonce}\"}}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let line = peer.line().await;
+        assert!(!line.contains(&seed), "the seed went on the wire: {line}");
+        let connect: serde_json::Value =
+            serde_json::from_str(line.strip_prefix("CONNECT ").unwrap()).unwrap();
+        assert_eq!(peer.line().await, "PING");
+        peer.send(b"PONG\r\n").await;
+        assert_eq!(peer.line().await, "SUB _INBOX_EDGE.tok.1.* 1");
+        peer.line().await;
+        let h = peer.hpub().await;
+        assert_eq!(h.reply, "_INBOX_EDGE.tok.1.0");
+        peer.reply("_INBOX_EDGE.tok.1.0", 1, r#"{"stream":"S","seq":1}"#)
+            .await;
+        connect
+    };
+    let (r, connect) = tokio::join!(client, server);
+    assert_eq!(r[0].as_ref().unwrap().seq, 1);
+    assert_eq!(connect["nkey"], public.as_str());
+    assert!(connect.get("auth_token").is_none() && connect.get("pass").is_none());
+    // The signature is base64url without padding and verifies against the
+    // public key alone, over exactly the nonce's bytes.
+    let sig_text = connect["sig"].as_str().unwrap();
+    assert!(!sig_text.contains(['=', '+', '/']), "{sig_text}");
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig_text)
+        .unwrap();
+    let verifier = nkeys::KeyPair::from_public_key(&public).unwrap();
+    verifier.verify(nonce.as_bytes(), &sig).unwrap();
+    assert!(verifier.verify(b"another nonce", &sig).is_err());
+}
+
+#[tokio::test]
+async fn nkey_auth_without_a_nonce_or_with_a_bad_seed_fails_before_connect() {
+    let (seed, _) = user_seed();
+    // The server sends no nonce: it has no nkey users, so refuse clearly
+    // instead of sending an unsigned CONNECT.
+    let (io, mut peer) = pipe();
+    let o = ConnectOptions {
+        auth: Auth::NKey { seed },
+        ..opts()
+    };
+    let client = Client::connect(io, timer(), &o);
+    let server = async {
+        peer.info(1024).await;
+        peer
+    };
+    let (r, peer) = tokio::join!(client, server);
+    match r {
+        Err(NatsError::Auth(text)) => assert!(text.contains("nonce"), "{text}"),
+        other => panic!("expected an Auth error, got {:?}", other.err()),
+    }
+    drop(peer);
+
+    // A seed that is not one: the error names the problem, not the seed.
+    for bad in [
+        "",
+        "SUnot-a-seed",
+        "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4",
+    ] {
+        let (io, mut peer) = pipe();
+        let o = ConnectOptions {
+            auth: Auth::NKey { seed: bad.into() },
+            ..opts()
+        };
+        let client = Client::connect(io, timer(), &o);
+        let server = async {
+            peer.send(b"INFO {\"headers\":true,\"nonce\":\"abc\"}\r\n")
+                .await;
+            peer
+        };
+        let (r, _peer) = tokio::join!(client, server);
+        match r {
+            Err(NatsError::Auth(text)) => {
+                assert!(text.contains("seed"), "{text}");
+                assert!(bad.is_empty() || !text.contains(bad), "{text}");
+            }
+            other => panic!("{bad:?}: expected an Auth error, got {:?}", other.err()),
+        }
+    }
+}
+
+#[test]
+fn sign_nonce_is_verifiable_and_debug_hides_secrets() {
+    use base64::Engine as _;
+    let (seed, public) = user_seed();
+    let (key, sig) = sign_nonce(&format!("  {seed}\n"), Some("n0nce")).unwrap();
+    assert_eq!(key, public);
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .unwrap();
+    nkeys::KeyPair::from_public_key(&public)
+        .unwrap()
+        .verify(b"n0nce", &sig)
+        .unwrap();
+    assert!(matches!(
+        sign_nonce(&seed, Some("")),
+        Err(NatsError::Auth(_))
+    ));
+    let shown = format!(
+        "{:?} {:?} {:?}",
+        Auth::NKey { seed: seed.clone() },
+        Auth::Token("tok3n".into()),
+        Auth::UserPass {
+            user: "u".into(),
+            pass: "pa55".into()
+        }
+    );
+    assert!(
+        !shown.contains(&seed) && !shown.contains("tok3n") && !shown.contains("pa55"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn an_inbox_prefix_that_is_not_a_subject_is_refused() {
+    for prefix in ["", "a b", "_INBOX.>", "a..b"] {
+        let (io, _peer) = pipe();
+        let o = ConnectOptions {
+            inbox_prefix: prefix.into(),
+            ..opts()
+        };
+        let r = Client::connect(io, timer(), &o).await;
+        assert!(matches!(r, Err(NatsError::InvalidInput(_))), "{prefix:?}");
+    }
+}

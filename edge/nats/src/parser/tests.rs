@@ -42,6 +42,7 @@ fn valid_cases() -> Vec<(Vec<u8>, ServerOp)> {
         jetstream: true,
         auth_required: false,
         client_id: Some(7),
+        nonce: None,
     };
     let mut info_line = INFO.to_vec();
     info_line.extend_from_slice(b" \r\n");
