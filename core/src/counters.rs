@@ -190,7 +190,7 @@ pub fn render_links(region: &str, links: &[crate::link::LinkHealth]) -> String {
     let mut s = String::new();
     let r = escape(region);
     type Get = fn(&crate::link::LinkHealth) -> u64;
-    let families: [(&str, &str, &str, Get); 6] = [
+    let families: [(&str, &str, &str, Get); 7] = [
         (
             "spoor_edge_link_connected",
             "gauge",
@@ -226,6 +226,12 @@ pub fn render_links(region: &str, links: &[crate::link::LinkHealth]) -> String {
             "counter",
             "Frames the link answered with a failure.",
             |l| l.failed_frames,
+        ),
+        (
+            "spoor_edge_link_duplicate_frames_total",
+            "counter",
+            "Frames answered from the link's recent ids instead of published again.",
+            |l| l.duplicate_frames,
         ),
     ];
     for (name, kind, help, get) in families {

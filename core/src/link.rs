@@ -204,6 +204,10 @@ pub struct LinkHealth {
     pub frames: u64,
     /// Frames a failure answered (no PubAck).
     pub failed_frames: u64,
+    /// Frames answered as duplicates of one the link stored (or was
+    /// storing) under the same id, without publishing them again.
+    #[serde(default)]
+    pub duplicate_frames: u64,
 }
 
 /// The `Nats-Msg-Id` of a message coalescing frames with `ids`.
@@ -288,6 +292,74 @@ impl Pending {
                 let frames: Vec<&[u8]> = many.iter().map(|f| f.frame.as_slice()).collect();
                 (bundle_msg_id(&ids), encode_bundle(&frames))
             }
+        }
+    }
+}
+
+/// The frames a link has stored recently, by `Nats-Msg-Id`, with their
+/// stream sequence: a frame handed to the link again (an SDK's resend of
+/// the same batch, a fast ack's retry) is answered from here instead of
+/// being published inside another message under another id. This is
+/// JetStream's duplicate window at frame granularity, which coalescing
+/// would otherwise lose. Bounded by age and by count, oldest first.
+#[derive(Debug)]
+pub struct RecentFrames {
+    window_ms: i64,
+    max: usize,
+    seq_by_id: std::collections::HashMap<String, (u64, i64)>,
+    /// Insertion order, one slot per id in `seq_by_id`.
+    order: std::collections::VecDeque<(i64, String)>,
+}
+
+impl RecentFrames {
+    pub fn new(window_ms: i64, max: usize) -> Self {
+        RecentFrames {
+            window_ms,
+            max: max.max(1),
+            seq_by_id: Default::default(),
+            order: Default::default(),
+        }
+    }
+
+    /// The stored frame's sequence, if `id` was stored within the window.
+    pub fn get(&mut self, id: &str, now_ms: i64) -> Option<u64> {
+        self.expire(now_ms);
+        self.seq_by_id.get(id).map(|(seq, _)| *seq)
+    }
+
+    pub fn insert(&mut self, id: String, seq: u64, now_ms: i64) {
+        self.expire(now_ms);
+        // One entry per id, aged from its first store.
+        if !self.seq_by_id.contains_key(&id) {
+            self.seq_by_id.insert(id.clone(), (seq, now_ms));
+            self.order.push_back((now_ms, id));
+        }
+        while self.seq_by_id.len() > self.max {
+            self.pop_oldest();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seq_by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seq_by_id.is_empty()
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now_ms.saturating_sub(*at) > self.window_ms)
+        {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, id)) = self.order.pop_front() {
+            self.seq_by_id.remove(&id);
         }
     }
 }

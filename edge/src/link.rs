@@ -35,6 +35,7 @@ use futures_channel::oneshot;
 use futures_util::future::join_all;
 use spoor_core::link::{
     decode_handoff, AddOutcome, FrameResult, HandoffAnswer, HandoffFrame, LinkHealth, Pending,
+    RecentFrames,
 };
 use spoor_edge_nats::{Auth, ConnectOptions, Connected, NatsError, Pipeline, PublishMsg};
 use wasm_bindgen_futures::spawn_local;
@@ -69,11 +70,22 @@ struct Open {
     waiters: Vec<oneshot::Sender<FrameResult>>,
 }
 
+/// How long, and for how many frames, a link remembers what it stored.
+/// SDK resends come within seconds to a minute; the relays' event-id window
+/// (10 minutes) catches what falls outside.
+const RECENT_WINDOW_MS: i64 = 120_000;
+const RECENT_MAX: usize = 100_000;
+
 struct Inner {
     config: Option<Rc<EdgeConfig>>,
     conn: Conn,
     open: HashMap<String, Open>,
     next_generation: u64,
+    /// Frames stored recently, by id (see `RecentFrames`).
+    recent: RecentFrames,
+    /// Frames on their way (in an open or a sent message), by id, with the
+    /// callers of later copies waiting for the same result.
+    in_flight: HashMap<String, Vec<oneshot::Sender<FrameResult>>>,
     health: LinkHealth,
 }
 
@@ -92,6 +104,8 @@ impl DurableObject for Link {
                 conn: Conn::Down,
                 open: HashMap::new(),
                 next_generation: 0,
+                recent: RecentFrames::new(RECENT_WINDOW_MS, RECENT_MAX),
+                in_flight: HashMap::new(),
                 health: LinkHealth::default(),
             })),
         }
@@ -176,6 +190,27 @@ fn enqueue(
     let (tx, rx) = oneshot::channel();
     let limits = config.coalesce;
     let subject = frame.subject.clone();
+    {
+        // A frame this link stored, or is storing, under the same id gets
+        // that result: published again inside another message it would be
+        // stored twice under another id.
+        let mut i = inner.borrow_mut();
+        let now = Date::now().as_millis() as i64;
+        if let Some(seq) = i.recent.get(&frame.msg_id, now) {
+            i.health.duplicate_frames += 1;
+            let _ = tx.send(FrameResult {
+                seq: Some(seq),
+                error: None,
+            });
+            return rx;
+        }
+        if let Some(waiters) = i.in_flight.get_mut(&frame.msg_id) {
+            waiters.push(tx);
+            i.health.duplicate_frames += 1;
+            return rx;
+        }
+        i.in_flight.insert(frame.msg_id.clone(), Vec::new());
+    }
     if alone {
         let mut pending = Pending::default();
         pending.add(frame, limits);
@@ -241,10 +276,24 @@ fn send(inner: Rc<RefCell<Inner>>, config: Rc<EdgeConfig>, subject: String, open
     spawn_local(async move {
         let (msg_id, payload) = open.pending.message();
         let frames = open.pending.frames.len() as u64;
+        let ids: Vec<String> = open
+            .pending
+            .frames
+            .iter()
+            .map(|f| f.msg_id.clone())
+            .collect();
         let msg = PublishMsg::new(subject, msg_id, payload);
         let result = publish(&inner, &config, &msg).await;
+        let mut waiters = open.waiters;
         {
             let mut i = inner.borrow_mut();
+            let now = Date::now().as_millis() as i64;
+            for id in ids {
+                waiters.extend(i.in_flight.remove(&id).unwrap_or_default());
+                if let Ok(seq) = &result {
+                    i.recent.insert(id, *seq, now);
+                }
+            }
             match &result {
                 Ok(_) => {
                     i.health.messages += 1;
@@ -257,7 +306,7 @@ fn send(inner: Rc<RefCell<Inner>>, config: Rc<EdgeConfig>, subject: String, open
                 }
             }
         }
-        for w in open.waiters {
+        for w in waiters {
             let _ = w.send(match &result {
                 Ok(seq) => FrameResult {
                     seq: Some(*seq),

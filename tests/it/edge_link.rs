@@ -246,10 +246,32 @@ async fn durable_acks_are_group_committed_and_a_retry_is_stored_once() {
         "{REQUESTS} concurrent requests for one partition should share messages, got {messages}"
     );
 
-    // The first request again, alone: its frame is published bare under its
-    // own id, unlike the coalesced message that already stored its events.
+    // The first request again, to the same link: the link remembers the
+    // frame it stored inside the coalesced message and answers it without
+    // publishing it again.
     let retry = post(&edge, &bodies[0].0, true);
     assert_eq!(retry.status, 202, "{}", retry.body);
+    let (after, _) = stream_contents(&js).await;
+    assert_eq!(after, messages, "the same link does not publish the retry");
+    assert_eq!(
+        edge_metric(&edge, "spoor_edge_link_duplicate_frames_total"),
+        1.0
+    );
+    // The second request again, from another Cloudflare location: another
+    // link, which has not seen it, publishes its frame bare under its own
+    // id, unlike the coalesced message that already stored its events.
+    let elsewhere = send(
+        "POST",
+        &format!("{}/v1/batch", edge.url()),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Spoor-Write-Key", WRITE_KEY),
+            ("X-Spoor-Ack", "durable"),
+            ("X-Spoor-Test-Cf", r#"{"colo":"AMS"}"#),
+        ],
+        Some(bodies[1].0.as_bytes()),
+    );
+    assert_eq!(elsewhere.status, 202, "{}", elsewhere.body);
     let (after, _) = stream_contents(&js).await;
     assert_eq!(after, messages + 1, "the retry is a new JetStream message");
 

@@ -157,7 +157,7 @@ impl Edge {
             let modules = copy_build(dir.path())?;
             let port = tools::free_port()?;
             let cas = config.write_cas(dir.path())?;
-            let capnp = workerd_config(port, &modules, &date, &flags, &vars, cas.is_some());
+            let capnp = workerd_config(port, &modules, &date, &flags, &vars, cas.is_some(), true);
             std::fs::write(dir.path().join("config.capnp"), capnp)?;
             let log = dir.path().join("workerd.log");
             let out = std::fs::File::create(&log)?;
@@ -258,6 +258,57 @@ impl Edge {
             }
         }
         Err(last_err.expect("tried at least once"))
+    }
+
+    /// Serves one JavaScript module (`source`, an ES module with a default
+    /// `fetch` handler that answers `GET /healthz`) in plain workerd with
+    /// the edge's compatibility date: the runtime's own floor, which the
+    /// edge's benchmarks compare against in the same run.
+    pub fn start_js(source: &str) -> Result<Edge> {
+        let workerd = Tool::Workerd.path()?;
+        let wrangler_toml = repo_wrangler_toml()?;
+        let date = wrangler_toml
+            .get("compatibility_date")
+            .and_then(|v| v.as_str())
+            .context("wrangler.toml has no compatibility_date")?
+            .to_owned();
+        let dir = tempfile::Builder::new()
+            .prefix("spoor-js-workerd-")
+            .tempdir()?;
+        std::fs::create_dir_all(dir.path().join("build"))?;
+        std::fs::write(dir.path().join("build/worker.js"), source)?;
+        let modules = [Module {
+            name: "worker.js".into(),
+            kind: "esModule",
+        }];
+        let port = tools::free_port()?;
+        let capnp = workerd_config(port, &modules, &date, &[], &BTreeMap::new(), false, false);
+        std::fs::write(dir.path().join("config.capnp"), capnp)?;
+        let log = dir.path().join("workerd.log");
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(&workerd);
+        cmd.args(["serve", "config.capnp"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = spawn_tied(cmd, Signal::SIGKILL)
+            .with_context(|| format!("starting {}", workerd.display()))?;
+        let edge = Edge {
+            port,
+            runtime: Runtime::Workerd,
+            log,
+            child: Mutex::new(Some(child)),
+            dir,
+        };
+        edge.wait_ready(READY_TIMEOUT_WORKERD)?;
+        Ok(edge)
+    }
+
+    /// The runtime's process id (workerd, or wrangler's node process), for
+    /// reading its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().ok()?.as_ref().map(|c| c.id())
     }
 
     /// Waits for `GET /healthz` to answer 200, failing early if the process exits.
@@ -396,16 +447,18 @@ fn workerd_config(
     flags: &[String],
     vars: &BTreeMap<String, String>,
     trusted_ca: bool,
+    links: bool,
 ) -> String {
     let mut c = String::from("using Workerd = import \"/workerd/workerd.capnp\";\n\n");
     c.push_str("const config :Workerd.Config = (\n  services = [\n");
     c.push_str("    (name = \"edge\", worker = .edge),\n");
     // Outbound TLS (the edge to nats-server) trusts the test CA on top of
     // the system's roots.
+    // Without tlsOptions the network service cannot speak TLS at all.
     let tls = if trusted_ca {
         ", tlsOptions = (trustedCertificates = [ embed \"trusted-ca.pem\" ])"
     } else {
-        ""
+        ", tlsOptions = ()"
     };
     let _ = writeln!(
         c,

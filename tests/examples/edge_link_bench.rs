@@ -1,0 +1,371 @@
+//! Benchmark (not a test): the edge's throughput, latency and CPU per
+//! request through its NATS links, against the runtime's own floor, in one
+//! run on one machine.
+//!
+//! Everything runs here: nats-server (TLS first, nkey users, JetStream with
+//! `sync_interval: always`), the edge's WASM build in plain workerd (the
+//! runtime Cloudflare runs), and wrk (2 threads, 16 connections) posting
+//! 50-event batches of realistic events (page context, user agent, a
+//! property bag; about 600 bytes each) with unique ids and a new device per
+//! request. Cases, each on a fresh runtime, after a warm-up:
+//!
+//! - `trivial`: a JS worker in the same runtime that parses the same body
+//!   and answers 202 (the runtime's ceiling);
+//! - `discard`: the edge with publishing switched off (its own CPU);
+//! - `fast`, `durable`: the edge publishing through its links;
+//! - `fast-nolink`, `durable-nolink`: `LINKS=off`, a socket per request.
+//!
+//! Reported per case: requests/s, events/s, client p50/p99 (wrk),
+//! server p50/p99 (`X-Spoor-Ack-Ms`), workerd CPU per request, and NATS
+//! messages per request (stream growth over requests).
+//!
+//! ```sh
+//! SPOOR_NATS_SERVER=... SPOOR_WORKERD=... SPOOR_EDGE_BUILD=$PWD/edge/build \
+//!   cargo run --release -p spoor-tests --example edge_link_bench -- --secs 10 --rounds 2
+//! ```
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+use spoor_tests::edge::{Edge, EdgeConfig};
+use spoor_tests::nats::{NatsRole, NatsServer};
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds each case is measured (after a 3 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    secs: u32,
+    /// Times the whole list of cases runs.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// Connections wrk keeps open (requests in flight).
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// Cases, comma-separated.
+    #[arg(
+        long,
+        default_value = "trivial,discard,fast,durable,fast-nolink,durable-nolink"
+    )]
+    cases: String,
+    /// SHARDS for the link cases, comma-separated (each value runs them all).
+    #[arg(long, default_value = "2")]
+    shards: String,
+    /// Events per request.
+    #[arg(long, default_value_t = 50)]
+    events: usize,
+}
+
+const WRITE_KEY: &str = "wk_bench";
+const STREAM: &str = "SPOOR_EVENTS";
+
+const TRIVIAL_JS: &str = r#"
+export default {
+  async fetch(request) {
+    if (request.method !== "POST") return new Response("ok");
+    const body = await request.json();
+    const n = Array.isArray(body.batch) ? body.batch.length : 0;
+    return new Response(JSON.stringify({ accepted: n, rejected: [] }), {
+      status: 202,
+      headers: { "content-type": "application/json" },
+    });
+  },
+};
+"#;
+
+/// wrk's script: a unique tag per request (thread id + counter) replaces
+/// every `@@@@@@@@` in the body (event ids, the device); the server's
+/// `X-Spoor-Ack-Ms` is collected per thread; `done` prints one JSON line.
+const LUA: &str = r#"
+local threads = {}
+local next_id = 0
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+
+local template
+local counter = 0
+acks = {}
+non202 = 0
+function init(args)
+  local f = assert(io.open(args[1], "r"))
+  template = f:read("*a")
+  f:close()
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["X-Spoor-Write-Key"] = "wk_bench"
+  wrk.headers["User-Agent"] = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+  if args[2] == "durable" then wrk.headers["X-Spoor-Ack"] = "durable" end
+end
+
+function request()
+  counter = counter + 1
+  local tag = string.format("%02x%06x", tid, counter % 16777216)
+  local body = string.gsub(template, "@@@@@@@@", tag)
+  return wrk.format("POST", "/v1/batch", nil, body)
+end
+
+function response(status, headers, body)
+  if status ~= 202 then non202 = non202 + 1 end
+  local ms = tonumber(headers["X-Spoor-Ack-Ms"] or headers["x-spoor-ack-ms"])
+  if ms then acks[ms] = (acks[ms] or 0) + 1 end
+end
+
+function done(summary, latency, requests)
+  local hist, total, bad = {}, 0, 0
+  for _, t in ipairs(threads) do
+    bad = bad + t:get("non202")
+    for ms, n in pairs(t:get("acks")) do
+      hist[ms] = (hist[ms] or 0) + n
+      total = total + n
+    end
+  end
+  local function pct(p)
+    if total == 0 then return -1 end
+    local keys = {}
+    for ms in pairs(hist) do table.insert(keys, ms) end
+    table.sort(keys)
+    local need, seen = math.ceil(total * p), 0
+    for _, ms in ipairs(keys) do
+      seen = seen + hist[ms]
+      if seen >= need then return ms end
+    end
+    return keys[#keys]
+  end
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"errors":%d,"non202":%d,"p50_us":%d,"p99_us":%d,"ack_p50_ms":%d,"ack_p99_ms":%d}\n',
+    summary.requests, summary.duration,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    bad, latency:percentile(50), latency:percentile(99), pct(0.5), pct(0.99)))
+end
+"#;
+
+/// One batch of `n` realistic events from one device; `@@@@@@@@` marks
+/// what wrk makes unique per request.
+fn body_template(n: usize) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let names = [
+        "page_view",
+        "product_view",
+        "add_to_cart",
+        "checkout_step",
+        "page_view",
+    ];
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            let name = names[i % names.len()];
+            json!({
+                "event": name,
+                "event_id": format!("@@@@@@@@-0000-4000-8000-{:012x}", i),
+                "anonymous_id": "dev-@@@@@@@@",
+                "user_id": if i % 3 == 0 { "user-@@@@@@@@" } else { "" },
+                "session_id": "sess-@@@@@@@@",
+                "timestamp": now_ms - (n - i) as i64 * 1_000,
+                "properties": {
+                    "path": format!("/catalog/shoes/item-{i}"),
+                    "sku": format!("SKU-{:05}", i * 37 % 99_999),
+                    "price": 79.95 + i as f64,
+                    "currency": "EUR",
+                    "quantity": 1 + i % 3,
+                    "category": "shoes",
+                    "experiment": "checkout-v2",
+                },
+                "context": {
+                    "page": {
+                        "url": format!("https://shop.example.com/catalog/shoes/item-{i}?utm_source=newsletter"),
+                        "path": format!("/catalog/shoes/item-{i}"),
+                        "referrer": "https://www.example.org/search?q=running+shoes",
+                        "title": "Trail running shoes | Example Shop",
+                    },
+                    "library": { "name": "spoor-web", "version": "1.4.2" },
+                    "locale": "de-DE",
+                    "screen": { "width": 1920, "height": 1080 },
+                },
+            })
+        })
+        .collect();
+    json!({ "sent_at": now_ms, "batch": events }).to_string()
+}
+
+struct Outcome {
+    requests: f64,
+    secs: f64,
+    errors: u64,
+    non202: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    ack_p50: i64,
+    ack_p99: i64,
+}
+
+fn wrk(url: &str, script: &str, body: &str, mode: &str, secs: u32, conns: u32) -> Result<Outcome> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--timeout",
+            "30s",
+        ])
+        .args(["-s", script, url, "--", body, mode])
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| {
+            format!(
+                "wrk printed no summary: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let v: Value = serde_json::from_str(line)?;
+    let n = |k: &str| v[k].as_f64().unwrap_or(-1.0);
+    Ok(Outcome {
+        requests: n("requests"),
+        secs: n("duration_us") / 1e6,
+        errors: n("errors") as u64,
+        non202: n("non202") as u64,
+        p50_ms: n("p50_us") / 1e3,
+        p99_ms: n("p99_us") / 1e3,
+        ack_p50: n("ack_p50_ms") as i64,
+        ack_p99: n("ack_p99_ms") as i64,
+    })
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn stream_messages(js: &async_nats::jetstream::Context) -> u64 {
+    js.get_stream(STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if Command::new("wrk").arg("-v").output().is_err() {
+        bail!("wrk is not installed: apt-get install wrk");
+    }
+    let nats = NatsServer::start()?;
+    let js = async_nats::jetstream::new(nats.connect(NatsRole::Admin).await?);
+    spoor_relay::source::nats::ensure_stream(&js, STREAM).await?;
+
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("bench.lua");
+    std::fs::write(&script, LUA)?;
+    let body = dir.path().join("body.json");
+    let template = body_template(args.events);
+    std::fs::write(&body, &template)?;
+    let (script, body) = (script.to_string_lossy(), body.to_string_lossy());
+    println!(
+        "body: {} events, {} bytes ({} per event); wrk -t2 -c{} for {} s per case",
+        args.events,
+        template.len(),
+        template.len() / args.events,
+        args.connections,
+        args.secs
+    );
+    println!(
+        "\n| round | case | shards | requests/s | events/s | client p50 / p99 ms | server p50 / p99 ms | workerd CPU ms/request | NATS msgs/request | non-202 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+
+    for round in 0..args.rounds {
+        for case in args.cases.split(',') {
+            let link_case = !matches!(case, "trivial" | "discard");
+            let shard_values: Vec<&str> = if link_case && !case.ends_with("nolink") {
+                args.shards.split(',').collect()
+            } else {
+                vec!["-"]
+            };
+            for shards in shard_values {
+                let edge = if case == "trivial" {
+                    Edge::start_js(TRIVIAL_JS)?
+                } else {
+                    let mut config = EdgeConfig::for_nats(&nats)
+                        .var("WRITE_KEYS", json!({ WRITE_KEY: "bench" }).to_string())
+                        .var("REGION", "bench")
+                        .var("RATE_LIMIT_EVENTS_PER_SEC", "0");
+                    if shards != "-" {
+                        config = config.var("SHARDS", shards);
+                    }
+                    if case == "discard" {
+                        config = config.var("DISCARD_FRAMES_FOR_BENCHMARKS", "true");
+                    }
+                    if case.ends_with("nolink") {
+                        config = config.var("LINKS", "off");
+                    }
+                    Edge::start(&config)?
+                };
+                let url = edge.url();
+                let mode = if case.starts_with("durable") {
+                    "durable"
+                } else {
+                    "fast"
+                };
+                // Warm-up: the isolate compiles, links connect.
+                wrk(&url, &script, &body, mode, 3, args.connections)?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let pid = edge.pid().context("workerd's pid")?;
+                let (cpu0, msgs0) = (cpu_secs(pid), stream_messages(&js).await);
+                let o = wrk(&url, &script, &body, mode, args.secs, args.connections)?;
+                let cpu1 = cpu_secs(pid);
+                // Let fast acks' publishing finish before counting messages.
+                let mut msgs1 = stream_messages(&js).await;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    let now = stream_messages(&js).await;
+                    if now == msgs1 {
+                        break;
+                    }
+                    msgs1 = now;
+                }
+                let cpu_all = cpu_secs(pid);
+                let rps = o.requests / o.secs;
+                let msgs = if case == "trivial" || case == "discard" {
+                    "-".to_string()
+                } else {
+                    format!("{:.3}", (msgs1 - msgs0) as f64 / o.requests)
+                };
+                let server = if o.ack_p50 < 0 {
+                    "-".to_string()
+                } else {
+                    format!("{} / {}", o.ack_p50, o.ack_p99)
+                };
+                println!(
+                    "| {round} | {case} | {shards} | {rps:.0} | {:.0} | {:.1} / {:.1} | {server} | {:.3} (+{:.3} after) | {msgs} | {} |",
+                    rps * args.events as f64,
+                    o.p50_ms,
+                    o.p99_ms,
+                    (cpu1 - cpu0) * 1e3 / o.requests,
+                    (cpu_all - cpu1) * 1e3 / o.requests,
+                    o.non202 + o.errors,
+                );
+                drop(edge);
+            }
+        }
+    }
+    Ok(())
+}
