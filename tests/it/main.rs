@@ -13,6 +13,7 @@ mod edge_delivery;
 mod edge_link;
 mod edge_nats;
 mod edge_pipeline;
+mod edge_tls;
 mod faults;
 mod funnels;
 mod harness;

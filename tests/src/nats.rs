@@ -65,6 +65,8 @@ struct Variant<'a> {
     server_names: Option<&'a [&'a str]>,
     /// Another server's CA, certificate and keys instead of fresh ones.
     pki: Option<&'a Pki>,
+    /// A server certificate that expired in 2021.
+    expired: bool,
 }
 
 impl NatsServer {
@@ -121,6 +123,15 @@ impl NatsServer {
         })
     }
 
+    /// Starts a server whose certificate (signed by its CA, with the right
+    /// names) expired in 2021: clients must refuse it.
+    pub fn start_with_expired_cert() -> Result<NatsServer> {
+        Self::start_with(Variant {
+            expired: true,
+            ..Variant::default()
+        })
+    }
+
     fn start_with(variant: Variant<'_>) -> Result<NatsServer> {
         let binary = Tool::NatsServer.path()?;
         let dir = tempfile::Builder::new()
@@ -131,6 +142,11 @@ impl NatsServer {
             Some(shared) => shared
                 .copy_into(&dir.path().join("pki"))
                 .context("copying the shared test PKI")?,
+            None if variant.expired => Pki::generate_expired(
+                &dir.path().join("pki"),
+                variant.server_names.unwrap_or(&Pki::LOCAL_NAMES),
+            )
+            .context("generating the test PKI")?,
             None => Pki::generate(
                 &dir.path().join("pki"),
                 variant.server_names.unwrap_or(&Pki::LOCAL_NAMES),

@@ -91,8 +91,18 @@ impl Pki {
     /// `server-cert.pem`, `server-key.pem` and `<role>.nk` (the seed) into
     /// `dir`. Private keys and seeds are written owner-only.
     pub fn generate(dir: &Path, server_names: &[&str]) -> Result<Pki> {
+        Self::generate_valid(dir, server_names, true)
+    }
+
+    /// As [`Pki::generate`], but the server certificate expired in 2021:
+    /// clients must refuse it.
+    pub fn generate_expired(dir: &Path, server_names: &[&str]) -> Result<Pki> {
+        Self::generate_valid(dir, server_names, false)
+    }
+
+    fn generate_valid(dir: &Path, server_names: &[&str], valid: bool) -> Result<Pki> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (ca_pem, cert_pem, key_pem) = certificates(server_names)?;
+        let (ca_pem, cert_pem, key_pem) = certificates(server_names, valid)?;
         let pki = Pki {
             ca_pem,
             ca_path: dir.join("ca.pem"),
@@ -197,7 +207,7 @@ impl Pki {
 }
 
 /// (CA PEM, server certificate PEM, server key PEM).
-fn certificates(server_names: &[&str]) -> Result<(String, String, String)> {
+fn certificates(server_names: &[&str], valid: bool) -> Result<(String, String, String)> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
@@ -223,6 +233,10 @@ fn certificates(server_names: &[&str]) -> Result<(String, String, String)> {
         server_names.first().copied().unwrap_or("nats"),
     );
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    if !valid {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
     let key = KeyPair::generate().context("generating the server key")?;
     let cert = params
         .signed_by(&key, &ca, &ca_key)
