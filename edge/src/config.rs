@@ -46,10 +46,13 @@ pub struct EdgeConfig {
     /// fallback path) without asking a link: an operator's switch, and the
     /// baseline the link is benchmarked against.
     pub links: bool,
-    /// `DISCARD_FRAMES_FOR_BENCHMARKS=true` (honoured only with
-    /// `ALLOW_TEST_CF=true`, which production never sets): accepted frames
-    /// are dropped instead of published, to measure the isolate's own work.
+    /// `DISCARD_FRAMES_FOR_BENCHMARKS` (honoured only with
+    /// `ALLOW_TEST_CF=true`, which production never sets): `true` drops
+    /// accepted frames in the isolate, to measure its own work; `link`
+    /// hands them to the link, which answers without publishing, to
+    /// measure the hand-off.
     pub discard_frames: bool,
+    pub discard_at_link: bool,
     /// How links coalesce frames (`COALESCE_MS`, `COALESCE_MAX_BYTES`).
     pub coalesce: Coalesce,
     pub partitions: u32,
@@ -129,8 +132,9 @@ impl EdgeConfig {
             Some(other) => return Err(format!("LINKS {other:?} must be \"on\" or \"off\"")),
         };
         let allow_test_cf = get(env, "ALLOW_TEST_CF").as_deref() == Some("true");
-        let discard_frames =
-            allow_test_cf && get(env, "DISCARD_FRAMES_FOR_BENCHMARKS").as_deref() == Some("true");
+        let discard = get(env, "DISCARD_FRAMES_FOR_BENCHMARKS").filter(|_| allow_test_cf);
+        let discard_frames = discard.as_deref() == Some("true");
+        let discard_at_link = discard.as_deref() == Some("link");
         let dc = Coalesce::default();
         let coalesce = Coalesce {
             window_ms: number(env, "COALESCE_MS", dc.window_ms)?,
@@ -175,6 +179,7 @@ impl EdgeConfig {
             shards,
             links,
             discard_frames,
+            discard_at_link,
             coalesce,
             partitions,
             allow_test_cf,

@@ -139,6 +139,17 @@ impl DurableObject for Link {
                         return Response::from_json(&HandoffAnswer { results });
                     }
                 };
+                if config.discard_at_link {
+                    // Benchmarks only: the hand-off's cost without NATS.
+                    let results = frames
+                        .iter()
+                        .map(|_| FrameResult {
+                            seq: Some(0),
+                            error: None,
+                        })
+                        .collect();
+                    return Response::from_json(&HandoffAnswer { results });
+                }
                 let waits: Vec<_> = frames
                     .into_iter()
                     .map(|f| enqueue(&self.inner, &config, f, alone))

@@ -12,6 +12,8 @@
 //! - `trivial`: a JS worker in the same runtime that parses the same body
 //!   and answers 202 (the runtime's ceiling);
 //! - `discard`: the edge with publishing switched off (its own CPU);
+//! - `handoff`: frames handed to the link, which answers without
+//!   publishing (the hand-off's cost);
 //! - `fast`, `durable`: the edge publishing through its links;
 //! - `fast-nolink`, `durable-nolink`: `LINKS=off`, a socket per request.
 //!
@@ -47,7 +49,7 @@ struct Args {
     /// Cases, comma-separated.
     #[arg(
         long,
-        default_value = "trivial,discard,fast,durable,fast-nolink,durable-nolink"
+        default_value = "trivial,discard,handoff,fast,durable,fast-nolink,durable-nolink"
     )]
     cases: String,
     /// SHARDS for the link cases, comma-separated (each value runs them all).
@@ -75,8 +77,10 @@ export default {
 };
 "#;
 
-/// wrk's script: a unique tag per request (thread id + counter) replaces
-/// every `@@@@@@@@` in the body (event ids, the device); the server's
+/// wrk's script: a tag unique per request (run, thread, counter) replaces
+/// every `@@@@@@@@` in the body (event ids, the device), so no request
+/// repeats one of an earlier run (JetStream and the links would answer
+/// those as duplicates, which is cheaper than the real thing); the server's
 /// `X-Spoor-Ack-Ms` is collected per thread; `done` prints one JSON line.
 const LUA: &str = r#"
 local threads = {}
@@ -89,6 +93,7 @@ end
 
 local template
 local counter = 0
+local run = tonumber(os.getenv("SPOOR_BENCH_RUN") or "0")
 acks = {}
 non202 = 0
 function init(args)
@@ -103,7 +108,7 @@ end
 
 function request()
   counter = counter + 1
-  local tag = string.format("%02x%06x", tid, counter % 16777216)
+  local tag = string.format("%02x%02x%04x", run % 256, tid, counter % 65536)
   local body = string.gsub(template, "@@@@@@@@", tag)
   return wrk.format("POST", "/v1/batch", nil, body)
 end
@@ -204,8 +209,16 @@ struct Outcome {
     ack_p99: i64,
 }
 
+/// Runs of wrk so far: each gets its own tag prefix.
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn wrk(url: &str, script: &str, body: &str, mode: &str, secs: u32, conns: u32) -> Result<Outcome> {
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if run >= 256 {
+        bail!("more than 256 wrk runs would repeat event ids");
+    }
     let out = Command::new("wrk")
+        .env("SPOOR_BENCH_RUN", run.to_string())
         .args([
             "-t2",
             &format!("-c{conns}"),
@@ -251,6 +264,23 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Events the edge accepted so far (its /metrics), 0 for the JS worker.
+fn accepted(url: &str) -> f64 {
+    metric_sum(url, "spoor_edge_events_accepted_total")
+}
+
+fn metric_sum(url: &str, name: &str) -> f64 {
+    let Ok(resp) = ureq::get(&format!("{url}/metrics")).call() else {
+        return 0.0;
+    };
+    resp.into_string()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn stream_messages(js: &async_nats::jetstream::Context) -> u64 {
     js.get_stream(STREAM)
         .await
@@ -288,13 +318,13 @@ async fn main() -> Result<()> {
         args.secs
     );
     println!(
-        "\n| round | case | shards | requests/s | events/s | client p50 / p99 ms | server p50 / p99 ms | workerd CPU ms/request | NATS msgs/request | non-202 |"
+        "\n| round | case | shards | requests/s | events/s | client p50 / p99 ms | server p50 / p99 ms | workerd CPU ms/request | NATS msgs/request | non-202 | stored/accepted |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
 
     for round in 0..args.rounds {
         for case in args.cases.split(',') {
-            let link_case = !matches!(case, "trivial" | "discard");
+            let link_case = !matches!(case, "trivial" | "discard" | "handoff");
             let shard_values: Vec<&str> = if link_case && !case.ends_with("nolink") {
                 args.shards.split(',').collect()
             } else {
@@ -314,6 +344,9 @@ async fn main() -> Result<()> {
                     if case == "discard" {
                         config = config.var("DISCARD_FRAMES_FOR_BENCHMARKS", "true");
                     }
+                    if case == "handoff" {
+                        config = config.var("DISCARD_FRAMES_FOR_BENCHMARKS", "link");
+                    }
                     if case.ends_with("nolink") {
                         config = config.var("LINKS", "off");
                     }
@@ -330,6 +363,8 @@ async fn main() -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let pid = edge.pid().context("workerd's pid")?;
                 let (cpu0, msgs0) = (cpu_secs(pid), stream_messages(&js).await);
+                let accepted0 = accepted(&url);
+                let published0 = metric_sum(&url, "spoor_edge_events_published_total");
                 let o = wrk(&url, &script, &body, mode, args.secs, args.connections)?;
                 let cpu1 = cpu_secs(pid);
                 // Let fast acks' publishing finish before counting messages.
@@ -343,8 +378,31 @@ async fn main() -> Result<()> {
                     msgs1 = now;
                 }
                 let cpu_all = cpu_secs(pid);
+                let accepted_n = accepted(&url) - accepted0;
+                let stored = if matches!(case, "trivial" | "discard" | "handoff") {
+                    "-".to_string()
+                } else {
+                    let published = metric_sum(&url, "spoor_edge_events_published_total") - published0;
+                    format!("{:.3}", published / accepted_n)
+                };
+                if std::env::var_os("SPOOR_BENCH_DEBUG").is_some() {
+                    eprintln!(
+                        "debug: published events {} stream messages {} bytes {:?}",
+                        metric_sum(&url, "spoor_edge_events_published_total"),
+                        msgs1 - msgs0,
+                        js.get_stream(STREAM).await.unwrap().info().await.unwrap().state
+                    );
+                    let stream = js.get_stream(STREAM).await.unwrap();
+                    for seq in msgs1.saturating_sub(6)..=msgs1 {
+                        if let Ok(m) = stream.get_raw_message(seq).await {
+                            for b in spoor_core::decode_message(&m.payload, 1 << 24).unwrap_or_default() {
+                                eprintln!("debug: seq {seq} batch {} first {} last {} n {}", b.batch_id, b.events[0].event_id, b.events.last().unwrap().event_id, b.events.len());
+                            }
+                        }
+                    }
+                }
                 let rps = o.requests / o.secs;
-                let msgs = if case == "trivial" || case == "discard" {
+                let msgs = if matches!(case, "trivial" | "discard" | "handoff") {
                     "-".to_string()
                 } else {
                     format!("{:.3}", (msgs1 - msgs0) as f64 / o.requests)
@@ -355,7 +413,7 @@ async fn main() -> Result<()> {
                     format!("{} / {}", o.ack_p50, o.ack_p99)
                 };
                 println!(
-                    "| {round} | {case} | {shards} | {rps:.0} | {:.0} | {:.1} / {:.1} | {server} | {:.3} (+{:.3} after) | {msgs} | {} |",
+                    "| {round} | {case} | {shards} | {rps:.0} | {:.0} | {:.1} / {:.1} | {server} | {:.3} (+{:.3} after) | {msgs} | {} | {stored} |",
                     rps * args.events as f64,
                     o.p50_ms,
                     o.p99_ms,

@@ -453,8 +453,8 @@ fn workerd_config(
     c.push_str("const config :Workerd.Config = (\n  services = [\n");
     c.push_str("    (name = \"edge\", worker = .edge),\n");
     // Outbound TLS (the edge to nats-server) trusts the test CA on top of
-    // the system's roots.
-    // Without tlsOptions the network service cannot speak TLS at all.
+    // the system's roots. Without tlsOptions the network service cannot
+    // speak TLS at all.
     let tls = if trusted_ca {
         ", tlsOptions = (trustedCertificates = [ embed \"trusted-ca.pem\" ])"
     } else {
@@ -483,14 +483,18 @@ fn workerd_config(
     for (k, v) in vars {
         let _ = writeln!(c, "    (name = {}, text = {}),", capnp_str(k), capnp_str(v));
     }
-    // The NATS links: Durable Objects kept in memory (they hold sockets,
-    // not data) and never evicted while the edge runs.
-    let _ = writeln!(
-        c,
-        "    (name = \"LINK\", durableObjectNamespace = \"Link\"),"
-    );
-    c.push_str("  ],\n  durableObjectNamespaces = [ (className = \"Link\", uniqueKey = \"spoor-edge-link\", preventEviction = true) ],\n");
-    c.push_str("  durableObjectStorage = (inMemory = void),\n");
+    if links {
+        // The NATS links: Durable Objects kept in memory (they hold sockets,
+        // not data) and never evicted while the edge runs.
+        let _ = writeln!(
+            c,
+            "    (name = \"LINK\", durableObjectNamespace = \"Link\"),"
+        );
+        c.push_str("  ],\n  durableObjectNamespaces = [ (className = \"Link\", uniqueKey = \"spoor-edge-link\", preventEviction = true) ],\n");
+        c.push_str("  durableObjectStorage = (inMemory = void),\n");
+    } else {
+        c.push_str("  ],\n");
+    }
     c.push_str("  globalOutbound = \"outbound\",\n);\n");
     c
 }
