@@ -302,7 +302,7 @@ fn send(inner: Rc<RefCell<Inner>>, config: Rc<EdgeConfig>, subject: String, open
             for id in ids {
                 waiters.extend(i.in_flight.remove(&id).unwrap_or_default());
                 if let Ok(seq) = &result {
-                    i.recent.insert(id, *seq, now);
+                    i.recent.insert(&id, *seq, now);
                 }
             }
             match &result {
@@ -401,9 +401,11 @@ async fn pipeline(
             format!("spoor-edge-link-{}", config.region),
         );
         spawn_local(async move {
-            // A handshake cut off by the network is tried again at once (it
-            // is seen when the runtime has just started its outbound TLS);
-            // a refusal by the server (credentials, permissions) is not.
+            // A handshake cut off or stalled is tried again at once (seen
+            // when a freshly started runtime opens its first TLS connections
+            // under load: the server logs the client's EOF, the client's
+            // read never returns); a refusal by the server (credentials,
+            // permissions, a certificate) is not.
             let mut result: std::result::Result<Pipeline<Sleeper>, ConnectError> =
                 Err(ConnectError {
                     message: String::new(),
@@ -418,7 +420,7 @@ async fn pipeline(
                     target.port,
                     tls,
                     auth.clone(),
-                    timeout_ms,
+                    timeout_ms.min(CONNECT_TIMEOUT_MS),
                     name.clone(),
                 )
                 .await;
@@ -463,7 +465,9 @@ async fn pipeline(
 }
 
 /// Connection attempts per connect, when the network cuts them off.
-const CONNECT_ATTEMPTS: u32 = 3;
+const CONNECT_ATTEMPTS: u32 = 4;
+/// Bound on one attempt's handshake (TCP, TLS, INFO, CONNECT, PONG).
+const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
 struct ConnectError {
     message: String,
@@ -504,7 +508,12 @@ async fn connect(
     } = Pipeline::connect(socket, sleep as Sleeper, &opts)
         .await
         .map_err(|e| ConnectError {
-            retryable: matches!(e, NatsError::Io(_) | NatsError::Closed),
+            // The server's own timeout is not a verdict on the credentials.
+            retryable: match &e {
+                NatsError::Io(_) | NatsError::Closed | NatsError::Timeout { .. } => true,
+                NatsError::Server(text) => text.contains("Authentication Timeout"),
+                _ => false,
+            },
             message: format!("NATS handshake with {host}:{port} failed: {e}"),
         })?;
     spawn_local(reader);

@@ -1,9 +1,12 @@
 //! Publishing frames to JetStream from inside workerd, with failover: each
-//! round tries the home region, then the secondary for whatever is still
-//! unacknowledged; rounds repeat on the schedule spoor-core decides. One TCP
-//! socket per target per round (workerd ties I/O objects to the request or
-//! queue batch that opened them). It never decides what to do with frames
-//! that no region took: the caller answers 503 (durable) or spills (fast).
+//! round tries the home region through its link (`crate::link`, one
+//! long-lived connection), then the secondary for whatever is still
+//! unacknowledged; rounds repeat on the schedule spoor-core decides. A
+//! socket of the request's own (workerd ties I/O objects to the request or
+//! queue batch that opened them) serves the secondary, and home only when
+//! the link cannot be reached or links are off. It never decides what to do
+//! with frames that no region took: the caller answers 503 (durable) or
+//! spills (fast).
 
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ use worker::{
 use crate::config::{EdgeConfig, NatsTarget};
 use crate::link::{LINK_BINDING, LINK_NAME_HEADER};
 use crate::state;
+use spoor_core::counters::Target;
 
 fn sleep(ms: u64) -> Delay {
     Delay::from(Duration::from_millis(ms))
@@ -51,20 +55,14 @@ impl Frame {
     }
 }
 
-/// Which targets a per-request delivery may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Targets {
-    /// Home, then the secondary.
-    All,
-    /// The secondary only: the home region was just tried through its link.
-    SecondaryOnly,
-}
-
-/// Delivers `frames` through the link `link_name` (the home region over its
-/// long-lived connection), then whatever the link could not store through
-/// per-request sockets following `schedule`: the secondary only when the
-/// link answered (it already tried home), home and secondary when the link
-/// could not be reached at all. The per-request fallback is counted.
+/// Delivers `frames` in rounds following `schedule`. Each round offers
+/// the still unacknowledged frames to the home region through the link
+/// `link_name` (its long-lived connection), or over a socket of their own
+/// when the link cannot be reached (counted: `link_fallback_requests`) or
+/// links are off, then to the secondary region over a socket of their own.
+/// A link that answers with errors is retried in the next round, never
+/// bypassed: sockets per request under load would take the CPU the link
+/// needs to reconnect.
 pub async fn deliver_via_link(
     env: &Env,
     cfg: &EdgeConfig,
@@ -78,139 +76,7 @@ pub async fn deliver_via_link(
     if frames.is_empty() {
         return Delivery { acked, last_error };
     }
-    let handed = if cfg.links {
-        hand_off(env, link_name, frames, alone).await
-    } else {
-        Err(String::new())
-    };
-    let targets = match handed {
-        Ok(answer) => {
-            let mut stored_events = 0;
-            for (i, r) in answer.results.iter().enumerate().take(frames.len()) {
-                if r.is_stored() {
-                    acked[i] = true;
-                    stored_events += frames[i].events as u64;
-                } else if let Some(e) = &r.error {
-                    last_error = Some(e.clone());
-                }
-            }
-            state::count(|c| {
-                *c.published
-                    .entry(spoor_core::counters::Target::Home)
-                    .or_default() += stored_events;
-                if stored_events < frames.iter().map(|f| f.events as u64).sum() {
-                    *c.publish_failures
-                        .entry(spoor_core::counters::Target::Home)
-                        .or_default() += 1;
-                }
-            });
-            Targets::SecondaryOnly
-        }
-        Err(_) if !cfg.links => Targets::All,
-        Err(e) => {
-            console_warn!("spoor-edge: link {link_name} unreachable, publishing per request: {e}");
-            state::count(|c| c.link_fallback_requests += 1);
-            last_error = Some(e);
-            Targets::All
-        }
-    };
-    if acked.iter().all(|a| *a) {
-        return Delivery { acked, last_error };
-    }
-    let pending: Vec<usize> = (0..frames.len()).filter(|i| !acked[*i]).collect();
-    let rest: Vec<Frame> = pending
-        .iter()
-        .map(|i| Frame {
-            msg: frames[*i].msg.clone(),
-            events: frames[*i].events,
-        })
-        .collect();
-    let fallback = deliver_to(cfg, &rest, schedule, targets).await;
-    for (i, ok) in pending.iter().zip(fallback.acked) {
-        acked[*i] = ok;
-    }
-    Delivery {
-        acked,
-        last_error: fallback.last_error.or(last_error),
-    }
-}
-
-/// Posts the frames to the link and reads its per-frame answer.
-async fn hand_off(
-    env: &Env,
-    link_name: &str,
-    frames: &[Frame],
-    alone: bool,
-) -> Result<HandoffAnswer, String> {
-    let body = encode_handoff(&Handoff {
-        alone,
-        frames: frames
-            .iter()
-            .map(|f| HandoffFrame {
-                subject: f.msg.subject.clone(),
-                msg_id: f.msg.msg_id.clone(),
-                events: f.events as u32,
-                frame: f.msg.payload.clone(),
-            })
-            .collect(),
-    });
-    let stub = env
-        .durable_object(LINK_BINDING)
-        .and_then(|ns| ns.id_from_name(link_name)?.get_stub())
-        .map_err(|e| format!("no {LINK_BINDING} Durable Object binding: {e}"))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
-    let mut req = Request::new_with_init("https://link/publish", &init)
-        .map_err(|e| format!("building the link request: {e}"))?;
-    req.headers_mut()
-        .and_then(|h| h.set(LINK_NAME_HEADER, link_name))
-        .map_err(|e| e.to_string())?;
-    let mut resp = stub
-        .fetch_with_request(req)
-        .await
-        .map_err(|e| format!("link {link_name} did not answer: {e}"))?;
-    if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(format!(
-            "link {link_name} answered {}: {text}",
-            resp.status_code()
-        ));
-    }
-    let answer: HandoffAnswer = resp
-        .json()
-        .await
-        .map_err(|e| format!("link {link_name} answered unreadable JSON: {e}"))?;
-    if answer.results.len() != frames.len() {
-        return Err(format!(
-            "link {link_name} answered {} results for {} frames",
-            answer.results.len(),
-            frames.len()
-        ));
-    }
-    Ok(answer)
-}
-
-/// Publishes `frames` following `schedule` through per-request sockets,
-/// home first (unless `which` leaves it out), then the secondary.
-async fn deliver_to(
-    cfg: &EdgeConfig,
-    frames: &[Frame],
-    schedule: RetrySchedule,
-    which: Targets,
-) -> Delivery {
-    let mut acked = vec![false; frames.len()];
-    let mut last_error = None;
-    if frames.is_empty() {
-        return Delivery { acked, last_error };
-    }
-    let mut targets = cfg.targets();
-    if which == Targets::SecondaryOnly {
-        targets.retain(|(role, _)| *role != spoor_core::counters::Target::Home);
-        if targets.is_empty() {
-            return Delivery { acked, last_error };
-        }
-    }
+    let targets = cfg.targets();
     // A hung server costs a handshake timeout plus a PubAck timeout per target.
     let worst_round_ms = cfg
         .publish_timeout_ms
@@ -230,7 +96,23 @@ async fn deliver_to(
             if pending.is_empty() {
                 break;
             }
-            match publish_to(cfg, target, frames, &pending).await {
+            let via_link = *role == Target::Home && cfg.links;
+            let outcome = if via_link {
+                match hand_off(env, link_name, frames, &pending, alone).await {
+                    Ok(results) => Ok(results),
+                    Err(e) => {
+                        console_warn!(
+                            "spoor-edge: link {link_name} unreachable, publishing per request: {e}"
+                        );
+                        state::count(|c| c.link_fallback_requests += 1);
+                        last_error = Some(e);
+                        publish_to(cfg, target, frames, &pending).await
+                    }
+                }
+            } else {
+                publish_to(cfg, target, frames, &pending).await
+            };
+            match outcome {
                 Ok(results) => {
                     let mut events_ok = 0;
                     let mut failed = 0;
@@ -271,6 +153,74 @@ async fn deliver_to(
         attempt += 1;
     }
     Delivery { acked, last_error }
+}
+
+/// Posts the `pending` frames to the link and reads its answer: a result
+/// per pending frame, or an error when the link could not be asked.
+async fn hand_off(
+    env: &Env,
+    link_name: &str,
+    frames: &[Frame],
+    pending: &[usize],
+    alone: bool,
+) -> Result<Vec<Result<(), String>>, String> {
+    let body = encode_handoff(&Handoff {
+        alone,
+        frames: pending
+            .iter()
+            .map(|i| {
+                let f = &frames[*i];
+                HandoffFrame {
+                    subject: f.msg.subject.clone(),
+                    msg_id: f.msg.msg_id.clone(),
+                    events: f.events as u32,
+                    frame: f.msg.payload.clone(),
+                }
+            })
+            .collect(),
+    });
+    let stub = env
+        .durable_object(LINK_BINDING)
+        .and_then(|ns| ns.id_from_name(link_name)?.get_stub())
+        .map_err(|e| format!("no {LINK_BINDING} Durable Object binding: {e}"))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+    let mut req = Request::new_with_init("https://link/publish", &init)
+        .map_err(|e| format!("building the link request: {e}"))?;
+    req.headers_mut()
+        .and_then(|h| h.set(LINK_NAME_HEADER, link_name))
+        .map_err(|e| e.to_string())?;
+    let mut resp = stub
+        .fetch_with_request(req)
+        .await
+        .map_err(|e| format!("link {link_name} did not answer: {e}"))?;
+    if resp.status_code() != 200 {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(format!(
+            "link {link_name} answered {}: {text}",
+            resp.status_code()
+        ));
+    }
+    let answer: HandoffAnswer = resp
+        .json()
+        .await
+        .map_err(|e| format!("link {link_name} answered unreadable JSON: {e}"))?;
+    if answer.results.len() != pending.len() {
+        return Err(format!(
+            "link {link_name} answered {} results for {} frames",
+            answer.results.len(),
+            pending.len()
+        ));
+    }
+    Ok(answer
+        .results
+        .into_iter()
+        .map(|r| match (r.seq, r.error) {
+            (Some(_), _) => Ok(()),
+            (None, e) => Err(e.unwrap_or_else(|| "the link stored nothing".into())),
+        })
+        .collect())
 }
 
 /// One round on one target: the per-frame results for `pending`, or an

@@ -240,7 +240,7 @@ fn malformed_bundles_are_refused_with_a_reason() {
     assert_eq!(err.kind(), "bad_magic");
     assert!(err.to_string().starts_with("frame 1 of a bundle"), "{err}");
     // Bundles do not nest.
-    let nested = encode_bundle(&[good.clone()]);
+    let nested = encode_bundle(std::slice::from_ref(&good));
     assert_eq!(
         decode_message(&nested, MAX).unwrap_err().kind(),
         "bad_magic"

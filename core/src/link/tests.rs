@@ -135,19 +135,19 @@ proptest! {
 #[test]
 fn recent_frames_answer_within_the_window_and_the_bound() {
     let mut r = RecentFrames::new(1_000, 3);
-    r.insert("a".into(), 1, 0);
-    r.insert("b".into(), 2, 500);
+    r.insert("a", 1, 0);
+    r.insert("b", 2, 500);
     assert_eq!(r.get("a", 900), Some(1));
     assert_eq!(r.get("a", 1_001), None, "older than the window");
     assert_eq!(r.get("b", 1_001), Some(2));
-    r.insert("c".into(), 3, 1_100);
-    r.insert("d".into(), 4, 1_200);
-    r.insert("e".into(), 5, 1_300);
+    r.insert("c", 3, 1_100);
+    r.insert("d", 4, 1_200);
+    r.insert("e", 5, 1_300);
     assert_eq!(r.len(), 3, "bounded by count");
     assert_eq!(r.get("b", 1_300), None, "the oldest went first");
     assert_eq!(r.get("e", 1_300), Some(5));
     // Re-inserting an id keeps one entry, aged from the first.
-    r.insert("e".into(), 5, 1_400);
+    r.insert("e", 5, 1_400);
     assert_eq!(r.len(), 3);
     assert_eq!(r.get("e", 2_350), None);
     assert!(r.is_empty());
