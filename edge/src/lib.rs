@@ -154,10 +154,10 @@ async fn handle(
     };
 
     // Refuse obviously oversized bodies before reading them.
-    if let Some(len) = headers
+    let declared_len = headers
         .get("Content-Length")?
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared_len {
         if len > cfg.limits.max_body_bytes.saturating_mul(4) {
             let msg = format!(
                 "request body of {len} bytes exceeds the limit of {}",
@@ -173,14 +173,22 @@ async fn handle(
     let query = req.url()?.query().map(str::to_owned);
     let key = key.to_string();
     let (geo, ip) = request_origin(&req, &cfg)?;
-    // Bodies without Content-Length (chunked) are read only up to the
-    // limit: a 50 MB stream costs the isolate nothing past it.
+    // A body with a Content-Length within the limit (checked above; the
+    // runtime holds the body to its declared length) is read in one call.
+    // Bodies without one (chunked) are streamed and cut off at the limit:
+    // a 50 MB stream costs the isolate nothing past it. Streaming every
+    // body instead costs about a tenth of the isolate's CPU in per-chunk
+    // calls across the JS boundary (measured with a V8 CPU profile).
     let read_limit = cfg.limits.max_body_bytes.saturating_mul(4);
-    let body = match read_bounded(&mut req, read_limit).await? {
-        Some(b) => b,
-        None => {
-            let msg = format!("request body exceeds the limit of {read_limit} bytes");
-            return refuse(413, "payload_too_large", &msg);
+    let body = if declared_len.is_some() {
+        req.bytes().await?
+    } else {
+        match read_bounded(&mut req, read_limit).await? {
+            Some(b) => b,
+            None => {
+                let msg = format!("request body exceeds the limit of {read_limit} bytes");
+                return refuse(413, "payload_too_large", &msg);
+            }
         }
     };
     let colo = geo.colo.clone();
