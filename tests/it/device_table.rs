@@ -313,15 +313,22 @@ async fn a_slow_or_missing_server_is_an_error_not_a_panic() {
     let db = ch.fresh_database("device_timeout");
     let cfg = ch_config(ch, &db);
     schema::apply(&cfg).await.unwrap();
-    let client = lookup_client(&cfg);
+    // A server that accepts and never answers: the lookup's own timeout
+    // must end it (a real server may answer before any timer can fire).
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow = lookup_client(&ClickHouseConfig {
+        url: format!("http://{}", hung.local_addr().unwrap()),
+        ..cfg.clone()
+    });
     let hurried = DeviceQuery {
-        timeout: Duration::from_nanos(1),
+        timeout: Duration::from_millis(300),
         ..DeviceQuery::new("proj_it", Who::Device("d"), TS_MS - HOUR, TS_MS)
     };
-    match device_events(&client, &hurried).await {
+    match device_events(&slow, &hurried).await {
         Err(e @ DeviceQueryError::Timeout(_)) => assert!(!e.is_bad_input()),
         other => panic!("expected a timeout, got {other:?}"),
     }
+    drop(hung);
     // Nothing listens on the discard port.
     let gone = lookup_client(&ClickHouseConfig {
         url: "http://127.0.0.1:9".into(),

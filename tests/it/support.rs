@@ -102,12 +102,21 @@ pub fn sample_value(metrics: &str, sample: &str) -> f64 {
 }
 
 /// Polls `check` until it yields a value, panicking after `WAIT`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(what, WAIT, check).await
+}
+
+/// As [`eventually`], with its own deadline.
+pub async fn eventually_within<T, F, Fut>(what: &str, wait: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         if let Some(v) = check().await {
             return v;
