@@ -181,7 +181,8 @@ fn client(config: &Config) -> clickhouse::Client {
         .with_url(&ch.url)
         .with_database(&ch.database)
         .with_validation(false)
-        // 18.16 answers SELECTs it cannot compress for the crate (NOTES.md).
+        // 18.16's LZ4-compressed SELECT answers fail in the crate: ask for
+        // uncompressed ones.
         .with_compression(clickhouse::Compression::None);
     if let Some(user) = &ch.user {
         c = c.with_user(user);
