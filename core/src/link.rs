@@ -57,18 +57,44 @@ pub struct Handoff {
 
 const FLAG_ALONE: u8 = 1;
 
+/// A frame to hand off, borrowed from the request's own frames (the
+/// hand-off body is the only copy made).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef<'a> {
+    pub subject: &'a str,
+    pub msg_id: &'a str,
+    pub events: u32,
+    pub frame: &'a [u8],
+}
+
+impl HandoffFrame {
+    pub fn as_ref(&self) -> FrameRef<'_> {
+        FrameRef {
+            subject: &self.subject,
+            msg_id: &self.msg_id,
+            events: self.events,
+            frame: &self.frame,
+        }
+    }
+}
+
+/// Encodes a hand-off for the link (see [`encode_handoff_refs`]).
+pub fn encode_handoff(handoff: &Handoff) -> Vec<u8> {
+    let frames: Vec<FrameRef<'_>> = handoff.frames.iter().map(HandoffFrame::as_ref).collect();
+    encode_handoff_refs(handoff.alone, &frames)
+}
+
 /// Encodes a hand-off for the link: `version, flags, count u16, then per
 /// frame: subject (u16 len), msg id (u16 len), events u32, frame (u32
 /// len)`, all little-endian.
-pub fn encode_handoff(handoff: &Handoff) -> Vec<u8> {
-    let frames = &handoff.frames;
+pub fn encode_handoff_refs(alone: bool, frames: &[FrameRef<'_>]) -> Vec<u8> {
     let size: usize = frames
         .iter()
         .map(|f| 12 + f.subject.len() + f.msg_id.len() + f.frame.len())
         .sum();
     let mut out = Vec::with_capacity(4 + size);
     out.push(HANDOFF_VERSION);
-    out.push(if handoff.alone { FLAG_ALONE } else { 0 });
+    out.push(if alone { FLAG_ALONE } else { 0 });
     out.extend_from_slice(&(frames.len() as u16).to_le_bytes());
     for f in frames {
         out.extend_from_slice(&(f.subject.len() as u16).to_le_bytes());
@@ -77,7 +103,7 @@ pub fn encode_handoff(handoff: &Handoff) -> Vec<u8> {
         out.extend_from_slice(f.msg_id.as_bytes());
         out.extend_from_slice(&f.events.to_le_bytes());
         out.extend_from_slice(&(f.frame.len() as u32).to_le_bytes());
-        out.extend_from_slice(&f.frame);
+        out.extend_from_slice(f.frame);
     }
     out
 }
@@ -337,8 +363,8 @@ impl RecentFrames {
         self.expire(now_ms);
         let key = id_key(id);
         // One entry per id, aged from its first store.
-        if !self.seq_by_id.contains_key(&key) {
-            self.seq_by_id.insert(key, (seq, now_ms));
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.seq_by_id.entry(key) {
+            slot.insert((seq, now_ms));
             self.order.push_back((now_ms, key));
         }
         while self.seq_by_id.len() > self.max {

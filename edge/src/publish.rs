@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use spoor_core::delivery::RetrySchedule;
 use spoor_core::ingest::Outbound;
-use spoor_core::link::{encode_handoff, Handoff, HandoffAnswer, HandoffFrame};
+use spoor_core::link::{encode_handoff_refs, FrameRef, HandoffAnswer};
 use spoor_edge_nats::{Client, ConnectOptions, PublishMsg};
 use worker::{
     console_warn, Date, Delay, Env, Method, Request, RequestInit, SecureTransport, Socket,
@@ -164,21 +164,19 @@ async fn hand_off(
     pending: &[usize],
     alone: bool,
 ) -> Result<Vec<Result<(), String>>, String> {
-    let body = encode_handoff(&Handoff {
-        alone,
-        frames: pending
-            .iter()
-            .map(|i| {
-                let f = &frames[*i];
-                HandoffFrame {
-                    subject: f.msg.subject.clone(),
-                    msg_id: f.msg.msg_id.clone(),
-                    events: f.events as u32,
-                    frame: f.msg.payload.clone(),
-                }
-            })
-            .collect(),
-    });
+    let refs: Vec<FrameRef<'_>> = pending
+        .iter()
+        .map(|i| {
+            let f = &frames[*i];
+            FrameRef {
+                subject: &f.msg.subject,
+                msg_id: &f.msg.msg_id,
+                events: f.events as u32,
+                frame: &f.msg.payload,
+            }
+        })
+        .collect();
+    let body = encode_handoff_refs(alone, &refs);
     let stub = env
         .durable_object(LINK_BINDING)
         .and_then(|ns| ns.id_from_name(link_name)?.get_stub())

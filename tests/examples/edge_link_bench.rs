@@ -386,36 +386,6 @@ async fn main() -> Result<()> {
                         metric_sum(&url, "spoor_edge_events_published_total") - published0;
                     format!("{:.3}", published / accepted_n)
                 };
-                if std::env::var_os("SPOOR_BENCH_DEBUG").is_some() {
-                    eprintln!(
-                        "debug: published events {} stream messages {} bytes {:?}",
-                        metric_sum(&url, "spoor_edge_events_published_total"),
-                        msgs1 - msgs0,
-                        js.get_stream(STREAM)
-                            .await
-                            .unwrap()
-                            .info()
-                            .await
-                            .unwrap()
-                            .state
-                    );
-                    let stream = js.get_stream(STREAM).await.unwrap();
-                    for seq in msgs1.saturating_sub(6)..=msgs1 {
-                        if let Ok(m) = stream.get_raw_message(seq).await {
-                            for b in
-                                spoor_core::decode_message(&m.payload, 1 << 24).unwrap_or_default()
-                            {
-                                eprintln!(
-                                    "debug: seq {seq} batch {} first {} last {} n {}",
-                                    b.batch_id,
-                                    b.events[0].event_id,
-                                    b.events.last().unwrap().event_id,
-                                    b.events.len()
-                                );
-                            }
-                        }
-                    }
-                }
                 let rps = o.requests / o.secs;
                 let msgs = if matches!(case, "trivial" | "discard" | "handoff") {
                     "-".to_string()

@@ -80,14 +80,29 @@ fn batch(device: &str, n: usize) -> (String, Vec<String>) {
     (json!({ "batch": events }).to_string(), ids)
 }
 
+const DURABLE: (&str, &str) = ("X-Spoor-Ack", "durable");
+
 fn post(edge: &Edge, body: &str, durable: bool) -> Answer {
+    post_batch(
+        edge,
+        WRITE_KEY,
+        body,
+        if durable { &[DURABLE] } else { &[] },
+    )
+}
+
+/// POSTs a JSON batch to the edge with `write_key` and `extra` headers.
+pub(crate) fn post_batch(
+    edge: &Edge,
+    write_key: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> Answer {
     let mut headers = vec![
         ("Content-Type", "application/json"),
-        ("X-Spoor-Write-Key", WRITE_KEY),
+        ("X-Spoor-Write-Key", write_key),
     ];
-    if durable {
-        headers.push(("X-Spoor-Ack", "durable"));
-    }
+    headers.extend_from_slice(extra);
     send(
         "POST",
         &format!("{}/v1/batch", edge.url()),
@@ -260,16 +275,11 @@ async fn durable_acks_are_group_committed_and_a_retry_is_stored_once() {
     // The second request again, from another Cloudflare location: another
     // link, which has not seen it, publishes its frame bare under its own
     // id, unlike the coalesced message that already stored its events.
-    let elsewhere = send(
-        "POST",
-        &format!("{}/v1/batch", edge.url()),
-        &[
-            ("Content-Type", "application/json"),
-            ("X-Spoor-Write-Key", WRITE_KEY),
-            ("X-Spoor-Ack", "durable"),
-            ("X-Spoor-Test-Cf", r#"{"colo":"AMS"}"#),
-        ],
-        Some(bodies[1].0.as_bytes()),
+    let elsewhere = post_batch(
+        &edge,
+        WRITE_KEY,
+        &bodies[1].0,
+        &[DURABLE, ("X-Spoor-Test-Cf", r#"{"colo":"AMS"}"#)],
     );
     assert_eq!(elsewhere.status, 202, "{}", elsewhere.body);
     let (after, _) = stream_contents(&js).await;

@@ -10,6 +10,7 @@ use spoor_tests::nats::{NatsRole, NatsServer};
 use spoor_tests::pki::Pki;
 
 use crate::e2e::{send, uuid, Answer};
+use crate::edge_link::post_batch;
 use crate::support::{eventually, sample_value};
 
 const WRITE_KEY: &str = "wk_tls";
@@ -36,19 +37,12 @@ fn trusting(nats: &NatsServer, ca: &std::path::Path) -> EdgeConfig {
 fn post(edge: &Edge, durable: bool) -> Answer {
     let body =
         json!({"batch": [{"event": "page_view", "event_id": uuid(), "anonymous_id": "d-tls"}]});
-    let mut headers = vec![
-        ("Content-Type", "application/json"),
-        ("X-Spoor-Write-Key", WRITE_KEY),
-    ];
-    if durable {
-        headers.push(("X-Spoor-Ack", "durable"));
-    }
-    send(
-        "POST",
-        &format!("{}/v1/batch", edge.url()),
-        &headers,
-        Some(body.to_string().as_bytes()),
-    )
+    let extra: &[(&str, &str)] = if durable {
+        &[("X-Spoor-Ack", "durable")]
+    } else {
+        &[]
+    };
+    post_batch(edge, WRITE_KEY, &body.to_string(), extra)
 }
 
 /// Clients the server has authenticated since it started.

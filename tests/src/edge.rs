@@ -134,11 +134,7 @@ impl Edge {
         let workerd = Tool::Workerd.path()?;
         let wrangler_toml = repo_wrangler_toml()?;
         let vars = config.resolved_vars(&wrangler_toml);
-        let date = wrangler_toml
-            .get("compatibility_date")
-            .and_then(|v| v.as_str())
-            .context("wrangler.toml has no compatibility_date")?
-            .to_owned();
+        let date = compatibility_date(&wrangler_toml)?;
         let flags: Vec<String> = wrangler_toml
             .get("compatibility_flags")
             .and_then(|v| v.as_array())
@@ -158,26 +154,8 @@ impl Edge {
             let port = tools::free_port()?;
             let cas = config.write_cas(dir.path())?;
             let capnp = workerd_config(port, &modules, &date, &flags, &vars, cas.is_some(), true);
-            std::fs::write(dir.path().join("config.capnp"), capnp)?;
-            let log = dir.path().join("workerd.log");
-            let out = std::fs::File::create(&log)?;
-            let mut cmd = Command::new(&workerd);
-            cmd.args(["serve", "config.capnp", "--verbose"])
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out);
-            let child = spawn_tied(cmd, Signal::SIGKILL)
-                .with_context(|| format!("starting {}", workerd.display()))?;
-            let edge = Edge {
-                port,
-                runtime: Runtime::Workerd,
-                log,
-                child: Mutex::new(Some(child)),
-                dir,
-            };
-            match edge.wait_ready(READY_TIMEOUT_WORKERD) {
-                Ok(()) => return Ok(edge),
+            match serve_workerd(&workerd, dir, port, &capnp) {
+                Ok(edge) => return Ok(edge),
                 Err(e) => last_err = Some(e),
             }
         }
@@ -267,11 +245,7 @@ impl Edge {
     pub fn start_js(source: &str) -> Result<Edge> {
         let workerd = Tool::Workerd.path()?;
         let wrangler_toml = repo_wrangler_toml()?;
-        let date = wrangler_toml
-            .get("compatibility_date")
-            .and_then(|v| v.as_str())
-            .context("wrangler.toml has no compatibility_date")?
-            .to_owned();
+        let date = compatibility_date(&wrangler_toml)?;
         let dir = tempfile::Builder::new()
             .prefix("spoor-js-workerd-")
             .tempdir()?;
@@ -283,26 +257,7 @@ impl Edge {
         }];
         let port = tools::free_port()?;
         let capnp = workerd_config(port, &modules, &date, &[], &BTreeMap::new(), false, false);
-        std::fs::write(dir.path().join("config.capnp"), capnp)?;
-        let log = dir.path().join("workerd.log");
-        let out = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(&workerd);
-        cmd.args(["serve", "config.capnp"])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let child = spawn_tied(cmd, Signal::SIGKILL)
-            .with_context(|| format!("starting {}", workerd.display()))?;
-        let edge = Edge {
-            port,
-            runtime: Runtime::Workerd,
-            log,
-            child: Mutex::new(Some(child)),
-            dir,
-        };
-        edge.wait_ready(READY_TIMEOUT_WORKERD)?;
-        Ok(edge)
+        serve_workerd(&workerd, dir, port, &capnp)
     }
 
     /// The runtime's process id (workerd, or wrangler's node process), for
@@ -497,6 +452,40 @@ fn workerd_config(
     }
     c.push_str("  globalOutbound = \"outbound\",\n);\n");
     c
+}
+
+/// wrangler.toml's compatibility date, which every runtime instance uses.
+fn compatibility_date(wrangler_toml: &toml::Table) -> Result<String> {
+    Ok(wrangler_toml
+        .get("compatibility_date")
+        .and_then(|v| v.as_str())
+        .context("wrangler.toml has no compatibility_date")?
+        .to_owned())
+}
+
+/// Writes `capnp` into `dir`, serves it with workerd (killed with the test
+/// process) and waits until `GET /healthz` answers.
+fn serve_workerd(workerd: &Path, dir: tempfile::TempDir, port: u16, capnp: &str) -> Result<Edge> {
+    std::fs::write(dir.path().join("config.capnp"), capnp)?;
+    let log = dir.path().join("workerd.log");
+    let out = std::fs::File::create(&log)?;
+    let mut cmd = Command::new(workerd);
+    cmd.args(["serve", "config.capnp", "--verbose"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let child = spawn_tied(cmd, Signal::SIGKILL)
+        .with_context(|| format!("starting {}", workerd.display()))?;
+    let edge = Edge {
+        port,
+        runtime: Runtime::Workerd,
+        log,
+        child: Mutex::new(Some(child)),
+        dir,
+    };
+    edge.wait_ready(READY_TIMEOUT_WORKERD)?;
+    Ok(edge)
 }
 
 /// A capnp text-format string literal.
