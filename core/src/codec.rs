@@ -30,7 +30,10 @@
 //! Readers of the stream call [`decode_message`] (or [`split_message`]),
 //! never `decode_batch` on a message payload directly.
 
-use crate::event::WireBatch;
+use crate::event::{BatchRef, Event, EventRef, WireBatch};
+
+mod cbor;
+pub(crate) use cbor::write_batch as write_cbor;
 
 pub const MAGIC: [u8; 4] = *b"SPR\0";
 pub const FORMAT_VERSION: u8 = 1;
@@ -100,24 +103,44 @@ pub enum EncodeError {
     TooLarge(usize),
     #[error("CBOR encoding failed: {0}")]
     Cbor(String),
+    #[error("LZ4 compression failed: {0}")]
+    Compress(String),
 }
 
 /// Encodes a batch into one frame.
 pub fn encode_batch(batch: &WireBatch) -> Result<Vec<u8>, EncodeError> {
-    let mut cbor = Vec::with_capacity(256 + batch.events.len() * 256);
-    ciborium::into_writer(batch, &mut cbor).map_err(|e| EncodeError::Cbor(e.to_string()))?;
+    let events: Vec<EventRef<'_>> = batch.events.iter().map(Event::as_ref).collect();
+    encode_batch_ref(&BatchRef {
+        batch_id: &batch.batch_id,
+        project_id: &batch.project_id,
+        region: &batch.region,
+        received_at_ms: batch.received_at_ms,
+        sent_at_ms: batch.sent_at_ms,
+        geo: &batch.geo,
+        device: &batch.device,
+        ip_prefix: &batch.ip_prefix,
+        events: &events,
+    })
+}
+
+/// Encodes a borrowed batch into one frame (the edge's path: no copy of
+/// the events' strings).
+pub fn encode_batch_ref(batch: &BatchRef<'_>) -> Result<Vec<u8>, EncodeError> {
+    let mut cbor = Vec::with_capacity(256 + batch.events.len() * 640);
+    cbor::write_batch(&mut cbor, batch);
     let len = u32::try_from(cbor.len()).map_err(|_| EncodeError::TooLarge(cbor.len()))?;
     let count =
         u32::try_from(batch.events.len()).map_err(|_| EncodeError::TooLarge(batch.events.len()))?;
-    let body = lz4_flex::block::compress(&cbor);
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_VERSION);
-    out.push(FLAG_LZ4);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&body);
+    let bound = lz4_flex::block::get_maximum_output_size(cbor.len());
+    let mut out = vec![0u8; HEADER_LEN + bound];
+    out[0..4].copy_from_slice(&MAGIC);
+    out[4] = FORMAT_VERSION;
+    out[5] = FLAG_LZ4;
+    out[8..12].copy_from_slice(&count.to_le_bytes());
+    out[12..16].copy_from_slice(&len.to_le_bytes());
+    let n = lz4_flex::block::compress_into(&cbor, &mut out[HEADER_LEN..])
+        .map_err(|e| EncodeError::Compress(e.to_string()))?;
+    out.truncate(HEADER_LEN + n);
     Ok(out)
 }
 

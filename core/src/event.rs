@@ -2,6 +2,8 @@
 //! These types are the contract between edge and relay; they travel as CBOR
 //! inside a `codec` frame. They hold no behaviour beyond construction.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -76,4 +78,125 @@ pub struct Context {
     pub locale: String,
     pub screen_width: u32,
     pub screen_height: u32,
+}
+
+/// A batch as the edge encodes it, borrowing everything: the same fields,
+/// in the same order, as `WireBatch`, which `codec` writes as the same
+/// CBOR (a test holds the two encodings byte-equal).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRef<'a> {
+    pub batch_id: &'a str,
+    pub project_id: &'a str,
+    pub region: &'a str,
+    pub received_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    pub geo: &'a Geo,
+    pub device: &'a Device,
+    pub ip_prefix: &'a str,
+    pub events: &'a [EventRef<'a>],
+}
+
+/// An accepted event whose strings borrow the request body where the
+/// client's JSON needed no unescaping: `Event`, without a copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRef<'a> {
+    pub event_id: Uuid,
+    pub event_id_derived: bool,
+    pub event: Cow<'a, str>,
+    pub user_id: Cow<'a, str>,
+    pub anonymous_id: Cow<'a, str>,
+    pub session_id: Cow<'a, str>,
+    pub client_ts_ms: Option<i64>,
+    pub ts_ms: i64,
+    pub properties: Cow<'a, str>,
+    pub context: ContextRef<'a>,
+}
+
+/// `Context`, borrowing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContextRef<'a> {
+    pub page_url: Cow<'a, str>,
+    pub page_path: Cow<'a, str>,
+    pub page_referrer: Cow<'a, str>,
+    pub page_title: Cow<'a, str>,
+    pub app_name: Cow<'a, str>,
+    pub app_version: Cow<'a, str>,
+    pub library_name: Cow<'a, str>,
+    pub library_version: Cow<'a, str>,
+    pub locale: Cow<'a, str>,
+    pub screen_width: u32,
+    pub screen_height: u32,
+}
+
+impl EventRef<'_> {
+    /// The device key the event is routed by, as `Event::device_key`.
+    pub fn device_key(&self) -> &str {
+        if self.anonymous_id.is_empty() {
+            &self.user_id
+        } else {
+            &self.anonymous_id
+        }
+    }
+
+    pub fn to_event(&self) -> Event {
+        let c = &self.context;
+        Event {
+            event_id: self.event_id,
+            event_id_derived: self.event_id_derived,
+            event: self.event.to_string(),
+            user_id: self.user_id.to_string(),
+            anonymous_id: self.anonymous_id.to_string(),
+            session_id: self.session_id.to_string(),
+            client_ts_ms: self.client_ts_ms,
+            ts_ms: self.ts_ms,
+            properties: self.properties.to_string(),
+            context: Context {
+                page_url: c.page_url.to_string(),
+                page_path: c.page_path.to_string(),
+                page_referrer: c.page_referrer.to_string(),
+                page_title: c.page_title.to_string(),
+                app_name: c.app_name.to_string(),
+                app_version: c.app_version.to_string(),
+                library_name: c.library_name.to_string(),
+                library_version: c.library_version.to_string(),
+                locale: c.locale.to_string(),
+                screen_width: c.screen_width,
+                screen_height: c.screen_height,
+            },
+        }
+    }
+}
+
+impl Event {
+    /// This event, borrowed.
+    pub fn as_ref(&self) -> EventRef<'_> {
+        let c = &self.context;
+        fn b(s: &str) -> Cow<'_, str> {
+            Cow::Borrowed(s)
+        }
+        EventRef {
+            event_id: self.event_id,
+            event_id_derived: self.event_id_derived,
+            event: b(&self.event),
+            user_id: b(&self.user_id),
+            anonymous_id: b(&self.anonymous_id),
+            session_id: b(&self.session_id),
+            client_ts_ms: self.client_ts_ms,
+            ts_ms: self.ts_ms,
+            properties: b(&self.properties),
+            context: ContextRef {
+                page_url: b(&c.page_url),
+                page_path: b(&c.page_path),
+                page_referrer: b(&c.page_referrer),
+                page_title: b(&c.page_title),
+                app_name: b(&c.app_name),
+                app_version: b(&c.app_version),
+                library_name: b(&c.library_name),
+                library_version: b(&c.library_version),
+                locale: b(&c.locale),
+                screen_width: c.screen_width,
+                screen_height: c.screen_height,
+            },
+        }
+    }
 }

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::codec::encode_batch;
+use crate::codec::encode_batch_ref;
 use crate::enrich::{truncate_ip, truncate_utf8, Device, Geo};
-use crate::event::{Context, Event, WireBatch};
+use crate::event::{BatchRef, ContextRef, EventRef};
 use crate::limits::Limits;
 use crate::route;
 use crate::timestamp::{corrected_time, parse_json_timestamp};
@@ -163,13 +163,13 @@ pub fn ingest(
         },
     };
 
-    let mut by_partition: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<u32, Vec<EventRef<'_>>> = BTreeMap::new();
     let mut event_names = BTreeSet::new();
     for (index, raw) in events.iter().enumerate() {
         match parse_event(raw, meta, sent_at_ms, limits) {
             Ok(ev) => {
-                if !event_names.contains(&ev.event) {
-                    event_names.insert(ev.event.clone());
+                if !event_names.contains(ev.event.as_ref()) {
+                    event_names.insert(ev.event.to_string());
                 }
                 let p = route::partition_of(ev.device_key(), meta.partitions);
                 by_partition.entry(p).or_default().push(ev);
@@ -190,23 +190,23 @@ pub fn ingest(
     for (partition, events) in by_partition {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let batch_id = route::batch_id(meta.project_id, partition, &ids);
-        let batch = WireBatch {
-            batch_id: batch_id.clone(),
-            project_id: meta.project_id.to_string(),
-            region: meta.region.to_string(),
+        let batch = BatchRef {
+            batch_id: &batch_id,
+            project_id: meta.project_id,
+            region: meta.region,
             received_at_ms: meta.received_at_ms,
             sent_at_ms,
-            geo: meta.geo.clone(),
-            device: device.clone(),
-            ip_prefix: ip_prefix.clone(),
-            events,
+            geo: &meta.geo,
+            device: &device,
+            ip_prefix: &ip_prefix,
+            events: &events,
         };
-        let frame = encode_batch(&batch).map_err(|e| RequestError::Internal(e.to_string()))?;
+        let frame = encode_batch_ref(&batch).map_err(|e| RequestError::Internal(e.to_string()))?;
         messages.push(Outbound {
             subject: route::subject(meta.region, partition),
             msg_id: batch_id,
             frame,
-            events: batch.events.len(),
+            events: events.len(),
         });
     }
     Ok(Ingested {
@@ -345,20 +345,40 @@ fn parse_envelope<'a>(
 }
 
 /// A string or a number (ids are sometimes numeric in SDKs); numbers keep
-/// their JSON text.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IdValue<'a> {
-    Str(#[serde(borrow)] Cow<'a, str>),
-    Num(serde_json::Number),
-}
+/// their JSON text. Read by hand rather than as an untagged enum, which
+/// would buffer every id into an intermediate value first.
+struct IdValue<'a>(Cow<'a, str>);
 
-impl IdValue<'_> {
-    fn into_string(self) -> String {
-        match self {
-            IdValue::Str(s) => s.into_owned(),
-            IdValue::Num(n) => n.to_string(),
+impl<'de: 'a, 'a> Deserialize<'de> for IdValue<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = IdValue<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(IdValue(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(IdValue(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(IdValue(Cow::Owned(s)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(IdValue(Cow::Owned(n.to_string())))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+                Ok(IdValue(Cow::Owned(n.to_string())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
+                serde_json::Number::from_f64(n)
+                    .map(|n| IdValue(Cow::Owned(n.to_string())))
+                    .ok_or_else(|| E::custom("a non-finite number"))
+            }
         }
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -425,12 +445,12 @@ struct RawScreen {
     height: Option<u32>,
 }
 
-fn parse_event(
-    raw: &RawValue,
+fn parse_event<'a>(
+    raw: &'a RawValue,
     meta: &RequestMeta<'_>,
     sent_at_ms: Option<i64>,
     limits: &Limits,
-) -> Result<Event, Invalid> {
+) -> Result<EventRef<'a>, Invalid> {
     let text = raw.get();
     if text.len() > limits.max_event_bytes {
         return Err(Invalid::new(
@@ -448,7 +468,7 @@ fn parse_event(
             "each event must be a JSON object",
         ));
     }
-    let ev: RawEvent<'_> = serde_json::from_str(text).map_err(|e| {
+    let ev: RawEvent<'a> = serde_json::from_str(text).map_err(|e| {
         Invalid::new(
             "invalid_event",
             format!("event does not match the schema: {e}"),
@@ -474,12 +494,9 @@ fn parse_event(
         ),
     };
 
-    let user_id = ev.user_id.map(IdValue::into_string).unwrap_or_default();
-    let anonymous_id = ev
-        .anonymous_id
-        .map(IdValue::into_string)
-        .unwrap_or_default();
-    let session_id = ev.session_id.map(IdValue::into_string).unwrap_or_default();
+    let user_id = ev.user_id.map(|v| v.0).unwrap_or_default();
+    let anonymous_id = ev.anonymous_id.map(|v| v.0).unwrap_or_default();
+    let session_id = ev.session_id.map(|v| v.0).unwrap_or_default();
     if user_id.is_empty() && anonymous_id.is_empty() {
         return Err(Invalid::new(
             "missing_identity",
@@ -514,16 +531,16 @@ fn parse_event(
     }
 
     let properties = match ev.properties {
-        None => "{}".to_string(),
-        Some(raw) if raw.get() == "null" => "{}".to_string(),
+        None => Cow::Borrowed("{}"),
+        Some(raw) if raw.get() == "null" => Cow::Borrowed("{}"),
         Some(raw) => validate::check_properties(raw.get(), limits)?,
     };
 
     let context = build_context(ev.context.unwrap_or_default(), limits)?;
-    Ok(Event {
+    Ok(EventRef {
         event_id,
         event_id_derived,
-        event: name.into_owned(),
+        event: name,
         user_id,
         anonymous_id,
         session_id,
@@ -534,17 +551,17 @@ fn parse_event(
     })
 }
 
-fn build_context(raw: RawContext<'_>, limits: &Limits) -> Result<Context, Invalid> {
+fn build_context<'a>(raw: RawContext<'a>, limits: &Limits) -> Result<ContextRef<'a>, Invalid> {
     let page = raw.page.unwrap_or_default();
     let app = raw.app.unwrap_or_default();
     let lib = raw.library.unwrap_or_default();
     let screen = raw.screen.unwrap_or_default();
-    let take = |field: &str, v: Option<Cow<'_, str>>| -> Result<String, Invalid> {
-        let s = v.map(Cow::into_owned).unwrap_or_default();
+    let take = |field: &str, v: Option<Cow<'a, str>>| -> Result<Cow<'a, str>, Invalid> {
+        let s = v.unwrap_or_default();
         validate::check_string(field, &s, limits)?;
         Ok(s)
     };
-    Ok(Context {
+    Ok(ContextRef {
         page_url: take("context.page.url", page.url)?,
         page_path: take("context.page.path", page.path)?,
         page_referrer: take("context.page.referrer", page.referrer)?,
@@ -582,3 +599,86 @@ fn truncated(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The ingest path cut into its stages, so benches can time each one (the
+/// criterion bench natively, `edge/bench` as wasm under V8). Not an API:
+/// `ingest` is the only way the edge runs them.
+#[doc(hidden)]
+pub mod stages {
+    use super::*;
+
+    /// Content checks, decompression and the envelope: the events' slices.
+    pub fn envelope(body: &[u8], meta: &RequestMeta<'_>, limits: &Limits) -> usize {
+        check_content_type(meta.content_type).unwrap();
+        let body = decode_body(meta.content_encoding, body, limits).unwrap();
+        let (_, events) = parse_envelope(Endpoint::Batch, &body, limits).unwrap();
+        events.len()
+    }
+
+    /// The envelope, then each event read into its raw fields (no rules).
+    pub fn parse(body: &[u8], limits: &Limits) -> usize {
+        let (_, events) = parse_envelope(Endpoint::Batch, body, limits).unwrap();
+        events
+            .iter()
+            .filter(|raw| serde_json::from_str::<RawEvent<'_>>(raw.get()).is_ok())
+            .count()
+    }
+
+    /// The envelope and every event parsed and validated (borrowing).
+    pub fn validate(body: &[u8], meta: &RequestMeta<'_>, limits: &Limits) -> usize {
+        let (_, events) = parse_envelope(Endpoint::Batch, body, limits).unwrap();
+        events
+            .iter()
+            .filter_map(|raw| parse_event(raw, meta, None, limits).ok())
+            .count()
+    }
+
+    /// The accepted events of a body, owned (to build bench inputs).
+    pub fn events(body: &[u8], meta: &RequestMeta<'_>, limits: &Limits) -> Vec<crate::Event> {
+        let (_, events) = parse_envelope(Endpoint::Batch, body, limits).unwrap();
+        events
+            .iter()
+            .filter_map(|raw| parse_event(raw, meta, None, limits).ok())
+            .map(|e| e.to_event())
+            .collect()
+    }
+
+    /// The request's enrichment: device from the User-Agent, IP prefix.
+    pub fn enrich(meta: &RequestMeta<'_>) -> (Device, String) {
+        (
+            Device::from_user_agent(meta.user_agent),
+            truncate_ip(meta.ip),
+        )
+    }
+
+    /// A batch's CBOR body, uncompressed.
+    pub fn cbor(batch: &crate::WireBatch) -> Vec<u8> {
+        let events: Vec<EventRef<'_>> = batch.events.iter().map(crate::Event::as_ref).collect();
+        let mut out = Vec::new();
+        crate::codec::write_cbor(
+            &mut out,
+            &BatchRef {
+                batch_id: &batch.batch_id,
+                project_id: &batch.project_id,
+                region: &batch.region,
+                received_at_ms: batch.received_at_ms,
+                sent_at_ms: batch.sent_at_ms,
+                geo: &batch.geo,
+                device: &batch.device,
+                ip_prefix: &batch.ip_prefix,
+                events: &events,
+            },
+        );
+        out
+    }
+
+    /// LZ4 of a CBOR body.
+    pub fn lz4(cbor: &[u8]) -> Vec<u8> {
+        lz4_flex::block::compress(cbor)
+    }
+
+    /// The receipt's JSON text.
+    pub fn receipt_json(receipt: &Receipt) -> String {
+        serde_json::to_string(receipt).unwrap()
+    }
+}

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod link;
 pub mod ratelimit;
 pub mod route;
+pub mod sample;
 pub mod spill;
 pub mod timestamp;
 mod validate;

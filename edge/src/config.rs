@@ -10,6 +10,8 @@ use spoor_core::route::valid_region;
 use spoor_core::spill::DEFAULT_SPILL_MAX_BYTES;
 use spoor_core::Limits;
 use spoor_edge_nats::Auth;
+use std::rc::Rc;
+
 use worker::Env;
 
 /// The edge role's reply-inbox prefix: its NATS permissions let it
@@ -92,7 +94,26 @@ fn number<T: std::str::FromStr>(env: &Env, name: &str, default: T) -> Result<T, 
     }
 }
 
+thread_local! {
+    static CACHED: std::cell::RefCell<Option<Rc<EdgeConfig>>> = const { std::cell::RefCell::new(None) };
+}
+
 impl EdgeConfig {
+    /// The isolate's config, read from `env` on first use and kept: a
+    /// Worker's bindings are fixed for the life of its isolate (a new
+    /// deployment or secret starts new isolates), and reading some thirty
+    /// bindings across the JS boundary and parsing the key maps on every
+    /// request cost more than the rest of the request's bookkeeping. A
+    /// config that does not parse is not kept, so every request reports it.
+    pub fn cached(env: &Env) -> Result<Rc<EdgeConfig>, String> {
+        if let Some(c) = CACHED.with(|c| c.borrow().clone()) {
+            return Ok(c);
+        }
+        let c = Rc::new(EdgeConfig::from_env(env)?);
+        CACHED.with(|slot| *slot.borrow_mut() = Some(c.clone()));
+        Ok(c)
+    }
+
     pub fn from_env(env: &Env) -> Result<EdgeConfig, String> {
         let keys = get(env, "WRITE_KEYS").ok_or("WRITE_KEYS is not set")?;
         let write_keys = WriteKeys::from_json(&keys).map_err(|e| e.to_string())?;

@@ -27,20 +27,23 @@ use spoor_core::ratelimit::Verdict;
 use spoor_core::spill::SpillMessage;
 use spoor_core::Geo;
 use worker::{
-    console_error, event, Context, Date, Env, MessageBatch, Method, Request, Response, Result,
+    console_error, event, web_sys, Context, Date, Env, MessageBatch, Method, Request, Result,
 };
 
 use crate::config::EdgeConfig;
-use crate::http::{json_response, with_cors};
+use crate::http::{cors, json_response, respond, Extra};
 use crate::publish::{deliver_via_link, durable_schedule, Frame};
 use futures_util::StreamExt as _;
 use spoor_core::link::{link_name, LinkHealth};
+use std::rc::Rc;
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<web_sys::Response> {
     let origin = req.headers().get("Origin").ok().flatten();
+    let preflight = req.method() == Method::Options;
     let resp = route(req, &env, &ctx).await?;
-    with_cors(resp, origin.as_deref())
+    cors(&resp, origin.as_deref(), preflight)?;
+    Ok(resp)
 }
 
 /// Republishes frames that were spilled to the `SPILL` queue.
@@ -49,12 +52,12 @@ async fn queue(batch: MessageBatch<SpillMessage>, env: Env, _ctx: Context) -> Re
     spill::replay(batch, env).await
 }
 
-async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
+async fn route(req: Request, env: &Env, ctx: &Context) -> Result<web_sys::Response> {
     let path = req.path();
     match (req.method(), path.as_str()) {
-        (Method::Options, _) => Ok(Response::empty()?.with_status(204)),
+        (Method::Options, _) => respond(204, None, "", Extra::default()),
         (Method::Get, "/healthz") => {
-            let cfg = match EdgeConfig::from_env(env) {
+            let cfg = match EdgeConfig::cached(env) {
                 Ok(c) => c,
                 Err(e) => return refuse(500, "misconfigured", &e),
             };
@@ -74,7 +77,7 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
             )
         }
         (Method::Get, "/metrics") => {
-            let cfg = match EdgeConfig::from_env(env) {
+            let cfg = match EdgeConfig::cached(env) {
                 Ok(c) => c,
                 Err(e) => return refuse(500, "misconfigured", &e),
             };
@@ -98,10 +101,12 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
                 .collect();
             let mut text = state::count(|c| c.render(&cfg.region));
             text.push_str(&spoor_core::counters::render_links(&cfg.region, &links));
-            let mut resp = Response::ok(text)?;
-            resp.headers_mut()
-                .set("Content-Type", "text/plain; version=0.0.4")?;
-            Ok(resp)
+            respond(
+                200,
+                Some(&text),
+                "text/plain; version=0.0.4",
+                Extra::default(),
+            )
         }
         (Method::Post, "/v1/batch") => handle(req, env, ctx, Endpoint::Batch).await,
         (Method::Post, "/v1/track") => handle(req, env, ctx, Endpoint::Track).await,
@@ -123,9 +128,23 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
 }
 
 /// A refused request: its counter and its JSON error answer.
-fn refuse(status: u16, code: &str, message: &str) -> Result<Response> {
+fn refuse(status: u16, code: &str, message: &str) -> Result<web_sys::Response> {
+    refuse_with(status, code, message, Extra::default())
+}
+
+fn refuse_with(
+    status: u16,
+    code: &str,
+    message: &str,
+    extra: Extra<'_>,
+) -> Result<web_sys::Response> {
     state::count(|c| *c.requests_rejected.entry(code.to_string()).or_default() += 1);
-    json_response(status, &error_body(code, message))
+    respond(
+        status,
+        Some(&error_body(code, message)),
+        "application/json",
+        extra,
+    )
 }
 
 async fn handle(
@@ -133,9 +152,9 @@ async fn handle(
     env: &Env,
     ctx: &Context,
     endpoint: Endpoint,
-) -> Result<Response> {
+) -> Result<web_sys::Response> {
     let received_at_ms = Date::now().as_millis() as i64;
-    let cfg = match EdgeConfig::from_env(env) {
+    let cfg = match EdgeConfig::cached(env) {
         Ok(c) => c,
         Err(e) => return refuse(500, "misconfigured", &e),
     };
@@ -224,10 +243,16 @@ async fn handle(
             "this write key is limited to {} events/s (bursts of {}); nothing of this request was accepted, retry after {retry_after_s} s",
             rate.events_per_sec, rate.burst
         );
-        let mut resp = refuse(429, "rate_limited", &msg)?;
-        resp.headers_mut()
-            .set("Retry-After", &retry_after_s.to_string())?;
-        return Ok(resp);
+        let retry_after = retry_after_s.to_string();
+        return refuse_with(
+            429,
+            "rate_limited",
+            &msg,
+            Extra {
+                retry_after: &retry_after,
+                ..Extra::default()
+            },
+        );
     }
 
     let mode = ack_mode(
@@ -242,9 +267,11 @@ async fn handle(
         count_receipt(&ingested, mode);
         let body = serde_json::to_string(&ingested.receipt)
             .map_err(|e| worker::Error::RustError(e.to_string()))?;
-        let mut resp = json_response(202, &body)?;
-        resp.headers_mut().set("X-Spoor-Ack", mode.as_str())?;
-        return Ok(resp);
+        let ack = Extra {
+            ack: mode.as_str(),
+            ..Extra::default()
+        };
+        return respond(202, Some(&body), "application/json", ack);
     }
     let frames: Vec<Frame> = ingested.messages.iter().map(Frame::of).collect();
     // One link per request, chosen by its first partition, so one
@@ -265,9 +292,11 @@ async fn handle(
             let e = delivery
                 .last_error
                 .unwrap_or_else(|| "no region acknowledged the batch".into());
-            let mut resp = refuse(503, "unavailable", &e)?;
-            resp.headers_mut().set("Retry-After", "1")?;
-            return Ok(resp);
+            let retry = Extra {
+                retry_after: "1",
+                ..Extra::default()
+            };
+            return refuse_with(503, "unavailable", &e, retry);
         }
     }
     count_receipt(&ingested, mode);
@@ -278,11 +307,13 @@ async fn handle(
         let env = env.clone();
         ctx.wait_until(async move { deliver_after_ack(env, cfg, link, ingested, frames).await });
     }
-    let mut resp = json_response(202, &body)?;
-    resp.headers_mut().set("X-Spoor-Ack", mode.as_str())?;
-    resp.headers_mut()
-        .set("X-Spoor-Ack-Ms", &ack_ms.to_string())?;
-    Ok(resp)
+    let ack_ms = ack_ms.to_string();
+    let extra = Extra {
+        ack: mode.as_str(),
+        ack_ms: &ack_ms,
+        ..Extra::default()
+    };
+    respond(202, Some(&body), "application/json", extra)
 }
 
 fn count_receipt(ingested: &Ingested, mode: AckMode) {
@@ -299,7 +330,7 @@ fn count_receipt(ingested: &Ingested, mode: AckMode) {
 /// queue for whatever no region took.
 async fn deliver_after_ack(
     env: Env,
-    cfg: EdgeConfig,
+    cfg: Rc<EdgeConfig>,
     link: String,
     ingested: Ingested,
     frames: Vec<Frame>,

@@ -174,7 +174,7 @@ impl Link {
             return Ok(c.clone());
         }
         // An object's env never changes: parse it once.
-        let config = Rc::new(EdgeConfig::from_env(&self.env)?);
+        let config = EdgeConfig::cached(&self.env)?;
         self.inner.borrow_mut().config = Some(config.clone());
         Ok(config)
     }

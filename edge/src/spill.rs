@@ -81,7 +81,7 @@ pub async fn spill(env: &Env, cfg: &EdgeConfig, unacked: &[&Outbound], cause: &s
 /// original is acknowledged), so a long NATS outage never exhausts the
 /// queue's retry limit; if even that send fails, the original is retried.
 pub async fn replay(batch: MessageBatch<SpillMessage>, env: Env) -> Result<()> {
-    let cfg = match EdgeConfig::from_env(&env) {
+    let cfg = match EdgeConfig::cached(&env) {
         Ok(c) => c,
         Err(e) => {
             console_error!(

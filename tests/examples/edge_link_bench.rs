@@ -58,6 +58,11 @@ struct Args {
     /// Events per request.
     #[arg(long, default_value_t = 50)]
     events: usize,
+    /// After each case's measured run, run it again as long under V8's CPU
+    /// profiler (edge/bench/profile.mjs through workerd's inspector) and
+    /// print where the isolate's time went per request.
+    #[arg(long)]
+    profile: bool,
 }
 
 const WRITE_KEY: &str = "wk_bench";
@@ -102,7 +107,7 @@ function init(args)
   f:close()
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["X-Spoor-Write-Key"] = "wk_bench"
-  wrk.headers["User-Agent"] = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+  wrk.headers["User-Agent"] = args[3]
   if args[2] == "durable" then wrk.headers["X-Spoor-Ack"] = "durable" end
 end
 
@@ -148,54 +153,14 @@ function done(summary, latency, requests)
 end
 "#;
 
-/// One batch of `n` realistic events from one device; `@@@@@@@@` marks
-/// what wrk makes unique per request.
+/// One batch of `n` realistic events from one device (the sample every
+/// edge bench uses); `@@@@@@@@` marks what wrk makes unique per request.
 fn body_template(n: usize) -> String {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let names = [
-        "page_view",
-        "product_view",
-        "add_to_cart",
-        "checkout_step",
-        "page_view",
-    ];
-    let events: Vec<Value> = (0..n)
-        .map(|i| {
-            let name = names[i % names.len()];
-            json!({
-                "event": name,
-                "event_id": format!("@@@@@@@@-0000-4000-8000-{:012x}", i),
-                "anonymous_id": "dev-@@@@@@@@",
-                "user_id": if i % 3 == 0 { "user-@@@@@@@@" } else { "" },
-                "session_id": "sess-@@@@@@@@",
-                "timestamp": now_ms - (n - i) as i64 * 1_000,
-                "properties": {
-                    "path": format!("/catalog/shoes/item-{i}"),
-                    "sku": format!("SKU-{:05}", i * 37 % 99_999),
-                    "price": 79.95 + i as f64,
-                    "currency": "EUR",
-                    "quantity": 1 + i % 3,
-                    "category": "shoes",
-                    "experiment": "checkout-v2",
-                },
-                "context": {
-                    "page": {
-                        "url": format!("https://shop.example.com/catalog/shoes/item-{i}?utm_source=newsletter"),
-                        "path": format!("/catalog/shoes/item-{i}"),
-                        "referrer": "https://www.example.org/search?q=running+shoes",
-                        "title": "Trail running shoes | Example Shop",
-                    },
-                    "library": { "name": "spoor-web", "version": "1.4.2" },
-                    "locale": "de-DE",
-                    "screen": { "width": 1920, "height": 1080 },
-                },
-            })
-        })
-        .collect();
-    json!({ "sent_at": now_ms, "batch": events }).to_string()
+    spoor_core::sample::batch_body(n, now_ms, "@@@@@@@@")
 }
 
 struct Outcome {
@@ -226,7 +191,15 @@ fn wrk(url: &str, script: &str, body: &str, mode: &str, secs: u32, conns: u32) -
             "--timeout",
             "30s",
         ])
-        .args(["-s", script, url, "--", body, mode])
+        .args([
+            "-s",
+            script,
+            url,
+            "--",
+            body,
+            mode,
+            spoor_core::sample::USER_AGENT,
+        ])
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -256,7 +229,39 @@ fn wrk(url: &str, script: &str, body: &str, mode: &str, secs: u32, conns: u32) -
 
 /// utime + stime of a process, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds of each of the process's threads, by thread id.
+fn thread_cpu_secs(pid: u32) -> std::collections::BTreeMap<u32, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) {
+            out.insert(tid, stat_cpu_secs(&format!("/proc/{pid}/task/{tid}/stat")));
+        }
+    }
+    out
+}
+
+/// The CPU seconds the busiest thread spent between two snapshots: the
+/// isolate's thread (workerd runs a worker's isolate on one thread; the
+/// others compile, collect garbage and do I/O).
+fn busiest_thread_delta(
+    before: &std::collections::BTreeMap<u32, f64>,
+    after: &std::collections::BTreeMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(tid, s)| s - before.get(tid).copied().unwrap_or(0.0))
+        .fold(0.0, f64::max)
+}
+
+fn stat_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
@@ -318,9 +323,9 @@ async fn main() -> Result<()> {
         args.secs
     );
     println!(
-        "\n| round | case | shards | requests/s | events/s | client p50 / p99 ms | server p50 / p99 ms | workerd CPU ms/request | NATS msgs/request | non-202 | stored/accepted |"
+        "\n| round | case | shards | requests/s | events/s | client p50 / p99 ms | server p50 / p99 ms | workerd CPU ms/request | isolate thread ms/request | NATS msgs/request | non-202 | stored/accepted |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
 
     for round in 0..args.rounds {
         for case in args.cases.split(',') {
@@ -331,10 +336,16 @@ async fn main() -> Result<()> {
                 vec!["-"]
             };
             for shards in shard_values {
+                let inspector = spoor_tests::tools::free_port()?;
                 let edge = if case == "trivial" {
-                    Edge::start_js(TRIVIAL_JS)?
+                    Edge::start_js_with(
+                        TRIVIAL_JS,
+                        &[],
+                        &EdgeConfig::default().inspector(inspector),
+                    )?
                 } else {
                     let mut config = EdgeConfig::for_nats(&nats)
+                        .inspector(inspector)
                         .var("WRITE_KEYS", json!({ WRITE_KEY: "bench" }).to_string())
                         .var("REGION", "bench")
                         .var("RATE_LIMIT_EVENTS_PER_SEC", "0");
@@ -363,10 +374,12 @@ async fn main() -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let pid = edge.pid().context("workerd's pid")?;
                 let (cpu0, msgs0) = (cpu_secs(pid), stream_messages(&js).await);
+                let threads0 = thread_cpu_secs(pid);
                 let accepted0 = accepted(&url);
                 let published0 = metric_sum(&url, "spoor_edge_events_published_total");
                 let o = wrk(&url, &script, &body, mode, args.secs, args.connections)?;
                 let cpu1 = cpu_secs(pid);
+                let isolate = busiest_thread_delta(&threads0, &thread_cpu_secs(pid));
                 // Let fast acks' publishing finish before counting messages.
                 let mut msgs1 = stream_messages(&js).await;
                 loop {
@@ -398,17 +411,79 @@ async fn main() -> Result<()> {
                     format!("{} / {}", o.ack_p50, o.ack_p99)
                 };
                 println!(
-                    "| {round} | {case} | {shards} | {rps:.0} | {:.0} | {:.1} / {:.1} | {server} | {:.3} (+{:.3} after) | {msgs} | {} | {stored} |",
+                    "| {round} | {case} | {shards} | {rps:.0} | {:.0} | {:.1} / {:.1} | {server} | {:.3} (+{:.3} after) | {:.3} | {msgs} | {} | {stored} |",
                     rps * args.events as f64,
                     o.p50_ms,
                     o.p99_ms,
                     (cpu1 - cpu0) * 1e3 / o.requests,
                     (cpu_all - cpu1) * 1e3 / o.requests,
+                    isolate * 1e3 / o.requests,
                     o.non202 + o.errors,
                 );
+                if args.profile {
+                    let profile = profile_run(inspector, args.secs, || {
+                        wrk(&url, &script, &body, mode, args.secs, args.connections)
+                    })?;
+                    print_profile(case, &profile);
+                }
                 drop(edge);
             }
         }
     }
     Ok(())
+}
+
+/// Runs `load` while edge/bench/profile.mjs samples the isolate through
+/// the inspector at `port`; returns the profile's summary with the
+/// requests the load made.
+fn profile_run(
+    port: u16,
+    secs: u32,
+    load: impl FnOnce() -> Result<Outcome>,
+) -> Result<(Value, f64)> {
+    let script = spoor_tests::tools::workspace_root().join("edge/bench/profile.mjs");
+    let child = Command::new("node")
+        .arg(&script)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(secs.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running node edge/bench/profile.mjs")?;
+    let o = load()?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "profile.mjs printed no profile: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((v, o.requests))
+}
+
+/// The profile per request: each category's µs, then the top functions.
+fn print_profile(case: &str, (v, requests): &(Value, f64)) {
+    let per_req = |ms: f64| ms * 1e3 / requests;
+    let cats = &v["categories"];
+    let c = |k: &str| per_req(cats[k].as_f64().unwrap_or(0.0));
+    println!(
+        "\nprofile {case}: {requests:.0} requests; isolate busy {:.0} µs/request = wasm {:.0} + js {:.0} + runtime {:.0} + gc {:.0} (idle {:.0})",
+        per_req(v["busy_ms"].as_f64().unwrap_or(0.0)),
+        c("wasm"),
+        c("js"),
+        c("runtime"),
+        c("gc"),
+        c("idle"),
+    );
+    for f in v["top"].as_array().into_iter().flatten().take(25) {
+        println!(
+            "  {:>7.1} µs/request {:>5.1}%  {:<7} {}",
+            per_req(f["ms"].as_f64().unwrap_or(0.0)),
+            f["pct_busy"].as_f64().unwrap_or(0.0),
+            f["cat"].as_str().unwrap_or(""),
+            f["name"].as_str().unwrap_or("")
+        );
+    }
+    println!();
 }

@@ -34,6 +34,9 @@ pub struct EdgeConfig {
     /// workerd through the network service's `trustedCertificates`,
     /// wrangler through `NODE_EXTRA_CA_CERTS`.
     pub trusted_cas: Vec<PathBuf>,
+    /// Plain workerd only: serve V8's inspector on 127.0.0.1 at this port
+    /// (for CPU profiles in benchmarks).
+    pub inspector_port: Option<u16>,
 }
 
 impl EdgeConfig {
@@ -84,6 +87,12 @@ impl EdgeConfig {
         let path = dir.join("trusted-ca.pem");
         std::fs::write(&path, pem)?;
         Ok(Some(path))
+    }
+
+    /// Serves V8's inspector at 127.0.0.1:`port` (plain workerd only).
+    pub fn inspector(mut self, port: u16) -> Self {
+        self.inspector_port = Some(port);
+        self
     }
 
     pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -154,7 +163,7 @@ impl Edge {
             let port = tools::free_port()?;
             let cas = config.write_cas(dir.path())?;
             let capnp = workerd_config(port, &modules, &date, &flags, &vars, cas.is_some(), true);
-            match serve_workerd(&workerd, dir, port, &capnp) {
+            match serve_workerd(&workerd, dir, port, &capnp, config.inspector_port) {
                 Ok(edge) => return Ok(edge),
                 Err(e) => last_err = Some(e),
             }
@@ -243,6 +252,12 @@ impl Edge {
     /// the edge's compatibility date: the runtime's own floor, which the
     /// edge's benchmarks compare against in the same run.
     pub fn start_js(source: &str) -> Result<Edge> {
+        Edge::start_js_with(source, &[], &EdgeConfig::default())
+    }
+
+    /// `start_js`, plus wasm modules the script can import by file name
+    /// (`import m from "x.wasm"`), reading only `config.inspector_port`.
+    pub fn start_js_with(source: &str, wasm: &[&Path], config: &EdgeConfig) -> Result<Edge> {
         let workerd = Tool::Workerd.path()?;
         let wrangler_toml = repo_wrangler_toml()?;
         let date = compatibility_date(&wrangler_toml)?;
@@ -251,13 +266,23 @@ impl Edge {
             .tempdir()?;
         std::fs::create_dir_all(dir.path().join("build"))?;
         std::fs::write(dir.path().join("build/worker.js"), source)?;
-        let modules = [Module {
+        let mut modules = vec![Module {
             name: "worker.js".into(),
             kind: "esModule",
         }];
+        for w in wasm {
+            let name = w
+                .file_name()
+                .context("a wasm module path names a file")?
+                .to_string_lossy()
+                .into_owned();
+            std::fs::copy(w, dir.path().join("build").join(&name))
+                .with_context(|| format!("copying {}", w.display()))?;
+            modules.push(Module { name, kind: "wasm" });
+        }
         let port = tools::free_port()?;
         let capnp = workerd_config(port, &modules, &date, &[], &BTreeMap::new(), false, false);
-        serve_workerd(&workerd, dir, port, &capnp)
+        serve_workerd(&workerd, dir, port, &capnp, config.inspector_port)
     }
 
     /// The runtime's process id (workerd, or wrangler's node process), for
@@ -419,7 +444,24 @@ fn workerd_config(
         c,
         "    (name = \"outbound\", network = (allow = [\"public\", \"private\", \"local\"]{tls})),\n  ],"
     );
-    let _ = writeln!(c, "  sockets = [ (name = \"http\", address = \"127.0.0.1:{port}\", http = (), service = \"edge\") ],\n);\n");
+    let _ = writeln!(c, "  sockets = [ (name = \"http\", address = \"127.0.0.1:{port}\", http = (), service = \"edge\") ],");
+    if let Ok(f) = std::env::var("SPOOR_EXPERIMENT_V8_FLAGS")
+        .map(|f| f.trim().to_string())
+        .and_then(|f| {
+            if f.is_empty() {
+                Err(std::env::VarError::NotPresent)
+            } else {
+                Ok(f)
+            }
+        })
+    {
+        let _ = writeln!(
+            c,
+            "  v8Flags = [ {} ],",
+            f.split(' ').map(capnp_str).collect::<Vec<_>>().join(", ")
+        );
+    }
+    c.push_str(");\n\n");
     c.push_str("const edge :Workerd.Worker = (\n  modules = [\n");
     for m in modules {
         let _ = writeln!(
@@ -465,13 +507,22 @@ fn compatibility_date(wrangler_toml: &toml::Table) -> Result<String> {
 
 /// Writes `capnp` into `dir`, serves it with workerd (killed with the test
 /// process) and waits until `GET /healthz` answers.
-fn serve_workerd(workerd: &Path, dir: tempfile::TempDir, port: u16, capnp: &str) -> Result<Edge> {
+fn serve_workerd(
+    workerd: &Path,
+    dir: tempfile::TempDir,
+    port: u16,
+    capnp: &str,
+    inspector_port: Option<u16>,
+) -> Result<Edge> {
     std::fs::write(dir.path().join("config.capnp"), capnp)?;
     let log = dir.path().join("workerd.log");
     let out = std::fs::File::create(&log)?;
     let mut cmd = Command::new(workerd);
-    cmd.args(["serve", "config.capnp", "--verbose"])
-        .current_dir(dir.path())
+    cmd.args(["serve", "config.capnp", "--verbose"]);
+    if let Some(p) = inspector_port {
+        cmd.arg(format!("--inspector-addr=127.0.0.1:{p}"));
+    }
+    cmd.current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);

@@ -1,5 +1,6 @@
 use super::*;
 use crate::codec::decode_batch;
+use crate::Event;
 use std::io::Write;
 
 const NOW: i64 = 1_763_800_000_000; // 2025-11-22T08:26:40Z
