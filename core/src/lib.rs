@@ -14,6 +14,7 @@ pub mod debug;
 pub mod delivery;
 pub mod enrich;
 pub mod event;
+pub mod head;
 pub mod ingest;
 pub mod limits;
 pub mod link;

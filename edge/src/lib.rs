@@ -26,23 +26,21 @@ use spoor_core::ingest::{error_body, ingest, Endpoint, Ingested, RequestMeta};
 use spoor_core::ratelimit::Verdict;
 use spoor_core::spill::SpillMessage;
 use spoor_core::Geo;
-use worker::{
-    console_error, event, web_sys, Context, Date, Env, MessageBatch, Method, Request, Result,
-};
+use worker::{console_error, event, web_sys, Context, Date, Env, MessageBatch, Request, Result};
 
 use crate::config::EdgeConfig;
 use crate::http::{cors, json_response, respond, Extra};
 use crate::publish::{deliver_via_link, durable_schedule, Frame};
 use futures_util::StreamExt as _;
+use spoor_core::head::RequestHead;
 use spoor_core::link::{link_name, LinkHealth};
 use std::rc::Rc;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<web_sys::Response> {
-    let origin = req.headers().get("Origin").ok().flatten();
-    let preflight = req.method() == Method::Options;
-    let resp = route(req, &env, &ctx).await?;
-    cors(&resp, origin.as_deref(), preflight)?;
+    let head = http::read_head(&req);
+    let resp = route(req, &head, &env, &ctx).await?;
+    cors(&resp, head.origin.as_deref(), head.method == "OPTIONS")?;
     Ok(resp)
 }
 
@@ -52,16 +50,20 @@ async fn queue(batch: MessageBatch<SpillMessage>, env: Env, _ctx: Context) -> Re
     spill::replay(batch, env).await
 }
 
-async fn route(req: Request, env: &Env, ctx: &Context) -> Result<web_sys::Response> {
-    let path = req.path();
-    match (req.method(), path.as_str()) {
-        (Method::Options, _) => respond(204, None, "", Extra::default()),
-        (Method::Get, "/healthz") => {
+async fn route(
+    req: Request,
+    head: &RequestHead,
+    env: &Env,
+    ctx: &Context,
+) -> Result<web_sys::Response> {
+    match (head.method.as_str(), head.path.as_str()) {
+        ("OPTIONS", _) => respond(204, None, "", Extra::default()),
+        ("GET", "/healthz") => {
             let cfg = match EdgeConfig::cached(env) {
                 Ok(c) => c,
                 Err(e) => return refuse(500, "misconfigured", &e),
             };
-            let (geo, _) = request_origin(&req, &cfg)?;
+            let (geo, _) = request_origin(head, &cfg);
             let links: Vec<serde_json::Value> = links_health(env, &cfg, &geo.colo)
                 .await
                 .into_iter()
@@ -76,13 +78,13 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<web_sys::Respon
                     .to_string(),
             )
         }
-        (Method::Get, "/metrics") => {
+        ("GET", "/metrics") => {
             let cfg = match EdgeConfig::cached(env) {
                 Ok(c) => c,
                 Err(e) => return refuse(500, "misconfigured", &e),
             };
             if let Some(token) = &cfg.metrics_token {
-                let auth = req.headers().get("Authorization")?.unwrap_or_default();
+                let auth = head.authorization.as_deref().unwrap_or_default();
                 if auth.strip_prefix("Bearer ").map(str::trim) != Some(token.as_str()) {
                     return json_response(
                         401,
@@ -93,7 +95,7 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<web_sys::Respon
                     );
                 }
             }
-            let (geo, _) = request_origin(&req, &cfg)?;
+            let (geo, _) = request_origin(head, &cfg);
             let links: Vec<LinkHealth> = links_health(env, &cfg, &geo.colo)
                 .await
                 .into_iter()
@@ -108,8 +110,8 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<web_sys::Respon
                 Extra::default(),
             )
         }
-        (Method::Post, "/v1/batch") => handle(req, env, ctx, Endpoint::Batch).await,
-        (Method::Post, "/v1/track") => handle(req, env, ctx, Endpoint::Track).await,
+        ("POST", "/v1/batch") => handle(req, head, env, ctx, Endpoint::Batch).await,
+        ("POST", "/v1/track") => handle(req, head, env, ctx, Endpoint::Track).await,
         (_, "/v1/batch" | "/v1/track" | "/healthz" | "/metrics") => json_response(
             405,
             &error_body(
@@ -149,6 +151,7 @@ fn refuse_with(
 
 async fn handle(
     mut req: Request,
+    head: &RequestHead,
     env: &Env,
     ctx: &Context,
     endpoint: Endpoint,
@@ -158,10 +161,9 @@ async fn handle(
         Ok(c) => c,
         Err(e) => return refuse(500, "misconfigured", &e),
     };
-    let headers = req.headers();
-    let key_header = headers.get("X-Spoor-Write-Key")?;
-    let auth_header = headers.get("Authorization")?;
-    let Some(key) = write_key_from_headers(key_header.as_deref(), auth_header.as_deref()) else {
+    let Some(key) =
+        write_key_from_headers(head.write_key.as_deref(), head.authorization.as_deref())
+    else {
         return refuse(
             401,
             "missing_write_key",
@@ -173,8 +175,9 @@ async fn handle(
     };
 
     // Refuse obviously oversized bodies before reading them.
-    let declared_len = headers
-        .get("Content-Length")?
+    let declared_len = head
+        .content_length
+        .as_deref()
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(len) = declared_len {
         if len > cfg.limits.max_body_bytes.saturating_mul(4) {
@@ -185,13 +188,9 @@ async fn handle(
             return refuse(413, "payload_too_large", &msg);
         }
     }
-    let content_type = headers.get("Content-Type")?;
-    let content_encoding = headers.get("Content-Encoding")?;
-    let user_agent = headers.get("User-Agent")?.unwrap_or_default();
-    let ack_header = headers.get("X-Spoor-Ack")?;
-    let query = req.url()?.query().map(str::to_owned);
+    let user_agent = head.user_agent.as_deref().unwrap_or_default();
     let key = key.to_string();
-    let (geo, ip) = request_origin(&req, &cfg)?;
+    let (geo, ip) = request_origin(head, &cfg);
     // A body with a Content-Length within the limit (checked above; the
     // runtime holds the body to its declared length) is read in one call.
     // Bodies without one (chunked) are streamed and cut off at the limit:
@@ -217,9 +216,9 @@ async fn handle(
         region: &cfg.region,
         partitions: cfg.partitions,
         received_at_ms,
-        content_type: content_type.as_deref(),
-        content_encoding: content_encoding.as_deref(),
-        user_agent: &user_agent,
+        content_type: head.content_type.as_deref(),
+        content_encoding: head.content_encoding.as_deref(),
+        user_agent,
         ip: &ip,
         geo,
     };
@@ -256,8 +255,8 @@ async fn handle(
     }
 
     let mode = ack_mode(
-        ack_header.as_deref(),
-        query.as_deref(),
+        head.ack.as_deref(),
+        head.query.as_deref(),
         &project_id,
         &ingested.event_names,
         &cfg.critical,
@@ -392,15 +391,20 @@ async fn links_health(
     out
 }
 
-async fn link_health(env: &Env, name: &str) -> Result<LinkHealth> {
-    let stub = env
-        .durable_object(link::LINK_BINDING)?
-        .id_from_name(name)?
-        .get_stub()?;
-    let mut req = Request::new("https://link/health", Method::Get)?;
-    req.headers_mut()?.set(link::LINK_NAME_HEADER, name)?;
-    let mut resp = stub.fetch_with_request(req).await?;
-    resp.json().await
+async fn link_health(env: &Env, name: &str) -> std::result::Result<LinkHealth, String> {
+    let (status, text) = http::link_call(
+        env,
+        link::LINK_BINDING,
+        name,
+        link::LINK_NAME_HEADER,
+        "/health",
+        None,
+    )
+    .await?;
+    if status != 200 {
+        return Err(format!("answered {status}: {text}"));
+    }
+    serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
 /// Geo data and client IP. In production both come from Cloudflare (`cf`
@@ -408,20 +412,19 @@ async fn link_health(env: &Env, name: &str) -> Result<LinkHealth> {
 /// `ALLOW_TEST_CF=true`, which only test configs set, a request may supply
 /// them in `X-Spoor-Test-Cf` (the cf object as JSON) and `X-Spoor-Test-Ip`,
 /// because local runtimes have no real cf data.
-fn request_origin(req: &Request, cfg: &EdgeConfig) -> Result<(Geo, String)> {
-    let headers = req.headers();
+fn request_origin(head: &RequestHead, cfg: &EdgeConfig) -> (Geo, String) {
     if cfg.allow_test_cf {
-        if let Some(cf) = headers.get("X-Spoor-Test-Cf")? {
-            let ip = headers.get("X-Spoor-Test-Ip")?.unwrap_or_default();
-            return Ok((Geo::from_cf_json(&cf), ip));
+        if let Some(cf) = &head.test_cf {
+            return (
+                Geo::from_cf_json(cf),
+                head.test_ip.clone().unwrap_or_default(),
+            );
         }
     }
-    let cf = js_sys::Reflect::get(req.inner(), &"cf".into())
-        .ok()
-        .filter(|v| v.is_object())
-        .and_then(|v| js_sys::JSON::stringify(&v).ok())
-        .and_then(|s| s.as_string());
-    let geo = cf.map(|s| Geo::from_cf_json(&s)).unwrap_or_default();
-    let ip = headers.get("CF-Connecting-IP")?.unwrap_or_default();
-    Ok((geo, ip))
+    let geo = head
+        .cf_json
+        .as_deref()
+        .map(Geo::from_cf_json)
+        .unwrap_or_default();
+    (geo, head.cf_connecting_ip.clone().unwrap_or_default())
 }

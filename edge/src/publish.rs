@@ -14,9 +14,7 @@ use spoor_core::delivery::RetrySchedule;
 use spoor_core::ingest::Outbound;
 use spoor_core::link::{encode_handoff_refs, FrameRef, HandoffAnswer};
 use spoor_edge_nats::{Client, ConnectOptions, PublishMsg};
-use worker::{
-    console_warn, Date, Delay, Env, Method, Request, RequestInit, SecureTransport, Socket,
-};
+use worker::{console_warn, Date, Delay, Env, SecureTransport, Socket};
 
 use crate::config::{EdgeConfig, NatsTarget};
 use crate::link::{LINK_BINDING, LINK_NAME_HEADER};
@@ -177,32 +175,20 @@ async fn hand_off(
         })
         .collect();
     let body = encode_handoff_refs(alone, &refs);
-    let stub = env
-        .durable_object(LINK_BINDING)
-        .and_then(|ns| ns.id_from_name(link_name)?.get_stub())
-        .map_err(|e| format!("no {LINK_BINDING} Durable Object binding: {e}"))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
-    let mut req = Request::new_with_init("https://link/publish", &init)
-        .map_err(|e| format!("building the link request: {e}"))?;
-    req.headers_mut()
-        .and_then(|h| h.set(LINK_NAME_HEADER, link_name))
-        .map_err(|e| e.to_string())?;
-    let mut resp = stub
-        .fetch_with_request(req)
-        .await
-        .map_err(|e| format!("link {link_name} did not answer: {e}"))?;
-    if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(format!(
-            "link {link_name} answered {}: {text}",
-            resp.status_code()
-        ));
+    let (status, text) = crate::http::link_call(
+        env,
+        LINK_BINDING,
+        link_name,
+        LINK_NAME_HEADER,
+        "/publish",
+        Some(&body),
+    )
+    .await
+    .map_err(|e| format!("link {link_name} did not answer: {e}"))?;
+    if status != 200 {
+        return Err(format!("link {link_name} answered {status}: {text}"));
     }
-    let answer: HandoffAnswer = resp
-        .json()
-        .await
+    let answer: HandoffAnswer = serde_json::from_str(&text)
         .map_err(|e| format!("link {link_name} answered unreadable JSON: {e}"))?;
     if answer.results.len() != pending.len() {
         return Err(format!(

@@ -63,6 +63,12 @@ struct Args {
     /// print where the isolate's time went per request.
     #[arg(long)]
     profile: bool,
+    /// After each case's measured run, send open-loop traffic paced at this
+    /// fraction of the requests/s it just reached (e.g. 0.8), on the same
+    /// number of connections, and report latency from each request's
+    /// scheduled time (so queueing counts).
+    #[arg(long)]
+    paced: Option<f64>,
 }
 
 const WRITE_KEY: &str = "wk_bench";
@@ -327,6 +333,7 @@ async fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
 
+    let mut paced_rows = Vec::new();
     for round in 0..args.rounds {
         for case in args.cases.split(',') {
             let link_case = !matches!(case, "trivial" | "discard" | "handoff");
@@ -420,6 +427,20 @@ async fn main() -> Result<()> {
                     isolate * 1e3 / o.requests,
                     o.non202 + o.errors,
                 );
+                if let Some(fraction) = args.paced {
+                    let rate = fraction * o.requests / o.secs;
+                    let p = paced(&url, &template, mode, rate, args.secs, args.connections).await?;
+                    paced_rows.push(format!(
+                        "| {round} | {case} | {shards} | {fraction:.2} × {:.0} = {rate:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+                        o.requests / o.secs,
+                        p.achieved,
+                        p.p50_ms,
+                        p.p99_ms,
+                        p.p999_ms,
+                        p.max_ms,
+                        p.failed
+                    ));
+                }
                 if args.profile {
                     let profile = profile_run(inspector, args.secs, || {
                         wrk(&url, &script, &body, mode, args.secs, args.connections)
@@ -430,7 +451,106 @@ async fn main() -> Result<()> {
             }
         }
     }
+    if !paced_rows.is_empty() {
+        println!(
+            "\nOpen-loop, paced: latency from each request's scheduled send time, {} connections\n",
+            args.connections
+        );
+        println!("| round | case | shards | target requests/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | failed |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for r in paced_rows {
+            println!("{r}");
+        }
+    }
     Ok(())
+}
+
+struct Paced {
+    achieved: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    failed: u64,
+}
+
+/// Open-loop load: request `i` is due at `i / rate` seconds; at most
+/// `conns` are in flight (a request due while all are busy waits, and its
+/// wait counts in its latency, as a client's would).
+async fn paced(
+    url: &str,
+    template: &str,
+    mode: &str,
+    rate: f64,
+    secs: u32,
+    conns: u32,
+) -> Result<Paced> {
+    use std::sync::Arc;
+    use tokio::sync::{Mutex, Semaphore};
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if run >= 256 {
+        bail!("more than 256 runs would repeat event ids");
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(conns as usize)
+        .http1_only()
+        .build()?;
+    let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let permits = Arc::new(Semaphore::new(conns as usize));
+    let total = (rate * secs as f64) as u64;
+    // Bodies made beforehand, so the sender spends its time sending.
+    let bodies: Vec<bytes::Bytes> = (0..total)
+        .map(|i| {
+            template
+                .replace("@@@@@@@@", &format!("{run:02x}{i:06x}"))
+                .into()
+        })
+        .collect();
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = start + std::time::Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let permit = permits.clone().acquire_owned().await?;
+        let body = bodies[i as usize].clone();
+        let mut req = client
+            .post(format!("{url}/v1/batch"))
+            .header("Content-Type", "application/json")
+            .header("X-Spoor-Write-Key", WRITE_KEY)
+            .header("User-Agent", spoor_core::sample::USER_AGENT)
+            .body(body);
+        if mode == "durable" {
+            req = req.header("X-Spoor-Ack", "durable");
+        }
+        let (hist, failed) = (hist.clone(), failed.clone());
+        tasks.spawn(async move {
+            // The body is read to its end so the connection is kept.
+            let ok = match req.send().await {
+                Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            let us = due.elapsed().as_micros() as u64;
+            drop(permit);
+            if !ok {
+                failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = hist.lock().await.record(us.max(1));
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64();
+    let h = hist.lock().await;
+    Ok(Paced {
+        achieved: total as f64 / elapsed,
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1e3,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1e3,
+        p999_ms: h.value_at_quantile(0.999) as f64 / 1e3,
+        max_ms: h.max() as f64 / 1e3,
+        failed: failed.load(std::sync::atomic::Ordering::Relaxed),
+    })
 }
 
 /// Runs `load` while edge/bench/profile.mjs samples the isolate through
