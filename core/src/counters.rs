@@ -54,6 +54,9 @@ pub struct EdgeCounters {
     pub link_requests: u64,
     /// Requests whose link could not be reached, published per request.
     pub link_fallback_requests: u64,
+    /// Calls to a link (one call carries the frames of one or more
+    /// requests).
+    pub link_handoffs: u64,
 }
 
 impl EdgeCounters {
@@ -123,11 +126,16 @@ impl EdgeCounters {
                 t.as_str()
             );
         }
-        let singles: [(&str, &str, u64); 10] = [
+        let singles: [(&str, &str, u64); 11] = [
             (
                 "spoor_edge_link_requests_total",
                 "Requests whose frames were handed to a NATS link.",
                 self.link_requests,
+            ),
+            (
+                "spoor_edge_link_handoffs_total",
+                "Calls to a NATS link; a fast ack's frames share a call with other requests' gathered meanwhile.",
+                self.link_handoffs,
             ),
             (
                 "spoor_edge_link_fallback_requests_total",

@@ -14,6 +14,7 @@
 //! to the request that opened them), which is why the link exists.
 
 mod config;
+mod gather;
 mod http;
 mod link;
 mod publish;
@@ -26,7 +27,7 @@ use spoor_core::ingest::{error_body, ingest, Endpoint, Ingested, RequestMeta};
 use spoor_core::ratelimit::Verdict;
 use spoor_core::spill::SpillMessage;
 use spoor_core::Geo;
-use worker::{console_error, event, web_sys, Context, Date, Env, MessageBatch, Request, Result};
+use worker::{event, web_sys, Context, Date, Env, MessageBatch, Request, Result};
 
 use crate::config::EdgeConfig;
 use crate::http::{cors, json_response, respond, Extra};
@@ -34,7 +35,6 @@ use crate::publish::{deliver_via_link, durable_schedule, Frame};
 use futures_util::StreamExt as _;
 use spoor_core::head::RequestHead;
 use spoor_core::link::{link_name, LinkHealth};
-use std::rc::Rc;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<web_sys::Response> {
@@ -272,7 +272,6 @@ async fn handle(
         };
         return respond(202, Some(&body), "application/json", ack);
     }
-    let frames: Vec<Frame> = ingested.messages.iter().map(Frame::of).collect();
     // One link per request, chosen by its first partition, so one
     // partition's frames meet (and coalesce) in one link.
     let link = ingested
@@ -283,6 +282,7 @@ async fn handle(
         .unwrap_or_default();
     if mode == AckMode::Durable {
         state::count(|c| c.link_requests += 1);
+        let frames: Vec<Frame> = ingested.messages.iter().map(Frame::of).collect();
         let delivery = deliver_via_link(env, &cfg, &link, &frames, durable_schedule(), false).await;
         if !delivery.all_acked() {
             // Nothing of this request is acknowledged; batch ids are
@@ -302,9 +302,14 @@ async fn handle(
     let ack_ms = Date::now().as_millis() as i64 - received_at_ms;
     let body = serde_json::to_string(&ingested.receipt)
         .map_err(|e| worker::Error::RustError(e.to_string()))?;
-    if mode == AckMode::Fast && !frames.is_empty() {
-        let env = env.clone();
-        ctx.wait_until(async move { deliver_after_ack(env, cfg, link, ingested, frames).await });
+    if mode == AckMode::Fast && !ingested.messages.is_empty() {
+        // Publishing after the answer: gathered with other requests' frames
+        // for the same link, delivered by whichever request leads (`gather`).
+        state::count(|c| c.link_requests += 1);
+        if gather::join(&link, ingested.messages) {
+            let env = env.clone();
+            ctx.wait_until(gather::lead(env, cfg, link));
+        }
     }
     let ack_ms = ack_ms.to_string();
     let extra = Extra {
@@ -322,39 +327,6 @@ fn count_receipt(ingested: &Ingested, mode: AckMode) {
             *c.events_rejected.entry(r.reason.clone()).or_default() += 1;
         }
     });
-}
-
-/// A fast ack's publishing, after the answer: the link, then bounded
-/// retries home → secondary over per-request sockets, then the spill
-/// queue for whatever no region took.
-async fn deliver_after_ack(
-    env: Env,
-    cfg: Rc<EdgeConfig>,
-    link: String,
-    ingested: Ingested,
-    frames: Vec<Frame>,
-) {
-    state::count(|c| c.link_requests += 1);
-    let delivery = deliver_via_link(&env, &cfg, &link, &frames, cfg.fast_retry, false).await;
-    if delivery.all_acked() {
-        return;
-    }
-    let unacked: Vec<_> = ingested
-        .messages
-        .iter()
-        .zip(&delivery.acked)
-        .filter(|(_, ok)| !**ok)
-        .map(|(m, _)| m)
-        .collect();
-    let cause = delivery.last_error.unwrap_or_default();
-    let spilled = spill::spill(&env, &cfg, &unacked, &cause).await;
-    let total: usize = unacked.iter().map(|m| m.events).sum();
-    if spilled < total {
-        console_error!(
-            "spoor-edge: {} of {total} events neither published nor spilled",
-            total - spilled
-        );
-    }
 }
 
 /// Reads the body, or `None` once it passes `limit` bytes (the rest is

@@ -175,6 +175,7 @@ async fn hand_off(
         })
         .collect();
     let body = encode_handoff_refs(alone, &refs);
+    state::count(|c| c.link_handoffs += 1);
     let (status, text) = crate::http::link_call(
         env,
         LINK_BINDING,

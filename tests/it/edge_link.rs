@@ -10,6 +10,8 @@
 //! - a retried request whose events were already stored inside a coalesced
 //!   message is stored once (the relay's event-id dedup), counted without
 //!   FINAL;
+//! - fast acks' frames are gathered across requests: concurrent requests
+//!   share calls to their link, and every event is stored exactly once;
 //! - a link reconnects lazily after nats-server restarts;
 //! - a chunked 50 MB body is cut off at the limit with 413 while other
 //!   requests' publishes complete.
@@ -214,6 +216,65 @@ async fn ten_thousand_requests_reuse_the_links_connections() {
         opened <= SHARDS + 2,
         "{opened} connections opened for {REQUESTS} requests with {SHARDS} links"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_acks_share_hand_offs_and_every_event_is_stored_once() {
+    const REQUESTS: usize = 600;
+    const EVENTS: usize = 3;
+    let nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats).await;
+    let edge = Arc::new(Edge::start(&edge_config(&nats)).unwrap());
+
+    let mut senders = Vec::new();
+    for s in 0..16 {
+        let edge = edge.clone();
+        senders.push(tokio::task::spawn_blocking(move || {
+            let mut ids = Vec::new();
+            for i in (s..REQUESTS).step_by(16) {
+                let (body, batch_ids) = batch(&format!("gather-{i}"), EVENTS);
+                let a = post(&edge, &body, false);
+                assert_eq!(a.status, 202, "{}", a.body);
+                assert_eq!(a.header("x-spoor-ack"), Some("fast"));
+                ids.extend(batch_ids);
+            }
+            ids
+        }));
+    }
+    let mut sent = BTreeSet::new();
+    for s in senders {
+        sent.extend(s.await.unwrap());
+    }
+    assert_eq!(sent.len(), REQUESTS * EVENTS);
+
+    eventually("every fast ack's frame published by the links", || async {
+        let f = edge_metric(&edge, "spoor_edge_link_frames_total");
+        assert_eq!(
+            edge_metric(&edge, "spoor_edge_link_failed_frames_total"),
+            0.0,
+            "{}",
+            nats.log_tail(40)
+        );
+        (f as usize >= REQUESTS).then_some(())
+    })
+    .await;
+    let requests = edge_metric(&edge, "spoor_edge_link_requests_total");
+    let handoffs = edge_metric(&edge, "spoor_edge_link_handoffs_total");
+    assert_eq!(requests as usize, REQUESTS, "every request's frames went to a link");
+    assert!(
+        handoffs > 0.0 && handoffs < 0.75 * REQUESTS as f64,
+        "{handoffs} calls to links for {REQUESTS} concurrent fast requests: frames were not gathered"
+    );
+    assert_eq!(
+        edge_metric(&edge, "spoor_edge_link_fallback_requests_total"),
+        0.0,
+        "{}",
+        edge.log()
+    );
+    let (_, stored) = stream_contents(&js).await;
+    let unique: BTreeSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), unique.len(), "an event was stored twice");
+    assert_eq!(unique, sent, "every accepted event is in the stream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
