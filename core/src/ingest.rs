@@ -120,7 +120,7 @@ pub struct Rejection {
 }
 
 /// One frame to publish.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
     pub subject: String,
     /// `Nats-Msg-Id`; equal to the frame's `batch_id`.
@@ -129,7 +129,7 @@ pub struct Outbound {
     pub events: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
     pub receipt: Receipt,
     pub messages: Vec<Outbound>,
@@ -139,6 +139,14 @@ pub struct Ingested {
 
 /// Validates and enriches a request and encodes its accepted events, one
 /// frame per partition.
+///
+/// A batch's envelope is read by `split::split_batch`, a byte scanner
+/// that finds the events' texts without tokenizing them (the per-event
+/// parse that follows validates every event's syntax). Anything it does
+/// not expect, and any rejected event whose text is not valid JSON, sends
+/// the request down the reference path instead (`ingest_reference`: the
+/// envelope as serde raw values), which decides every error. The tests
+/// hold the two to the same answer for any body.
 pub fn ingest(
     endpoint: Endpoint,
     body: &[u8],
@@ -147,8 +155,60 @@ pub fn ingest(
 ) -> Result<Ingested, RequestError> {
     check_content_type(meta.content_type)?;
     let body = decode_body(meta.content_encoding, body, limits)?;
-    let (sent_at_raw, events) = parse_envelope(endpoint, &body, limits)?;
+    if endpoint == Endpoint::Batch {
+        if let Some((sent_at, events)) = std::str::from_utf8(&body)
+            .ok()
+            .and_then(|text| split::split_batch(text, limits))
+        {
+            if let Some(decided) = build(sent_at, &events, meta, limits, true) {
+                return decided;
+            }
+        }
+    }
+    reference(endpoint, &body, meta, limits)
+}
 
+/// `ingest` through the reference path only (for the tests that hold the
+/// fast path to it).
+#[doc(hidden)]
+pub fn ingest_reference(
+    endpoint: Endpoint,
+    body: &[u8],
+    meta: &RequestMeta<'_>,
+    limits: &Limits,
+) -> Result<Ingested, RequestError> {
+    check_content_type(meta.content_type)?;
+    let body = decode_body(meta.content_encoding, body, limits)?;
+    reference(endpoint, &body, meta, limits)
+}
+
+fn reference(
+    endpoint: Endpoint,
+    body: &[u8],
+    meta: &RequestMeta<'_>,
+    limits: &Limits,
+) -> Result<Ingested, RequestError> {
+    let (sent_at_raw, events) = parse_envelope(endpoint, body, limits)?;
+    let events: Vec<&str> = events.iter().map(|r| r.get()).collect();
+    match build(sent_at_raw, &events, meta, limits, false) {
+        Some(decided) => decided,
+        None => Err(RequestError::Internal(
+            "the reference path left a request undecided".into(),
+        )),
+    }
+}
+
+/// Validates the events (their JSON texts) and encodes the accepted ones.
+/// With `strict`, a rejected event whose text is not valid JSON answers
+/// `None`: the whole body is then invalid JSON, which the reference path
+/// reports as such.
+fn build(
+    sent_at_raw: Option<&RawValue>,
+    events: &[&str],
+    meta: &RequestMeta<'_>,
+    limits: &Limits,
+    strict: bool,
+) -> Option<Result<Ingested, RequestError>> {
     let mut receipt = Receipt::default();
     let sent_at_ms = match sent_at_raw {
         None => None,
@@ -175,12 +235,17 @@ pub fn ingest(
                 by_partition.entry(p).or_default().push(ev);
                 receipt.accepted += 1;
             }
-            Err(inv) => receipt.rejected.push(Rejection {
-                index,
-                event_id: probe_event_id(raw),
-                reason: inv.reason.to_string(),
-                message: inv.message,
-            }),
+            Err(inv) => {
+                if strict && serde_json::from_str::<serde::de::IgnoredAny>(raw).is_err() {
+                    return None;
+                }
+                receipt.rejected.push(Rejection {
+                    index,
+                    event_id: probe_event_id(raw),
+                    reason: inv.reason.to_string(),
+                    message: inv.message,
+                })
+            }
         }
     }
 
@@ -201,7 +266,10 @@ pub fn ingest(
             ip_prefix: &ip_prefix,
             events: &events,
         };
-        let frame = encode_batch_ref(&batch).map_err(|e| RequestError::Internal(e.to_string()))?;
+        let frame = match encode_batch_ref(&batch) {
+            Ok(f) => f,
+            Err(e) => return Some(Err(RequestError::Internal(e.to_string()))),
+        };
         messages.push(Outbound {
             subject: route::subject(meta.region, partition),
             msg_id: batch_id,
@@ -209,11 +277,11 @@ pub fn ingest(
             events: events.len(),
         });
     }
-    Ok(Ingested {
+    Some(Ok(Ingested {
         receipt,
         messages,
         event_names,
-    })
+    }))
 }
 
 fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {
@@ -446,12 +514,11 @@ struct RawScreen {
 }
 
 fn parse_event<'a>(
-    raw: &'a RawValue,
+    text: &'a str,
     meta: &RequestMeta<'_>,
     sent_at_ms: Option<i64>,
     limits: &Limits,
 ) -> Result<EventRef<'a>, Invalid> {
-    let text = raw.get();
     if text.len() > limits.max_event_bytes {
         return Err(Invalid::new(
             "event_too_large",
@@ -578,13 +645,13 @@ fn build_context<'a>(raw: RawContext<'a>, limits: &Limits) -> Result<ContextRef<
 
 /// The `event_id` of an event that failed validation, when one can be read,
 /// so the client can match the rejection to its own record.
-fn probe_event_id(raw: &RawValue) -> Option<String> {
+fn probe_event_id(raw: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct Probe<'a> {
         #[serde(borrow, default)]
         event_id: Option<&'a RawValue>,
     }
-    let p: Probe<'_> = serde_json::from_str(raw.get()).ok()?;
+    let p: Probe<'_> = serde_json::from_str(raw).ok()?;
     let s: String = serde_json::from_str(p.event_id?.get()).ok()?;
     let mut s = s;
     truncate_utf8(&mut s, 64);
@@ -597,6 +664,8 @@ fn truncated(s: &str, max: usize) -> String {
     s
 }
 
+mod split;
+
 #[cfg(test)]
 mod tests;
 
@@ -607,11 +676,18 @@ mod tests;
 pub mod stages {
     use super::*;
 
-    /// Content checks, decompression and the envelope: the events' slices.
+    /// Content checks, decompression and the envelope: the events' texts,
+    /// as `ingest` reads them (the byte scanner).
     pub fn envelope(body: &[u8], meta: &RequestMeta<'_>, limits: &Limits) -> usize {
         check_content_type(meta.content_type).unwrap();
         let body = decode_body(meta.content_encoding, body, limits).unwrap();
-        let (_, events) = parse_envelope(Endpoint::Batch, &body, limits).unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        split::split_batch(text, limits).unwrap().1.len()
+    }
+
+    /// The envelope through the reference path (serde raw values).
+    pub fn envelope_reference(body: &[u8], limits: &Limits) -> usize {
+        let (_, events) = parse_envelope(Endpoint::Batch, body, limits).unwrap();
         events.len()
     }
 
@@ -629,7 +705,7 @@ pub mod stages {
         let (_, events) = parse_envelope(Endpoint::Batch, body, limits).unwrap();
         events
             .iter()
-            .filter_map(|raw| parse_event(raw, meta, None, limits).ok())
+            .filter_map(|raw| parse_event(raw.get(), meta, None, limits).ok())
             .count()
     }
 
@@ -638,7 +714,7 @@ pub mod stages {
         let (_, events) = parse_envelope(Endpoint::Batch, body, limits).unwrap();
         events
             .iter()
-            .filter_map(|raw| parse_event(raw, meta, None, limits).ok())
+            .filter_map(|raw| parse_event(raw.get(), meta, None, limits).ok())
             .map(|e| e.to_event())
             .collect()
     }

@@ -1,10 +1,12 @@
 //! Fuzzes the edge's request decoder end to end: envelope parsing, gzip,
 //! per-event validation and frame encoding. The first byte picks the
-//! endpoint and encoding so both paths are explored.
+//! endpoint and encoding so both paths are explored. Every answer must
+//! equal the reference path's (the envelope read by serde instead of the
+//! byte scanner).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spoor_core::ingest::{ingest, Endpoint, RequestMeta};
+use spoor_core::ingest::{ingest, ingest_reference, Endpoint, RequestMeta};
 use spoor_core::{decode_batch, Geo, Limits};
 
 fuzz_target!(|data: &[u8]| {
@@ -23,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
         geo: Geo::default(),
     };
     let limits = Limits::default();
-    if let Ok(ing) = ingest(endpoint, body, &meta, &limits) {
+    let answer = ingest(endpoint, body, &meta, &limits);
+    assert_eq!(answer, ingest_reference(endpoint, body, &meta, &limits));
+    if let Ok(ing) = answer {
         // Whatever the edge accepts, the relay must read back.
         let accepted: usize = ing.messages.iter().map(|m| m.events).sum();
         assert_eq!(accepted, ing.receipt.accepted);

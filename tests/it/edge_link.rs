@@ -260,7 +260,10 @@ async fn fast_acks_share_hand_offs_and_every_event_is_stored_once() {
     .await;
     let requests = edge_metric(&edge, "spoor_edge_link_requests_total");
     let handoffs = edge_metric(&edge, "spoor_edge_link_handoffs_total");
-    assert_eq!(requests as usize, REQUESTS, "every request's frames went to a link");
+    assert_eq!(
+        requests as usize, REQUESTS,
+        "every request's frames went to a link"
+    );
     assert!(
         handoffs > 0.0 && handoffs < 0.75 * REQUESTS as f64,
         "{handoffs} calls to links for {REQUESTS} concurrent fast requests: frames were not gathered"

@@ -423,3 +423,93 @@ proptest::proptest! {
         let _ = ingest(Endpoint::Batch, &body, &meta(), &Limits::default());
     }
 }
+
+/// A small valid batch: a few sample events, an unknown member and
+/// `sent_at`, in varied order.
+fn sample_body(n: usize) -> String {
+    crate::sample::batch_body(n, NOW, "0a0b0c0d")
+}
+
+/// ASCII that changes JSON structure, for mutations.
+const STRUCTURAL: &[u8] = b"\"\\{}[],: \n1e-tnfu.0x";
+
+fn assert_same(body: &[u8], limits: &Limits) -> Result<(), proptest::test_runner::TestCaseError> {
+    let fast = ingest(Endpoint::Batch, body, &meta(), limits);
+    let reference = ingest_reference(Endpoint::Batch, body, &meta(), limits);
+    proptest::prop_assert_eq!(
+        &fast,
+        &reference,
+        "body {:?}",
+        String::from_utf8_lossy(body)
+    );
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+    /// The envelope scanner and the serde reference path answer the same,
+    /// byte for byte, for valid bodies and for bodies with any byte
+    /// replaced by JSON punctuation, cut off, or with text inserted.
+    #[test]
+    fn the_fast_envelope_answers_what_the_reference_path_answers(
+        n in 0usize..4,
+        edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0usize..STRUCTURAL.len(), 0u8..3), 0..3),
+        cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+        prefix in proptest::sample::select(vec!["", " ", "\n", "{\"x\":1,", "{\"sent_at\":5,", "{\"batch\":[],"]),
+        max_events in 1usize..4,
+    ) {
+        let mut body = sample_body(n);
+        if !prefix.is_empty() && prefix.starts_with('{') {
+            body = format!("{prefix}{}", &body[1..]);
+        } else {
+            body = format!("{prefix}{body}");
+        }
+        let mut bytes = body.into_bytes();
+        for (at, c, how) in edits {
+            let i = at.index(bytes.len());
+            match how {
+                0 => bytes[i] = STRUCTURAL[c],
+                1 => bytes.insert(i, STRUCTURAL[c]),
+                _ => { bytes.remove(i); }
+            }
+        }
+        if let Some(cut) = cut {
+            if n % 2 == 0 {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+        }
+        let limits = Limits { max_batch_events: max_events, ..Limits::default() };
+        assert_same(&bytes, &limits)?;
+        assert_same(&bytes, &Limits::default())?;
+    }
+}
+
+#[test]
+fn the_fast_envelope_leaves_odd_bodies_to_the_reference_path() {
+    let ev = r#"{"event":"x","anonymous_id":"d"}"#;
+    for body in [
+        format!(r#"{{"batch":[{ev}],"batch":[{ev}]}}"#),
+        format!(r#"{{"b\u0061tch":[{ev}]}}"#),
+        format!(r#"{{"sent_at":1,"sent_at":2,"batch":[{ev}]}}"#),
+        format!(r#"{{"batch":[{ev}]}} x"#),
+        format!(r#"{{"batch":[{ev}, tru]}}"#),
+        format!(r#"{{"batch":[{ev}, 5, "s", null, [1]]}}"#),
+        r#"{"batch":[{"event":5,"x":tru}]}"#.to_string(),
+        r#"{"batch":[{"event":"x","anonymous_id":"d","properties":{"a":[1}]}]}"#.to_string(),
+        format!(r#"{{"batch":{ev}}}"#),
+        r#"{"batch":null}"#.to_string(),
+        format!(r#"{{"other":[1,2,{{"a":"\u0000"}}],"batch":[{ev}]}}"#),
+        format!(r#"{{"batch":[{}]}}"#, "[".repeat(120) + &"]".repeat(120)),
+        format!(
+            r#"{{"batch":[{{"event":"x","anonymous_id":"d","properties":{}}}]}}"#,
+            "{\"a\":".repeat(126) + "1" + &"}".repeat(126)
+        ),
+        "{}".to_string(),
+        "[]".to_string(),
+        format!(r#"{{"batch":[{ev},]}}"#),
+        format!(r#"{{"batch":[{ev}] ,}}"#),
+    ] {
+        assert_same(body.as_bytes(), &Limits::default()).unwrap();
+    }
+}

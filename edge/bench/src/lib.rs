@@ -29,6 +29,7 @@ pub const STAGES: &[&str] = &[
     "lz4",
     "receipt json",
     "frame (cbor + lz4 + header)",
+    "envelope, reference path (serde raw values)",
 ];
 
 struct Inputs {
@@ -119,6 +120,7 @@ pub extern "C" fn run(stage: u32, iters: u32) -> u32 {
                 8 => spoor_core::encode_batch(&inp.batch)
                     .map(|f| f.len())
                     .unwrap_or(0),
+                9 => stages::envelope_reference(&inp.body, &inp.limits),
                 _ => 0,
             };
             sum = sum.wrapping_add(n as u32);
