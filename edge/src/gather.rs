@@ -2,12 +2,13 @@
 //! that one hand-off to a link carries the frames of every request that
 //! answered while the previous hand-off was on its way.
 //!
-//! A call to a link costs the isolate about as much as validating a batch
-//! (a `fetch` to the Durable Object, its answer, the promise machinery),
-//! almost all of it per call rather than per byte (measured with the edge
-//! bench's `handoff` case and V8 profiles). Under load, gathering makes
-//! that cost per group of requests instead of per request; with one
-//! request at a time, a group is that request and nothing waits.
+//! A call to a link cost the isolate more than ingesting the batch (0.3 to
+//! 0.9 ms per request above the edge with publishing off, in the edge
+//! bench's `handoff` case before gathering): a `fetch` to the Durable
+//! Object, its answer, the promise machinery, almost all of it per call
+//! rather than per byte. Under load, gathering makes that cost per group
+//! of requests instead of per request; with one request at a time, a
+//! group is that request and nothing waits.
 //!
 //! Ownership, which is what makes this safe in workerd (where I/O belongs
 //! to the request that started it): the request that finds no leader for

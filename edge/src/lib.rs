@@ -4,14 +4,17 @@
 //! runtime's geo data, hands them to `ingest`, asks `delivery` for the ack
 //! mode and `ratelimit` for a verdict, then either publishes before
 //! answering (durable) or answers at once and publishes in `wait_until`
-//! (fast). Publishing goes through a **link** (`link`), a Durable Object
-//! per (region, colo, shard) that owns one long-lived NATS connection and
-//! coalesces frames; what the link cannot store fails over to per-request
-//! sockets (home, secondary), then the spill queue (fast) or a 503
-//! (durable). It holds no validation, enrichment or delivery rule of its
-//! own. Its only state is per isolate: counters and rate-limit buckets
-//! (`state`); an isolate's own sockets are never shared (workerd binds them
-//! to the request that opened them), which is why the link exists.
+//! (fast; `gather` lets one request's `wait_until` carry the frames of the
+//! requests answered meanwhile). Publishing goes through a **link**
+//! (`link`), a Durable Object per (region, colo, shard) that owns one
+//! long-lived NATS connection and coalesces frames; what the link cannot
+//! store fails over to per-request sockets (home, secondary), then the
+//! spill queue (fast) or a 503 (durable). It holds no validation,
+//! enrichment or delivery rule of its own. Its only state is per isolate:
+//! counters and rate-limit buckets (`state`), the parsed config (`config`)
+//! and fast acks' frames on their way (`gather`); an isolate's own sockets
+//! are never shared (workerd binds them to the request that opened them),
+//! which is why the link exists.
 
 mod config;
 mod gather;
