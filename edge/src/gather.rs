@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use futures_util::future::join_all;
 use spoor_core::ingest::Outbound;
 use worker::{console_error, Date, Env};
 
@@ -35,8 +36,9 @@ use crate::spill;
 /// How long one request leads before it hands over (it still finishes the
 /// round it took).
 const LEAD_MAX_MS: u64 = 2_000;
-/// Most frame bytes one hand-off carries; the rest waits for the next round.
-const ROUND_MAX_BYTES: usize = 1 << 20;
+/// Most frame bytes one call to a link carries; a larger round is split
+/// into several calls made at once.
+const HANDOFF_MAX_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 struct Gathered {
@@ -61,9 +63,8 @@ pub fn join(link: &str, frames: Vec<Outbound>) -> bool {
     })
 }
 
-/// The next round for `link`: up to `ROUND_MAX_BYTES` of gathered frames
-/// (at least one). With nothing gathered the leader steps down (`None`).
-/// With `last`, everything left is taken and the leader steps down.
+/// The next round for `link`: everything gathered. With nothing gathered
+/// the leader steps down (`None`); with `last`, it steps down after taking.
 fn take(link: &str, last: bool) -> Option<Vec<Outbound>> {
     GATHER.with(|g| {
         let mut g = g.borrow_mut();
@@ -72,26 +73,40 @@ fn take(link: &str, last: bool) -> Option<Vec<Outbound>> {
             g.remove(link);
             return None;
         }
+        let frames = std::mem::take(&mut entry.frames);
         if last {
-            let frames = std::mem::take(&mut entry.frames);
             g.remove(link);
-            return Some(frames);
         }
-        let mut bytes = 0;
-        let mut n = 0;
-        for f in &entry.frames {
-            if n > 0 && bytes + f.frame.len() > ROUND_MAX_BYTES {
-                break;
-            }
-            bytes += f.frame.len();
-            n += 1;
-        }
-        Some(entry.frames.drain(..n).collect())
+        Some(frames)
     })
 }
 
+/// A round cut into hand-offs of at most `HANDOFF_MAX_BYTES` of frames
+/// (each at least one frame).
+fn chunks(round: Vec<Outbound>) -> Vec<Vec<Outbound>> {
+    let mut out: Vec<Vec<Outbound>> = Vec::new();
+    let mut bytes = 0;
+    for f in round {
+        match out.last_mut() {
+            Some(last) if bytes + f.frame.len() <= HANDOFF_MAX_BYTES => {
+                bytes += f.frame.len();
+                last.push(f);
+            }
+            _ => {
+                bytes = f.frame.len();
+                out.push(vec![f]);
+            }
+        }
+    }
+    out
+}
+
 /// Delivers everything gathered for `link`, round by round, until nothing
-/// is left or the lead has lasted `LEAD_MAX_MS`.
+/// is left or the lead has lasted `LEAD_MAX_MS`. A round takes everything
+/// gathered and delivers its hand-offs concurrently, so a round that
+/// waits out an outage (retries within the schedule's budget, then the
+/// spill queue) carries every frame gathered meanwhile: frames wait in the
+/// isolate no longer than they did when each request delivered its own.
 pub async fn lead(env: Env, cfg: Rc<EdgeConfig>, link: String) {
     let started = Date::now().as_millis();
     loop {
@@ -99,7 +114,12 @@ pub async fn lead(env: Env, cfg: Rc<EdgeConfig>, link: String) {
         let Some(round) = take(&link, last) else {
             return;
         };
-        deliver_round(&env, &cfg, &link, round).await;
+        join_all(
+            chunks(round)
+                .into_iter()
+                .map(|c| deliver_round(&env, &cfg, &link, c)),
+        )
+        .await;
         if last {
             return;
         }
