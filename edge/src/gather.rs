@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures_util::future::join_all;
+use spoor_core::delivery::RetrySchedule;
 use spoor_core::ingest::Outbound;
 use worker::{console_error, Date, Env};
 
@@ -36,6 +37,9 @@ use crate::spill;
 /// How long one request leads before it hands over (it still finishes the
 /// round it took).
 const LEAD_MAX_MS: u64 = 2_000;
+/// Workers let `wait_until` work run 30 s after the answer; a lead plans
+/// every round, spill included, to end within this.
+const WAIT_UNTIL_MS: u64 = 25_000;
 /// Most frame bytes one call to a link carries; a larger round is split
 /// into several calls made at once.
 const HANDOFF_MAX_BYTES: usize = 1 << 20;
@@ -103,23 +107,43 @@ fn chunks(round: Vec<Outbound>) -> Vec<Vec<Outbound>> {
 
 /// Delivers everything gathered for `link`, round by round, until nothing
 /// is left or the lead has lasted `LEAD_MAX_MS`. A round takes everything
-/// gathered and delivers its hand-offs concurrently, so a round that
-/// waits out an outage (retries within the schedule's budget, then the
-/// spill queue) carries every frame gathered meanwhile: frames wait in the
-/// isolate no longer than they did when each request delivered its own.
+/// gathered and delivers its hand-offs concurrently. Every round is
+/// planned to end, spill included, within `WAIT_UNTIL_MS` of the lead's
+/// start: its retry budget is cut to the time left, and a round that
+/// could not try NATS even once in that time (after an outage held the
+/// previous round for its whole budget) goes to the spill queue at once.
 pub async fn lead(env: Env, cfg: Rc<EdgeConfig>, link: String) {
     let started = Date::now().as_millis();
+    let worst_attempt_ms = cfg
+        .publish_timeout_ms
+        .saturating_mul(2 * cfg.targets().len() as u64);
     loop {
-        let last = Date::now().as_millis().saturating_sub(started) >= LEAD_MAX_MS;
+        let elapsed = Date::now().as_millis().saturating_sub(started);
+        let last = elapsed >= LEAD_MAX_MS;
         let Some(round) = take(&link, last) else {
             return;
         };
-        join_all(
-            chunks(round)
-                .into_iter()
-                .map(|c| deliver_round(&env, &cfg, &link, c)),
-        )
-        .await;
+        if elapsed.saturating_add(worst_attempt_ms) > WAIT_UNTIL_MS {
+            let refs: Vec<&Outbound> = round.iter().collect();
+            spill_unacked(
+                &env,
+                &cfg,
+                &refs,
+                "the request delivering this link's gathered frames ran out of time",
+            )
+            .await;
+        } else {
+            let schedule = RetrySchedule {
+                budget_ms: cfg.fast_retry.budget_ms.min(WAIT_UNTIL_MS - elapsed),
+                ..cfg.fast_retry
+            };
+            join_all(
+                chunks(round)
+                    .into_iter()
+                    .map(|c| deliver_round(&env, &cfg, &link, c, schedule)),
+            )
+            .await;
+        }
         if last {
             return;
         }
@@ -128,9 +152,15 @@ pub async fn lead(env: Env, cfg: Rc<EdgeConfig>, link: String) {
 
 /// One round: the link, then bounded retries home → secondary over
 /// per-request sockets, then the spill queue for whatever no region took.
-async fn deliver_round(env: &Env, cfg: &EdgeConfig, link: &str, round: Vec<Outbound>) {
+async fn deliver_round(
+    env: &Env,
+    cfg: &EdgeConfig,
+    link: &str,
+    round: Vec<Outbound>,
+    schedule: RetrySchedule,
+) {
     let frames: Vec<Frame> = round.iter().map(Frame::of).collect();
-    let delivery = deliver_via_link(env, cfg, link, &frames, cfg.fast_retry, false).await;
+    let delivery = deliver_via_link(env, cfg, link, &frames, schedule, false).await;
     if delivery.all_acked() {
         return;
     }
@@ -141,7 +171,12 @@ async fn deliver_round(env: &Env, cfg: &EdgeConfig, link: &str, round: Vec<Outbo
         .map(|(m, _)| m)
         .collect();
     let cause = delivery.last_error.unwrap_or_default();
-    let spilled = spill::spill(env, cfg, &unacked, &cause).await;
+    spill_unacked(env, cfg, &unacked, &cause).await;
+}
+
+/// Parks frames no region took on the spill queue.
+async fn spill_unacked(env: &Env, cfg: &EdgeConfig, unacked: &[&Outbound], cause: &str) {
+    let spilled = spill::spill(env, cfg, unacked, cause).await;
     let total: usize = unacked.iter().map(|m| m.events).sum();
     if spilled < total {
         console_error!(
