@@ -4,35 +4,15 @@
 //! under V8, and the relay's `decode_batch` of the resulting frame.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use spoor_core::ingest::{ingest, stages, Endpoint, RequestMeta};
-use spoor_core::{decode_batch, sample, Geo, Limits, WireBatch};
+use spoor_core::ingest::{ingest, stages, Endpoint};
+use spoor_core::{decode_batch, sample, Limits, WireBatch};
 
 const NOW: i64 = 1_763_800_000_000;
-
-fn meta() -> RequestMeta<'static> {
-    RequestMeta {
-        project_id: "shop",
-        region: "eu",
-        partitions: 16,
-        received_at_ms: NOW,
-        content_type: Some("application/json"),
-        content_encoding: None,
-        user_agent: sample::USER_AGENT,
-        ip: "203.0.113.9",
-        geo: Geo {
-            country: "DE".into(),
-            city: "Berlin".into(),
-            colo: "TXL".into(),
-            asn: 3320,
-            ..Geo::default()
-        },
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let body = sample::batch_body(50, NOW, "0a0b0c0d");
     let limits = Limits::default();
-    let m = meta();
+    let m = sample::request_meta(NOW);
     let mut g = c.benchmark_group("edge");
     g.throughput(Throughput::Elements(50));
     g.bench_function("ingest_50_events", |b| {

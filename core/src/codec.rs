@@ -30,7 +30,7 @@
 //! Readers of the stream call [`decode_message`] (or [`split_message`]),
 //! never `decode_batch` on a message payload directly.
 
-use crate::event::{BatchRef, Event, EventRef, WireBatch};
+use crate::event::{BatchRef, WireBatch};
 
 mod cbor;
 pub(crate) use cbor::write_batch as write_cbor;
@@ -109,18 +109,7 @@ pub enum EncodeError {
 
 /// Encodes a batch into one frame.
 pub fn encode_batch(batch: &WireBatch) -> Result<Vec<u8>, EncodeError> {
-    let events: Vec<EventRef<'_>> = batch.events.iter().map(Event::as_ref).collect();
-    encode_batch_ref(&BatchRef {
-        batch_id: &batch.batch_id,
-        project_id: &batch.project_id,
-        region: &batch.region,
-        received_at_ms: batch.received_at_ms,
-        sent_at_ms: batch.sent_at_ms,
-        geo: &batch.geo,
-        device: &batch.device,
-        ip_prefix: &batch.ip_prefix,
-        events: &events,
-    })
+    batch.with_ref(encode_batch_ref)
 }
 
 /// Encodes a borrowed batch into one frame (the edge's path: no copy of

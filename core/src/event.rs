@@ -80,6 +80,25 @@ pub struct Context {
     pub screen_height: u32,
 }
 
+impl WireBatch {
+    /// Runs `f` on this batch borrowed as a `BatchRef` (what the CBOR
+    /// writer reads).
+    pub fn with_ref<R>(&self, f: impl FnOnce(&BatchRef<'_>) -> R) -> R {
+        let events: Vec<EventRef<'_>> = self.events.iter().map(Event::as_ref).collect();
+        f(&BatchRef {
+            batch_id: &self.batch_id,
+            project_id: &self.project_id,
+            region: &self.region,
+            received_at_ms: self.received_at_ms,
+            sent_at_ms: self.sent_at_ms,
+            geo: &self.geo,
+            device: &self.device,
+            ip_prefix: &self.ip_prefix,
+            events: &events,
+        })
+    }
+}
+
 /// A batch as the edge encodes it, borrowing everything: the same fields,
 /// in the same order, as `WireBatch`, which `codec` writes as the same
 /// CBOR (a test holds the two encodings byte-equal).

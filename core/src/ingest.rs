@@ -153,19 +153,7 @@ pub fn ingest(
     meta: &RequestMeta<'_>,
     limits: &Limits,
 ) -> Result<Ingested, RequestError> {
-    check_content_type(meta.content_type)?;
-    let body = decode_body(meta.content_encoding, body, limits)?;
-    if endpoint == Endpoint::Batch {
-        if let Some((sent_at, events)) = std::str::from_utf8(&body)
-            .ok()
-            .and_then(|text| split::split_batch(text, limits))
-        {
-            if let Some(decided) = build(sent_at, &events, meta, limits, true) {
-                return decided;
-            }
-        }
-    }
-    reference(endpoint, &body, meta, limits)
+    ingest_with(endpoint, body, meta, limits, true)
 }
 
 /// `ingest` through the reference path only (for the tests that hold the
@@ -177,8 +165,28 @@ pub fn ingest_reference(
     meta: &RequestMeta<'_>,
     limits: &Limits,
 ) -> Result<Ingested, RequestError> {
+    ingest_with(endpoint, body, meta, limits, false)
+}
+
+fn ingest_with(
+    endpoint: Endpoint,
+    body: &[u8],
+    meta: &RequestMeta<'_>,
+    limits: &Limits,
+    fast: bool,
+) -> Result<Ingested, RequestError> {
     check_content_type(meta.content_type)?;
     let body = decode_body(meta.content_encoding, body, limits)?;
+    if fast && endpoint == Endpoint::Batch {
+        if let Some((sent_at, events)) = std::str::from_utf8(&body)
+            .ok()
+            .and_then(|text| split::split_batch(text, limits))
+        {
+            if let Some(decided) = build(sent_at, &events, meta, limits, true) {
+                return decided;
+            }
+        }
+    }
     reference(endpoint, &body, meta, limits)
 }
 
@@ -729,22 +737,8 @@ pub mod stages {
 
     /// A batch's CBOR body, uncompressed.
     pub fn cbor(batch: &crate::WireBatch) -> Vec<u8> {
-        let events: Vec<EventRef<'_>> = batch.events.iter().map(crate::Event::as_ref).collect();
         let mut out = Vec::new();
-        crate::codec::write_cbor(
-            &mut out,
-            &BatchRef {
-                batch_id: &batch.batch_id,
-                project_id: &batch.project_id,
-                region: &batch.region,
-                received_at_ms: batch.received_at_ms,
-                sent_at_ms: batch.sent_at_ms,
-                geo: &batch.geo,
-                device: &batch.device,
-                ip_prefix: &batch.ip_prefix,
-                events: &events,
-            },
-        );
+        batch.with_ref(|b| crate::codec::write_cbor(&mut out, b));
         out
     }
 

@@ -1,4 +1,5 @@
-//! Sample traffic for benchmarks: one realistic batch, the same bytes in
+//! Sample traffic for benchmarks: one realistic batch (and the request
+//! metadata it is ingested with), the same bytes in
 //! the criterion benches, the wasm stage bench and the whole-system edge
 //! bench, so their figures describe the same work.
 //!
@@ -53,6 +54,29 @@ pub fn batch_body(n: usize, now_ms: i64, tag: &str) -> String {
     }
     out.push_str(&format!(r#"],"sent_at":{now_ms}}}"#));
     out
+}
+
+/// The request metadata the benches ingest the sample with: project
+/// `shop`, region `eu`, 16 partitions, received at `now_ms`, the sample
+/// User-Agent, a Berlin IP and geo.
+pub fn request_meta(now_ms: i64) -> crate::ingest::RequestMeta<'static> {
+    crate::ingest::RequestMeta {
+        project_id: "shop",
+        region: "eu",
+        partitions: 16,
+        received_at_ms: now_ms,
+        content_type: Some("application/json"),
+        content_encoding: None,
+        user_agent: USER_AGENT,
+        ip: "203.0.113.9",
+        geo: crate::Geo {
+            country: "DE".into(),
+            city: "Berlin".into(),
+            colo: "TXL".into(),
+            asn: 3320,
+            ..crate::Geo::default()
+        },
+    }
 }
 
 /// The User-Agent the benches send (desktop Chrome).

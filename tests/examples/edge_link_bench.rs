@@ -32,6 +32,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use serde_json::{json, Value};
+use spoor_tests::bench::{self, busiest_thread_delta, process_cpu_secs, thread_cpu_secs};
 use spoor_tests::edge::{Edge, EdgeConfig};
 use spoor_tests::nats::{NatsRole, NatsServer};
 
@@ -233,48 +234,6 @@ fn wrk(url: &str, script: &str, body: &str, mode: &str, secs: u32, conns: u32) -
     })
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    stat_cpu_secs(&format!("/proc/{pid}/stat"))
-}
-
-/// CPU seconds of each of the process's threads, by thread id.
-fn thread_cpu_secs(pid: u32) -> std::collections::BTreeMap<u32, f64> {
-    let mut out = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) {
-            out.insert(tid, stat_cpu_secs(&format!("/proc/{pid}/task/{tid}/stat")));
-        }
-    }
-    out
-}
-
-/// The CPU seconds the busiest thread spent between two snapshots: the
-/// isolate's thread (workerd runs a worker's isolate on one thread; the
-/// others compile, collect garbage and do I/O).
-fn busiest_thread_delta(
-    before: &std::collections::BTreeMap<u32, f64>,
-    after: &std::collections::BTreeMap<u32, f64>,
-) -> f64 {
-    after
-        .iter()
-        .map(|(tid, s)| s - before.get(tid).copied().unwrap_or(0.0))
-        .fold(0.0, f64::max)
-}
-
-fn stat_cpu_secs(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the ')'.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// Events the edge accepted so far (its /metrics), 0 for the JS worker.
 fn accepted(url: &str) -> f64 {
     metric_sum(url, "spoor_edge_events_accepted_total")
@@ -380,12 +339,12 @@ async fn main() -> Result<()> {
                 wrk(&url, &script, &body, mode, 3, args.connections)?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let pid = edge.pid().context("workerd's pid")?;
-                let (cpu0, msgs0) = (cpu_secs(pid), stream_messages(&js).await);
+                let (cpu0, msgs0) = (process_cpu_secs(pid), stream_messages(&js).await);
                 let threads0 = thread_cpu_secs(pid);
                 let accepted0 = accepted(&url);
                 let published0 = metric_sum(&url, "spoor_edge_events_published_total");
                 let o = wrk(&url, &script, &body, mode, args.secs, args.connections)?;
-                let cpu1 = cpu_secs(pid);
+                let cpu1 = process_cpu_secs(pid);
                 let isolate = busiest_thread_delta(&threads0, &thread_cpu_secs(pid));
                 // Let fast acks' publishing finish before counting messages.
                 let mut msgs1 = stream_messages(&js).await;
@@ -397,7 +356,7 @@ async fn main() -> Result<()> {
                     }
                     msgs1 = now;
                 }
-                let cpu_all = cpu_secs(pid);
+                let cpu_all = process_cpu_secs(pid);
                 let accepted_n = accepted(&url) - accepted0;
                 let stored = if matches!(case, "trivial" | "discard" | "handoff") {
                     "-".to_string()
@@ -495,9 +454,7 @@ async fn paced(
         .pool_max_idle_per_host(conns as usize)
         .http1_only()
         .build()?;
-    let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let hist = Arc::new(Mutex::new(bench::histogram()));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let permits = Arc::new(Semaphore::new(conns as usize));
     let total = (rate * secs as f64) as u64;
@@ -532,12 +489,12 @@ async fn paced(
                 Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
                 Err(_) => false,
             };
-            let us = due.elapsed().as_micros() as u64;
+            let latency = due.elapsed();
             drop(permit);
             if !ok {
                 failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let _ = hist.lock().await.record(us.max(1));
+            bench::record(&mut *hist.lock().await, latency);
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -545,9 +502,9 @@ async fn paced(
     let h = hist.lock().await;
     Ok(Paced {
         achieved: total as f64 / elapsed,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1e3,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1e3,
-        p999_ms: h.value_at_quantile(0.999) as f64 / 1e3,
+        p50_ms: bench::quantile_ms(&h, 0.5),
+        p99_ms: bench::quantile_ms(&h, 0.99),
+        p999_ms: bench::quantile_ms(&h, 0.999),
         max_ms: h.max() as f64 / 1e3,
         failed: failed.load(std::sync::atomic::Ordering::Relaxed),
     })

@@ -10,11 +10,11 @@
 //! SPOOR_WORKERD=... cargo run --release -p spoor-tests --example edge_stage_bench
 //! ```
 
-use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
+use spoor_tests::bench::{busiest_thread_delta, thread_cpu_secs};
 use spoor_tests::edge::{Edge, EdgeConfig};
 use spoor_tests::tools::workspace_root;
 
@@ -80,16 +80,12 @@ fn main() -> Result<()> {
     let edge = Edge::start_js_with(WORKER_JS, &[&wasm], &EdgeConfig::default())?;
     let pid = edge.pid().context("workerd's pid")?;
     let run = |stage: usize, iters: u64| -> Result<f64> {
-        let before = threads(pid);
+        let before = thread_cpu_secs(pid);
         ureq::get(&format!("{}/run?stage={stage}&iters={iters}", edge.url()))
             .timeout(std::time::Duration::from_secs(120))
             .call()
             .with_context(|| format!("stage {stage} in workerd"))?;
-        let after = threads(pid);
-        let busiest = after
-            .iter()
-            .map(|(t, s)| s - before.get(t).copied().unwrap_or(0.0))
-            .fold(0.0, f64::max);
+        let busiest = busiest_thread_delta(&before, &thread_cpu_secs(pid));
         Ok(busiest * 1e6 / iters as f64)
     };
     println!("\n| stage | node µs/batch | workerd µs/batch | workerd / node |");
@@ -110,29 +106,4 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// CPU seconds of each of the process's threads.
-fn threads(pid: u32) -> BTreeMap<u32, f64> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
-            continue;
-        };
-        let stat =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-        out.insert(tid, (t(11) + t(12)) / 100.0);
-    }
-    out
 }

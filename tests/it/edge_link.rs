@@ -113,6 +113,38 @@ pub(crate) fn post_batch(
     )
 }
 
+/// Posts `requests` fast-ack batches of `events` events from 16 senders at
+/// once, request `i` from device `device(i)`; every answer must be a fast
+/// 202. Answers the ids sent.
+async fn post_fast_concurrently(
+    edge: &Arc<Edge>,
+    requests: usize,
+    events: usize,
+    device: fn(usize) -> String,
+) -> BTreeSet<String> {
+    let mut senders = Vec::new();
+    for s in 0..16 {
+        let edge = edge.clone();
+        senders.push(tokio::task::spawn_blocking(move || {
+            let mut ids = Vec::new();
+            for i in (s..requests).step_by(16) {
+                let (body, batch_ids) = batch(&device(i), events);
+                let a = post(&edge, &body, false);
+                assert_eq!(a.status, 202, "{}", a.body);
+                assert_eq!(a.header("x-spoor-ack"), Some("fast"));
+                ids.extend(batch_ids);
+            }
+            ids
+        }));
+    }
+    let mut sent = BTreeSet::new();
+    for s in senders {
+        sent.extend(s.await.unwrap());
+    }
+    assert_eq!(sent.len(), requests * events);
+    sent
+}
+
 /// Every event id in the stream (frames and bundles alike), and the
 /// number of messages.
 async fn stream_contents(js: &jetstream::Context) -> (u64, Vec<String>) {
@@ -160,26 +192,9 @@ async fn ten_thousand_requests_reuse_the_links_connections() {
     let before = connections_seen(&nats);
     let edge = Arc::new(Edge::start(&edge_config(&nats)).unwrap());
 
-    // 16 senders, each a share of the requests, devices spread over partitions.
-    let mut senders = Vec::new();
-    for s in 0..16 {
-        let edge = edge.clone();
-        senders.push(tokio::task::spawn_blocking(move || {
-            let mut ids = Vec::new();
-            for i in (s..REQUESTS).step_by(16) {
-                let (body, batch_ids) = batch(&format!("dev-{}", i % 500), EVENTS);
-                let a = post(&edge, &body, false);
-                assert_eq!(a.status, 202, "{}", a.body);
-                ids.extend(batch_ids);
-            }
-            ids
-        }));
-    }
-    let mut sent = BTreeSet::new();
-    for s in senders {
-        sent.extend(s.await.unwrap());
-    }
-    assert_eq!(sent.len(), REQUESTS * EVENTS);
+    // Devices spread over partitions.
+    let sent =
+        post_fast_concurrently(&edge, REQUESTS, EVENTS, |i| format!("dev-{}", i % 500)).await;
 
     let frames = eventually("every frame published by the links", || async {
         let f = edge_metric(&edge, "spoor_edge_link_frames_total");
@@ -226,26 +241,7 @@ async fn fast_acks_share_hand_offs_and_every_event_is_stored_once() {
     let js = create_stream(&nats).await;
     let edge = Arc::new(Edge::start(&edge_config(&nats)).unwrap());
 
-    let mut senders = Vec::new();
-    for s in 0..16 {
-        let edge = edge.clone();
-        senders.push(tokio::task::spawn_blocking(move || {
-            let mut ids = Vec::new();
-            for i in (s..REQUESTS).step_by(16) {
-                let (body, batch_ids) = batch(&format!("gather-{i}"), EVENTS);
-                let a = post(&edge, &body, false);
-                assert_eq!(a.status, 202, "{}", a.body);
-                assert_eq!(a.header("x-spoor-ack"), Some("fast"));
-                ids.extend(batch_ids);
-            }
-            ids
-        }));
-    }
-    let mut sent = BTreeSet::new();
-    for s in senders {
-        sent.extend(s.await.unwrap());
-    }
-    assert_eq!(sent.len(), REQUESTS * EVENTS);
+    let sent = post_fast_concurrently(&edge, REQUESTS, EVENTS, |i| format!("gather-{i}")).await;
 
     eventually("every fast ack's frame published by the links", || async {
         let f = edge_metric(&edge, "spoor_edge_link_frames_total");

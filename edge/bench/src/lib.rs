@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 
 use spoor_core::ingest::{ingest, stages, Endpoint, RequestMeta};
-use spoor_core::{sample, Geo, Limits, WireBatch};
+use spoor_core::{sample, Limits, WireBatch};
 
 const NOW: i64 = 1_763_800_000_000;
 
@@ -45,23 +45,7 @@ thread_local! {
 }
 
 fn meta() -> RequestMeta<'static> {
-    RequestMeta {
-        project_id: "shop",
-        region: "eu",
-        partitions: 16,
-        received_at_ms: NOW,
-        content_type: Some("application/json"),
-        content_encoding: None,
-        user_agent: sample::USER_AGENT,
-        ip: "203.0.113.9",
-        geo: Geo {
-            country: "DE".into(),
-            city: "Berlin".into(),
-            colo: "TXL".into(),
-            asn: 3320,
-            ..Geo::default()
-        },
-    }
+    sample::request_meta(NOW)
 }
 
 /// Builds the inputs for `events` events per batch. Returns the body's size.
