@@ -4,6 +4,10 @@
 //! `GET /metrics`. They live in one isolate's memory: each isolate counts
 //! only what it handled and starts from zero, so a scrape sees one isolate
 //! (sum across scrapes, use rates, expect resets). No I/O, no clock.
+//!
+//! A global view needs Analytics Engine or log aggregation (Workers share no
+//! memory between isolates). Locally, in workerd or `wrangler dev`, one
+//! isolate serves everything, so tests read exact totals.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -4,6 +4,15 @@
 //! Pure decisions only. The edge reads the header, query string and clock and
 //! does the publishing; this module never does I/O and never sleeps, so the
 //! rules are unit-tested natively and stay identical on every runtime.
+//!
+//! Why two modes: fast (the default) trades a window of risk (home, secondary
+//! and the spill queue all failing, or the isolate dying inside `waitUntil`)
+//! for an ack that never waits on NATS; durable (on request, or for critical
+//! events) trades latency and 503s during outages for an ack that means
+//! "fsynced in JetStream". The retry schedule is deterministic, with no
+//! jitter: each request retries on its own, a few attempts, not a herd.
+//! Durable acks make one round (home, then secondary) while the client waits;
+//! the client's retry after the 503 is the next round.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

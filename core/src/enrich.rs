@@ -1,6 +1,10 @@
 //! Enrichment rules: geo from the edge runtime's request metadata, device from
 //! the User-Agent, and IP truncation. Pure functions; the edge supplies the
 //! raw inputs.
+//!
+//! Why the IP is truncated (IPv4 to its /24, IPv6 to its /48) and not hashed:
+//! there is no key to manage or leak, and the prefix keeps coarse network
+//! information. The raw client IP never leaves the edge.
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;

@@ -5,6 +5,17 @@
 //! per isolate) and the time comes in as `now_ms`; this module never reads a
 //! clock. Only configured write keys reach it, so the map is bounded by the
 //! key list.
+//!
+//! Why a token bucket per isolate and not the Workers rate-limit binding:
+//! workers-rs exposes the binding (`[[unsafe.bindings]] type = "ratelimit"`),
+//! but it counts calls, not events, its period can only be 10 or 60 s, it has
+//! no burst, it is eventually consistent per location, and locally it exists
+//! only as miniflare's simulation (which plain workerd, the benchmark runtime,
+//! lacks). Spoor limits events per second with a burst and per-key overrides,
+//! so the limit lives here: exact, tested natively and in workerd. The cost:
+//! a key spread over N isolates can send N times its rate. A global limit
+//! would need a Durable Object per key, a round trip per request; not worth
+//! it for overload protection.
 
 use std::collections::HashMap;
 

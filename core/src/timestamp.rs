@@ -1,5 +1,11 @@
 //! Client timestamps: RFC 3339 strings or epoch milliseconds, and the
 //! clock-skew correction that uses the batch's `sent_at`.
+//!
+//! The rule: an event's time is `timestamp + (received_at - sent_at)` when the
+//! batch has `sent_at` (the client's clock offset cancels out), else the
+//! client's `timestamp`, else `received_at`. Events more than 30 days in the
+//! past or 1 day in the future after correction are rejected with
+//! `timestamp_out_of_range`.
 
 use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;

@@ -9,6 +9,17 @@
 //! queue with a delay, never dropped. A message that cannot be read at all
 //! is the only thing acknowledged without a publish, and it is logged and
 //! counted too.
+//!
+//! Why replay retries forever: a failed replay sends a fresh copy of the
+//! message with a delay (`SPILL_RETRY_DELAY_S`) and acks the original, so a
+//! long NATS outage cannot exhaust the queue's `max_retries` (100). The cost
+//! is one queue write per retry and, if the ack after the re-send fails, a
+//! duplicate queue message, which JetStream's duplicate window or the relay's
+//! event-id dedup absorbs. A frame is split only when it does not fit in
+//! `SPILL_MAX_BYTES` (96 KiB by default, under Queues' 128 KB); if a frame had
+//! reached JetStream without its PubAck reaching the edge and is then split,
+//! the pieces' events are stored under other message ids and the relay's
+//! event-id dedup drops them.
 
 use spoor_core::ingest::Outbound;
 use spoor_core::spill::{spill_messages, SpillMessage};

@@ -20,6 +20,41 @@
 //! bound: entries leave by age (`window_ms`) and, when the count bound is
 //! reached, oldest first. The events table's `ReplacingMergeTree` on
 //! `event_id` is the backstop for what falls outside the window.
+//!
+//! # The four dedup layers
+//!
+//! This window is the second of four, each with its window and cost:
+//!
+//! 1. JetStream's duplicate window on `Nats-Msg-Id`, 10 minutes. A frame's id
+//!    is a hash of its project, partition and event ids; an edge link's
+//!    coalesced message (a bundle) goes under a hash of its frames' ids, so
+//!    the link's own retry of that message is a duplicate, and each link
+//!    remembers the ids of the frames it stored in the last 2 minutes (at
+//!    most 100,000) so a frame handed to it again is not published again. A
+//!    resend that reaches another link, or comes later, reaches the stream
+//!    twice and is caught by layer 2.
+//! 2. This window, shared by the region's relays: 10 minutes and at most 2M
+//!    ids per relay (50-90 bytes each, so 100-180 MB at worst, since it holds
+//!    the whole region's ids). Shared through the claims stream
+//!    (fire-and-forget publishes, 16 bytes an id, kept 15 minutes) and rebuilt
+//!    from it at start, so it holds across relays and restarts. It catches SDK
+//!    resends.
+//! 3. The presence check: rows that may already be stored (redelivered
+//!    frames, a buffer whose insert attempt failed) are looked up in
+//!    ClickHouse by project, day and id before inserting. One query per 4,000
+//!    such ids, only after a crash, an outage or a lost ack.
+//! 4. ReplacingMergeTree on the sorting key, which ends in `event_id`: the
+//!    backstop that collapses at merge time what slips through.
+//!
+//! Why claims and not partition ownership: an assignment of partitions to
+//! relays would make the window local by construction, but JetStream has no
+//! consumer-group rebalancing, and building one (leases in KV, pinned
+//! priority groups) would tie scaling relays up and down to a coordinator.
+//! Claims keep every relay interchangeable. The residual race: two copies of
+//! one event in different frames, first delivered to two relays within a
+//! claim's propagation time (about a millisecond), or both redelivered to two
+//! relays at once after a crash, can both be inserted; ReplacingMergeTree
+//! collapses them and `spoor reconcile` reports them.
 
 use std::collections::{HashMap, VecDeque};
 use uuid::Uuid;

@@ -29,6 +29,21 @@
 //! The ring must never grow past its byte budget by more than one event,
 //! never hold an event older than its window for longer than the next
 //! update, and never panic on what an event contains.
+//!
+//! Why one task and a channel, not a shared `Mutex<Ring>`: a lookup of a busy
+//! device (thousands of events, cloned out) would hold up the pipeline's next
+//! frame under a lock; with a task the pipeline never waits, and under
+//! overload the ring loses updates (counted), never relaying time. The ring
+//! orders and evicts by JetStream's stored time (the same on every relay and
+//! on replay), windows queries on the edge's receive time, and orders answers
+//! by event time then id. Rehydration's "inserted" rule is the durable
+//! consumer's ack floor read at start: exact below it, conservative above it
+//! (frames acked out of order show as pending on the restarted relay; the
+//! relay that inserted them answers "inserted" and the merge keeps the most
+//! advanced copy). Acked also covers deduplicated and dead-lettered frames; a
+//! dead-lettered frame never decodes, so it shows as a dead frame, not as
+//! events. A restart loses the relay receive and insert times of events
+//! relayed before it (known only to the dead process).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
