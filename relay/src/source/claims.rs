@@ -29,26 +29,18 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use spoor_core::contract::{
+    claims_stream as stream_name, claims_subject as subject,
+    CLAIMS_INSTANCE_HEADER as INSTANCE_HEADER,
+};
+
 use super::nats::{ensure_stream_config, stream_config_from, SourceError};
 
 /// The claims stream definition, in the JetStream API's JSON form.
 pub const CLAIMS_STREAM_JSON: &str = include_str!("../../../deploy/nats/claims-stream.json");
 
-/// Header naming the relay instance that published a claim.
-pub const INSTANCE_HEADER: &str = "Spoor-Relay-Instance";
-
 /// Most ids in one claim message (16 bytes each: 512 KiB).
 pub const MAX_IDS_PER_CLAIM: usize = 32_768;
-
-/// The claims stream's name for an events stream.
-pub fn stream_name(events_stream: &str) -> String {
-    format!("{events_stream}_CLAIMS")
-}
-
-/// The subject claims for an events stream are published on.
-pub fn subject(events_stream: &str) -> String {
-    format!("spoor.claims.{events_stream}")
-}
 
 /// The claims stream definition for `events_stream`.
 pub fn stream_config(events_stream: &str) -> Result<Config, SourceError> {
