@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use spoor_core::contract::{DEFAULT_CONSUMER, DEFAULT_EVENTS_STREAM, DEFAULT_PARTITIONS};
+use spoor_runtime::nats::{NatsArgs, NatsConnectError, NatsEndpoint};
 
 use crate::batcher::BatchLimits;
 use crate::ring::RingLimits;
 use crate::sink::clickhouse::retention::{self, Retention};
-use spoor_runtime::nats::{NatsArgs, NatsConnectError, NatsEndpoint};
 
 /// Everything the relay needs besides its listener and shutdown signal.
 #[derive(Debug, Clone)]

@@ -26,13 +26,9 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream::Config};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
+use spoor_core::contract::{claims_stream, claims_subject, CLAIMS_INSTANCE_HEADER};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
-
-use spoor_core::contract::{
-    claims_stream as stream_name, claims_subject as subject,
-    CLAIMS_INSTANCE_HEADER as INSTANCE_HEADER,
-};
 
 use super::nats::{ensure_stream_config, stream_config_from, SourceError};
 
@@ -44,8 +40,8 @@ pub const MAX_IDS_PER_CLAIM: usize = 32_768;
 
 /// The claims stream definition for `events_stream`.
 pub fn stream_config(events_stream: &str) -> Result<Config, SourceError> {
-    let mut config = stream_config_from(CLAIMS_STREAM_JSON, &stream_name(events_stream))?;
-    config.subjects = vec![subject(events_stream)];
+    let mut config = stream_config_from(CLAIMS_STREAM_JSON, &claims_stream(events_stream))?;
+    config.subjects = vec![claims_subject(events_stream)];
     Ok(config)
 }
 
@@ -93,7 +89,7 @@ impl ClaimPublisher {
     pub fn new(js: jetstream::Context, events_stream: &str, instance: &str) -> Self {
         ClaimPublisher {
             js,
-            subject: subject(events_stream),
+            subject: claims_subject(events_stream),
             instance: instance.to_string(),
         }
     }
@@ -103,7 +99,7 @@ impl ClaimPublisher {
     pub async fn publish(&self, ids: &[Uuid]) -> Result<(), async_nats::Error> {
         for chunk in ids.chunks(MAX_IDS_PER_CLAIM) {
             let mut headers = HeaderMap::new();
-            headers.insert(INSTANCE_HEADER, self.instance.as_str());
+            headers.insert(CLAIMS_INSTANCE_HEADER, self.instance.as_str());
             // The returned future would yield the PubAck; dropping it is the
             // fire-and-forget described in the module docs.
             let _ack = self
@@ -132,7 +128,7 @@ pub async fn follow(
     ready: tokio::sync::oneshot::Sender<usize>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SourceError> {
-    let name = stream_name(&events_stream);
+    let name = claims_stream(&events_stream);
     let stream = js
         .get_stream(&name)
         .await
@@ -148,7 +144,7 @@ pub async fn follow(
     let consumer = stream
         .create_consumer(OrderedConfig {
             deliver_policy: DeliverPolicy::ByStartTime { start_time },
-            filter_subject: subject(&events_stream),
+            filter_subject: claims_subject(&events_stream),
             ..Default::default()
         })
         .await
@@ -191,7 +187,7 @@ pub async fn follow(
         let from_self = message
             .headers
             .as_ref()
-            .and_then(|h| h.get(INSTANCE_HEADER))
+            .and_then(|h| h.get(CLAIMS_INSTANCE_HEADER))
             .is_some_and(|v| v.as_str() == instance);
         if !from_self {
             match decode(&message.payload) {
