@@ -46,7 +46,7 @@ pub use lanes::Lane;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Why the service could not start.
+/// Why the service could not start, or stopped before its shutdown signal.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot reach ClickHouse at {url}: {source}")]
