@@ -5,8 +5,10 @@
 //!   no I/O, no clock);
 //! - `store`: runs that SQL on ClickHouse and shapes the rows;
 //! - `service`: the HTTP API, its limits and the dashboard;
+//! - `args`: the command line, turned into a `config::Config`;
 //! - `config`, `metrics`: settings and Prometheus metrics of one service.
 
+pub mod args;
 pub mod config;
 pub mod metrics;
 pub mod query;

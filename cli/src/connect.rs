@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-pub use spoor_relay::{NatsConnectError, NatsEndpoint};
+pub use spoor_runtime::nats::{NatsConnectError, NatsEndpoint};
 
 /// How long the first NATS connection may take before the CLI gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// NATS could not be reached or refused us; the message says which flag
-/// or environment variable to fix (`spoor_relay::NatsEndpoint`'s errors).
+/// or environment variable to fix (`spoor_runtime::NatsEndpoint`'s errors).
 #[derive(Debug, thiserror::Error)]
 #[error("{source}")]
 pub struct NatsUnreachable {

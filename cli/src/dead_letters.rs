@@ -1,6 +1,6 @@
 //! `spoor dead-letters list | replay`: the operator's side of the
-//! `SPOOR_DEAD` stream the relay fills (see `spoor_relay::source::dead_letter`
-//! for the headers, which are the contract).
+//! `SPOOR_DEAD` stream the relay fills (see `spoor_core::contract` for the
+//! stream's name and the headers, which are the contract).
 //!
 //! Replay republishes a dead letter's original bytes to its original
 //! subject, waits for the events stream's PubAck, and only then deletes the
@@ -14,7 +14,7 @@
 use async_nats::jetstream;
 use bytes::Bytes;
 use serde::Serialize;
-use spoor_relay::source::dead_letter::{header, DEAD_STREAM};
+use spoor_core::contract::{dead_letter_header as header, DEAD_STREAM, DEAD_SUBJECT_PREFIX};
 
 use crate::connect::{self, NatsEndpoint, NatsUnreachable};
 use crate::stream_read::{self, ReadError, StoredMessage};
@@ -48,7 +48,7 @@ impl DeadLetter {
             // Written by hand, not by a relay: the subject still says why.
             None => m
                 .subject
-                .strip_prefix(spoor_relay::source::dead_letter::DEAD_SUBJECT_PREFIX)
+                .strip_prefix(DEAD_SUBJECT_PREFIX)
                 .unwrap_or_default()
                 .to_string(),
         };

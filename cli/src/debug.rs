@@ -3,7 +3,7 @@
 //! evicted from the rings, from the device-keyed ClickHouse table.
 //!
 //! The rings answer through the relays' NATS scatter-gather
-//! (`spoor_relay::debug::lookup`). When the window reaches further back
+//! (`spoor_runtime::debug::lookup`). When the window reaches further back
 //! than every answering ring holds (or no relay answered) and a project and
 //! ClickHouse are given, the rest of the window is read from
 //! `events_by_device` (`spoor_relay::sink::clickhouse::device`), and those
@@ -60,7 +60,7 @@ pub enum DebugError {
     #[error(transparent)]
     Nats(#[from] NatsUnreachable),
     #[error(transparent)]
-    Lookup(#[from] spoor_relay::debug::LookupError),
+    Lookup(#[from] spoor_runtime::debug::LookupError),
 }
 
 /// Asks the rings and, where they fall short, ClickHouse.
@@ -75,7 +75,7 @@ pub async fn device_with(
     opts: &DebugOptions,
 ) -> Result<DebugResult, DebugError> {
     let lookup =
-        spoor_relay::debug::lookup(client, &opts.stream, &opts.query, opts.timeout).await?;
+        spoor_runtime::debug::lookup(client, &opts.stream, &opts.query, opts.timeout).await?;
     let mut result = DebugResult {
         lookup,
         from_clickhouse: 0,

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use spoor_cli::dead_letters::{self, ReplayOptions, Selector};
 use spoor_cli::debug;
 use spoor_cli::{reconcile, window, ClickHouseOptions, ReconcileOptions};
+use spoor_core::contract::DEFAULT_EVENTS_STREAM;
 
 #[derive(Parser)]
 #[command(
@@ -97,7 +98,7 @@ struct DeviceArgs {
     #[command(flatten)]
     nats: NatsArgs,
     /// JetStream events stream whose relays to ask.
-    #[arg(long, env = "SPOOR_STREAM", default_value = "SPOOR_EVENTS")]
+    #[arg(long, env = "SPOOR_STREAM", default_value = DEFAULT_EVENTS_STREAM)]
     stream: String,
     /// How long to wait for the relays' answers.
     #[arg(long, default_value_t = 500)]
@@ -133,14 +134,14 @@ impl ClickHouseAccess {
 
 /// NATS's URL, CA and the ops role's nkey: the relay's own flags
 /// (`--nats-url`, `--nats-ca`, `--nats-nkey-file`, `SPOOR_NATS_NKEY_SEED`).
-use spoor_relay::config::NatsArgs;
+use spoor_runtime::nats::NatsArgs;
 
 #[derive(Args)]
 struct ReconcileArgs {
     #[command(flatten)]
     nats: NatsArgs,
     /// JetStream events stream.
-    #[arg(long, env = "SPOOR_STREAM", default_value = "SPOOR_EVENTS")]
+    #[arg(long, env = "SPOOR_STREAM", default_value = DEFAULT_EVENTS_STREAM)]
     stream: String,
     /// ClickHouse HTTP URL.
     #[arg(

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use serde::Serialize;
+use spoor_core::contract::{dead_letter_header as header, DEAD_STREAM};
 use spoor_relay::sink::clickhouse::row::event_date;
-use spoor_relay::source::dead_letter::{header, DEAD_STREAM};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -67,7 +67,7 @@ impl ReconcileOptions {
     ) -> ReconcileOptions {
         ReconcileOptions {
             nats: nats.into(),
-            stream: spoor_relay::config::DEFAULT_STREAM.to_string(),
+            stream: spoor_core::contract::DEFAULT_EVENTS_STREAM.to_string(),
             clickhouse,
             since,
             until: None,

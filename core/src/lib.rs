@@ -1,5 +1,6 @@
 //! Spoor's platform-neutral core: the event model, validation, enrichment
-//! rules, routing and the wire codec shared by the edge (wasm32) and the
+//! rules, routing, the wire codec and the NATS contract (stream, subject
+//! and header names) shared by the edge (wasm32) and the
 //! relay (native).
 //!
 //! Everything here is a pure function of its arguments. This crate must never
@@ -9,6 +10,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod contract;
 pub mod counters;
 pub mod debug;
 pub mod delivery;

@@ -4,9 +4,7 @@
 use uuid::Uuid;
 use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
-/// Subject prefix of the events stream; the full subject is
-/// `spoor.events.<region>.<partition>`.
-pub const SUBJECT_PREFIX: &str = "spoor.events";
+use crate::contract::{events_subject, EVENTS_SUBJECT_PREFIX};
 
 /// The partition of a device or user key, stable across edges and releases
 /// (xxh3 is specified, not an implementation detail like std's hasher).
@@ -14,14 +12,15 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
     (xxh3_64(key.as_bytes()) % u64::from(partitions.max(1))) as u32
 }
 
+/// The events subject of `region`'s `partition` ([`events_subject`]).
 pub fn subject(region: &str, partition: u32) -> String {
-    format!("{SUBJECT_PREFIX}.{region}.{partition}")
+    events_subject(region, partition)
 }
 
 /// The partition an events subject names (its last token), if it is one.
 pub fn partition_of_subject(subject: &str) -> Option<u32> {
     subject
-        .strip_prefix(SUBJECT_PREFIX)?
+        .strip_prefix(EVENTS_SUBJECT_PREFIX)?
         .rsplit('.')
         .next()?
         .parse()

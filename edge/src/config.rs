@@ -132,7 +132,7 @@ impl EdgeConfig {
             ));
         }
         let partitions = match get(env, "PARTITIONS") {
-            None => 16,
+            None => spoor_core::contract::DEFAULT_PARTITIONS,
             Some(p) => p
                 .parse::<u32>()
                 .ok()

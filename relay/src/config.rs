@@ -7,10 +7,12 @@
 
 use std::time::Duration;
 
+use spoor_core::contract::{DEFAULT_CONSUMER, DEFAULT_EVENTS_STREAM, DEFAULT_PARTITIONS};
+use spoor_runtime::nats::{NatsArgs, NatsConnectError, NatsEndpoint};
+
 use crate::batcher::BatchLimits;
 use crate::ring::RingLimits;
 use crate::sink::clickhouse::retention::{self, Retention};
-use crate::source::endpoint::{NatsConnectError, NatsEndpoint};
 
 /// Everything the relay needs besides its listener and shutdown signal.
 #[derive(Debug, Clone)]
@@ -77,7 +79,7 @@ impl RelayConfig {
         RelayConfig {
             nats: nats.into(),
             clickhouse,
-            stream: DEFAULT_STREAM.to_string(),
+            stream: DEFAULT_EVENTS_STREAM.to_string(),
             consumer: DEFAULT_CONSUMER.to_string(),
             batch: BatchLimits {
                 max_rows: 50_000,
@@ -126,48 +128,6 @@ impl RelayConfig {
     }
 }
 
-pub const DEFAULT_STREAM: &str = "SPOOR_EVENTS";
-pub const DEFAULT_CONSUMER: &str = "spoor-relay";
-/// The edge's default `PARTITIONS`.
-pub const DEFAULT_PARTITIONS: u32 = 16;
-
-/// Where NATS is and how to prove who we are to it; shared by the relay's
-/// commands and the `spoor` CLI.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NatsArgs {
-    /// NATS server URL (`nats://` or `tls://`; with TLS the host must be a
-    /// name in the server's certificate).
-    #[arg(long, env = "SPOOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// CA certificate (PEM) that signed nats-server's certificate. Turns on
-    /// TLS first, as Spoor's server config requires.
-    #[arg(long, env = "SPOOR_NATS_CA")]
-    pub nats_ca: Option<std::path::PathBuf>,
-    /// File holding this client's nkey seed (`SU...`): the relay role's for
-    /// `run`, the admin's for `migrate`, the ops role's for the CLI.
-    #[arg(long, env = "SPOOR_NATS_NKEY_FILE", conflicts_with = "nats_nkey_seed")]
-    pub nats_nkey_file: Option<std::path::PathBuf>,
-    /// The nkey seed itself, for platforms that hand secrets over as
-    /// environment variables (a flag would show in `ps`; prefer the env var
-    /// or the file).
-    #[arg(long, env = "SPOOR_NATS_NKEY_SEED", hide_env_values = true)]
-    pub nats_nkey_seed: Option<String>,
-}
-
-impl NatsArgs {
-    /// The endpoint, with the seed read from its file.
-    pub fn endpoint(&self) -> Result<NatsEndpoint, NatsConnectError> {
-        let mut endpoint = NatsEndpoint::new(self.nats_url.clone());
-        endpoint.ca_file = self.nats_ca.clone();
-        if let Some(path) = &self.nats_nkey_file {
-            endpoint = endpoint.with_nkey_file(path)?;
-        } else if let Some(seed) = &self.nats_nkey_seed {
-            endpoint = endpoint.with_nkey_seed(seed.trim().to_string());
-        }
-        Ok(endpoint)
-    }
-}
-
 /// Where to find NATS and ClickHouse; shared by `run` and `migrate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
@@ -188,7 +148,7 @@ pub struct ConnectionArgs {
     #[arg(long, env = "SPOOR_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<String>,
     /// JetStream stream name.
-    #[arg(long, env = "SPOOR_STREAM", default_value = DEFAULT_STREAM)]
+    #[arg(long, env = "SPOOR_STREAM", default_value = DEFAULT_EVENTS_STREAM)]
     pub stream: String,
 }
 

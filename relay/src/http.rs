@@ -6,7 +6,6 @@
 //! may change the pipeline's state. Connections are served until the relay stops, then
 //! dropped (there is nothing in flight worth a graceful close).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,10 +13,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -44,37 +41,12 @@ pub(crate) async fn serve(
     state: HttpState,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let state = state.clone();
-                    connections.spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let state = state.clone();
-                            async move { Ok::<_, Infallible>(route(&state, req).await) }
-                        });
-                        if let Err(e) = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                        {
-                            tracing::debug!(error = %e, "HTTP connection ended with an error");
-                        }
-                    });
-                }
-                // Accept errors (EMFILE, a reset before accept) are transient;
-                // back off briefly so a busy loop cannot starve the pipeline.
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    connections.shutdown().await;
+    let handler = move |req| {
+        let state = state.clone();
+        async move { route(&state, req).await }
+    };
+    spoor_runtime::shell::serve_http(listener, handler, async move { stopped(&mut stop).await })
+        .await;
 }
 
 async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -163,7 +135,7 @@ async fn debug_device(state: &HttpState, id: &str, query: &str) -> Response<Full
             "the relay is still connecting to NATS",
         );
     };
-    match crate::debug::lookup(&debug.client, &debug.stream, &query, debug.timeout).await {
+    match spoor_runtime::debug::lookup(&debug.client, &debug.stream, &query, debug.timeout).await {
         Ok(lookup) => {
             served("ok", lookup.relays.len(), lookup.events.len());
             match serde_json::to_string(&lookup) {
@@ -175,7 +147,7 @@ async fn debug_device(state: &HttpState, id: &str, query: &str) -> Response<Full
                 ),
             }
         }
-        Err(crate::debug::LookupError::Query(e)) => {
+        Err(spoor_runtime::debug::LookupError::Query(e)) => {
             served(e.kind(), 0, 0);
             json_error(StatusCode::BAD_REQUEST, e.kind(), &e.to_string())
         }

@@ -28,11 +28,12 @@ pub mod source;
 use std::future::Future;
 use std::sync::Arc;
 
+use spoor_runtime::{Supervisor, TaskExit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::{ClickHouseConfig, RelayConfig};
-pub use source::endpoint::{NatsConnectError, NatsEndpoint};
+pub use spoor_runtime::{NatsConnectError, NatsEndpoint};
 
 use internal_events::{ConsumerLagPolled, InternalEvent};
 use metrics::Metrics;
@@ -49,6 +50,10 @@ pub enum RelayError {
     Sink(#[from] SinkError),
     #[error("invalid configuration: {0}")]
     Config(#[from] sink::clickhouse::retention::PolicyError),
+    /// A task stopped the relay (a failure other than a source error, a
+    /// panic, or a service that ended by itself).
+    #[error(transparent)]
+    Task(TaskExit<SourceError>),
 }
 
 /// Runs the relay until `shutdown` resolves, then drains and returns.
@@ -59,6 +64,10 @@ pub enum RelayError {
 /// with `/healthz` saying "starting"); an invalid `config`
 /// ([`RelayConfig::validate`]) returns one before anything starts. After
 /// that it relays until shutdown; see the `pipeline` module for the drain.
+/// The relay's tasks (HTTP, the debug ring and its responder, claims,
+/// retention, the lag poller) run under one [`Supervisor`]: one that fails
+/// or panics, or a service that ends, stops the relay like a shutdown, and
+/// `run` returns why.
 /// `listener` serves `/healthz` and `/metrics`; bind it to port 0 in tests.
 pub async fn run(
     config: RelayConfig,
@@ -68,29 +77,28 @@ pub async fn run(
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(health::Health::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Supervisor::<SourceError>::new();
+    let stop_rx = tasks.stop_signal();
     let debug_http = Arc::new(std::sync::OnceLock::new());
     let http_state = http::HttpState {
         metrics: metrics.clone(),
         health: health.clone(),
         debug: debug_http.clone(),
     };
-    let http_task = tokio::spawn(http::serve(listener, http_state, stop_rx.clone()));
+    tasks.spawn_service(
+        "the HTTP server",
+        http::serve(listener, http_state, stop_rx.clone()),
+    );
 
     let mut shutdown = std::pin::pin!(shutdown);
     let result = tokio::select! {
         r = setup(&config) => r,
-        () = shutdown.as_mut() => {
-            let _ = stop_tx.send(true);
-            let _ = http_task.await;
-            return Ok(());
-        }
+        () = shutdown.as_mut() => return stopped_with(tasks.stop().await),
     };
     let (client, consumer) = match result {
         Ok(ready) => ready,
         Err(e) => {
-            let _ = stop_tx.send(true);
-            let _ = http_task.await;
+            let _ = tasks.stop().await;
             return Err(e);
         }
     };
@@ -103,9 +111,9 @@ pub async fn run(
     let ring = debug::spawn_ring(
         ring::Ring::new(config.ring, config.partitions, instance.clone()),
         metrics.clone(),
-        stop_rx.clone(),
+        &mut tasks,
     );
-    let responder = tokio::spawn({
+    tasks.spawn("the debug responder", {
         let serving = debug::serve_queries(
             client.clone(),
             config.stream.clone(),
@@ -120,7 +128,7 @@ pub async fn run(
             }
         }
     });
-    let rehydration = tokio::spawn({
+    tasks.spawn("the debug ring's rehydration", {
         let (js, stream, consumer) = (js.clone(), config.stream.clone(), config.consumer.clone());
         let window =
             std::time::Duration::from_millis(u64::try_from(config.ring.window_ms).unwrap_or(0));
@@ -157,27 +165,25 @@ pub async fn run(
     // first pull, then keep following them.
     let (claims_tx, claims_rx) = tokio::sync::mpsc::channel(1024);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let follower = tokio::spawn(source::claims::follow(
-        js.clone(),
-        config.stream.clone(),
-        instance.clone(),
-        config.dedup_window,
-        claims_tx,
-        ready_tx,
-        stop_rx.clone(),
-    ));
+    tasks.spawn(
+        "the claims follower",
+        source::claims::follow(
+            js.clone(),
+            config.stream.clone(),
+            instance.clone(),
+            config.dedup_window,
+            claims_tx,
+            ready_tx,
+            stop_rx.clone(),
+        ),
+    );
     let replayed = tokio::select! {
         r = ready_rx => r.ok(),
         () = shutdown.as_mut() => None,
     };
     let Some(replayed) = replayed else {
-        let _ = stop_tx.send(true);
-        let _ = http_task.await;
-        let _ = tokio::join!(responder, rehydration, ring.task);
-        return match follower.await {
-            Ok(Err(e)) => Err(e.into()),
-            _ => Ok(()),
-        };
+        // Shut down while replaying, or the follower failed (its error).
+        return stopped_with(tasks.stop().await);
     };
     internal_events::ClaimsReplayed {
         ids: replayed,
@@ -190,18 +196,25 @@ pub async fn run(
 
     // Retention of events, the device tables and the rollups: drops their
     // expired partitions.
-    let retention_task = tokio::spawn(sink::clickhouse::retention::run(
-        config.clickhouse.clone(),
-        config.retention(),
-        sink::clickhouse::retention::RETENTION_INTERVAL,
-        stop_rx.clone(),
-    ));
-    let lag_task = tokio::spawn(poll_consumer_lag(
-        consumer.clone(),
-        config.lag_poll_interval,
-        metrics.clone(),
-        stop_rx,
-    ));
+    tasks.spawn(
+        "retention",
+        sink::clickhouse::retention::run(
+            config.clickhouse.clone(),
+            config.retention(),
+            sink::clickhouse::retention::RETENTION_INTERVAL,
+            stop_rx.clone(),
+        ),
+    );
+    tasks.spawn_service(
+        "the consumer lag poller",
+        poll_consumer_lag(
+            consumer.clone(),
+            config.lag_poll_interval,
+            metrics.clone(),
+            stop_rx,
+        ),
+    );
+    let mut exit = None;
     pipeline::Pipeline::new(
         config,
         client.clone(),
@@ -214,19 +227,29 @@ pub async fn run(
         metrics,
         health,
     )
-    .run(shutdown)
+    .run(std::pin::pin!(async {
+        tokio::select! {
+            () = shutdown => {}
+            e = tasks.next_exit() => exit = Some(e),
+        }
+    }))
     .await;
 
-    let _ = stop_tx.send(true);
-    let _ = lag_task.await;
-    let _ = retention_task.await;
-    let _ = follower.await;
-    let _ = tokio::join!(responder, rehydration, ring.task);
-    let _ = http_task.await;
+    let late = tasks.stop().await;
     // Acks were flushed as they were sent; this catches any stragglers
     // (NAKs, progress) before the connection goes.
     let _ = client.flush().await;
-    Ok(())
+    stopped_with(exit.or(late))
+}
+
+/// `run`'s result once its tasks have stopped: the first task's failure,
+/// if any.
+fn stopped_with(exit: Option<TaskExit<SourceError>>) -> Result<(), RelayError> {
+    match exit {
+        None => Ok(()),
+        Some(TaskExit::Failed { error, .. }) => Err(error.into()),
+        Some(exit) => Err(RelayError::Task(exit)),
+    }
 }
 
 /// Applies the stream definition and the ClickHouse schema, then returns:
@@ -269,11 +292,7 @@ async fn setup(
     Ok((client, consumer))
 }
 
-/// Resolves once `stop` is true (or its sender is gone). A function of its
-/// own so the watch guard is dropped before the caller's next await.
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
+pub(crate) use spoor_runtime::supervise::stopped;
 
 /// Polls consumer info for the lag gauges until `stop`.
 async fn poll_consumer_lag(

@@ -14,8 +14,8 @@ use spoor_tests::nats::NatsRole;
 use std::time::Duration;
 
 use spoor_cli::dead_letters::{self, DeadLetterError, ReplayOptions, Selector};
+use spoor_core::contract::DEAD_STREAM;
 use spoor_core::{encode_batch, Device, Event, Geo, WireBatch};
-use spoor_relay::source::dead_letter::DEAD_STREAM;
 use spoor_relay::RelayConfig;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;

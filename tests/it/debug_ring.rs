@@ -180,12 +180,12 @@ async fn lookups_merge_across_two_relays_with_paths() {
         5_000,
     )
     .unwrap();
-    let direct = spoor_relay::debug::lookup(&client, STREAM, &query, Duration::from_millis(700))
+    let direct = spoor_runtime::debug::lookup(&client, STREAM, &query, Duration::from_millis(700))
         .await
         .unwrap();
     // Knowing there are two relays, a caller need not wait out the timeout.
     let started = std::time::Instant::now();
-    let quick = spoor_relay::debug::lookup_expecting(
+    let quick = spoor_runtime::debug::lookup_expecting(
         &client,
         STREAM,
         &query,
@@ -273,7 +273,7 @@ async fn unknown_devices_hostile_ids_and_dead_frames() {
         "since_ms": 0, "until_ms": 1, "limit": 10});
     client
         .publish_with_reply(
-            spoor_relay::debug::subject(STREAM),
+            spoor_core::contract::debug_subject(STREAM),
             inbox,
             bad.to_string().into(),
         )

@@ -99,7 +99,7 @@ async fn a_client_without_credentials_is_refused() {
         "{err}"
     );
     // The relay's and the CLI's connect path says which flag is missing.
-    let message = spoor_relay::NatsEndpoint::new(nats.url())
+    let message = spoor_runtime::NatsEndpoint::new(nats.url())
         .with_ca(nats.ca_pem_path())
         .connect("t", Some(Duration::from_secs(5)))
         .await
@@ -165,7 +165,7 @@ async fn a_client_that_does_not_speak_tls_first_is_refused() {
         "the server got as far as checking credentials in plain text: {err}"
     );
     // The relay's connect path, no CA given: the error points at --nats-ca.
-    let message = spoor_relay::NatsEndpoint::new(plain)
+    let message = spoor_runtime::NatsEndpoint::new(plain)
         .with_nkey_seed(nats.seed(NatsRole::Relay))
         .connect("t", Some(Duration::from_secs(5)))
         .await

@@ -173,8 +173,8 @@ pub async fn schema_database(
 pub fn nats_endpoint(
     nats: &spoor_tests::nats::NatsServer,
     role: spoor_tests::nats::NatsRole,
-) -> spoor_relay::NatsEndpoint {
-    spoor_relay::NatsEndpoint::new(nats.url())
+) -> spoor_runtime::NatsEndpoint {
+    spoor_runtime::NatsEndpoint::new(nats.url())
         .with_ca(nats.ca_pem_path())
         .with_nkey_seed(nats.seed(role))
 }

@@ -31,10 +31,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use spoor_runtime::shell::serve_http;
+use spoor_runtime::supervise::{stopped, Supervisor, TaskExit};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, QueryServed};
@@ -46,7 +46,7 @@ pub use lanes::Lane;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Why the service could not start.
+/// Why the service could not start, or stopped before its shutdown signal.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot reach ClickHouse at {url}: {source}")]
@@ -62,6 +62,9 @@ pub enum StartError {
     WritableUser { user: String },
     #[error("no read tokens: give each project one with --read-tokens PROJECT=TOKEN")]
     NoTokens,
+    /// The HTTP server ended or panicked before the shutdown signal.
+    #[error(transparent)]
+    Stopped(TaskExit<Infallible>),
 }
 
 /// An error answer: status, a stable machine-readable code and a sentence.
@@ -413,7 +416,8 @@ pub(crate) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
 
 /// Serves the API on `listener` until `shutdown` resolves. Fails before
 /// serving if ClickHouse cannot be reached, the user can write (unless
-/// allowed) or no project has a read token.
+/// allowed) or no project has a read token; fails after if the HTTP server
+/// stops by itself (it runs under a `spoor_runtime` supervisor).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -425,37 +429,17 @@ pub async fn run(
         projects = ?service.config.tokens.projects(),
         "aggregator serving"
     );
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let service = service.clone();
-                    connections.spawn(async move {
-                        let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let service = service.clone();
-                            async move { Ok::<_, Infallible>(routes::route(&service, req).await) }
-                        });
-                        if let Err(e) = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), handler)
-                            .await
-                        {
-                            tracing::debug!(error = %e, "HTTP connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    connections.shutdown().await;
-    Ok(())
+    let mut tasks = Supervisor::<Infallible>::new();
+    let mut stop = tasks.stop_signal();
+    let handler = move |req: Request<Incoming>| {
+        let service = service.clone();
+        async move { routes::route(&service, req).await }
+    };
+    tasks.spawn_service(
+        "the HTTP server",
+        serve_http(listener, handler, async move { stopped(&mut stop).await }),
+    );
+    tasks.run_until(shutdown).await.map_err(StartError::Stopped)
 }
 
 #[cfg(test)]

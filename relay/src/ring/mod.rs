@@ -4,7 +4,7 @@
 //!
 //! Pure data structure: time comes in as arguments (`now_ms`, wall-clock
 //! epoch ms), there is no I/O and no lock. The relay owns one ring in one
-//! task (`debug::RingTask`) and feeds it through a channel the pipeline
+//! task (`debug::ring_task::RingTask`) and feeds it through a channel the pipeline
 //! never waits on; lookups are served by the same task.
 //!
 //! Layout. Events are keyed by their device key (`Event::device_key()`: the

@@ -26,6 +26,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream::Config};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
+use spoor_core::contract::{claims_stream, claims_subject, CLAIMS_INSTANCE_HEADER};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
@@ -34,26 +35,13 @@ use super::nats::{ensure_stream_config, stream_config_from, SourceError};
 /// The claims stream definition, in the JetStream API's JSON form.
 pub const CLAIMS_STREAM_JSON: &str = include_str!("../../../deploy/nats/claims-stream.json");
 
-/// Header naming the relay instance that published a claim.
-pub const INSTANCE_HEADER: &str = "Spoor-Relay-Instance";
-
 /// Most ids in one claim message (16 bytes each: 512 KiB).
 pub const MAX_IDS_PER_CLAIM: usize = 32_768;
 
-/// The claims stream's name for an events stream.
-pub fn stream_name(events_stream: &str) -> String {
-    format!("{events_stream}_CLAIMS")
-}
-
-/// The subject claims for an events stream are published on.
-pub fn subject(events_stream: &str) -> String {
-    format!("spoor.claims.{events_stream}")
-}
-
 /// The claims stream definition for `events_stream`.
 pub fn stream_config(events_stream: &str) -> Result<Config, SourceError> {
-    let mut config = stream_config_from(CLAIMS_STREAM_JSON, &stream_name(events_stream))?;
-    config.subjects = vec![subject(events_stream)];
+    let mut config = stream_config_from(CLAIMS_STREAM_JSON, &claims_stream(events_stream))?;
+    config.subjects = vec![claims_subject(events_stream)];
     Ok(config)
 }
 
@@ -101,7 +89,7 @@ impl ClaimPublisher {
     pub fn new(js: jetstream::Context, events_stream: &str, instance: &str) -> Self {
         ClaimPublisher {
             js,
-            subject: subject(events_stream),
+            subject: claims_subject(events_stream),
             instance: instance.to_string(),
         }
     }
@@ -111,7 +99,7 @@ impl ClaimPublisher {
     pub async fn publish(&self, ids: &[Uuid]) -> Result<(), async_nats::Error> {
         for chunk in ids.chunks(MAX_IDS_PER_CLAIM) {
             let mut headers = HeaderMap::new();
-            headers.insert(INSTANCE_HEADER, self.instance.as_str());
+            headers.insert(CLAIMS_INSTANCE_HEADER, self.instance.as_str());
             // The returned future would yield the PubAck; dropping it is the
             // fire-and-forget described in the module docs.
             let _ack = self
@@ -140,7 +128,7 @@ pub async fn follow(
     ready: tokio::sync::oneshot::Sender<usize>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SourceError> {
-    let name = stream_name(&events_stream);
+    let name = claims_stream(&events_stream);
     let stream = js
         .get_stream(&name)
         .await
@@ -156,7 +144,7 @@ pub async fn follow(
     let consumer = stream
         .create_consumer(OrderedConfig {
             deliver_policy: DeliverPolicy::ByStartTime { start_time },
-            filter_subject: subject(&events_stream),
+            filter_subject: claims_subject(&events_stream),
             ..Default::default()
         })
         .await
@@ -199,7 +187,7 @@ pub async fn follow(
         let from_self = message
             .headers
             .as_ref()
-            .and_then(|h| h.get(INSTANCE_HEADER))
+            .and_then(|h| h.get(CLAIMS_INSTANCE_HEADER))
             .is_some_and(|v| v.as_str() == instance);
         if !from_self {
             match decode(&message.payload) {

@@ -17,38 +17,14 @@ use async_nats::jetstream::{self, message::Acker};
 use async_nats::HeaderMap;
 use time::format_description::well_known::Rfc3339;
 
+use spoor_core::contract::{dead_letter_header as header, DEAD_STREAM, DEAD_SUBJECT_PREFIX};
+
 use super::nats::{self as source_nats, SourceError};
 use crate::internal_events::{DeadLetterFailed, FrameDeadLettered, InternalEvent};
 use crate::metrics::Metrics;
 
 /// The dead-letter stream definition, in the JetStream API's JSON form.
 pub const DEAD_STREAM_CONFIG_JSON: &str = include_str!("../../../deploy/nats/dead-stream.json");
-/// The dead-letter stream's name, as the definition declares it.
-pub const DEAD_STREAM: &str = "SPOOR_DEAD";
-/// Dead letters are published to `spoor.dead.<reason>`.
-pub const DEAD_SUBJECT_PREFIX: &str = "spoor.dead.";
-/// Everything in the dead-letter stream.
-pub const DEAD_FILTER: &str = "spoor.dead.>";
-
-/// Header names on a dead letter. `spoor dead-letters` and `spoor reconcile`
-/// read them back, so they are the contract, not an implementation detail.
-pub mod header {
-    /// The `DecodeError::kind()` label, e.g. `bad_magic`.
-    pub const REASON: &str = "Spoor-Dead-Reason";
-    /// The decode error's text, for a person.
-    pub const DETAIL: &str = "Spoor-Dead-Detail";
-    pub const ORIGINAL_STREAM: &str = "Spoor-Original-Stream";
-    pub const ORIGINAL_SUBJECT: &str = "Spoor-Original-Subject";
-    /// The original's `Nats-Msg-Id` (empty if it had none).
-    pub const ORIGINAL_MSG_ID: &str = "Spoor-Original-Msg-Id";
-    pub const ORIGINAL_STREAM_SEQ: &str = "Spoor-Original-Stream-Seq";
-    /// When JetStream stored the original, RFC 3339.
-    pub const ORIGINAL_TIME: &str = "Spoor-Original-Time";
-    /// On a replayed frame: the events-stream sequence of the frame it replays.
-    pub const REPLAY_OF_STREAM_SEQ: &str = "Spoor-Replay-Of-Stream-Seq";
-    pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
-}
-
 /// Longest `Spoor-Dead-Detail` kept; the rest of a long error is cut.
 const MAX_DETAIL_BYTES: usize = 512;
 

@@ -15,13 +15,12 @@ use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, AckKind};
 
-use super::endpoint::{NatsConnectError, NatsEndpoint};
+use spoor_core::contract::EVENTS_FILTER;
+
+use spoor_runtime::nats::{NatsConnectError, NatsEndpoint};
 
 /// The stream definition, in the JetStream API's JSON form, as deployed.
 pub const STREAM_CONFIG_JSON: &str = include_str!("../../../deploy/nats/events-stream.json");
-
-/// Every subject the edge publishes to: `spoor.events.<region>.<partition>`.
-pub const EVENTS_FILTER: &str = "spoor.events.>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -307,7 +306,10 @@ mod tests {
     fn embedded_stream_definition_parses_with_its_values() {
         let c = stream_config("SPOOR_EVENTS").unwrap();
         assert_eq!(c.name, "SPOOR_EVENTS");
-        assert_eq!(c.subjects, vec![super::EVENTS_FILTER.to_string()]);
+        assert_eq!(
+            c.subjects,
+            vec![spoor_core::contract::EVENTS_FILTER.to_string()]
+        );
         assert_eq!(c.retention, RetentionPolicy::Limits);
         assert_eq!(c.storage, StorageType::File);
         assert_eq!(c.discard, DiscardPolicy::Old);

@@ -94,3 +94,13 @@ fn detail_is_a_single_bounded_line() {
     assert!(!detail.contains(['\r', '\n']));
     assert!(detail.len() <= super::MAX_DETAIL_BYTES);
 }
+
+#[test]
+fn the_definition_declares_the_contract_names() {
+    let file: serde_json::Value = serde_json::from_str(super::DEAD_STREAM_CONFIG_JSON).unwrap();
+    assert_eq!(file["name"], super::DEAD_STREAM);
+    assert_eq!(
+        file["subjects"],
+        serde_json::json!([spoor_core::contract::DEAD_FILTER])
+    );
+}

@@ -2,9 +2,10 @@
 //! CLI) connects and how it proves who it is: TLS first against a CA the
 //! operator names, and an nkey user whose seed signs the server's nonce.
 //!
-//! One connect function for every native client, so the relay and the CLI
-//! cannot drift apart on security settings. Every error names the flag and
-//! the environment variable that fix it, and never contains the seed.
+//! One connect function and one set of flags ([`NatsArgs`]) for every
+//! native client, so the relay and the CLI cannot drift apart on security
+//! settings. Every error names the flag and the environment variable that
+//! fix it, and never contains the seed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -217,6 +218,43 @@ impl NatsEndpoint {
             }
             _ => "is nats-server running at --nats-url / SPOOR_NATS_URL?",
         }
+    }
+}
+
+/// Where NATS is and how to prove who we are to it: the flags every native
+/// client takes (`spoor-relay run` and `migrate`, the `spoor` CLI).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL (`nats://` or `tls://`; with TLS the host must be a
+    /// name in the server's certificate).
+    #[arg(long, env = "SPOOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// CA certificate (PEM) that signed nats-server's certificate. Turns on
+    /// TLS first, as Spoor's server config requires.
+    #[arg(long, env = "SPOOR_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
+    /// File holding this client's nkey seed (`SU...`): the relay role's for
+    /// `run`, the admin's for `migrate`, the ops role's for the CLI.
+    #[arg(long, env = "SPOOR_NATS_NKEY_FILE", conflicts_with = "nats_nkey_seed")]
+    pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// The nkey seed itself, for platforms that hand secrets over as
+    /// environment variables (a flag would show in `ps`; prefer the env var
+    /// or the file).
+    #[arg(long, env = "SPOOR_NATS_NKEY_SEED", hide_env_values = true)]
+    pub nats_nkey_seed: Option<String>,
+}
+
+impl NatsArgs {
+    /// The endpoint, with the seed read from its file.
+    pub fn endpoint(&self) -> Result<NatsEndpoint, NatsConnectError> {
+        let mut endpoint = NatsEndpoint::new(self.nats_url.clone());
+        endpoint.ca_file = self.nats_ca.clone();
+        if let Some(path) = &self.nats_nkey_file {
+            endpoint = endpoint.with_nkey_file(path)?;
+        } else if let Some(seed) = &self.nats_nkey_seed {
+            endpoint = endpoint.with_nkey_seed(seed.trim().to_string());
+        }
+        Ok(endpoint)
     }
 }
 

@@ -1,0 +1,104 @@
+//! The NATS contract: every stream, subject and header name, and every
+//! default, that Spoor's processes must agree on. The edge publishes to the
+//! events subjects, the relay consumes them and writes the dead-letter and
+//! claims streams and answers debug lookups, and the `spoor` CLI, the load
+//! generator and the tests read all of them; each takes the names from here.
+//!
+//! Pure constants and functions: no NATS client, no runtime, so the edge
+//! (wasm32) shares them. The stream *definitions* (retention, limits; the
+//! JSON in `deploy/nats/`) are applied by the relay and stay there; the
+//! names below are what those definitions must declare, and the relay's
+//! unit tests check that they do.
+//!
+//! Invariants: a name here is part of the wire contract between deployed
+//! processes of possibly different versions, so changing one is a
+//! migration, not a refactor.
+
+/// The events stream's default name (`--stream` / `SPOOR_STREAM` choose
+/// another; the name is configurable, the subjects are not).
+pub const DEFAULT_EVENTS_STREAM: &str = "SPOOR_EVENTS";
+
+/// Subject prefix of the events stream; the full subject is
+/// `spoor.events.<region>.<partition>`.
+pub const EVENTS_SUBJECT_PREFIX: &str = "spoor.events";
+
+/// Every subject the edge publishes to: `spoor.events.<region>.<partition>`.
+pub const EVENTS_FILTER: &str = "spoor.events.>";
+
+/// The subject one partition of one region publishes to.
+pub fn events_subject(region: &str, partition: u32) -> String {
+    format!("{EVENTS_SUBJECT_PREFIX}.{region}.{partition}")
+}
+
+/// The dead-letter stream's name: frames the relay can never insert.
+pub const DEAD_STREAM: &str = "SPOOR_DEAD";
+/// Dead letters are published to `spoor.dead.<reason>`.
+pub const DEAD_SUBJECT_PREFIX: &str = "spoor.dead.";
+/// Everything in the dead-letter stream.
+pub const DEAD_FILTER: &str = "spoor.dead.>";
+
+/// Header names on a dead letter. The relay writes them; `spoor
+/// dead-letters` and `spoor reconcile` read them back.
+pub mod dead_letter_header {
+    /// The `DecodeError::kind()` label, e.g. `bad_magic`.
+    pub const REASON: &str = "Spoor-Dead-Reason";
+    /// The decode error's text, for a person.
+    pub const DETAIL: &str = "Spoor-Dead-Detail";
+    pub const ORIGINAL_STREAM: &str = "Spoor-Original-Stream";
+    pub const ORIGINAL_SUBJECT: &str = "Spoor-Original-Subject";
+    /// The original's `Nats-Msg-Id` (empty if it had none).
+    pub const ORIGINAL_MSG_ID: &str = "Spoor-Original-Msg-Id";
+    pub const ORIGINAL_STREAM_SEQ: &str = "Spoor-Original-Stream-Seq";
+    /// When JetStream stored the original, RFC 3339.
+    pub const ORIGINAL_TIME: &str = "Spoor-Original-Time";
+    /// On a replayed frame: the events-stream sequence of the frame it replays.
+    pub const REPLAY_OF_STREAM_SEQ: &str = "Spoor-Replay-Of-Stream-Seq";
+    pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+}
+
+/// The claims stream's name for an events stream (the relays share their
+/// dedup windows through it).
+pub fn claims_stream(events_stream: &str) -> String {
+    format!("{events_stream}_CLAIMS")
+}
+
+/// The subject claims for an events stream are published on.
+pub fn claims_subject(events_stream: &str) -> String {
+    format!("spoor.claims.{events_stream}")
+}
+
+/// Header naming the relay instance that published a claim.
+pub const CLAIMS_INSTANCE_HEADER: &str = "Spoor-Relay-Instance";
+
+/// The subject every relay of `events_stream`'s region answers device
+/// debug lookups on (request/reply, no queue group).
+pub fn debug_subject(events_stream: &str) -> String {
+    format!("spoor.debug.{events_stream}.device")
+}
+
+/// The relays' default durable consumer name; relays sharing it share the
+/// work.
+pub const DEFAULT_CONSUMER: &str = "spoor-relay";
+
+/// The edge's default `PARTITIONS`: how many events subjects a region's
+/// devices are spread over (the relay needs the same number to place a
+/// device on its partition).
+pub const DEFAULT_PARTITIONS: u32 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_cover_their_subjects() {
+        assert_eq!(EVENTS_FILTER, format!("{EVENTS_SUBJECT_PREFIX}.>"));
+        assert_eq!(events_subject("eu-west", 3), "spoor.events.eu-west.3");
+        assert_eq!(DEAD_FILTER, format!("{DEAD_SUBJECT_PREFIX}>"));
+        assert_eq!(claims_stream("OTHER"), "OTHER_CLAIMS");
+        assert_eq!(claims_subject("OTHER"), "spoor.claims.OTHER");
+        assert_eq!(
+            debug_subject(DEFAULT_EVENTS_STREAM),
+            "spoor.debug.SPOOR_EVENTS.device"
+        );
+    }
+}

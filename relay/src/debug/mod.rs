@@ -1,0 +1,104 @@
+//! Device debug lookups, the relay's half: the task that owns this relay's
+//! debug ring ([`ring_task`]), the NATS responder through which every relay
+//! of a region answers ([`responder`]), and the rehydration that rebuilds
+//! the ring at start ([`rehydrate`]). The requester's half, the
+//! scatter-gather lookup the relay's `GET /debug/device` and the `spoor`
+//! CLI call, is `spoor_runtime::debug`; the protocol is described there.
+//!
+//! What this module must never do: make the insert path wait (the pipeline
+//! only `try_send`s to the ring task and drops updates, counted, when the
+//! channel is full), read ClickHouse's events table, or touch the durable
+//! consumer beyond reading its ack floor (rehydration uses its own
+//! ephemeral ordered consumer).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use spoor_core::debug::EventState;
+
+use crate::ring::Observed;
+
+mod rehydrate;
+mod responder;
+mod ring_task;
+
+pub(crate) use rehydrate::rehydrate;
+pub(crate) use responder::serve_queries;
+pub use responder::MAX_DEAD_FRAMES_PER_ANSWER;
+pub(crate) use ring_task::{spawn_ring, RingFeed, RingUpdate};
+
+/// The wall clock in epoch ms (the ring's time base is JetStream's).
+pub(crate) fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The ring's view of a decoded frame's events.
+pub(crate) fn observed(
+    batch: spoor_core::WireBatch,
+    stream_at_ms: i64,
+    stream_seq: u64,
+    relay_received_at_ms: Option<i64>,
+    state: EventState,
+) -> Vec<Observed> {
+    let spoor_core::WireBatch {
+        project_id,
+        received_at_ms,
+        events,
+        ..
+    } = batch;
+    events
+        .into_iter()
+        .map(|e| Observed {
+            event_id: e.event_id,
+            event: e.event,
+            project_id: project_id.clone(),
+            anonymous_id: e.anonymous_id,
+            user_id: e.user_id,
+            session_id: e.session_id,
+            ts_ms: e.ts_ms,
+            properties: e.properties,
+            client_ts_ms: e.client_ts_ms,
+            edge_received_at_ms: received_at_ms,
+            stream_at_ms,
+            stream_seq,
+            relay_received_at_ms,
+            state,
+        })
+        .collect()
+}
+
+/// The ring's view of a buffered row (live: the relay just decoded it).
+pub(crate) fn observed_row(
+    row: &crate::sink::clickhouse::EventRow,
+    stream_at_ms: i64,
+    stream_seq: u64,
+    relay_received_at_ms: i64,
+) -> Observed {
+    Observed {
+        event_id: row.event_id,
+        event: row.event.clone(),
+        project_id: row.project_id.clone(),
+        anonymous_id: row.anonymous_id.clone(),
+        user_id: row.user_id.clone(),
+        session_id: row.session_id.clone(),
+        ts_ms: row.ts_ms,
+        properties: row.properties.clone(),
+        client_ts_ms: row.client_ts_ms,
+        edge_received_at_ms: row.received_at_ms,
+        stream_at_ms,
+        stream_seq,
+        relay_received_at_ms: Some(relay_received_at_ms),
+        state: EventState::Pending,
+    }
+}
+
+/// The key a row is held under in the ring (its routing key).
+pub(crate) fn row_key(row: &crate::sink::clickhouse::EventRow) -> &str {
+    if row.anonymous_id.is_empty() {
+        &row.user_id
+    } else {
+        &row.anonymous_id
+    }
+}
