@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use spoor_aggregator::config::{ClickHouseRead, Config, LaneLimits, Tokens};
+use spoor_store::ClickHouseConfig;
 
 /// Serves Spoor's read path: metrics, funnels, timelines, sessions and the
 /// live dashboard, over ClickHouse.
@@ -98,10 +99,12 @@ async fn main() -> anyhow::Result<()> {
     let tokens = Tokens::parse(&spec).context("--read-tokens")?;
     let mut config = Config::new(
         ClickHouseRead {
-            url: args.clickhouse_url,
-            database: args.clickhouse_database,
-            user: Some(args.clickhouse_user),
-            password: args.clickhouse_password,
+            connection: ClickHouseConfig {
+                url: args.clickhouse_url,
+                database: args.clickhouse_database,
+                user: Some(args.clickhouse_user),
+                password: args.clickhouse_password,
+            },
             allow_writable_user: args.allow_writable_user,
         },
         tokens,

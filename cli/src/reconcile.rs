@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use serde::Serialize;
-use spoor_relay::sink::clickhouse::row::event_date;
 use spoor_relay::source::dead_letter::{header, DEAD_STREAM};
+use spoor_store::date::event_date;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
