@@ -7,12 +7,12 @@
 //!   off for ClickHouse 18.16, so nothing else checks them. `inserted_at`
 //!   is left to its `DEFAULT now()`.
 //! - [`DeviceRow`]: a row of `events_by_device` as a device lookup reads
-//!   it. That table is a copy of `events` made by its view, so the row
-//!   shares the event row's columns: every field but the server's
-//!   `inserted_at` is an [`EventRow`] field of the same name and type.
-//!   [`DEVICE_COLUMNS`] is its one column list, the view's and the
-//!   lookups' alike; the tests below hold the two rows, the list and the
-//!   schema files to each other.
+//!   it. That table is a copy of `events` made by its view, so the row is
+//!   derived from the event row's columns: both rows (and
+//!   [`DEVICE_COLUMNS`], the lookups' column list) are declared from one
+//!   list of the `events` columns, and the device row adds the server's
+//!   `inserted_at`. The tests below hold the rows, the list and the schema
+//!   files to each other.
 //!
 //! Pure: no I/O, no clock.
 
@@ -21,53 +21,103 @@ use spoor_core::{Event, WireBatch};
 
 use crate::date::{event_date, event_time};
 
-/// One row of `events`.
-#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
-pub struct EventRow {
-    pub project_id: String,
+/// Declares [`EventRow`], [`DeviceRow`] and [`DEVICE_COLUMNS`] from one
+/// list of the `events` columns, in the table's order. A column marked
+/// `shared` is a field of both rows (the device table's view copies it), one
+/// marked `event` of the event row only; the device row ends with the
+/// server's `inserted_at`. Both rows keep the list's order, which is the
+/// order the crate's RowBinary writes and reads.
+macro_rules! event_rows {
+    ($( $(#[$attr:meta])* $kind:ident $name:ident: $ty:ty, )*) => {
+        event_rows!(@split [$([$(#[$attr])* $kind $name: $ty])*] [] [] []);
+    };
+    (@split [[$(#[$attr:meta])* shared $name:ident: $ty:ty] $($rest:tt)*]
+        [$($event:tt)*] [$($device:tt)*] [$($column:tt)*]) => {
+        event_rows!(@split [$($rest)*]
+            [$($event)* $(#[$attr])* pub $name: $ty,]
+            [$($device)* $(#[$attr])* pub $name: $ty,]
+            [$($column)* stringify!($name), ", ",]);
+    };
+    (@split [[$(#[$attr:meta])* event $name:ident: $ty:ty] $($rest:tt)*]
+        [$($event:tt)*] [$($device:tt)*] [$($column:tt)*]) => {
+        event_rows!(@split [$($rest)*]
+            [$($event)* $(#[$attr])* pub $name: $ty,]
+            [$($device)*]
+            [$($column)*]);
+    };
+    (@split [] [$($event:tt)*] [$($device:tt)*] [$($column:tt)*]) => {
+        /// One row of `events`.
+        #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
+        pub struct EventRow {
+            $($event)*
+        }
+
+        /// One event as the debug lookup shows it, read from
+        /// `events_by_device`: its ids, its path (client time, edge
+        /// receipt, insert time, batch) and a summary of its context.
+        #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
+        pub struct DeviceRow {
+            $($device)*
+            /// When ClickHouse stored the row (seconds since the epoch,
+            /// server clock).
+            pub inserted_at: u32,
+        }
+
+        /// The columns of `events_by_device` in [`DeviceRow`]'s field
+        /// order: what `events_by_device_mv` copies from `events`, plus
+        /// `inserted_at`; what a device lookup selects.
+        pub const DEVICE_COLUMNS: &str = concat!($($column)* "inserted_at");
+    };
+}
+
+event_rows! {
+    shared project_id: String,
     /// `Date`: days since 1970-01-01, UTC.
-    pub event_date: u16,
+    shared event_date: u16,
     /// `DateTime`: seconds since the epoch.
-    pub event_time: u32,
-    pub ts_ms: i64,
+    event event_time: u32,
+    /// Event time (skew-corrected at the edge), ms since the epoch.
+    shared ts_ms: i64,
     #[serde(with = "clickhouse::serde::uuid")]
-    pub event_id: uuid::Uuid,
-    pub event_id_derived: u8,
-    pub event: String,
-    pub user_id: String,
-    pub anonymous_id: String,
-    pub session_id: String,
-    pub client_ts_ms: Option<i64>,
-    pub sent_at_ms: Option<i64>,
-    pub received_at_ms: i64,
-    pub properties: String,
-    pub page_url: String,
-    pub page_path: String,
-    pub page_referrer: String,
-    pub page_title: String,
-    pub app_name: String,
-    pub app_version: String,
-    pub library_name: String,
-    pub library_version: String,
-    pub locale: String,
-    pub screen_width: u32,
-    pub screen_height: u32,
-    pub country: String,
-    pub region: String,
-    pub city: String,
-    pub timezone: String,
-    pub continent: String,
-    pub colo: String,
-    pub asn: u32,
-    pub browser: String,
-    pub browser_version: String,
-    pub os: String,
-    pub os_version: String,
-    pub device_type: String,
-    pub is_bot: u8,
-    pub ip_prefix: String,
-    pub edge_region: String,
-    pub batch_id: String,
+    shared event_id: uuid::Uuid,
+    shared event_id_derived: u8,
+    shared event: String,
+    shared user_id: String,
+    shared anonymous_id: String,
+    shared session_id: String,
+    /// The client's own timestamp, uncorrected, if it sent one.
+    shared client_ts_ms: Option<i64>,
+    shared sent_at_ms: Option<i64>,
+    /// When the edge received the request.
+    shared received_at_ms: i64,
+    shared properties: String,
+    shared page_url: String,
+    shared page_path: String,
+    event page_referrer: String,
+    shared page_title: String,
+    shared app_name: String,
+    shared app_version: String,
+    shared library_name: String,
+    shared library_version: String,
+    event locale: String,
+    event screen_width: u32,
+    event screen_height: u32,
+    shared country: String,
+    event region: String,
+    shared city: String,
+    event timezone: String,
+    event continent: String,
+    shared colo: String,
+    event asn: u32,
+    shared browser: String,
+    shared browser_version: String,
+    shared os: String,
+    shared os_version: String,
+    shared device_type: String,
+    shared is_bot: u8,
+    event ip_prefix: String,
+    shared edge_region: String,
+    shared batch_id: String,
 }
 
 impl EventRow {
@@ -173,61 +223,6 @@ impl EventRow {
     }
 }
 
-/// The columns of `events_by_device`, in [`DeviceRow`]'s field order: what
-/// `events_by_device_mv` copies from `events` and what a device lookup selects.
-pub const DEVICE_COLUMNS: &str =
-    "project_id, event_date, anonymous_id, ts_ms, event_id, event_id_derived, \
-    event, user_id, session_id, client_ts_ms, sent_at_ms, received_at_ms, inserted_at, batch_id, \
-    edge_region, properties, page_url, page_path, page_title, app_name, app_version, \
-    library_name, library_version, country, city, colo, browser, browser_version, os, \
-    os_version, device_type, is_bot";
-
-/// One event as the debug lookup shows it: its ids, its path (client time,
-/// edge receipt, insert time, batch) and a summary of its context. The
-/// columns of [`DEVICE_COLUMNS`], in order: [`EventRow`]'s, fewer, plus
-/// `inserted_at`.
-#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
-pub struct DeviceRow {
-    pub project_id: String,
-    /// Days since 1970-01-01, UTC.
-    pub event_date: u16,
-    pub anonymous_id: String,
-    /// Event time (skew-corrected at the edge), ms since the epoch.
-    pub ts_ms: i64,
-    #[serde(with = "clickhouse::serde::uuid")]
-    pub event_id: uuid::Uuid,
-    pub event_id_derived: u8,
-    pub event: String,
-    pub user_id: String,
-    pub session_id: String,
-    /// The client's own timestamp, uncorrected, if it sent one.
-    pub client_ts_ms: Option<i64>,
-    pub sent_at_ms: Option<i64>,
-    /// When the edge received the request.
-    pub received_at_ms: i64,
-    /// When ClickHouse stored the row (seconds since the epoch, server clock).
-    pub inserted_at: u32,
-    pub batch_id: String,
-    pub edge_region: String,
-    pub properties: String,
-    pub page_url: String,
-    pub page_path: String,
-    pub page_title: String,
-    pub app_name: String,
-    pub app_version: String,
-    pub library_name: String,
-    pub library_version: String,
-    pub country: String,
-    pub city: String,
-    pub colo: String,
-    pub browser: String,
-    pub browser_version: String,
-    pub os: String,
-    pub os_version: String,
-    pub device_type: String,
-    pub is_bot: u8,
-}
-
 #[cfg(test)]
 mod tests {
     use clickhouse::Row as _;
@@ -266,7 +261,14 @@ mod tests {
     #[test]
     fn the_device_row_shares_the_event_rows_columns() {
         assert_eq!(list(DEVICE_COLUMNS), DeviceRow::COLUMN_NAMES);
-        assert_eq!(list(DEVICE_COLUMNS), table_columns("events_by_device"));
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(list(DEVICE_COLUMNS)),
+            sorted(table_columns("events_by_device"))
+        );
         for column in DeviceRow::COLUMN_NAMES {
             assert!(
                 *column == "inserted_at" || EventRow::COLUMN_NAMES.contains(column),
@@ -280,6 +282,6 @@ mod tests {
             .find(|s| s.contains("events_by_device_mv TO events_by_device"))
             .unwrap();
         let selected = &view[view.find("SELECT").unwrap() + 6..view.find("FROM events").unwrap()];
-        assert_eq!(list(selected), DeviceRow::COLUMN_NAMES);
+        assert_eq!(sorted(list(selected)), sorted(list(DEVICE_COLUMNS)));
     }
 }
