@@ -35,8 +35,9 @@ use crate::ClickHouseConfig;
 
 /// Longest id (project, device or user) a lookup accepts, in bytes: the
 /// edge's own limit for `anonymous_id` and `user_id`
-/// (`spoor_core::Limits::max_id_bytes`), so nothing longer can be stored.
-pub const MAX_ID_BYTES: usize = 256;
+/// (`spoor_core::Limits::max_id_bytes`), so nothing longer can be stored;
+/// the rings' requests take the same.
+pub const MAX_ID_BYTES: usize = spoor_core::debug::MAX_ID_BYTES;
 /// Most events one lookup returns.
 pub const MAX_LIMIT: u32 = 10_000;
 /// The default limit: a device with a busy hour, as the ring keeps it.
