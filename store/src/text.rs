@@ -63,21 +63,13 @@ impl TextClient {
         if let Some(user) = &self.options.user {
             request = request.basic_auth(user, self.options.password.as_ref());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| TextError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let unreachable = |source| TextError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|source| TextError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let body = response.text().await.map_err(unreachable)?;
         if status != 200 {
             return Err(TextError::Query {
                 url: url.clone(),
