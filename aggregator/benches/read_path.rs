@@ -30,8 +30,8 @@ use spoor_aggregator::query::sessions::SessionsRequest;
 use spoor_aggregator::query::timeline::TimelineRequest;
 use spoor_aggregator::query::{MetricsRequest, Source, Sql};
 use spoor_aggregator::store;
-use spoor_relay::sink::clickhouse::schema;
-use spoor_relay::ClickHouseConfig;
+use spoor_store::schema;
+use spoor_store::ClickHouseConfig;
 use spoor_tests::bench::{env_or, histogram, quantile_ms, record};
 use spoor_tests::clickhouse::{ClickHouseServer, READONLY_USER};
 
@@ -203,10 +203,12 @@ fn main() {
 
     let config = Config::new(
         ClickHouseRead {
-            url: ch.http_url(),
-            database: db.clone(),
-            user: Some(READONLY_USER.into()),
-            password: None,
+            connection: ClickHouseConfig {
+                url: ch.http_url(),
+                database: db.clone(),
+                user: Some(READONLY_USER.into()),
+                password: None,
+            },
             allow_writable_user: false,
         },
         Tokens::parse(&format!("bench={TOKEN}")).expect("token"),
@@ -220,12 +222,13 @@ fn main() {
             .await
             .expect("aggregator");
     });
-    let direct = clickhouse::Client::default()
-        .with_url(ch.http_url())
-        .with_database(&db)
-        .with_user(READONLY_USER)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None);
+    let direct = ClickHouseConfig {
+        url: ch.http_url(),
+        database: db.clone(),
+        user: Some(READONLY_USER.into()),
+        password: None,
+    }
+    .client();
     let http = reqwest::Client::new();
 
     let hour_end = now_ms - now_ms.rem_euclid(HOUR_MS) + HOUR_MS;

@@ -128,10 +128,12 @@ impl Args {
         let tokens = Tokens::parse(&spec).map_err(ArgsError::Tokens)?;
         let mut config = Config::new(
             ClickHouseRead {
-                url: self.clickhouse_url,
-                database: self.clickhouse_database,
-                user: Some(self.clickhouse_user),
-                password: self.clickhouse_password,
+                connection: spoor_store::ClickHouseConfig {
+                    url: self.clickhouse_url,
+                    database: self.clickhouse_database,
+                    user: Some(self.clickhouse_user),
+                    password: self.clickhouse_password,
+                },
                 allow_writable_user: self.allow_writable_user,
             },
             tokens,

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use spoor_store::ClickHouseConfig;
+
 /// ClickHouse, read side. The user must be read-only (`readonly` 1 or 2);
 /// the service refuses to start otherwise unless told it may write.
 #[derive(Debug, Clone)]
 pub struct ClickHouseRead {
-    pub url: String,
-    pub database: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
+    /// Where, which database, as whom.
+    pub connection: ClickHouseConfig,
     /// Start even if the user could write (for a throwaway local setup).
     pub allow_writable_user: bool,
 }

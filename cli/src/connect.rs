@@ -31,11 +31,6 @@ pub async fn nats(endpoint: &NatsEndpoint) -> Result<async_nats::Client, NatsUnr
         })
 }
 
-/// Where and as whom to query ClickHouse (its HTTP interface).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClickHouseOptions {
-    pub url: String,
-    pub database: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
+/// Where and as whom to query ClickHouse (its HTTP interface): the store's
+/// one connection config, under the name the CLI's options use.
+pub use spoor_store::ClickHouseConfig as ClickHouseOptions;

@@ -6,9 +6,11 @@
 //! (`spoor_runtime::debug::lookup`). When the window reaches further back
 //! than every answering ring holds (or no relay answered) and a project and
 //! ClickHouse are given, the rest of the window is read from
-//! `events_by_device` (`spoor_relay::sink::clickhouse::device`), and those
-//! events are marked as coming from ClickHouse (`relay = "clickhouse"`,
-//! stream position unknown: 0).
+//! `events_by_device` (`spoor_store::device`), and those events are marked
+//! as coming from ClickHouse (`relay = "clickhouse"`, stream position
+//! unknown: 0). The rings window on the edge's receive time, the table on
+//! event time: `spoor_store::device::DeviceQuery::beyond_rings` turns the
+//! rest of the window into a table read and states how the clocks relate.
 //!
 //! `follow` polls the lookup and reports each event once, and again when it
 //! moves on (pending → inserted). Polling rather than a push stream keeps
@@ -19,9 +21,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use spoor_core::debug::{DeviceEvent, DeviceLookup, DeviceQuery, EventPath, EventState, Subject};
-use spoor_relay::sink::clickhouse::device::{self as ch_device, DeviceRow, Who};
-use spoor_relay::ClickHouseConfig;
+use spoor_core::debug::{DeviceEvent, DeviceLookup, DeviceQuery, EventPath, EventState};
+use spoor_store::device::{self as ch_device, DeviceRow};
 use uuid::Uuid;
 
 use crate::connect::{self, ClickHouseOptions, NatsEndpoint, NatsUnreachable};
@@ -85,29 +86,17 @@ pub async fn device_with(
         return Ok(result);
     };
     let q = &opts.query;
-    let (Some(ch), Some(project)) = (&opts.clickhouse, &q.project_id) else {
+    let (Some(ch), Some(_)) = (&opts.clickhouse, &q.project_id) else {
         result.clickhouse_note = Some(
             "the rings do not cover the whole window; give --project and ClickHouse to read older events"
                 .into(),
         );
         return Ok(result);
     };
-    let who = match &q.subject {
-        Subject::Device(id) => Who::Device(id),
-        Subject::User(id) => Who::User(id),
-    };
-    let until = reach_ms.min(q.until_ms);
-    if until <= q.since_ms {
+    let Some(ch_query) = ch_device::DeviceQuery::beyond_rings(q, reach_ms) else {
         return Ok(result);
-    }
-    let mut ch_query = ch_device::DeviceQuery::new(project, who, q.since_ms, until);
-    ch_query.limit = u32::try_from(q.limit).unwrap_or(u32::MAX);
-    let client = ch_device::lookup_client(&ClickHouseConfig {
-        url: ch.url.clone(),
-        database: ch.database.clone(),
-        user: ch.user.clone(),
-        password: ch.password.clone(),
-    });
+    };
+    let client = ch_device::lookup_client(ch);
     match ch_device::device_events(&client, &ch_query).await {
         Ok(rows) => {
             result.from_clickhouse = add_older(&mut result.lookup, rows);

@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use serde::Serialize;
 use spoor_core::contract::{dead_letter_header as header, DEAD_STREAM};
-use spoor_relay::sink::clickhouse::row::event_date;
+use spoor_store::date::event_date;
 use time::OffsetDateTime;
 use uuid::Uuid;
 

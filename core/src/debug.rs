@@ -56,7 +56,9 @@ pub struct DeviceQuery {
     pub subject: Subject,
     /// Only events of this project; `None` means every project.
     pub project_id: Option<String>,
-    /// Window on the edge's `received_at_ms`, inclusive start, exclusive end.
+    /// Window on the edge's `received_at_ms`, inclusive start, exclusive end:
+    /// the clock the rings hold events by. (The device tables in ClickHouse
+    /// are read on event time, `ts_ms`; `spoor_store::device` says how.)
     pub since_ms: i64,
     pub until_ms: i64,
     /// Most events in the merged answer.

@@ -13,7 +13,7 @@
 --
 -- Retention is shorter than `events` (7 days by default against 90) and is
 -- enforced by dropping whole day partitions (18.16 has no TTL): the relay's
--- `--device-retention-days` task, `sink::clickhouse::retention`.
+-- `--device-retention-days` task, policy in `spoor_store::retention`.
 
 -- One row per stored event, ordered so that one device's events over a time
 -- range are one contiguous range of the primary key: (project, device,

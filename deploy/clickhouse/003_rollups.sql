@@ -33,7 +33,7 @@
 --
 -- Partitioned by month: rollups are kept longer than raw events (400 days by
 -- default against 90), and retention drops whole months past the cutoff
--- (the relay's retention task, `sink::clickhouse::retention`).
+-- (the relay's retention task, policy in `spoor_store::retention`).
 
 CREATE TABLE IF NOT EXISTS events_rollup_minute
 (

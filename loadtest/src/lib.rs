@@ -242,10 +242,12 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Summary> {
         None => None,
         Some(url) => {
             let cfg = verify::VerifyConfig {
-                url: url.clone(),
-                database: opts.clickhouse_db.clone(),
-                user: opts.clickhouse_user.clone(),
-                password: opts.clickhouse_password.clone(),
+                clickhouse: spoor_store::ClickHouseConfig {
+                    url: url.clone(),
+                    database: opts.clickhouse_db.clone(),
+                    user: opts.clickhouse_user.clone(),
+                    password: opts.clickhouse_password.clone(),
+                },
                 project: opts.project.clone(),
                 timeout: Duration::from_secs(opts.verify_timeout_secs),
                 poll_interval: Duration::from_millis(200),

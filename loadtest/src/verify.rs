@@ -2,30 +2,27 @@
 //! checks that exactly the expected event ids are there, each once.
 //!
 //! Rows are found by `project_id` and `properties.run_id`, always through the
-//! crate's `?` binding, never by splicing strings into SQL. ClickHouse 18.16
-//! needs validation off and uncompressed SELECT responses (the crate's
-//! row validation and LZ4-compressed answers fail against 18.16).
+//! crate's `?` binding, never by splicing strings into SQL. The client is
+//! `spoor_store`'s (the settings that work on ClickHouse 18.16).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use clickhouse::{Client, Compression};
+use clickhouse::Client;
+use spoor_store::schema::EVENTS_TABLE;
+use spoor_store::ClickHouseConfig;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-const COUNT_SQL: &str = "SELECT count(), uniqExact(event_id) FROM events \
-     WHERE project_id = ? AND visitParamExtractString(properties, 'run_id') = ?";
-const IDS_SQL: &str = "SELECT toString(event_id) FROM events \
-     WHERE project_id = ? AND visitParamExtractString(properties, 'run_id') = ?";
+/// Rows of one run: the project's events whose properties carry its `run_id`.
+const RUN_ROWS: &str = "WHERE project_id = ? AND visitParamExtractString(properties, 'run_id') = ?";
 /// Missing or unexpected ids listed in the report.
 const IDS_LISTED: usize = 5;
 
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {
-    pub url: String,
-    pub database: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
+    /// Where the events are stored.
+    pub clickhouse: ClickHouseConfig,
     pub project: String,
     pub timeout: Duration,
     pub poll_interval: Duration,
@@ -46,26 +43,17 @@ pub struct Verification {
 }
 
 pub fn client(cfg: &VerifyConfig) -> Client {
-    let mut c = Client::default()
-        .with_url(&cfg.url)
-        .with_database(&cfg.database)
-        .with_validation(false)
-        .with_compression(Compression::None);
-    if let Some(u) = &cfg.user {
-        c = c.with_user(u);
-    }
-    if let Some(p) = &cfg.password {
-        c = c.with_password(p);
-    }
-    c
+    cfg.clickhouse.client()
 }
 
 async fn counts(c: &Client, project: &str, run_id: &str) -> clickhouse::error::Result<(u64, u64)> {
-    c.query(COUNT_SQL)
-        .bind(project)
-        .bind(run_id)
-        .fetch_one::<(u64, u64)>()
-        .await
+    c.query(&format!(
+        "SELECT count(), uniqExact(event_id) FROM {EVENTS_TABLE} {RUN_ROWS}"
+    ))
+    .bind(project)
+    .bind(run_id)
+    .fetch_one::<(u64, u64)>()
+    .await
 }
 
 /// Waits for `must` to be stored and checks what is stored; `may` are ids
@@ -129,7 +117,9 @@ pub async fn verify(
     }
 
     let ids = match c
-        .query(IDS_SQL)
+        .query(&format!(
+            "SELECT toString(event_id) FROM {EVENTS_TABLE} {RUN_ROWS}"
+        ))
         .bind(cfg.project.as_str())
         .bind(run.as_str())
         .fetch_all::<String>()

@@ -1,6 +1,6 @@
 //! The device lookup's ClickHouse fallback at 10M rows: latency of
-//! `sink::clickhouse::device::device_events` (the crate, RowBinary, the
-//! relay's client) against the very same SQL text sent straight to
+//! `spoor_store::device::device_events` (the crate, RowBinary, the
+//! store's client) against the very same SQL text sent straight to
 //! ClickHouse's HTTP interface, interleaved in one run so the ratio means
 //! something on a shared, noisy machine.
 //!
@@ -25,11 +25,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use spoor_relay::sink::clickhouse::device::{
-    device_events, lookup_client, DeviceQuery, Who, MAX_LIMIT,
-};
-use spoor_relay::sink::clickhouse::schema;
-use spoor_relay::ClickHouseConfig;
+use spoor_store::device::{device_events, lookup_client, DeviceQuery, Who, MAX_LIMIT};
+use spoor_store::schema;
+use spoor_store::ClickHouseConfig;
 use spoor_tests::bench::{env_or, histogram, quantile_ms, record};
 use spoor_tests::clickhouse::ClickHouseServer;
 

@@ -12,7 +12,7 @@ use spoor_runtime::nats::{NatsArgs, NatsConnectError, NatsEndpoint};
 
 use crate::batcher::BatchLimits;
 use crate::ring::RingLimits;
-use crate::sink::clickhouse::retention::{self, Retention};
+use spoor_store::retention::{self, Retention};
 
 /// Everything the relay needs besides its listener and shutdown signal.
 #[derive(Debug, Clone)]
@@ -65,13 +65,7 @@ pub struct RelayConfig {
 }
 
 /// Where and as whom the relay writes.
-#[derive(Debug, Clone)]
-pub struct ClickHouseConfig {
-    pub url: String,
-    pub database: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
+pub use spoor_store::ClickHouseConfig;
 
 impl RelayConfig {
     /// A config with the documented defaults for everything but the endpoints.
@@ -357,7 +351,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.retention(),
-            crate::sink::clickhouse::retention::Retention {
+            spoor_store::retention::Retention {
                 raw_days: 30,
                 device_days: 2,
                 rollup_days: 0

@@ -37,8 +37,9 @@ pub use spoor_runtime::{NatsConnectError, NatsEndpoint};
 
 use internal_events::{ConsumerLagPolled, InternalEvent};
 use metrics::Metrics;
-use sink::clickhouse::{schema, SinkError};
+use sink::clickhouse::SinkError;
 use source::nats::{self as source_nats, SourceError};
+use spoor_store::schema::{self, SchemaError};
 
 /// Why the relay could not start. Once running, the relay retries every
 /// failure instead of returning, so these are all setup failures.
@@ -48,8 +49,10 @@ pub enum RelayError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error("invalid configuration: {0}")]
-    Config(#[from] sink::clickhouse::retention::PolicyError),
+    Config(#[from] spoor_store::retention::PolicyError),
     /// A task stopped the relay (a failure other than a source error, a
     /// panic, or a service that ended by itself).
     #[error(transparent)]

@@ -10,7 +10,7 @@ use spoor_aggregator::query::{
 };
 use spoor_aggregator::store::run_metrics;
 use spoor_core::Geo;
-use spoor_relay::sink::clickhouse::EventRow;
+use spoor_store::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 
 use crate::relay::{batch, event};

@@ -33,10 +33,12 @@ impl Drop for Served {
 pub(crate) fn config(ch: &ClickHouseServer, database: &str) -> Config {
     Config::new(
         ClickHouseRead {
-            url: ch.http_url(),
-            database: database.to_string(),
-            user: Some(READONLY_USER.to_string()),
-            password: None,
+            connection: ClickHouseConfig {
+                url: ch.http_url(),
+                database: database.to_string(),
+                user: Some(READONLY_USER.to_string()),
+                password: None,
+            },
             allow_writable_user: false,
         },
         Tokens::parse(&format!("shop={SHOP_TOKEN},other={OTHER_TOKEN}")).unwrap(),
@@ -81,8 +83,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 use spoor_core::{Device, Geo};
-use spoor_relay::sink::clickhouse::EventRow;
-use spoor_relay::ClickHouseConfig;
+use spoor_store::ClickHouseConfig;
+use spoor_store::EventRow;
 
 use crate::relay::{batch, event};
 use crate::support::{schema_database, SchemaDb};
@@ -492,7 +494,7 @@ async fn refuses_a_clickhouse_user_that_can_write() {
     let ch = ClickHouseServer::shared();
     let (db, _) = database(ch, "agg_api_user").await;
     let mut c = config(ch, &db);
-    c.clickhouse.user = None; // the server's default user, which can write
+    c.clickhouse.connection.user = None; // the server's default user, which can write
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = spoor_aggregator::service::run(c.clone(), listener, async {})
         .await

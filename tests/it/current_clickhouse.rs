@@ -41,12 +41,12 @@ use spoor_aggregator::query::{
     PropertyFilter, Source, Sql,
 };
 use spoor_aggregator::store::fetch_with_totals;
-use spoor_relay::sink::clickhouse::device::{DeviceQuery, Who};
-use spoor_relay::sink::clickhouse::retention::{
+use spoor_store::device::{DeviceQuery, Who};
+use spoor_store::retention::{
     drop_partition_sql, parse_partition, partitions_sql, PartitionKey, RetainedTable,
     RETAINED_TABLES,
 };
-use spoor_relay::sink::clickhouse::{schema, EventRow};
+use spoor_store::{schema, EventRow};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::tools::{self, spawn_tied, stop_child};
 

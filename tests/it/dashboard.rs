@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use spoor_core::{Device, Geo};
-use spoor_relay::sink::clickhouse::EventRow;
+use spoor_store::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::tools::{self, Tool};
 

@@ -9,14 +9,13 @@
 use std::time::Duration;
 
 use spoor_core::WireBatch;
-use spoor_relay::sink::clickhouse::device::{
+use spoor_relay::sink::clickhouse::ClickHouseSink;
+use spoor_store::date::date_string;
+use spoor_store::device::{
     device_events, lookup_client, DeviceQuery, DeviceQueryError, DeviceRow, IdProblem, Who,
 };
-use spoor_relay::sink::clickhouse::retention::{
-    drop_device_partitions_older_than, first_kept_day, RetentionError,
-};
-use spoor_relay::sink::clickhouse::{date_string, schema, ClickHouseSink, EventRow};
-use spoor_relay::ClickHouseConfig;
+use spoor_store::retention::{drop_device_partitions_older_than, first_kept_day, RetentionError};
+use spoor_store::{schema, ClickHouseConfig, EventRow};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 
@@ -325,7 +324,10 @@ async fn a_slow_or_missing_server_is_an_error_not_a_panic() {
         ..DeviceQuery::new("proj_it", Who::Device("d"), TS_MS - HOUR, TS_MS)
     };
     match device_events(&slow, &hurried).await {
-        Err(e @ DeviceQueryError::Timeout(_)) => assert!(!e.is_bad_input()),
+        Err(e @ DeviceQueryError::Timeout(_)) => {
+            assert!(!e.is_bad_input());
+            assert!(e.to_string().contains("within 300ms"), "{e}");
+        }
         other => panic!("expected a timeout, got {other:?}"),
     }
     drop(hung);

@@ -17,7 +17,7 @@ use spoor_aggregator::query::{Dimension, PropertyFilter};
 use spoor_aggregator::store::fetch_rows;
 use spoor_aggregator::store::funnel::{run_funnel, FunnelAnswer};
 use spoor_aggregator::store::{cell_u64, ReadError};
-use spoor_relay::sink::clickhouse::EventRow;
+use spoor_store::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 use uuid::Uuid;
 

@@ -9,8 +9,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use spoor_relay::sink::clickhouse::{ClickHouseSink, EventRow};
+use spoor_relay::sink::clickhouse::ClickHouseSink;
 use spoor_relay::source::nats as source;
+use spoor_store::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 

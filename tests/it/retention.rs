@@ -10,13 +10,13 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use spoor_relay::sink::clickhouse::retention::{
+use spoor_relay::RelayError;
+use spoor_store::date::{date_string, event_date};
+use spoor_store::retention::{
     drop_expired_partitions, first_kept_day, Family, PolicyError, Retention, RetentionError,
     RETAINED_TABLES, ROLLUP_TABLES,
 };
-use spoor_relay::sink::clickhouse::row::event_date;
-use spoor_relay::sink::clickhouse::{date_string, schema};
-use spoor_relay::{ClickHouseConfig, RelayError};
+use spoor_store::{schema, ClickHouseConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 use spoor_tests::relay::RelayProcess;

@@ -14,7 +14,8 @@ use spoor_aggregator::query::{
 };
 use spoor_aggregator::store::{run_metrics, MetricsRow};
 use spoor_core::{Device, Geo};
-use spoor_relay::sink::clickhouse::{ClickHouseSink, EventRow};
+use spoor_relay::sink::clickhouse::ClickHouseSink;
+use spoor_store::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 
 use crate::relay::{batch, event};

@@ -12,7 +12,7 @@ use spoor_aggregator::query::sessions::{SessionsRequest, EDGE_MS, INACTIVITY_MS}
 use spoor_aggregator::query::{Dimension, DimensionFilter};
 use spoor_aggregator::store::sessions::{run_sessions, SessionStats, SessionsAnswer};
 use spoor_aggregator::store::timeline::rfc3339_ms;
-use spoor_relay::sink::clickhouse::EventRow;
+use spoor_store::EventRow;
 
 use crate::funnels::{row, shuffle, store_with, Rng, DAY, HOUR, MINUTE, T0};
 

@@ -135,7 +135,7 @@ where
 /// 18.16 needs).
 pub struct SchemaDb {
     pub name: String,
-    pub write: spoor_relay::ClickHouseConfig,
+    pub write: spoor_store::ClickHouseConfig,
     pub sink: spoor_relay::sink::clickhouse::ClickHouseSink,
     pub client: clickhouse::Client,
 }
@@ -145,21 +145,15 @@ pub async fn schema_database(
     prefix: &str,
 ) -> SchemaDb {
     let name = ch.fresh_database(prefix);
-    let write = spoor_relay::ClickHouseConfig {
+    let write = spoor_store::ClickHouseConfig {
         url: ch.http_url(),
         database: name.clone(),
         user: None,
         password: None,
     };
-    spoor_relay::sink::clickhouse::schema::apply(&write)
-        .await
-        .unwrap();
+    spoor_store::schema::apply(&write).await.unwrap();
     let sink = spoor_relay::sink::clickhouse::ClickHouseSink::new(&write, Duration::from_secs(60));
-    let client = clickhouse::Client::default()
-        .with_url(ch.http_url())
-        .with_database(&name)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None);
+    let client = write.client();
     SchemaDb {
         name,
         write,

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use spoor_aggregator::query::timeline::{Order, TimelineRequest};
 use spoor_aggregator::store::timeline::{run_timeline, TimelineEvent};
 use spoor_aggregator::store::ReadError;
-use spoor_relay::sink::clickhouse::EventRow;
+use spoor_store::EventRow;
 
 use crate::funnels::{row, shuffle, store_with, Rng, HOUR, T0};
 

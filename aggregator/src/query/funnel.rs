@@ -48,6 +48,7 @@
 //! derives the remainder as "other".
 
 use serde::{Deserialize, Serialize};
+use spoor_store::schema::EVENTS_TABLE;
 
 use super::{
     check_property_name, check_text, property_condition, window_conditions, Dimension, Param,
@@ -273,7 +274,7 @@ impl FunnelRequest {
                 .collect();
             format!(
                 "SELECT * FROM (SELECT user_id, anonymous_id, ts_ms{breakdown_column}, \
-                 multiIf({}, 0) AS step FROM events WHERE {}) WHERE step > 0",
+                 multiIf({}, 0) AS step FROM {EVENTS_TABLE} WHERE {}) WHERE step > 0",
                 branches.join(", "),
                 where_.join(" AND ")
             )
@@ -286,7 +287,7 @@ impl FunnelRequest {
             format!(
                 "SELECT user_id, anonymous_id, ts_ms{breakdown_column}, \
                  arrayJoin(arrayFilter(x -> x > 0, [{}])) AS step \
-                 FROM events WHERE {}",
+                 FROM {EVENTS_TABLE} WHERE {}",
                 marks.join(", "),
                 where_.join(" AND ")
             )

@@ -17,6 +17,7 @@
 //! `toStartOf*`, `uniqExact`, `visitParamExtract*` and plain aggregates.
 
 use serde::{Deserialize, Serialize};
+use spoor_store::schema::{EVENTS_TABLE, ROLLUP_MINUTE_TABLE};
 
 mod rollup;
 pub use rollup::{Misfit, Plan, Source};
@@ -362,7 +363,7 @@ impl MetricsRequest {
             group.push_str(g);
         }
         let text = format!(
-            "SELECT {select}, {value} AS value FROM events WHERE {} GROUP BY {group} ORDER BY {group} LIMIT {MAX_ROWS}",
+            "SELECT {select}, {value} AS value FROM {EVENTS_TABLE} WHERE {} GROUP BY {group} ORDER BY {group} LIMIT {MAX_ROWS}",
             conditions.join(" AND ")
         );
         Ok(Sql { text, params })
@@ -415,9 +416,9 @@ pub(crate) fn property_condition(
 /// few partitions; the usual case), else every day. One row, one column;
 /// 0 when nothing matches.
 pub fn freshness_sql(project_id: &str, now_ms: Option<i64>) -> Sql {
-    let mut text =
-        "SELECT maxMerge(last_received_ms) FROM events_rollup_minute WHERE project_id = ?"
-            .to_string();
+    let mut text = format!(
+        "SELECT maxMerge(last_received_ms) FROM {ROLLUP_MINUTE_TABLE} WHERE project_id = ?"
+    );
     let mut params = vec![Param::Str(project_id.to_string())];
     if let Some(now_ms) = now_ms {
         text.push_str(" AND event_date >= toDate(intDiv(?, 1000) - 2 * 86400)");

@@ -34,6 +34,7 @@
 use chrono::{DateTime, Offset, TimeZone};
 use chrono_tz::Tz;
 use serde::Serialize;
+use spoor_store::schema::{EVENTS_TABLE, ROLLUP_DAY_TABLE, ROLLUP_HOUR_TABLE, ROLLUP_MINUTE_TABLE};
 
 use super::{Dimension, Granularity, Measure, MetricsRequest, Param, RequestError, Sql, MAX_ROWS};
 
@@ -54,10 +55,10 @@ impl Source {
     /// The table; from a closed set, so safe to splice.
     pub fn table(self) -> &'static str {
         match self {
-            Source::Day => "events_rollup_day",
-            Source::Hour => "events_rollup_hour",
-            Source::Minute => "events_rollup_minute",
-            Source::Raw => "events",
+            Source::Day => ROLLUP_DAY_TABLE,
+            Source::Hour => ROLLUP_HOUR_TABLE,
+            Source::Minute => ROLLUP_MINUTE_TABLE,
+            Source::Raw => EVENTS_TABLE,
         }
     }
 

@@ -41,6 +41,7 @@
 //!   `groupUniqArray`s of tuples that include the event id).
 
 use serde::{Deserialize, Serialize};
+use spoor_store::schema::EVENTS_TABLE;
 
 use super::{
     check_text, check_timezone, funnel::check_range, window_conditions, DimensionFilter, Param,
@@ -124,7 +125,7 @@ impl SessionsRequest {
         let with_id = format!(
             "SELECT min(ts_ms) AS start, max(ts_ms) - min(ts_ms) AS duration_ms, \
              uniqExactIf(event_id, event = '{PAGE_EVENT}') AS pages{firsts} \
-             FROM events WHERE {where_} AND session_id != '' \
+             FROM {EVENTS_TABLE} WHERE {where_} AND session_id != '' \
              GROUP BY anonymous_id, session_id HAVING {having}"
         );
 
@@ -143,7 +144,7 @@ impl SessionsRequest {
              arrayMap(x -> x.1, evs) AS times, \
              arrayCumSum(arrayMap((gap, i) -> i = 1 OR gap > {INACTIVITY_MS}, \
              arrayDifference(times), arrayEnumerate(times))) AS parts \
-             FROM events WHERE {where_} AND session_id = '' GROUP BY anonymous_id"
+             FROM {EVENTS_TABLE} WHERE {where_} AND session_id = '' GROUP BY anonymous_id"
         );
         let without_id = format!(
             "SELECT min(e.1) AS start, max(e.1) - min(e.1) AS duration_ms, \

@@ -20,6 +20,7 @@
 //! from `now_ms`).
 
 use serde::{Deserialize, Serialize};
+use spoor_store::schema::{DEVICE_TABLE, DEVICE_USERS_TABLE};
 
 use super::{check_text, funnel::check_range, window_conditions, Param, RequestError, Sql};
 
@@ -213,7 +214,7 @@ impl TimelineRequest {
                 devices.push("user_id = ?".into());
                 params.push(Param::Str(id.into()));
                 conditions.push(format!(
-                    "anonymous_id IN (SELECT anonymous_id FROM device_users WHERE {})",
+                    "anonymous_id IN (SELECT anonymous_id FROM {DEVICE_USERS_TABLE} WHERE {})",
                     devices.join(" AND ")
                 ));
                 conditions.push("(user_id = ? OR user_id = '')".into());
@@ -234,7 +235,7 @@ impl TimelineRequest {
         }
         params.push(Param::Int(i64::from(limit) + 1));
         let text = format!(
-            "SELECT {TIMELINE_COLUMNS} FROM events_by_device WHERE {} \
+            "SELECT {TIMELINE_COLUMNS} FROM {DEVICE_TABLE} WHERE {} \
              ORDER BY ts_ms {direction}, event_id {direction} LIMIT 1 BY event_id LIMIT ?",
             conditions.join(" AND ")
         );

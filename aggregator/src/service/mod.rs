@@ -178,24 +178,6 @@ pub(crate) struct Service {
     pub(crate) metrics: Metrics,
 }
 
-fn client(config: &Config) -> clickhouse::Client {
-    let ch = &config.clickhouse;
-    let mut c = clickhouse::Client::default()
-        .with_url(&ch.url)
-        .with_database(&ch.database)
-        .with_validation(false)
-        // 18.16's LZ4-compressed SELECT answers fail in the crate: ask for
-        // uncompressed ones.
-        .with_compression(clickhouse::Compression::None);
-    if let Some(user) = &ch.user {
-        c = c.with_user(user);
-    }
-    if let Some(password) = &ch.password {
-        c = c.with_password(password);
-    }
-    c
-}
-
 /// Wall-clock milliseconds since the epoch.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -209,7 +191,7 @@ impl Service {
         if config.tokens.is_empty() {
             return Err(StartError::NoTokens);
         }
-        let base = client(&config);
+        let base = config.clickhouse.connection.client();
         let readonly = store::fetch_rows(
             &base,
             &Sql {
@@ -220,11 +202,11 @@ impl Service {
         .await
         .map_err(|e| match e {
             StoreError::Query(source) => StartError::Unreachable {
-                url: config.clickhouse.url.clone(),
+                url: config.clickhouse.connection.url.clone(),
                 source,
             },
             StoreError::Unreadable(msg) => StartError::Unreachable {
-                url: config.clickhouse.url.clone(),
+                url: config.clickhouse.connection.url.clone(),
                 source: clickhouse::error::Error::Custom(msg),
             },
         })?;
@@ -236,6 +218,7 @@ impl Service {
         if writable {
             let user = config
                 .clickhouse
+                .connection
                 .user
                 .clone()
                 .unwrap_or_else(|| "default".into());

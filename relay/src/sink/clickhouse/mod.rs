@@ -1,28 +1,26 @@
 //! The ClickHouse sink: writes buffered `EventRow`s into the `events` table
 //! with the official `clickhouse` crate (RowBinary over HTTP, LZ4).
 //!
-//! This is the only place the relay talks to ClickHouse. It reports success
-//! or failure of one insert and never retries, buffers or acks by itself:
-//! the pipeline decides what a failure means, so the "ack only after insert"
-//! rule lives in one place.
+//! This is the only place the relay writes to ClickHouse. It reports
+//! success or failure of one insert and never retries, buffers or acks by
+//! itself: the pipeline decides what a failure means, so the "ack only
+//! after insert" rule lives in one place. The row, the table, the schema
+//! and the client come from `spoor_store`; [`retention`] is the relay's
+//! periodic retention task.
 
-pub mod device;
 pub mod retention;
-pub mod row;
-pub mod schema;
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use clickhouse::{Client, Compression};
+use spoor_store::date::date_string;
+use spoor_store::schema::{SchemaError, EVENTS_TABLE};
 use uuid::Uuid;
 
-pub use row::EventRow;
+pub use spoor_store::EventRow;
 
 use crate::config::ClickHouseConfig;
-
-/// The table every row goes to; created by `deploy/clickhouse/001_events.sql`.
-pub const EVENTS_TABLE: &str = "events";
 
 /// Longest time to stream one insert's rows, and to wait for ClickHouse to
 /// confirm it. Past these the attempt counts as failed and is retried. They
@@ -34,38 +32,14 @@ const END_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("`{0}` is not a valid ClickHouse database name (letters, digits, `_`; not starting with a digit)")]
-    InvalidDatabaseName(String),
-    #[error("applying schema {file} failed on `{statement}`: {source}")]
-    Schema {
-        file: &'static str,
-        statement: String,
-        #[source]
-        source: clickhouse::error::Error,
-    },
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error("insert into {EVENTS_TABLE} failed: {0}")]
     Insert(#[source] clickhouse::error::Error),
     #[error("checking {EVENTS_TABLE} for already stored event ids failed: {0}")]
     Presence(#[source] clickhouse::error::Error),
     #[error("checking {EVENTS_TABLE} for already stored event ids timed out")]
     PresenceTimeout,
-}
-
-/// A client with the connection settings but no database. Validation is off
-/// because ClickHouse 18.16 cannot answer the schema query it needs; queries
-/// are uncompressed because 18.16's LZ4 responses break the crate.
-pub(crate) fn base_client(config: &ClickHouseConfig) -> Client {
-    let mut client = Client::default()
-        .with_url(&config.url)
-        .with_validation(false)
-        .with_compression(Compression::None);
-    if let Some(user) = &config.user {
-        client = client.with_user(user);
-    }
-    if let Some(password) = &config.password {
-        client = client.with_password(password);
-    }
-    client
 }
 
 /// Most ids asked about in one presence query; keeps the SQL text (about
@@ -90,10 +64,8 @@ impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig, ack_wait: Duration) -> Self {
         // Inserts (request bodies) work with LZ4 on 18.16 and cut the bytes
         // on the wire several times for this text-heavy row.
-        let client = base_client(config)
-            .with_database(&config.database)
-            .with_compression(Compression::Lz4);
-        let reader = base_client(config).with_database(&config.database);
+        let client = config.client().with_compression(Compression::Lz4);
+        let reader = config.client();
         ClickHouseSink {
             client,
             reader,
@@ -172,23 +144,5 @@ impl ClickHouseSink {
             stored.extend(found.iter().filter_map(|s| Uuid::parse_str(s).ok()));
         }
         Ok(stored)
-    }
-}
-
-/// A ClickHouse `Date` (days since 1970-01-01) as `YYYY-MM-DD`.
-pub fn date_string(days: u16) -> String {
-    // 1970-01-01 is Julian day 2,440,588; every u16 day is a valid date.
-    time::Date::from_julian_day(2_440_588 + i32::from(days))
-        .map(|d| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()))
-        .unwrap_or_else(|_| "1970-01-01".to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates_format_as_iso_days() {
-        assert_eq!(super::date_string(0), "1970-01-01");
-        assert_eq!(super::date_string(20_415), "2025-11-23");
-        assert_eq!(super::date_string(u16::MAX), "2149-06-06");
     }
 }

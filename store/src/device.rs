@@ -1,34 +1,43 @@
-//! The ClickHouse fallback of the device debug lookup: one device's (or one
+//! The ClickHouse side of the device debug lookup: one device's (or one
 //! user's devices') events in a time window, read from `events_by_device`
 //! (and `device_users` for a user), the tables that
 //! `deploy/clickhouse/002_events_by_device.sql` lays out for point lookups.
 //!
-//! The relay's debug endpoint and the `spoor` CLI call [`device_events`] for
-//! events older than the in-memory ring or evicted from it. It only reads.
-//! It must never splice a caller's string into SQL: ids go through the
-//! crate's `?` binding after [`DeviceQuery::check`] has bounded them, and
-//! only typed values (days, numbers) are formatted into the text. Every
-//! query is limited in time on the server (`max_execution_time`) and in the
-//! client.
+//! The `spoor` CLI calls [`device_events`] for events older than the
+//! relays' in-memory rings or evicted from them. It only reads. It must
+//! never splice a caller's string into SQL: ids go through the crate's `?`
+//! binding after [`DeviceQuery::check`] has bounded them, and only typed
+//! values (days, numbers) are formatted into the text. Every query is
+//! limited in time on the server (`max_execution_time`) and in the client.
+//!
+//! **The clock.** A table read windows on the event time `ts_ms` (the
+//! skew-corrected time of the event, ms since the epoch, UTC): both tables
+//! are partitioned by its day (`event_date`) and sorted by it within a
+//! device or user, so that window is what prunes partitions and narrows the
+//! primary-key range; `device_users` holds no other time. The relays'
+//! rings ([`spoor_core::debug::DeviceQuery`]) window on the edge's
+//! `received_at_ms` instead, the time they hold events by. The two agree
+//! for events sent as they happen (the usual case: `ts_ms` is corrected
+//! to the edge's clock); an event a client queued for a long time before
+//! sending is found by its event time here and by its arrival time in a
+//! ring. [`DeviceQuery::beyond_rings`] is the one place a ring request
+//! becomes a table read, with the same numbers.
 
 use std::time::Duration;
 
 use clickhouse::Client;
-use serde::Deserialize;
 
-use super::row::event_date;
-use super::{base_client, date_string};
-use crate::config::ClickHouseConfig;
-
-/// Table fed from `events` by `events_by_device_mv`.
-pub const DEVICE_TABLE: &str = "events_by_device";
-/// Table fed from `events` by `device_users_mv`: (project, user, time) → device.
-pub const DEVICE_USERS_TABLE: &str = "device_users";
+use crate::date::{date_string, event_date};
+pub use crate::row::DeviceRow;
+use crate::row::DEVICE_COLUMNS as COLUMNS;
+pub use crate::schema::{DEVICE_TABLE, DEVICE_USERS_TABLE};
+use crate::ClickHouseConfig;
 
 /// Longest id (project, device or user) a lookup accepts, in bytes: the
 /// edge's own limit for `anonymous_id` and `user_id`
-/// (`spoor_core::Limits::max_id_bytes`), so nothing longer can be stored.
-pub const MAX_ID_BYTES: usize = 256;
+/// (`spoor_core::Limits::max_id_bytes`), so nothing longer can be stored;
+/// the rings' requests take the same.
+pub const MAX_ID_BYTES: usize = spoor_core::debug::MAX_ID_BYTES;
 /// Most events one lookup returns.
 pub const MAX_LIMIT: u32 = 10_000;
 /// The default limit: a device with a busy hour, as the ring keeps it.
@@ -73,6 +82,28 @@ impl<'a> DeviceQuery<'a> {
             limit: DEFAULT_LIMIT,
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The table read for the part of a ring request (`ring`, windowed on
+    /// the edge's receive time) that the rings do not hold: the same
+    /// subject, project and limit, from `ring.since_ms` up to `until_ms`
+    /// (at most `ring.until_ms`), on this table's clock, event time. `None`
+    /// when there is nothing to read: no project (the tables are keyed by
+    /// it), or an empty window.
+    pub fn beyond_rings(ring: &'a spoor_core::debug::DeviceQuery, until_ms: i64) -> Option<Self> {
+        let project_id = ring.project_id.as_deref()?;
+        let who = match &ring.subject {
+            spoor_core::debug::Subject::Device(id) => Who::Device(id),
+            spoor_core::debug::Subject::User(id) => Who::User(id),
+        };
+        let until_ms = until_ms.min(ring.until_ms);
+        if until_ms <= ring.since_ms {
+            return None;
+        }
+        Some(DeviceQuery {
+            limit: u32::try_from(ring.limit).unwrap_or(u32::MAX),
+            ..DeviceQuery::new(project_id, who, ring.since_ms, until_ms)
+        })
     }
 
     /// Rejects what no stored event can match or what the query must not
@@ -148,57 +179,6 @@ impl<'a> DeviceQuery<'a> {
     }
 }
 
-/// The columns a lookup returns, in [`DeviceRow`]'s field order.
-const COLUMNS: &str = "project_id, event_date, anonymous_id, ts_ms, event_id, event_id_derived, \
-    event, user_id, session_id, client_ts_ms, sent_at_ms, received_at_ms, inserted_at, batch_id, \
-    edge_region, properties, page_url, page_path, page_title, app_name, app_version, \
-    library_name, library_version, country, city, colo, browser, browser_version, os, \
-    os_version, device_type, is_bot";
-
-/// One event as the debug lookup shows it: its ids, its path (client time,
-/// edge receipt, insert time, batch) and a summary of its context.
-#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
-pub struct DeviceRow {
-    pub project_id: String,
-    /// Days since 1970-01-01, UTC.
-    pub event_date: u16,
-    pub anonymous_id: String,
-    /// Event time (skew-corrected at the edge), ms since the epoch.
-    pub ts_ms: i64,
-    #[serde(with = "clickhouse::serde::uuid")]
-    pub event_id: uuid::Uuid,
-    pub event_id_derived: u8,
-    pub event: String,
-    pub user_id: String,
-    pub session_id: String,
-    /// The client's own timestamp, uncorrected, if it sent one.
-    pub client_ts_ms: Option<i64>,
-    pub sent_at_ms: Option<i64>,
-    /// When the edge received the request.
-    pub received_at_ms: i64,
-    /// When ClickHouse stored the row (seconds since the epoch, server clock).
-    pub inserted_at: u32,
-    pub batch_id: String,
-    pub edge_region: String,
-    pub properties: String,
-    pub page_url: String,
-    pub page_path: String,
-    pub page_title: String,
-    pub app_name: String,
-    pub app_version: String,
-    pub library_name: String,
-    pub library_version: String,
-    pub country: String,
-    pub city: String,
-    pub colo: String,
-    pub browser: String,
-    pub browser_version: String,
-    pub os: String,
-    pub os_version: String,
-    pub device_type: String,
-    pub is_bot: u8,
-}
-
 /// Why a lookup gave no answer. `InvalidId`, `InvalidWindow`, `WindowTooLong`
 /// and `InvalidLimit` are the caller's to fix (a 400); `Timeout` and `Query`
 /// are ClickHouse's (a 503 or 504).
@@ -257,11 +237,10 @@ fn check_id(field: &'static str, id: &str) -> Result<(), DeviceQueryError> {
     Err(DeviceQueryError::InvalidId { field, reason })
 }
 
-/// A client for lookups: the relay's connection settings, its database,
-/// uncompressed answers (18.16's LZ4 answers break the crate). Build it
-/// once and reuse it; it pools connections.
+/// A client for lookups: [`ClickHouseConfig::client`] (its database,
+/// uncompressed answers). Build it once and reuse it; it pools connections.
 pub fn lookup_client(config: &ClickHouseConfig) -> Client {
-    base_client(config).with_database(&config.database)
+    config.client()
 }
 
 /// The latest `query.limit` events of a device (or of a user's devices) in

@@ -1,4 +1,5 @@
 use super::{DeviceQuery, DeviceQueryError, IdProblem, Who, MAX_LIMIT, MAX_WINDOW_MS};
+use spoor_core::debug::{self as ring, Subject};
 
 /// 2024-03-01T12:34:56.789Z
 const T: i64 = 1_709_296_496_789;
@@ -136,4 +137,44 @@ fn bound_query_escapes_hostile_ids() {
         "{sql}"
     );
     assert!(q(Who::Device("a\nb")).bound(&client).is_err());
+}
+
+#[test]
+fn the_rest_of_a_ring_request_is_read_with_the_same_numbers() {
+    let asked = ring::DeviceQuery::new(
+        Subject::User("u-1".into()),
+        Some("proj".into()),
+        HOUR,
+        T,
+        5_000,
+    )
+    .unwrap();
+    // The rings hold the last 20 minutes: the table reads the rest.
+    let q = DeviceQuery::beyond_rings(&asked, T - 20 * 60_000).unwrap();
+    assert_eq!(q.project_id, "proj");
+    assert_eq!(q.who, Who::User("u-1"));
+    assert_eq!((q.since_ms, q.until_ms), (T - HOUR, T - 20 * 60_000));
+    assert_eq!(q.limit, 5_000);
+    assert!(q.check().is_ok());
+    // Rings reaching past the end of the window leave the whole of it.
+    let all = DeviceQuery::beyond_rings(&asked, i64::MAX).unwrap();
+    assert_eq!(
+        (all.since_ms, all.until_ms),
+        (asked.since_ms, asked.until_ms)
+    );
+    // Rings covering the whole window, or no project: nothing to read.
+    assert!(DeviceQuery::beyond_rings(&asked, T - HOUR).is_none());
+    let anywhere = ring::DeviceQuery {
+        project_id: None,
+        ..asked.clone()
+    };
+    assert!(DeviceQuery::beyond_rings(&anywhere, T - 20 * 60_000).is_none());
+    let device = ring::DeviceQuery {
+        subject: Subject::Device("d-1".into()),
+        ..asked
+    };
+    assert_eq!(
+        DeviceQuery::beyond_rings(&device, T).unwrap().who,
+        Who::Device("d-1")
+    );
 }

@@ -1,53 +1,94 @@
-//! Applies the events schema: creates the database if missing, then runs
-//! every statement of `deploy/clickhouse/*.sql` in file-name order inside it.
+//! The schema: the SQL files that create Spoor's tables, the migration
+//! that applies them, and every table's name.
 //!
-//! The SQL files are embedded at compile time, so a relay binary always
-//! carries the schema it writes. Every statement must be idempotent
-//! (`CREATE ... IF NOT EXISTS`); this module re-runs them all at each start
-//! and never drops or alters anything by itself.
+//! [`apply`] creates the database if missing, then runs every statement of
+//! `deploy/clickhouse/*.sql` in file-name order inside it. The SQL files
+//! are embedded at compile time, so a binary always carries the schema it
+//! reads and writes. Every statement must be idempotent (`CREATE ... IF NOT
+//! EXISTS`); the relay re-runs them all at each start (and `spoor-relay
+//! migrate` on demand), and nothing here drops or alters anything.
+//!
+//! Table names are constants here and nowhere else; queries format them in
+//! (they are this crate's own text, never a caller's).
 
-use super::SinkError;
-use crate::config::ClickHouseConfig;
+use crate::ClickHouseConfig;
+
+/// Raw events, one row per accepted event (`001_events.sql`): written by
+/// the relay, `PARTITION BY event_date`, ReplacingMergeTree on `event_id`.
+pub const EVENTS_TABLE: &str = "events";
+/// One device's events by point lookup (`002_events_by_device.sql`), fed
+/// from `events` by `events_by_device_mv`: `ORDER BY (project_id,
+/// anonymous_id, ts_ms, event_id)`, `PARTITION BY event_date`.
+pub const DEVICE_TABLE: &str = "events_by_device";
+/// Which devices a user was seen on, and when (`002_events_by_device.sql`),
+/// fed from `events` by `device_users_mv`: `ORDER BY (project_id, user_id,
+/// ts_ms)`, `PARTITION BY event_date`.
+pub const DEVICE_USERS_TABLE: &str = "device_users";
+/// Per-minute rollup of `events` (`003_rollups.sql`), `PARTITION BY
+/// toYYYYMM(event_date)`.
+pub const ROLLUP_MINUTE_TABLE: &str = "events_rollup_minute";
+/// Per-hour rollup of `events`.
+pub const ROLLUP_HOUR_TABLE: &str = "events_rollup_hour";
+/// Per-day rollup of `events`.
+pub const ROLLUP_DAY_TABLE: &str = "events_rollup_day";
+/// The rollup tables, finest bucket first.
+pub const ROLLUP_TABLES: &[&str] = &[ROLLUP_MINUTE_TABLE, ROLLUP_HOUR_TABLE, ROLLUP_DAY_TABLE];
+/// The device tables.
+pub const DEVICE_TABLES: &[&str] = &[DEVICE_TABLE, DEVICE_USERS_TABLE];
 
 /// The schema files, in the order they are applied. Add new files here.
 pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (
         "001_events.sql",
-        include_str!("../../../../deploy/clickhouse/001_events.sql"),
+        include_str!("../../deploy/clickhouse/001_events.sql"),
     ),
     (
         "002_events_by_device.sql",
-        include_str!("../../../../deploy/clickhouse/002_events_by_device.sql"),
+        include_str!("../../deploy/clickhouse/002_events_by_device.sql"),
     ),
     (
         "003_rollups.sql",
-        include_str!("../../../../deploy/clickhouse/003_rollups.sql"),
+        include_str!("../../deploy/clickhouse/003_rollups.sql"),
     ),
 ];
 
+/// Why the schema could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("`{0}` is not a valid ClickHouse database name (letters, digits, `_`; not starting with a digit)")]
+    InvalidDatabaseName(String),
+    #[error("applying schema {file} failed on `{statement}`: {source}")]
+    Apply {
+        file: &'static str,
+        statement: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+}
+
 /// Creates the database and applies every schema statement.
-pub async fn apply(config: &ClickHouseConfig) -> Result<(), SinkError> {
+pub async fn apply(config: &ClickHouseConfig) -> Result<(), SchemaError> {
     check_identifier(&config.database)?;
     // The database may not exist yet, so this one statement runs without it.
-    let server = super::base_client(config);
+    let server = config.server_client();
     let create_db = format!("CREATE DATABASE IF NOT EXISTS `{}`", config.database);
     server
         .query(&create_db)
         .execute()
         .await
-        .map_err(|source| SinkError::Schema {
+        .map_err(|source| SchemaError::Apply {
             file: "CREATE DATABASE",
             statement: create_db.clone(),
             source,
         })?;
 
-    let db = super::base_client(config).with_database(&config.database);
+    let db = config.client();
     for (file, sql) in SCHEMA_FILES {
         for statement in split_statements(sql) {
             db.query(&statement)
                 .execute()
                 .await
-                .map_err(|source| SinkError::Schema {
+                .map_err(|source| SchemaError::Apply {
                     file,
                     statement: statement.clone(),
                     source,
@@ -59,7 +100,7 @@ pub async fn apply(config: &ClickHouseConfig) -> Result<(), SinkError> {
 }
 
 /// Database names are spliced into DDL, so only plain identifiers pass.
-pub fn check_identifier(name: &str) -> Result<(), SinkError> {
+pub fn check_identifier(name: &str) -> Result<(), SchemaError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -67,7 +108,7 @@ pub fn check_identifier(name: &str) -> Result<(), SinkError> {
     if ok {
         Ok(())
     } else {
-        Err(SinkError::InvalidDatabaseName(name.to_string()))
+        Err(SchemaError::InvalidDatabaseName(name.to_string()))
     }
 }
 
