@@ -10,6 +10,49 @@ use std::time::Duration;
 use crate::batcher::FlushReason;
 use crate::metrics::Metrics;
 
+/// Where in the relay something failed: the `stage` of every warning and
+/// of `spoor_relay_errors_total`, one vocabulary for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Pulling messages from JetStream.
+    Fetch,
+    /// Decoding a frame.
+    Decode,
+    /// Moving an undecodable frame to the dead-letter stream.
+    DeadLetter,
+    /// Announcing or following the claims stream.
+    Claim,
+    /// Inserting rows into ClickHouse (including the presence check).
+    Insert,
+    /// Acking, progress-acking or NAKing messages.
+    Ack,
+    /// The debug ring: rebuilding it from the stream.
+    Ring,
+    /// Debug queries over NATS: subscribing and answering.
+    Debug,
+    /// Dropping partitions past retention.
+    Retention,
+    /// Draining the buffer on shutdown.
+    Shutdown,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Decode => "decode",
+            Stage::DeadLetter => "dead_letter",
+            Stage::Claim => "claim",
+            Stage::Insert => "insert",
+            Stage::Ack => "ack",
+            Stage::Ring => "ring",
+            Stage::Debug => "debug",
+            Stage::Retention => "retention",
+            Stage::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Something worth logging and counting.
 pub trait InternalEvent {
     fn emit(self, metrics: &Metrics);
@@ -58,14 +101,14 @@ impl InternalEvent for FrameDecodeFailed<'_> {
     fn emit(self, m: &Metrics) {
         tracing::warn!(
             error_type = self.kind,
-            stage = "decode",
+            stage = Stage::Decode.as_str(),
             subject = self.subject,
             stream_sequence = self.stream_sequence,
             bytes = self.bytes,
             error = %self.error,
             "frame failed to decode; moving it to the dead-letter stream"
         );
-        m.decode_errors.get_or_create(&[("kind", self.kind)]).inc();
+        m.error(Stage::Decode, self.kind).inc();
     }
 }
 
@@ -132,13 +175,13 @@ impl InternalEvent for ClaimsPublished<'_> {
             }
             Some(error) => {
                 tracing::warn!(
-                    error_type = "claim_publish_failed",
-                    stage = "dedup",
+                    error_type = "publish",
+                    stage = Stage::Claim.as_str(),
                     ids = self.ids,
                     %error,
                     "could not announce buffered ids; other relays may store a copy"
                 );
-                m.claim_errors.inc();
+                m.error(Stage::Claim, "publish").inc();
             }
         }
     }
@@ -201,15 +244,15 @@ pub struct InsertFailed<'a> {
 impl InternalEvent for InsertFailed<'_> {
     fn emit(self, m: &Metrics) {
         tracing::warn!(
-            error_type = "insert_failed",
-            stage = "sink",
+            error_type = "clickhouse",
+            stage = Stage::Insert.as_str(),
             rows = self.rows,
             attempt = self.attempt,
             retry_in_ms = self.retry_in.as_millis() as u64,
             error = %self.error,
             "ClickHouse insert failed; keeping the buffer and retrying (fetching paused)"
         );
-        m.insert_errors.inc();
+        m.error(Stage::Insert, "clickhouse").inc();
     }
 }
 
@@ -235,13 +278,13 @@ pub struct AckFailed<'a> {
 impl InternalEvent for AckFailed<'_> {
     fn emit(self, m: &Metrics) {
         tracing::warn!(
-            error_type = "ack_failed",
-            stage = "ack",
+            error_type = "ack",
+            stage = Stage::Ack.as_str(),
             count = self.count,
             error = %self.error,
             "acks not confirmed; the messages will be redelivered"
         );
-        m.ack_errors.inc_by(self.count as u64);
+        m.error(Stage::Ack, "ack").inc();
     }
 }
 
@@ -252,8 +295,13 @@ pub struct FetchFailed<'a> {
 
 impl InternalEvent for FetchFailed<'_> {
     fn emit(self, m: &Metrics) {
-        tracing::warn!(error_type = "fetch_failed", stage = "source", error = %self.error, "JetStream fetch failed");
-        m.fetch_errors.inc();
+        tracing::warn!(
+            error_type = "fetch",
+            stage = Stage::Fetch.as_str(),
+            error = %self.error,
+            "JetStream fetch failed"
+        );
+        m.error(Stage::Fetch, "fetch").inc();
     }
 }
 
@@ -299,10 +347,11 @@ pub struct DrainAbandoned {
 }
 
 impl InternalEvent for DrainAbandoned {
-    fn emit(self, _m: &Metrics) {
+    fn emit(self, m: &Metrics) {
+        m.error(Stage::Shutdown, "drain_timeout").inc();
         tracing::error!(
             error_type = "drain_timeout",
-            stage = "shutdown",
+            stage = Stage::Shutdown.as_str(),
             rows = self.rows,
             messages = self.messages,
             "drain timed out; leaving messages unacked for redelivery"
@@ -323,7 +372,7 @@ impl InternalEvent for FrameDeadLettered {
     fn emit(self, m: &Metrics) {
         tracing::warn!(
             error_type = self.reason,
-            stage = "dead_letter",
+            stage = Stage::DeadLetter.as_str(),
             stream_sequence = self.stream_sequence,
             dead_sequence = self.dead_sequence,
             duplicate = self.duplicate,
@@ -345,13 +394,14 @@ pub struct DeadLetterFailed<'a> {
 impl InternalEvent for DeadLetterFailed<'_> {
     fn emit(self, m: &Metrics) {
         tracing::error!(
-            error_type = self.reason,
-            stage = "dead_letter",
+            error_type = "publish",
+            stage = Stage::DeadLetter.as_str(),
+            reason = self.reason,
             stream_sequence = self.stream_sequence,
             error = %self.error,
             "dead-lettering failed; the frame stays unacked and will be redelivered"
         );
-        m.dead_letter_errors.inc();
+        m.error(Stage::DeadLetter, "publish").inc();
     }
 }
 
@@ -398,7 +448,7 @@ impl InternalEvent for RingUpdatesDropped {
     fn emit(self, m: &Metrics) {
         tracing::debug!(
             error_type = "ring_full",
-            stage = "debug_ring",
+            stage = Stage::Ring.as_str(),
             events = self.events,
             "debug ring update dropped; its channel is full"
         );
@@ -438,11 +488,11 @@ impl InternalEvent for RingRehydrationFailed<'_> {
     fn emit(self, m: &Metrics) {
         tracing::warn!(
             error_type = "rehydration",
-            stage = "debug_ring",
+            stage = Stage::Ring.as_str(),
             error = %self.error,
             "cannot rebuild the debug ring from the stream; it holds only new events"
         );
-        m.ring_rehydration_errors.inc();
+        m.error(Stage::Ring, "rehydration").inc();
     }
 }
 
@@ -489,5 +539,191 @@ impl InternalEvent for DebugLookupServed {
         m.debug_lookups
             .get_or_create(&[("outcome", self.outcome)])
             .inc();
+    }
+}
+
+/// A JetStream message could not be progress-acked or NAKed. Progress acks
+/// keep JetStream from redelivering during a long insert; a lost NAK only
+/// delays redelivery until `ack_wait`.
+pub struct AckSignalFailed<'a> {
+    /// `progress` or `nak`.
+    pub kind: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for AckSignalFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        let consequence = match self.kind {
+            "progress" => "messages may be redelivered to another relay mid-insert",
+            _ => "messages return after ack_wait",
+        };
+        tracing::warn!(
+            error_type = self.kind,
+            stage = Stage::Ack.as_str(),
+            error = %self.error,
+            consequence,
+            "acknowledgement signal failed"
+        );
+        m.error(Stage::Ack, self.kind).inc();
+    }
+}
+
+/// Following the claims stream failed; the relay keeps its own window and
+/// keeps following.
+pub struct ClaimsFollowFailed<'a> {
+    /// `follow` (the subscription errored) or `undecodable` (a claim
+    /// message could not be read).
+    pub kind: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for ClaimsFollowFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = self.kind,
+            stage = Stage::Claim.as_str(),
+            error = %self.error,
+            "claims stream: continuing without this input"
+        );
+        m.error(Stage::Claim, self.kind).inc();
+    }
+}
+
+/// Replaying the stream into the debug ring hit an error and goes on.
+pub struct RingReplayFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for RingReplayFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = "replay",
+            stage = Stage::Ring.as_str(),
+            error = %self.error,
+            "debug ring replay error; continuing"
+        );
+        m.error(Stage::Ring, "replay").inc();
+    }
+}
+
+/// A debug query could not be subscribed to or answered.
+pub struct DebugFailed<'a> {
+    /// `subscribe` (this relay's ring will not answer), `encode` or
+    /// `publish` (one answer lost; the requester sees this relay missing).
+    pub kind: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for DebugFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        if self.kind == "subscribe" {
+            tracing::error!(
+                error_type = self.kind,
+                stage = Stage::Debug.as_str(),
+                error = %self.error,
+                "cannot subscribe to debug queries; this relay's ring will not answer"
+            );
+        } else {
+            tracing::warn!(
+                error_type = self.kind,
+                stage = Stage::Debug.as_str(),
+                error = %self.error,
+                "cannot answer a debug query"
+            );
+        }
+        m.error(Stage::Debug, self.kind).inc();
+    }
+}
+
+/// A retention family is off (its flag is 0).
+pub struct RetentionOff {
+    pub family: &'static str,
+    pub flag: &'static str,
+}
+
+impl InternalEvent for RetentionOff {
+    fn emit(self, _: &Metrics) {
+        tracing::info!(
+            family = self.family,
+            flag = self.flag,
+            "table retention is off (flag 0)"
+        );
+    }
+}
+
+/// A retention pass listed the partitions and acted on them.
+pub struct RetentionPassed {
+    pub dropped: usize,
+}
+
+impl InternalEvent for RetentionPassed {
+    fn emit(self, m: &Metrics) {
+        if self.dropped == 0 {
+            tracing::debug!("retention: no partition past its window");
+        }
+        m.retention_passes.inc();
+    }
+}
+
+/// A partition past its table's retention was dropped.
+pub struct PartitionDropped<'a> {
+    pub table: &'static str,
+    pub partition: &'a dyn std::fmt::Display,
+    pub days: u32,
+}
+
+impl InternalEvent for PartitionDropped<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::info!(
+            table = self.table,
+            partition = %self.partition,
+            days = self.days,
+            "dropped a partition past retention"
+        );
+        m.retention_partitions_dropped
+            .get_or_create(&[("table", self.table)])
+            .inc();
+    }
+}
+
+/// Retention left a partition alone because what ClickHouse listed did not
+/// add up (an unexpected value, or a max date past the value's days).
+pub struct PartitionLeftAlone<'a> {
+    pub table: &'static str,
+    pub partition: &'a str,
+    pub why: &'static str,
+}
+
+impl InternalEvent for PartitionLeftAlone<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = "unexpected_partition",
+            stage = Stage::Retention.as_str(),
+            table = self.table,
+            partition = self.partition,
+            why = self.why,
+            "retention left a partition alone"
+        );
+        m.error(Stage::Retention, "unexpected_partition").inc();
+    }
+}
+
+/// A retention pass, or one partition drop in it, failed; retried at the
+/// next tick.
+pub struct RetentionFailed<'a> {
+    /// `pass` (listing failed) or `drop` (one partition).
+    pub kind: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for RetentionFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = self.kind,
+            stage = Stage::Retention.as_str(),
+            error = %self.error,
+            "retention failed; retrying at the next tick"
+        );
+        m.error(Stage::Retention, self.kind).inc();
     }
 }

@@ -125,9 +125,14 @@ pub async fn run(
             metrics.clone(),
             stop_rx.clone(),
         );
+        let metrics = metrics.clone();
         async move {
             if let Err(e) = serving.await {
-                tracing::error!(error = %e, "cannot subscribe to debug queries; this relay's ring will not answer");
+                internal_events::DebugFailed {
+                    kind: "subscribe",
+                    error: &e,
+                }
+                .emit(&metrics);
             }
         }
     });
@@ -143,7 +148,18 @@ pub async fn run(
         );
         async move {
             let started = tokio::time::Instant::now();
-            match debug::rehydrate(js, stream, consumer, window, max_frame_bytes, tx, stop).await {
+            match debug::rehydrate(
+                js,
+                stream,
+                consumer,
+                window,
+                max_frame_bytes,
+                tx,
+                stop,
+                &metrics,
+            )
+            .await
+            {
                 Ok(done) => internal_events::RingRehydrated {
                     frames: done.frames,
                     events: done.events,
@@ -178,6 +194,7 @@ pub async fn run(
             claims_tx,
             ready_tx,
             stop_rx.clone(),
+            metrics.clone(),
         ),
     );
     let replayed = tokio::select! {
@@ -206,6 +223,7 @@ pub async fn run(
             config.retention(),
             sink::clickhouse::retention::RETENTION_INTERVAL,
             stop_rx.clone(),
+            metrics.clone(),
         ),
     );
     tasks.spawn_service(

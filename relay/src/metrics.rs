@@ -12,8 +12,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::internal_events::Stage;
+
 /// A counter family with one fixed label, e.g. `kind="bad_magic"`.
 pub type LabeledCounter = Family<[(&'static str, &'static str); 1], Counter>;
+
+/// The one error family, `spoor_relay_errors_total{stage, error_type}`.
+pub type ErrorCounter = Family<[(&'static str, &'static str); 2], Counter>;
 
 /// Every metric the relay exports, with the registry that names them.
 /// Names carry the `spoor_relay_` prefix; counters get `_total` appended by
@@ -24,22 +29,18 @@ pub struct Metrics {
     pub messages_received: Counter,
     pub events_received: Counter,
     pub frames_decoded: Counter,
-    pub decode_errors: LabeledCounter,
+    /// Every failure, by stage and error type: use [`Metrics::error`].
+    pub errors: ErrorCounter,
     pub dead_lettered: LabeledCounter,
-    pub dead_letter_errors: Counter,
     pub events_deduped: Counter,
     pub deduped_by_layer: LabeledCounter,
     pub claims_published: Counter,
     pub claims_received: Counter,
-    pub claim_errors: Counter,
     pub presence_checks: Counter,
     pub presence_checked_ids: Counter,
     pub dedup_window_ids: Gauge,
     pub rows_inserted: Counter,
-    pub insert_errors: Counter,
     pub messages_acked: Counter,
-    pub ack_errors: Counter,
-    pub fetch_errors: Counter,
     pub insert_duration_seconds: Histogram,
     pub insert_batch_rows: Histogram,
     pub consumer_lag_messages: Gauge,
@@ -53,9 +54,10 @@ pub struct Metrics {
     pub ring_evictions: LabeledCounter,
     pub ring_updates_dropped: Counter,
     pub ring_rehydrated_events: Counter,
-    pub ring_rehydration_errors: Counter,
     pub debug_queries: LabeledCounter,
     pub debug_lookups: LabeledCounter,
+    pub retention_passes: Counter,
+    pub retention_partitions_dropped: LabeledCounter,
 }
 
 impl Default for Metrics {
@@ -70,22 +72,17 @@ impl Metrics {
             messages_received: Counter::default(),
             events_received: Counter::default(),
             frames_decoded: Counter::default(),
-            decode_errors: LabeledCounter::default(),
+            errors: ErrorCounter::default(),
             dead_lettered: LabeledCounter::default(),
-            dead_letter_errors: Counter::default(),
             events_deduped: Counter::default(),
             deduped_by_layer: LabeledCounter::default(),
             claims_published: Counter::default(),
             claims_received: Counter::default(),
-            claim_errors: Counter::default(),
             presence_checks: Counter::default(),
             presence_checked_ids: Counter::default(),
             dedup_window_ids: Gauge::default(),
             rows_inserted: Counter::default(),
-            insert_errors: Counter::default(),
             messages_acked: Counter::default(),
-            ack_errors: Counter::default(),
-            fetch_errors: Counter::default(),
             // 1 ms .. ~16 s: a healthy insert takes tens of milliseconds, a
             // struggling server seconds.
             insert_duration_seconds: Histogram::new(
@@ -106,9 +103,10 @@ impl Metrics {
             ring_evictions: LabeledCounter::default(),
             ring_updates_dropped: Counter::default(),
             ring_rehydrated_events: Counter::default(),
-            ring_rehydration_errors: Counter::default(),
             debug_queries: LabeledCounter::default(),
             debug_lookups: LabeledCounter::default(),
+            retention_passes: Counter::default(),
+            retention_partitions_dropped: LabeledCounter::default(),
             registry: Registry::with_prefix("spoor_relay"),
         };
         let r = &mut m.registry;
@@ -128,19 +126,14 @@ impl Metrics {
             m.frames_decoded.clone(),
         );
         r.register(
-            "decode_errors",
-            "Frames that failed to decode, by DecodeError kind",
-            m.decode_errors.clone(),
+            "errors",
+            "Failures, one per failed operation, by stage (fetch, decode, dead_letter, claim, insert, ack, ring, debug, retention, shutdown) and error type",
+            m.errors.clone(),
         );
         r.register(
             "dead_lettered",
             "Frames moved to the dead-letter stream (PubAck received, original acked), by reason",
             m.dead_lettered.clone(),
-        );
-        r.register(
-            "dead_letter_errors",
-            "Dead-letter attempts that failed; the original stays unacked and is redelivered",
-            m.dead_letter_errors.clone(),
         );
         r.register(
             "events_deduped",
@@ -163,11 +156,6 @@ impl Metrics {
             m.claims_received.clone(),
         );
         r.register(
-            "claim_errors",
-            "Claims that could not be published",
-            m.claim_errors.clone(),
-        );
-        r.register(
             "presence_checks",
             "Queries asking ClickHouse which buffered ids it already holds (after redelivery or a failed insert)",
             m.presence_checks.clone(),
@@ -188,24 +176,9 @@ impl Metrics {
             m.rows_inserted.clone(),
         );
         r.register(
-            "insert_errors",
-            "Failed ClickHouse insert attempts",
-            m.insert_errors.clone(),
-        );
-        r.register(
             "messages_acked",
             "JetStream messages acknowledged after their rows were inserted (or dead-lettered)",
             m.messages_acked.clone(),
-        );
-        r.register(
-            "ack_errors",
-            "Acks that could not be sent; the message will be redelivered",
-            m.ack_errors.clone(),
-        );
-        r.register(
-            "fetch_errors",
-            "Failed JetStream pull requests",
-            m.fetch_errors.clone(),
         );
         r.register(
             "insert_duration_seconds",
@@ -273,11 +246,6 @@ impl Metrics {
             m.ring_rehydrated_events.clone(),
         );
         r.register(
-            "ring_rehydration_errors",
-            "Failed attempts to rebuild the debug ring from the stream",
-            m.ring_rehydration_errors.clone(),
-        );
-        r.register(
             "debug_queries",
             "Debug ring queries this relay answered over NATS, by outcome",
             m.debug_queries.clone(),
@@ -287,7 +255,24 @@ impl Metrics {
             "Region-wide debug lookups served over HTTP, by outcome",
             m.debug_lookups.clone(),
         );
+        r.register(
+            "retention_passes",
+            "Retention passes that listed the retained tables' partitions",
+            m.retention_passes.clone(),
+        );
+        r.register(
+            "retention_partitions_dropped",
+            "Partitions dropped past their table's retention, by table",
+            m.retention_partitions_dropped.clone(),
+        );
         m
+    }
+
+    /// The error counter of one stage and error type.
+    pub fn error(&self, stage: Stage, error_type: &'static str) -> Counter {
+        self.errors
+            .get_or_create(&[("stage", stage.as_str()), ("error_type", error_type)])
+            .clone()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -499,7 +499,11 @@ impl Pipeline {
                         if let Err(e) =
                             source::progress_all(&self.client, self.batcher.acks()).await
                         {
-                            tracing::warn!(error = %e, "progress acks failed; messages may be redelivered");
+                            AckSignalFailed {
+                                kind: "progress",
+                                error: &e,
+                            }
+                            .emit(&self.metrics);
                         }
                         last_progress = Instant::now();
                     }
@@ -534,7 +538,11 @@ impl Pipeline {
                 }
                 .emit(&self.metrics);
                 if let Err(e) = source::nak_all(&self.client, self.batcher.acks()).await {
-                    tracing::warn!(error = %e, "NAKs failed; messages return after ack_wait");
+                    AckSignalFailed {
+                        kind: "nak",
+                        error: &e,
+                    }
+                    .emit(&self.metrics);
                 }
             }
         }

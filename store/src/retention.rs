@@ -350,6 +350,19 @@ pub struct DroppedPartition {
 pub struct Pass {
     pub dropped: Vec<DroppedPartition>,
     pub failures: Vec<RetentionError>,
+    /// Partitions whose listing did not add up, left alone.
+    pub left_alone: Vec<LeftAlone>,
+}
+
+/// A partition retention did not touch because what ClickHouse listed for
+/// it did not add up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftAlone {
+    pub table: &'static str,
+    /// The partition value as listed, with its id or max date.
+    pub partition: String,
+    /// Why, in a few words.
+    pub why: &'static str,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -388,16 +401,22 @@ pub async fn drop_expired_partitions(
         let keep_from = first_kept_day(days, now_ms);
         let Some(key) = parse_partition(table.granularity, &listed.partition, &listed.partition_id)
         else {
-            tracing::warn!(table = table.name, partition = %listed.partition, partition_id = %listed.partition_id,
-                "retention: unexpected partition value; left alone");
+            pass.left_alone.push(LeftAlone {
+                table: table.name,
+                partition: format!("{} (id {})", listed.partition, listed.partition_id),
+                why: "unexpected partition value",
+            });
             continue;
         };
         if !key.expired(keep_from) {
             continue;
         }
         if i32::from(listed.max_day) > key.last_day() {
-            tracing::warn!(table = table.name, partition = %key, max_date = %date_string(listed.max_day),
-                "retention: the partition's max_date disagrees with its value; left alone");
+            pass.left_alone.push(LeftAlone {
+                table: table.name,
+                partition: format!("{key} (max_date {})", date_string(listed.max_day)),
+                why: "max_date disagrees with the partition value",
+            });
             continue;
         }
         match drop_partition(&client, table.name, key).await {

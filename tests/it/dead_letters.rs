@@ -196,7 +196,9 @@ async fn poison_frames_are_dead_lettered_with_reasons_and_acked_while_neighbours
         .sum();
     assert_eq!(total, published.len() as f64, "{m}");
     assert_eq!(
-        relay.metric("spoor_relay_dead_letter_errors_total").await,
+        relay
+            .metric(r#"spoor_relay_errors_total{stage="dead_letter",error_type="publish"}"#)
+            .await,
         0.0
     );
     relay.shutdown().await;
@@ -218,7 +220,11 @@ async fn a_failed_dead_letter_publish_leaves_the_frame_unacked_until_it_succeeds
         .publish("poison", b"NOPE, this is not a frame".to_vec())
         .await;
     eventually("a failed dead-letter attempt", || async {
-        (relay.metric("spoor_relay_dead_letter_errors_total").await >= 1.0).then_some(())
+        (relay
+            .metric(r#"spoor_relay_errors_total{stage="dead_letter",error_type="publish"}"#)
+            .await
+            >= 1.0)
+            .then_some(())
     })
     .await;
     let c = publisher.consumer().await;

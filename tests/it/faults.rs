@@ -400,7 +400,11 @@ async fn c_clickhouse_down_for_a_minute_under_load() {
         max_lag > 50.0,
         "frames should wait in JetStream during the outage, lag peaked at {max_lag}"
     );
-    assert!(blocking(|| stack.relay_sum("spoor_relay_insert_errors_total")) > 0.0);
+    assert!(
+        blocking(|| stack
+            .relay_sum(r#"spoor_relay_errors_total{stage="insert",error_type="clickhouse"}"#))
+            > 0.0
+    );
     stack.assert_exact(&summary, 0, 0).await;
 }
 

@@ -333,7 +333,10 @@ async fn rows_land_with_every_column_and_endpoints_answer() {
         ("spoor_relay_rows_inserted_total", 2.0),
         ("spoor_relay_messages_acked_total", 1.0),
         ("spoor_relay_events_deduped_total", 0.0),
-        ("spoor_relay_insert_errors_total", 0.0),
+        (
+            r#"spoor_relay_errors_total{stage="insert",error_type="clickhouse"}"#,
+            0.0,
+        ),
         ("spoor_relay_insert_batch_rows_count", 1.0),
         ("spoor_relay_insert_batch_rows_sum", 2.0),
         ("spoor_relay_insert_duration_seconds_count", 1.0),
@@ -346,7 +349,7 @@ async fn rows_land_with_every_column_and_endpoints_answer() {
         );
     }
     for name in [
-        "spoor_relay_decode_errors",
+        "# TYPE spoor_relay_errors counter",
         "spoor_relay_consumer_lag_messages",
         "spoor_relay_buffer_bytes",
         "spoor_relay_insert_duration_seconds_bucket",
@@ -486,21 +489,29 @@ async fn corrupt_frames_are_counted_and_taken_off_while_neighbours_land() {
     .await;
     let m = relay.get("/metrics").await.1;
     assert_eq!(
-        sample_value(&m, r#"spoor_relay_decode_errors_total{kind="bad_magic"}"#),
+        sample_value(
+            &m,
+            r#"spoor_relay_errors_total{stage="decode",error_type="bad_magic"}"#
+        ),
         1.0,
         "{m}"
     );
     assert_eq!(
-        sample_value(&m, r#"spoor_relay_decode_errors_total{kind="incomplete"}"#),
+        sample_value(
+            &m,
+            r#"spoor_relay_errors_total{stage="decode",error_type="incomplete"}"#
+        ),
         1.0,
         "{m}"
     );
     // A frame cut in half fails inside the LZ4 body.
-    let body_errors = sample_value(&m, r#"spoor_relay_decode_errors_total{kind="decompress"}"#)
-        + sample_value(
-            &m,
-            r#"spoor_relay_decode_errors_total{kind="length_mismatch"}"#,
-        );
+    let body_errors = sample_value(
+        &m,
+        r#"spoor_relay_errors_total{stage="decode",error_type="decompress"}"#,
+    ) + sample_value(
+        &m,
+        r#"spoor_relay_errors_total{stage="decode",error_type="length_mismatch"}"#,
+    );
     assert_eq!(body_errors, 1.0, "{m}");
     assert_eq!(sample_value(&m, "spoor_relay_messages_received_total"), 5.0);
     assert_eq!(sample_value(&m, "spoor_relay_frames_decoded_total"), 2.0);
@@ -528,7 +539,11 @@ async fn nothing_is_acked_until_clickhouse_has_the_rows() {
 
     // Delivered to the relay, buffered, retried, never acked.
     eventually("insert failures", || async {
-        (relay.metric("spoor_relay_insert_errors_total").await >= 3.0).then_some(())
+        (relay
+            .metric(r#"spoor_relay_errors_total{stage="insert",error_type="clickhouse"}"#)
+            .await
+            >= 3.0)
+            .then_some(())
     })
     .await;
     let c = publisher.consumer().await;

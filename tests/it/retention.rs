@@ -378,5 +378,24 @@ async fn the_relay_runs_raw_and_rollup_retention_with_its_flags() {
     .await;
     // Device retention is off here: the device tables keep all three days.
     assert_eq!(rows_in(ch, &db, "events_by_device").await, 3);
+    // Every drop is counted by table, and nothing failed: two days of
+    // `events`, the ancient month of each rollup.
+    let dropped = |table: &str| {
+        format!("spoor_relay_retention_partitions_dropped_total{{table=\"{table}\"}}")
+    };
+    eventually("retention's metrics", || async {
+        (relay.metric("spoor_relay_retention_passes_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(relay.metric(&dropped("events")).await, 2.0);
+    for table in ROLLUP_TABLES {
+        assert_eq!(relay.metric(&dropped(table)).await, 1.0, "{table}");
+    }
+    assert_eq!(relay.metric(&dropped("events_by_device")).await, 0.0);
+    for kind in ["pass", "drop", "unexpected_partition"] {
+        let sample =
+            format!("spoor_relay_errors_total{{stage=\"retention\",error_type=\"{kind}\"}}");
+        assert_eq!(relay.metric(&sample).await, 0.0, "{sample}");
+    }
     relay.shutdown().await;
 }

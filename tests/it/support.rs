@@ -72,7 +72,7 @@ impl Relay {
     }
 
     /// One sample from `/metrics`, e.g. `spoor_relay_rows_inserted_total` or
-    /// `spoor_relay_decode_errors_total{kind="bad_magic"}`; 0 when absent.
+    /// `spoor_relay_errors_total{stage="decode",error_type="bad_magic"}`; 0 when absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         let (status, body) = self.get("/metrics").await;
         assert_eq!(status, 200, "{body}");

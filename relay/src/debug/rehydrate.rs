@@ -11,6 +11,8 @@ use spoor_core::debug::{DeadFrame, EventState};
 use tokio::sync::{mpsc, watch};
 
 use super::{observed, RingUpdate};
+use crate::internal_events::{InternalEvent, RingReplayFailed};
+use crate::metrics::Metrics;
 
 /// What rehydration did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -37,6 +39,7 @@ pub(crate) enum RehydrateError {
 /// conservative: frames above the floor may be acked too, and the relay
 /// that inserts them reports them inserted in its own answer. Runs beside
 /// the pipeline, so relaying never waits for it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn rehydrate(
     js: async_nats::jetstream::Context,
     stream: String,
@@ -45,6 +48,7 @@ pub(crate) async fn rehydrate(
     max_frame_bytes: usize,
     tx: mpsc::Sender<RingUpdate>,
     mut stop: watch::Receiver<bool>,
+    metrics: &Metrics,
 ) -> Result<Rehydrated, RehydrateError> {
     let stream_err = |detail: String| RehydrateError::Stream {
         stream: stream.clone(),
@@ -101,7 +105,7 @@ pub(crate) async fn rehydrate(
             None => return Ok(done),
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "debug ring replay error; continuing");
+                RingReplayFailed { error: &e }.emit(metrics);
                 continue;
             }
         };

@@ -69,10 +69,18 @@ pub(crate) async fn serve_queries(
                 match serde_json::to_vec(&part) {
                     Ok(bytes) => {
                         if let Err(e) = client.publish(reply.clone(), bytes.into()).await {
-                            tracing::warn!(error = %e, "cannot publish a debug answer");
+                            DebugFailed {
+                                kind: "publish",
+                                error: &e,
+                            }
+                            .emit(&metrics);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot encode a debug answer"),
+                    Err(e) => DebugFailed {
+                        kind: "encode",
+                        error: &e,
+                    }
+                    .emit(&metrics),
                 }
             }
             let _ = client.flush().await;

@@ -19,6 +19,7 @@
 //! `spoor reconcile` reports; waiting for it would put a round trip on every
 //! frame.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
@@ -29,6 +30,9 @@ use futures_util::StreamExt;
 use spoor_core::contract::{claims_stream, claims_subject, CLAIMS_INSTANCE_HEADER};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
+
+use crate::internal_events::{ClaimsFollowFailed, InternalEvent};
+use crate::metrics::Metrics;
 
 use super::nats::{ensure_stream_config, stream_config_from, SourceError};
 
@@ -119,6 +123,7 @@ pub type Claimed = Vec<Uuid>;
 /// once the follower has caught up with what the stream held at start (its
 /// last message then, or nothing left pending; at once when the window held
 /// nothing).
+#[allow(clippy::too_many_arguments)]
 pub async fn follow(
     js: jetstream::Context,
     events_stream: String,
@@ -127,6 +132,7 @@ pub async fn follow(
     tx: mpsc::Sender<Claimed>,
     ready: tokio::sync::oneshot::Sender<usize>,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) -> Result<(), SourceError> {
     let name = claims_stream(&events_stream);
     let stream = js
@@ -176,7 +182,11 @@ pub async fn follow(
             Some(Err(e)) => {
                 // The ordered consumer recreates itself after gaps and
                 // reconnects; an error here is reported and the loop goes on.
-                tracing::warn!(error = %e, "claims follower error; continuing");
+                ClaimsFollowFailed {
+                    kind: "follow",
+                    error: &e,
+                }
+                .emit(&metrics);
                 continue;
             }
         };
@@ -197,10 +207,14 @@ pub async fn follow(
                         return Ok(());
                     }
                 }
-                None => tracing::warn!(
-                    bytes = message.payload.len(),
-                    "ignoring a claim whose length is not a multiple of 16"
-                ),
+                None => ClaimsFollowFailed {
+                    kind: "undecodable",
+                    error: &format_args!(
+                        "a claim of {} bytes, not a multiple of 16, ignored",
+                        message.payload.len()
+                    ),
+                }
+                .emit(&metrics),
             }
         }
         if pending == 0 || sequence >= tail_at_start {

@@ -1,9 +1,11 @@
 //! The relay's retention task: one pass of
 //! `spoor_store::retention::drop_expired_partitions` at start and then
-//! every [`RETENTION_INTERVAL`], logging what each pass dropped or failed
-//! to drop. The policy (which tables, how long, which partitions may go)
+//! every [`RETENTION_INTERVAL`], reporting what each pass dropped, left
+//! alone or failed to drop as internal events (logs and
+//! `spoor_relay_retention_*` / `spoor_relay_errors_total{stage="retention"}`). The policy (which tables, how long, which partitions may go)
 //! is the store's; this module only schedules it and reports.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use spoor_store::retention::RETENTION_INTERVAL;
@@ -11,24 +13,30 @@ use spoor_store::retention::{drop_expired_partitions, Family, Retention};
 use tokio::sync::watch;
 
 use crate::config::ClickHouseConfig;
+use crate::internal_events::{
+    InternalEvent, PartitionDropped, PartitionLeftAlone, RetentionFailed, RetentionOff,
+    RetentionPassed,
+};
+use crate::metrics::Metrics;
 
 /// The relay's retention task: runs at once, then every `every`, until
-/// `stop`. Failures are logged and retried at the next tick; retention is
-/// housekeeping and never stops the relay. `retention` was validated at the
-/// relay's start.
+/// `stop`. Failures are reported (`internal_events`) and retried at the
+/// next tick; retention is housekeeping and never stops the relay.
+/// `retention` was validated at the relay's start.
 pub async fn run(
     config: ClickHouseConfig,
     retention: Retention,
     every: Duration,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
-    for (family, flag) in [
-        (Family::Raw, "--retention-days"),
-        (Family::Device, "--device-retention-days"),
-        (Family::Rollup, "--rollup-retention-days"),
+    for (family, name, flag) in [
+        (Family::Raw, "raw", "--retention-days"),
+        (Family::Device, "device", "--device-retention-days"),
+        (Family::Rollup, "rollup", "--rollup-retention-days"),
     ] {
         if retention.days(family) == 0 {
-            tracing::info!("{family:?} table retention is off ({flag} 0)");
+            RetentionOff { family: name, flag }.emit(&metrics);
         }
     }
     if retention.is_off() {
@@ -51,19 +59,39 @@ pub async fn run(
         };
         match result {
             Ok(pass) => {
-                if pass.dropped.is_empty() && pass.failures.is_empty() {
-                    tracing::debug!("retention: no partition past its window");
-                }
                 for d in &pass.dropped {
-                    tracing::info!(table = d.table, partition = %d.partition, days = d.days, "dropped a partition past retention");
+                    PartitionDropped {
+                        table: d.table,
+                        partition: &d.partition,
+                        days: d.days,
+                    }
+                    .emit(&metrics);
+                }
+                for l in &pass.left_alone {
+                    PartitionLeftAlone {
+                        table: l.table,
+                        partition: &l.partition,
+                        why: l.why,
+                    }
+                    .emit(&metrics);
                 }
                 for e in &pass.failures {
-                    tracing::warn!(error = %e, "retention: a partition drop failed; retrying at the next tick");
+                    RetentionFailed {
+                        kind: "drop",
+                        error: e,
+                    }
+                    .emit(&metrics);
                 }
+                RetentionPassed {
+                    dropped: pass.dropped.len(),
+                }
+                .emit(&metrics);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "retention pass failed; retrying at the next tick")
+            Err(e) => RetentionFailed {
+                kind: "pass",
+                error: &e,
             }
+            .emit(&metrics),
         }
     }
 }
