@@ -1,5 +1,13 @@
 //! Routing: which JetStream subject a batch goes to, and the deterministic ids
 //! that make retries idempotent (derived event ids, batch ids).
+//!
+//! Events without an `event_id` get a derived one: a UUID-shaped xxh3-128
+//! hash of the project and the event's exact JSON text (version nibble 8). An
+//! SDK resending the same event text then dedups as if it had sent an id; the
+//! documented cost is that two genuinely identical events sent separately
+//! collapse into one. Every id that decides dedup is deterministic (client
+//! `event_id`, else the derived id; `Nats-Msg-Id` a hash of project,
+//! partition and event ids), so retries never mint new ids.
 
 use uuid::Uuid;
 use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};

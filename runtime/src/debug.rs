@@ -10,6 +10,12 @@
 //! message's size) carrying its instance id, even when it holds nothing, so
 //! the requester can count who answered. The requester gathers until its
 //! deadline and merges with [`spoor_core::debug::merge`].
+//!
+//! Why the requester waits its whole timeout rather than for a number of
+//! answers: JetStream keeps no registry of the relays sharing a consumer, so
+//! nobody knows how many will answer. Each answer names its instance and the
+//! lookup lists who answered; `lookup_expecting` stops early when the caller
+//! knows the count (tests).
 
 use std::time::Duration;
 
