@@ -60,8 +60,20 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Errors end xtask with their chain of causes, one a line, and exit code
+/// 1; never with a Rust backtrace (even under RUST_BACKTRACE=1): a failed
+/// step or a dead demo service is a message for the developer, not a bug.
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     services::install_interrupt_handler()?;
     match cli.command {
         Command::Setup => setup::run().map(drop),
