@@ -90,16 +90,7 @@ impl Relay {
     }
 }
 
-pub fn sample_value(metrics: &str, sample: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
+pub use spoor_tests::metrics::sample_value;
 
 /// Polls `check` until it yields a value, panicking after `WAIT`.
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T

@@ -133,12 +133,7 @@ impl RelayProcess {
 
     /// `/metrics` as text.
     pub fn metrics(&self) -> Result<String> {
-        let url = format!("{}/metrics", self.url());
-        Ok(ureq::get(&url)
-            .timeout(Duration::from_secs(5))
-            .call()
-            .with_context(|| format!("GET {url}"))?
-            .into_string()?)
+        crate::metrics::fetch(&self.url())
     }
 
     /// Kills the relay at once (SIGKILL): no drain, no ack, no NAK.

@@ -515,12 +515,8 @@ fn print_relay_summary(relay_port: u16) {
             return;
         }
     };
-    let metric = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let page = crate::prometheus::Metrics::parse_lossy(&text);
+    let metric = |name: &str| -> f64 { page.get(name).unwrap_or(0.0) };
     let rows = metric("spoor_relay_rows_inserted_total");
     let inserts = metric("spoor_relay_insert_duration_seconds_count");
     let insert_secs = metric("spoor_relay_insert_duration_seconds_sum");

@@ -14,6 +14,11 @@ mod demo;
 #[path = "../../tests/src/pki.rs"]
 #[allow(dead_code)] // the harness uses the rest
 mod pki;
+/// Spoor's Prometheus-text parser (pure, std and thiserror only), shared by
+/// source for the same reason, to read the demo relay's `/metrics`.
+#[path = "../../core/src/prometheus.rs"]
+#[allow(dead_code)] // the CLI and the tests use the rest
+mod prometheus;
 mod services;
 mod setup;
 mod sh;
