@@ -17,8 +17,8 @@ use spoor_core::{Device, Geo};
 use spoor_relay::sink::clickhouse::{ClickHouseSink, EventRow};
 use spoor_tests::clickhouse::ClickHouseServer;
 
-use crate::relay::{batch, event};
 use crate::support::{schema_database, SchemaDb};
+use spoor_tests::fixtures::{batch, event};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
