@@ -105,11 +105,12 @@ impl Metrics {
     /// The sum of every series named `name`, whatever its labels (0 when
     /// there is none).
     pub fn sum(&self, name: &str) -> f64 {
+        // A fold from +0.0: `Sum for f64` starts at -0.0, which would print
+        // an absent counter as "-0".
         self.samples
             .iter()
             .filter(|s| s.name == name)
-            .map(|s| s.value)
-            .sum()
+            .fold(0.0, |sum, s| sum + s.value)
     }
 }
 
@@ -371,6 +372,7 @@ small 1.5e-3
         // A name is whole: no prefix matches.
         assert_eq!(m.sum("spoor_relay_dead_lettered"), 0.0);
         assert_eq!(m.sum("absent_total"), 0.0);
+        assert!(m.sum("absent_total").is_sign_positive());
     }
 
     #[test]
