@@ -45,16 +45,11 @@ pub enum ProcessError {
         command: String,
         source: io::Error,
     },
-    #[error("{name} exited during start-up ({status}); last lines of {}:\n{tail}", log.display())]
-    ExitedDuringStart {
-        name: String,
-        status: ExitStatus,
-        log: PathBuf,
-        tail: String,
-    },
-    #[error("{name} exited ({status}); last lines of {}:\n{tail}", log.display())]
+    /// `when` is `" during start-up"` when it died before it was ready.
+    #[error("{name} exited{when} ({status}); last lines of {}:\n{tail}", log.display())]
     Exited {
         name: String,
+        when: &'static str,
         status: ExitStatus,
         log: PathBuf,
         tail: String,
@@ -320,21 +315,11 @@ impl ChildProcess {
     ) -> Result<Duration, ProcessError> {
         let start = Instant::now();
         loop {
-            match self.exit_status()? {
-                Some(status) => {
-                    return Err(ProcessError::ExitedDuringStart {
-                        name: self.spec.name.clone(),
-                        status,
-                        log: self.tail_path().to_owned(),
-                        tail: self.log_tail(LOG_TAIL_LINES),
-                    })
-                }
-                None if self.lock().is_none() => {
-                    return Err(ProcessError::NotRunning {
-                        name: self.spec.name.clone(),
-                    })
-                }
-                None => {}
+            self.check_exited(" during start-up")?;
+            if self.lock().is_none() {
+                return Err(ProcessError::NotRunning {
+                    name: self.spec.name.clone(),
+                });
             }
             if ready() {
                 return Ok(start.elapsed());
@@ -398,9 +383,14 @@ impl ChildProcess {
 
     /// An error naming the child and quoting its log once it has exited.
     pub fn check_running(&self) -> Result<(), ProcessError> {
+        self.check_exited("")
+    }
+
+    fn check_exited(&self, when: &'static str) -> Result<(), ProcessError> {
         match self.exit_status()? {
             Some(status) => Err(ProcessError::Exited {
                 name: self.spec.name.clone(),
+                when,
                 status,
                 log: self.tail_path().to_owned(),
                 tail: self.log_tail(LOG_TAIL_LINES),
