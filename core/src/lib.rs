@@ -20,6 +20,7 @@ pub mod head;
 pub mod ingest;
 pub mod limits;
 pub mod link;
+pub mod prometheus;
 pub mod ratelimit;
 pub mod route;
 pub mod sample;

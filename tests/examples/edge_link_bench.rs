@@ -240,15 +240,10 @@ fn accepted(url: &str) -> f64 {
 }
 
 fn metric_sum(url: &str, name: &str) -> f64 {
-    let Ok(resp) = ureq::get(&format!("{url}/metrics")).call() else {
+    let Ok(page) = spoor_tests::metrics::fetch(url) else {
         return 0.0;
     };
-    resp.into_string()
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    spoor_tests::metrics::sum(&page, name)
 }
 
 async fn stream_messages(js: &async_nats::jetstream::Context) -> u64 {

@@ -13,8 +13,8 @@ use spoor_core::Geo;
 use spoor_store::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 
-use crate::relay::{batch, event};
 use crate::support::{schema_database, SchemaDb};
+use spoor_tests::fixtures::{batch, event};
 
 const DAY: i64 = 86_400_000;
 const HOUR: i64 = 3_600_000;

@@ -82,12 +82,11 @@ pub(crate) fn reqwest_client() -> reqwest::Client {
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
-use spoor_core::{Device, Geo};
 use spoor_store::ClickHouseConfig;
 use spoor_store::EventRow;
 
-use crate::relay::{batch, event};
 use crate::support::{schema_database, SchemaDb};
+use spoor_tests::fixtures::shop_rows;
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
@@ -98,45 +97,6 @@ use crate::support::now_ms;
 async fn database(ch: &ClickHouseServer, prefix: &str) -> (String, ClickHouseConfig) {
     let db = schema_database(ch, prefix).await;
     (db.name, db.write)
-}
-
-/// 700 events of project `shop` over the last 7 days (one every 14.4
-/// minutes, newest a minute ago): page views, add_to_cart and purchases by
-/// 41 users (every 6th event anonymous, counted by its device), on three
-/// device types in two countries.
-fn shop_rows(now: i64) -> Vec<EventRow> {
-    let newest = now - 60_000;
-    (0..700u128)
-        .map(|n| {
-            let mut e = event(1_000_000 + n);
-            e.ts_ms = newest - (n as i64) * (7 * DAY / 700);
-            e.event = match n % 5 {
-                0 => "purchase",
-                1 => "add_to_cart",
-                _ => "page_view",
-            }
-            .into();
-            e.user_id = if n % 6 == 0 {
-                String::new()
-            } else {
-                format!("u{}", n % 41)
-            };
-            e.anonymous_id = format!("dev{}", n % 59);
-            e.properties = format!("{{\"price\":{}}}", n % 7);
-            let mut b = batch(&format!("api-{n}"), vec![]);
-            b.project_id = "shop".into();
-            b.received_at_ms = e.ts_ms + 500;
-            b.geo = Geo {
-                country: if n % 2 == 0 { "DE" } else { "FR" }.into(),
-                ..Geo::default()
-            };
-            b.device = Device {
-                device_type: ["desktop", "mobile", "tablet"][(n % 3) as usize].into(),
-                ..Device::default()
-            };
-            EventRow::new(&b, e)
-        })
-        .collect()
 }
 
 /// `shop_rows(now)` stored in a fresh database, and an aggregator over it.

@@ -50,8 +50,8 @@ use spoor_store::{schema, EventRow};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::tools::{self, spawn_tied, stop_child};
 
-use crate::funnels::{row, shuffle, Rng, DAY, HOUR, MINUTE};
 use crate::support::{schema_database, SchemaDb};
+use spoor_tests::fixtures::{row, shuffle, Rng, DAY, HOUR, MINUTE};
 
 /// 2026-03-28T00:00:00Z. Events fall in about [T0 - 6 h, T0 + 3 days +
 /// 6 h), across Berlin's change to summer time (2026-03-29T01:00Z); late

@@ -20,8 +20,8 @@ use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::tools::{self, Tool};
 
 use crate::aggregator_api::{config, reqwest_client, serve, SHOP_TOKEN};
-use crate::relay::{batch, event};
 use crate::support::{schema_database, SchemaDb};
+use spoor_tests::fixtures::{batch, event};
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;

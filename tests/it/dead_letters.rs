@@ -24,7 +24,8 @@ use crate::support::{eventually, Relay};
 
 // Frames, events and the publisher are the relay tests' own; only the
 // project (and the relay's small frame limit) differ.
-pub(crate) use crate::relay::{event, events, id, Publisher, STREAM, SUBJECT, TS_MS};
+pub(crate) use crate::relay::{Publisher, STREAM, SUBJECT};
+pub(crate) use spoor_tests::fixtures::{event, events, id, TS_MS};
 pub(crate) const PROJECT: &str = "proj_dead";
 /// The relay's frame limit in these tests: small, so an "oversized" frame
 /// is cheap to build and a restart with the default limit fixes it.

@@ -19,8 +19,9 @@ use spoor_relay::RelayConfig;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 
-use crate::relay::{batch, config, count, event, Publisher, STREAM};
+use crate::relay::{config, count, Publisher, STREAM};
 use crate::support::{eventually, Relay};
+use spoor_tests::fixtures::{batch, event};
 
 const PARTITIONS: u32 = 8;
 const DEVICE: &str = "cli-device-1";

@@ -16,8 +16,9 @@ use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 use spoor_tests::relay::{RelayProcess, RelayProcessConfig};
 
-use crate::relay::{batch, config, count, event, id, Publisher, STREAM};
+use crate::relay::{config, count, Publisher, STREAM};
 use crate::support::{eventually, sample_value, Relay};
+use spoor_tests::fixtures::{batch, event, id};
 
 const PARTITIONS: u32 = 16;
 

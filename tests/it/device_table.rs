@@ -19,8 +19,9 @@ use spoor_store::{schema, ClickHouseConfig, EventRow};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 
-use crate::relay::{batch, config, event, id, query, Publisher, TS_MS};
+use crate::relay::{config, query, Publisher};
 use crate::support::{eventually, Relay};
+use spoor_tests::fixtures::{batch, event, id, TS_MS};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use spoor_relay::{ClickHouseConfig, RelayConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
+use spoor_tests::metrics;
 use spoor_tests::nats::{NatsRole, NatsServer};
 
 use crate::e2e::{send, uuid, Answer};
@@ -172,15 +173,7 @@ async fn stream_contents(js: &jetstream::Context) -> (u64, Vec<String>) {
 }
 
 fn edge_metric(edge: &Edge, name: &str) -> f64 {
-    let text = ureq::get(&format!("{}/metrics", edge.url()))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metrics::sum(&metrics::fetch(&edge.url()).unwrap(), name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
+use spoor_tests::metrics;
 use spoor_tests::nats::NatsServer;
 use spoor_tests::relay::{RelayProcess, RelayProcessConfig};
 
@@ -171,13 +172,7 @@ impl Stack {
     /// A counter of the edge's `/metrics`, summed over its labels (one
     /// isolate serves every request locally, so its counters are the totals).
     fn edge_metric(&self, name: &str) -> f64 {
-        let text = ureq::get(&format!("{}/metrics", self.edge.url()))
-            .timeout(Duration::from_secs(10))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        sum_over_labels(&text, name)
+        metrics::sum(&metrics::fetch(&self.edge.url()).unwrap(), name)
     }
 
     /// Sums one metric sample over every relay.
@@ -278,16 +273,6 @@ fn post(url: &str, body: &str) -> (u16, String, Option<String>) {
 }
 
 /// Sums every sample of the metric `name`, whatever its labels.
-fn sum_over_labels(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Runs the load in a task so the test can break things meanwhile.
 fn spawn_load(
     opts: spoor_loadtest::RunOptions,
@@ -562,7 +547,7 @@ async fn e_malformed_events_and_poison_messages_are_isolated() {
         stack
             .relays
             .iter()
-            .map(|r| sum_over_labels(&r.metrics().unwrap(), "spoor_relay_dead_lettered_total"))
+            .map(|r| metrics::sum(&r.metrics().unwrap(), "spoor_relay_dead_lettered_total"))
             .sum::<f64>()
     });
     assert_eq!(lettered, 10.0);

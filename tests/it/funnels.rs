@@ -6,173 +6,23 @@
 //! longest chain wins, as `windowFunnel` defines it). Plus hand-made users
 //! at the window's edges, ties and reversed events.
 //!
-//! Also the shared helpers of the read-path tests (`funnels`, `timeline`,
-//! `sessions`): a fresh database with rows in it, and event rows.
+//! The shop and its rows come from `spoor_tests::fixtures`, the database
+//! they are stored in from `support::store_with`, as for the other
+//! read-path tests.
 
 use std::collections::{BTreeMap, HashMap};
 
 use spoor_aggregator::query::funnel::{FunnelRequest, FunnelStep};
-use spoor_aggregator::query::Sql;
 use spoor_aggregator::query::{Dimension, PropertyFilter};
-use spoor_aggregator::store::fetch_rows;
 use spoor_aggregator::store::funnel::{run_funnel, FunnelAnswer};
-use spoor_aggregator::store::{cell_u64, ReadError};
+use spoor_aggregator::store::ReadError;
 use spoor_store::EventRow;
-use spoor_tests::clickhouse::ClickHouseServer;
-use uuid::Uuid;
+use spoor_tests::fixtures::{row, shop, Rng, DAY, HOUR, MINUTE, T0};
 
-use crate::relay::{batch, event};
-use crate::support::{schema_database, SchemaDb};
-
-pub(crate) const MINUTE: i64 = 60_000;
-pub(crate) const HOUR: i64 = 3_600_000;
-pub(crate) const DAY: i64 = 86_400_000;
-/// 2026-11-22T00:00:00Z
-pub(crate) const T0: i64 = 1_795_305_600_000;
-
-/// splitmix64: a seeded, dependency-free generator for test data.
-pub(crate) struct Rng(pub u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-
-    pub(crate) fn uuid(&mut self) -> Uuid {
-        Uuid::from_u128((u128::from(self.next()) << 64) | u128::from(self.next()))
-    }
-}
-
-/// One event row of `project`, with a random event id.
-pub(crate) fn row(
-    rng: &mut Rng,
-    project: &str,
-    ts_ms: i64,
-    name: &str,
-    user_id: &str,
-    anonymous_id: &str,
-) -> EventRow {
-    let mut e = event(0);
-    e.event_id = rng.uuid();
-    e.ts_ms = ts_ms;
-    e.event = name.into();
-    e.user_id = user_id.into();
-    e.anonymous_id = anonymous_id.into();
-    let mut b = batch("read-path", vec![]);
-    b.project_id = project.into();
-    EventRow::new(&b, e)
-}
-
-/// A fresh database with the schema and `rows` (inserted in `parts`
-/// inserts, so the server aggregates over several parts), and a client for
-/// the aggregator's queries.
-pub(crate) async fn store_with(
-    prefix: &str,
-    rows: &[EventRow],
-    parts: usize,
-) -> clickhouse::Client {
-    let ch = ClickHouseServer::shared();
-    let SchemaDb { sink, client, .. } = schema_database(ch, prefix).await;
-    for chunk in rows.chunks(rows.len().div_ceil(parts.max(1)).max(1)) {
-        sink.insert(chunk).await.unwrap();
-    }
-    client
-}
-
-/// `count()` of a table in the client's database.
-pub(crate) async fn count_rows(client: &clickhouse::Client, table: &str) -> u64 {
-    let sql = Sql {
-        text: format!("SELECT count() FROM {table}"),
-        params: vec![],
-    };
-    cell_u64(&fetch_rows(client, &sql).await.unwrap()[0][0]).unwrap()
-}
-
-/// Fisher–Yates, so rows go in out of time order.
-pub(crate) fn shuffle<T>(rng: &mut Rng, items: &mut [T]) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-}
+use crate::support::store_with;
 
 const SINCE: i64 = T0;
 const UNTIL: i64 = T0 + 2 * DAY;
-const COUNTRIES: [&str; 6] = ["DE", "FR", "US", "BR", "JP", "ES"];
-
-/// 240 people over two days (and a few hours either side): every 4th
-/// anonymous, every 7th on two devices (an anonymous one then counts as two
-/// users), events mostly walking a shop's funnel with gaps from seconds to two
-/// hours, a random country per event. A second project with the same ids
-/// must never leak in.
-fn shop() -> Vec<EventRow> {
-    let mut rng = Rng(0x5eed_f04e);
-    let names = [
-        "view_item",
-        "view_item",
-        "add_to_cart",
-        "add_to_cart",
-        "checkout",
-        "payment",
-        "page_view",
-    ];
-    let mut rows = Vec::new();
-    for p in 0..240u64 {
-        let project = if p % 10 == 9 { "other" } else { "shop" };
-        let user = if p % 4 == 0 {
-            String::new()
-        } else {
-            format!("u{}", p % 200)
-        };
-        let devices = if p % 7 == 0 {
-            vec![format!("d{p}a"), format!("d{p}b")]
-        } else {
-            vec![format!("d{p}")]
-        };
-        let mut stage = 0;
-        let mut ts = SINCE - 3 * HOUR + rng.below((2 * DAY + 4 * HOUR) as u64) as i64;
-        for i in 0..1 + rng.below(14) {
-            ts += match rng.below(3) {
-                0 => rng.below(5 * MINUTE as u64) as i64,
-                1 => 5 * MINUTE + rng.below(35 * MINUTE as u64) as i64,
-                _ => 40 * MINUTE + rng.below(80 * MINUTE as u64) as i64,
-            } + 1;
-            // Mostly the next step of the shop's funnel, sometimes anything.
-            let name = if rng.below(5) < 3 {
-                stage = (stage + 1) % 4;
-                names[[0, 2, 4, 5][stage]]
-            } else {
-                *rng.pick(&names)
-            };
-            let device = &devices[i as usize % devices.len()];
-            let mut r = row(&mut rng, project, ts, name, &user, device);
-            r.country = rng.pick(&COUNTRIES).to_string();
-            r.properties = match name {
-                "add_to_cart" => format!("{{\"plan\":\"{}\"}}", rng.pick(&["pro", "free"])),
-                "payment" => format!(
-                    "{{\"method\":\"{}\",\"amount\":{}}}",
-                    rng.pick(&["card", "paypal"]),
-                    rng.below(10)
-                ),
-                _ => "{}".into(),
-            };
-            rows.push(r);
-        }
-    }
-    shuffle(&mut rng, &mut rows);
-    rows
-}
 
 fn step(event: &str, properties: &[(&str, &str)]) -> FunnelStep {
     FunnelStep {

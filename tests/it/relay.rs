@@ -16,6 +16,7 @@ use async_nats::jetstream;
 use spoor_core::{encode_batch, Context, Device, Event, Geo, WireBatch};
 use spoor_relay::{ClickHouseConfig, RelayConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
+use spoor_tests::fixtures::{batch, event, events, id, TS_MS};
 use spoor_tests::nats::NatsServer;
 use uuid::Uuid;
 
@@ -24,9 +25,6 @@ use crate::support::{eventually, eventually_within, sample_value, Relay};
 pub(crate) const STREAM: &str = "SPOOR_EVENTS";
 pub(crate) const CONSUMER: &str = "spoor-relay";
 pub(crate) const SUBJECT: &str = "spoor.events.eu-west.0";
-
-/// 2024-03-01T12:34:56.789Z
-pub(crate) const TS_MS: i64 = 1_709_296_496_789;
 
 pub(crate) fn config(nats: &NatsServer, clickhouse_url: String, database: &str) -> RelayConfig {
     let mut config = RelayConfig::new(
@@ -120,43 +118,6 @@ impl Publisher {
         })
         .await;
     }
-}
-
-pub(crate) fn id(n: u128) -> Uuid {
-    Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | n)
-}
-
-pub(crate) fn event(n: u128) -> Event {
-    Event {
-        event_id: id(n),
-        event_id_derived: false,
-        event: "click".into(),
-        user_id: String::new(),
-        anonymous_id: format!("anon-{n}"),
-        session_id: String::new(),
-        client_ts_ms: None,
-        ts_ms: TS_MS + n as i64,
-        properties: "{}".into(),
-        context: Context::default(),
-    }
-}
-
-pub(crate) fn batch(batch_id: &str, events: Vec<Event>) -> WireBatch {
-    WireBatch {
-        batch_id: batch_id.into(),
-        project_id: "proj_it".into(),
-        region: "eu-west".into(),
-        received_at_ms: TS_MS + 100,
-        sent_at_ms: None,
-        geo: Geo::default(),
-        device: Device::default(),
-        ip_prefix: String::new(),
-        events,
-    }
-}
-
-pub(crate) fn events(range: std::ops::Range<u128>) -> Vec<Event> {
-    range.map(event).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,9 @@ use spoor_store::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
 
-use crate::relay::{batch, config, count, event, events, stats, Publisher, CONSUMER, STREAM};
+use crate::relay::{config, count, stats, Publisher, CONSUMER, STREAM};
 use crate::support::{eventually, Relay};
+use spoor_tests::fixtures::{batch, event, events};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_a_crashed_relay_inserted_are_not_inserted_again_on_redelivery() {

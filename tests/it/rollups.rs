@@ -18,8 +18,8 @@ use spoor_relay::sink::clickhouse::ClickHouseSink;
 use spoor_store::EventRow;
 use spoor_tests::clickhouse::ClickHouseServer;
 
-use crate::relay::{batch, event};
 use crate::support::{schema_database, SchemaDb};
+use spoor_tests::fixtures::{batch, event};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 3_600_000;

@@ -14,7 +14,9 @@ use spoor_aggregator::store::sessions::{run_sessions, SessionStats, SessionsAnsw
 use spoor_aggregator::store::timeline::rfc3339_ms;
 use spoor_store::EventRow;
 
-use crate::funnels::{row, shuffle, store_with, Rng, DAY, HOUR, MINUTE, T0};
+use spoor_tests::fixtures::{row, shuffle, Rng, DAY, HOUR, MINUTE, T0};
+
+use crate::support::store_with;
 
 /// Asia/Kolkata: UTC+05:30 all year.
 const TZ: &str = "Asia/Kolkata";

@@ -5,7 +5,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use spoor_aggregator::query::Sql;
+use spoor_aggregator::store::{cell_u64, fetch_rows};
+use spoor_relay::sink::clickhouse::EventRow;
 use spoor_relay::{RelayConfig, RelayError};
+use spoor_tests::clickhouse::ClickHouseServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -90,16 +94,7 @@ impl Relay {
     }
 }
 
-pub fn sample_value(metrics: &str, sample: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
+pub use spoor_tests::metrics::sample_value;
 
 /// Polls `check` until it yields a value, panicking after `WAIT`.
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
@@ -204,4 +199,29 @@ pub async fn tls_socket(
     tokio_rustls::TlsConnector::from(tls_client_config(&nats.ca_pem()))
         .connect(name, tcp)
         .await
+}
+
+/// A fresh database with the schema and `rows` (inserted in `parts`
+/// inserts, so the server aggregates over several parts), and a client for
+/// the aggregator's queries.
+pub(crate) async fn store_with(
+    prefix: &str,
+    rows: &[EventRow],
+    parts: usize,
+) -> clickhouse::Client {
+    let ch = ClickHouseServer::shared();
+    let SchemaDb { sink, client, .. } = schema_database(ch, prefix).await;
+    for chunk in rows.chunks(rows.len().div_ceil(parts.max(1)).max(1)) {
+        sink.insert(chunk).await.unwrap();
+    }
+    client
+}
+
+/// `count()` of a table in the client's database.
+pub(crate) async fn count_rows(client: &clickhouse::Client, table: &str) -> u64 {
+    let sql = Sql {
+        text: format!("SELECT count() FROM {table}"),
+        params: vec![],
+    };
+    cell_u64(&fetch_rows(client, &sql).await.unwrap()[0][0]).unwrap()
 }

@@ -12,7 +12,9 @@ use spoor_aggregator::store::timeline::{run_timeline, TimelineEvent};
 use spoor_aggregator::store::ReadError;
 use spoor_store::EventRow;
 
-use crate::funnels::{row, shuffle, store_with, Rng, HOUR, T0};
+use spoor_tests::fixtures::{row, shuffle, Rng, HOUR, T0};
+
+use crate::support::store_with;
 
 /// "Now" for these tests: 2026-11-22T12:00:00Z.
 const NOW: i64 = T0 + 12 * HOUR;
@@ -255,6 +257,6 @@ async fn timeline_defaults_and_hostile_input() {
     }
     assert_eq!(
         rows.len(),
-        crate::funnels::count_rows(&client, "events_by_device").await as usize
+        crate::support::count_rows(&client, "events_by_device").await as usize
     );
 }

@@ -1,18 +1,18 @@
 //! `ClickHouseServer`: a real clickhouse-server (Debian's 18.16) for tests,
-//! from a generated config (loopback only, free ports, UTC, data and logs in
-//! a temp dir), with a tiny blocking client for its HTTP interface. Most
+//! from the repository's config template `deploy/clickhouse/server.xml`
+//! (loopback only, free ports, UTC, data and logs in a temp dir), with a tiny blocking client for its HTTP interface. Most
 //! tests share one server per test process (`shared()`) and isolate
 //! themselves with `fresh_database`; outage tests start a private one
 //! (`start()`) they can stop and restart. It never reads
 //! /etc/clickhouse-server and never touches a server it did not start.
 
-use crate::tools::{self, spawn_tied, stop_child, tail, Tool};
-use anyhow::{bail, Context as _, Result};
+use crate::tools::{self, Tool};
+use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
+use spoor_process::{ChildProcess, Spec};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A user that may read but not write (profile `readonly = 2`: settings may
@@ -31,7 +31,7 @@ pub struct ClickHouseServer {
     http_port: u16,
     tcp_port: u16,
     dir: PathBuf,
-    child: Mutex<Option<Child>>,
+    process: ChildProcess,
     /// Removes `dir` on drop; None for the shared server, which is never dropped.
     _temp: Option<tempfile::TempDir>,
 }
@@ -75,14 +75,24 @@ impl ClickHouseServer {
                 dir.join("config.xml"),
                 config_xml(&dir, http_port, tcp_port),
             )?;
+            // Its stderr goes to its error log: a config it rejects is
+            // reported there before its logger starts.
+            let spec = Spec::new("clickhouse-server", &binary, dir.join("err.log"))
+                .arg(format!(
+                    "--config-file={}",
+                    dir.join("config.xml").display()
+                ))
+                .current_dir(&dir)
+                .tied_to_parent(Signal::SIGKILL)
+                .grace(STOP_GRACE);
             let mut server = ClickHouseServer {
                 http_port,
                 tcp_port,
                 dir: dir.clone(),
-                child: Mutex::new(None),
+                process: ChildProcess::new(spec),
                 _temp: None,
             };
-            match server.spawn(&binary) {
+            match server.spawn() {
                 Ok(()) => {
                     server._temp = temp;
                     return Ok(server);
@@ -94,47 +104,10 @@ impl ClickHouseServer {
     }
 
     /// Starts the process on this server's ports and waits for `SELECT 1`.
-    fn spawn(&self, binary: &Path) -> Result<()> {
-        let mut cmd = Command::new(binary);
-        cmd.arg(format!(
-            "--config-file={}",
-            self.dir.join("config.xml").display()
-        ))
-        .current_dir(&self.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let child = spawn_tied(cmd, Signal::SIGKILL)
-            .with_context(|| format!("starting {}", binary.display()))?;
-        *self.lock() = Some(child);
-        let result = tools::wait_until("clickhouse-server", START_TIMEOUT, || {
-            self.query("SELECT 1").is_ok() || self.exited()
-        });
-        if let Err(e) = result.and_then(|()| {
-            if self.exited() {
-                bail!("clickhouse-server exited during start-up")
-            }
-            Ok(())
-        }) {
-            self.kill();
-            bail!(
-                "{e}; last lines of {}:\n{}",
-                self.dir.join("err.log").display(),
-                tail(&self.dir.join("err.log"), 20)
-            );
-        }
+    fn spawn(&self) -> Result<()> {
+        self.process
+            .start_ready("SELECT 1", START_TIMEOUT, || self.query("SELECT 1").is_ok())?;
         Ok(())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn exited(&self) -> bool {
-        match self.lock().as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
-            None => true,
-        }
     }
 
     /// Base URL of the HTTP interface, e.g. `http://127.0.0.1:41234` (no trailing slash).
@@ -158,7 +131,7 @@ impl ClickHouseServer {
 
     /// Whether the process is up (false after `stop`/`kill`).
     pub fn is_running(&self) -> bool {
-        !self.exited()
+        self.process.is_running()
     }
 
     /// Runs one statement over HTTP as the default user and returns the body
@@ -220,28 +193,22 @@ impl ClickHouseServer {
     /// Stops the server gracefully (SIGTERM; SIGKILL after 10 s). Its data
     /// and ports are kept for `restart`.
     pub fn stop(&self) {
-        if let Some(mut child) = self.lock().take() {
-            stop_child(&mut child, STOP_GRACE, false);
-        }
+        self.process.stop();
     }
 
     /// Kills the server at once (SIGKILL), like a crash.
     pub fn kill(&self) {
-        if let Some(mut child) = self.lock().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Stops the server if it runs, then starts it again on the same ports
     /// with the same data, and waits until it answers.
     pub fn restart(&self) -> Result<()> {
         self.stop();
-        let binary = Tool::ClickHouseServer.path()?;
         // Right after a stop the port can still be held briefly; retry.
         let mut last = None;
         for _ in 0..5 {
-            match self.spawn(&binary) {
+            match self.spawn() {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     last = Some(e);
@@ -279,37 +246,20 @@ fn remove_stale_shared_dirs() {
     }
 }
 
-/// A self-contained server config: loopback only, the given ports, no
-/// interserver port, everything under `dir`, UTC so dates do not depend on
-/// the machine.
+/// The repository's server config template filled in for this server: its
+/// ports, everything under `dir`, terse logs, room for many parallel tests.
 fn config_xml(dir: &Path, http_port: u16, tcp_port: u16) -> String {
-    let d = dir.display();
-    format!(
-        r#"<?xml version="1.0"?>
-<yandex>
-    <logger>
-        <level>warning</level>
-        <log>{d}/log.log</log>
-        <errorlog>{d}/err.log</errorlog>
-        <console>0</console>
-    </logger>
-    <listen_host>127.0.0.1</listen_host>
-    <http_port>{http_port}</http_port>
-    <tcp_port>{tcp_port}</tcp_port>
-    <path>{d}/data/</path>
-    <tmp_path>{d}/data/tmp/</tmp_path>
-    <user_files_path>{d}/data/user_files/</user_files_path>
-    <format_schema_path>{d}/data/format_schemas/</format_schema_path>
-    <users_config>users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <timezone>UTC</timezone>
-    <mark_cache_size>67108864</mark_cache_size>
-    <max_concurrent_queries>200</max_concurrent_queries>
-</yandex>
-"#
-    )
+    SERVER_XML
+        .replace("{{dir}}", &dir.display().to_string())
+        .replace("{{http_port}}", &http_port.to_string())
+        .replace("{{tcp_port}}", &tcp_port.to_string())
+        .replace("{{log_level}}", "warning")
+        .replace("{{mark_cache_size}}", "67108864")
+        .replace("{{max_concurrent_queries}}", "200")
 }
+
+/// The server config template shared with the demo.
+const SERVER_XML: &str = include_str!("../../deploy/clickhouse/server.xml");
 
 /// The users file shared with the demo and deployments.
 const USERS_XML: &str = include_str!("../../deploy/clickhouse/users.xml");

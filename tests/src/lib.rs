@@ -8,6 +8,8 @@
 pub mod bench;
 pub mod clickhouse;
 pub mod edge;
+pub mod fixtures;
+pub mod metrics;
 pub mod nats;
 pub mod pki;
 pub mod relay;

@@ -16,14 +16,13 @@
 
 pub use crate::pki::NatsRole;
 use crate::pki::Pki;
-use crate::tools::{free_port, port_open, spawn_tied, stop_child, tail, workspace_root, Tool};
+use crate::tools::{free_port, port_open, workspace_root, Tool};
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::Signal;
+use spoor_process::{ChildProcess, Spec};
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a (re)start may take before it counts as failed. JetStream with
@@ -34,14 +33,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Lines of the server's log quoted in start-up errors.
-const LOG_TAIL: usize = 40;
+/// Lines of the server's log searched for a lost port race.
+const LOG_TAIL: usize = spoor_process::LOG_TAIL_LINES;
 
 /// A running (or deliberately stopped) nats-server. Methods take `&self` so
 /// one handle can be shared (e.g. in an `Arc`) by a test that stops the
 /// server while clients run.
 pub struct NatsServer {
-    child: Mutex<Option<Child>>,
+    /// The server process, run from a spec that names this server's ports.
+    process: ChildProcess,
     binary: PathBuf,
     extra_args: Vec<String>,
     /// The config file: the repository's, or an edited copy in `dir`.
@@ -154,7 +154,7 @@ impl NatsServer {
             .context("generating the test PKI")?,
         };
         let mut server = NatsServer {
-            child: Mutex::new(None),
+            process: ChildProcess::new(Spec::new("nats-server", &binary, "/dev/null")),
             binary,
             extra_args: variant.args.iter().map(|a| a.to_string()).collect(),
             config: Self::config_path(),
@@ -194,6 +194,7 @@ impl NatsServer {
                     break p;
                 }
             };
+            server.process = ChildProcess::new(server.spec());
             match server.spawn(attempt == 1) {
                 Ok(()) => return Ok(server),
                 Err(e) if attempt == 1 && server.lost_port_race() => {
@@ -285,34 +286,25 @@ impl NatsServer {
 
     /// The last `lines` lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log_path(), lines)
+        self.process.log_tail(lines)
     }
 
     /// True while the server process is alive.
     pub fn is_running(&self) -> bool {
-        self.lock()
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.process.is_running()
     }
 
     /// Stops the server cleanly (SIGTERM; SIGKILL after 10 s) and reaps it.
     /// The ports and the store stay reserved for `restart`. A no-op when
     /// already stopped.
     pub fn stop(&self) {
-        if let Some(mut child) = self.lock().take() {
-            stop_child(&mut child, STOP_GRACE, false);
-        }
+        self.process.stop();
     }
 
     /// Kills the server at once (SIGKILL), like a crash, and reaps it. With
     /// `sync_interval: always` every acknowledged message survives this.
     pub fn kill(&self) {
-        if let Some(mut child) = self.lock().take() {
-            // kill fails only if the child already exited; wait reaps it
-            // either way so no zombie is left.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Stops the server if it runs, then starts it again on the same ports
@@ -339,12 +331,24 @@ impl NatsServer {
         workspace_root().join("deploy/nats/nats-server.conf")
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    /// The server on this handle's ports, store and flags; SIGKILLed
+    /// should the test process die.
+    fn spec(&self) -> Spec {
+        Spec::new("nats-server", &self.binary, self.log_path())
+            .arg("-c")
+            .arg(&self.config)
+            .args(&self.extra_args)
+            .env("SPOOR_NATS_PORT", self.port.to_string())
+            .env("SPOOR_NATS_MONITOR_PORT", self.monitor_port.to_string())
+            .env("SPOOR_NATS_NAME", format!("spoor-test-{}", self.port))
+            .env("SPOOR_NATS_STORE_DIR", self.store_dir())
+            .envs(self.pki.server_env())
+            .tied_to_parent(Signal::SIGKILL)
+            .grace(STOP_GRACE)
     }
 
-    /// Spawns the child and waits for readiness; on failure the child is
-    /// killed and the error carries the log tail.
+    /// Starts the process and waits for readiness; on failure it is killed
+    /// and the error carries the log tail.
     fn spawn(&self, truncate_log: bool) -> Result<()> {
         let log_path = self.log_path();
         let mut log = OpenOptions::new()
@@ -359,53 +363,14 @@ impl NatsServer {
             "--- spoor harness: starting nats-server on port {} ---",
             self.port
         )?;
-        let config = &self.config;
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("-c")
-            .arg(config)
-            .args(&self.extra_args)
-            .env("SPOOR_NATS_PORT", self.port.to_string())
-            .env("SPOOR_NATS_MONITOR_PORT", self.monitor_port.to_string())
-            .env("SPOOR_NATS_NAME", format!("spoor-test-{}", self.port))
-            .env("SPOOR_NATS_STORE_DIR", self.store_dir())
-            .envs(self.pki.server_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
-        let child = spawn_tied(cmd, Signal::SIGKILL).with_context(|| {
-            format!("starting {} -c {}", self.binary.display(), config.display())
-        })?;
-        *self.lock() = Some(child);
-        if let Err(e) = self.wait_ready() {
-            self.kill();
-            bail!(
-                "nats-server did not start on port {}: {e:#}; last lines of {}:\n{}",
-                self.port,
-                log_path.display(),
-                self.log_tail(LOG_TAIL)
-            );
-        }
+        // /healthz answers 200 only once JetStream is up, but the monitor
+        // listener starts before the client one; check both.
+        self.process
+            .start_ready("JetStream healthy", READY_TIMEOUT, || {
+                port_open(self.port) && healthz_ok(self.monitor_port)
+            })
+            .with_context(|| format!("nats-server did not start on port {}", self.port))?;
         Ok(())
-    }
-
-    fn wait_ready(&self) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            if let Some(child) = self.lock().as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("nats-server exited during start-up with {status}");
-                }
-            }
-            // /healthz answers 200 only once JetStream is up, but the
-            // monitor listener starts before the client one; check both.
-            if port_open(self.port) && healthz_ok(self.monitor_port) {
-                return Ok(());
-            }
-            if start.elapsed() > READY_TIMEOUT {
-                bail!("nats-server was not ready after {READY_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     fn lost_port_race(&self) -> bool {

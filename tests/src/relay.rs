@@ -8,14 +8,12 @@
 //! naming the build command, never a skip. The process is killed on drop
 //! and dies with the test process.
 
-use crate::tools::{free_port, spawn_tied, stop_child, tail, wait_until, workspace_root};
+use crate::tools::{free_port, workspace_root};
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::Signal;
+use spoor_process::{ChildProcess, Spec};
 use std::ffi::OsStr;
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long a (re)start may take before it counts as failed (stream,
@@ -41,12 +39,10 @@ pub struct RelayProcessConfig {
 
 /// A running (or killed) relay process; restartable on the same port.
 pub struct RelayProcess {
-    child: Mutex<Option<Child>>,
-    binary: PathBuf,
-    config: RelayProcessConfig,
+    process: ChildProcess,
     port: u16,
     // Declared last so it is removed after Drop has killed the relay.
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl RelayProcess {
@@ -83,12 +79,34 @@ impl RelayProcess {
             .prefix("spoor-relay-")
             .tempdir()
             .context("creating the relay's temporary directory")?;
+        let port = free_port()?;
+        let log = dir.path().join("relay.log");
+        let spec = Spec::new("spoor-relay", binary, log)
+            .arg("run")
+            .args(["--nats-url", &config.nats_url])
+            .args(
+                config
+                    .nats_ca
+                    .iter()
+                    .flat_map(|ca| [OsStr::new("--nats-ca"), ca.as_os_str()]),
+            )
+            .args(
+                config
+                    .nats_nkey_file
+                    .iter()
+                    .flat_map(|f| [OsStr::new("--nats-nkey-file"), f.as_os_str()]),
+            )
+            .args(["--clickhouse-url", &config.clickhouse_url])
+            .args(["--clickhouse-db", &config.database])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(&config.args)
+            .env("RUST_LOG", "info")
+            .tied_to_parent(Signal::SIGKILL)
+            .grace(STOP_GRACE);
         let relay = RelayProcess {
-            child: Mutex::new(None),
-            binary,
-            config,
-            port: free_port()?,
-            dir,
+            process: ChildProcess::new(spec),
+            port,
+            _dir: dir,
         };
         relay.spawn()?;
         Ok(relay)
@@ -101,43 +119,31 @@ impl RelayProcess {
 
     /// The relay's log (stdout and stderr), across restarts.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("relay.log")
+        self.process.log_path().to_owned()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log_path(), lines)
+        self.process.log_tail(lines)
     }
 
     /// True while the process is alive.
     pub fn is_running(&self) -> bool {
-        self.lock()
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.process.is_running()
     }
 
     /// `/metrics` as text.
     pub fn metrics(&self) -> Result<String> {
-        let url = format!("{}/metrics", self.url());
-        Ok(ureq::get(&url)
-            .timeout(Duration::from_secs(5))
-            .call()
-            .with_context(|| format!("GET {url}"))?
-            .into_string()?)
+        crate::metrics::fetch(&self.url())
     }
 
     /// Kills the relay at once (SIGKILL): no drain, no ack, no NAK.
     pub fn kill9(&self) {
-        if let Some(mut child) = self.lock().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Stops the relay cleanly (SIGTERM: it drains and acks), then reaps it.
     pub fn stop(&self) {
-        if let Some(mut child) = self.lock().take() {
-            stop_child(&mut child, STOP_GRACE, false);
-        }
+        self.process.stop();
     }
 
     /// Starts the relay again on the same port (after `kill9` or `stop`).
@@ -147,55 +153,12 @@ impl RelayProcess {
     }
 
     fn spawn(&self) -> Result<()> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .context("opening the relay log")?;
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("run")
-            .args(["--nats-url", &self.config.nats_url])
-            .args(
-                self.config
-                    .nats_ca
-                    .iter()
-                    .flat_map(|ca| [OsStr::new("--nats-ca"), ca.as_os_str()]),
-            )
-            .args(
-                self.config
-                    .nats_nkey_file
-                    .iter()
-                    .flat_map(|f| [OsStr::new("--nats-nkey-file"), f.as_os_str()]),
-            )
-            .args(["--clickhouse-url", &self.config.clickhouse_url])
-            .args(["--clickhouse-db", &self.config.database])
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(&self.config.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = spawn_tied(cmd, Signal::SIGKILL)
-            .with_context(|| format!("starting {}", self.binary.display()))?;
-        *self.lock() = Some(child);
         let healthz = format!("{}/healthz", self.url());
-        let ready = wait_until("spoor-relay /healthz", READY_TIMEOUT, || {
-            if !self.is_running() {
-                return true; // reported below
-            }
-            matches!(ureq::get(&healthz).timeout(Duration::from_secs(2)).call(), Ok(r) if r.status() == 200)
-        });
-        if !self.is_running() {
-            bail!(
-                "spoor-relay exited during start-up; log:\n{}",
-                self.log_tail(40)
-            );
-        }
-        ready.with_context(|| format!("relay log:\n{}", self.log_tail(40)))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner())
+        self.process
+            .start_ready("GET /healthz = 200", READY_TIMEOUT, || {
+                matches!(ureq::get(&healthz).timeout(Duration::from_secs(2)).call(), Ok(r) if r.status() == 200)
+            })?;
+        Ok(())
     }
 }
 

@@ -5,19 +5,14 @@
 //! `cargo xtask test`), then the workspace-local install that `cargo xtask
 //! setup` makes under `.spoor/tools/` or `node_modules/`, then the system path.
 //!
-//! Children are started through `spawn_tied`, which guarantees they die with
-//! the test process even when it is killed; this module must never start a
-//! child any other way. It holds the crate's only `unsafe` (one `pre_exec`).
+//! Children are started through `spawn_tied` (from `spoor-process`, re-exported
+//! here), which guarantees they die with the test process even when it is
+//! killed; the harness must never start a child any other way.
 
 use anyhow::{bail, Context as _, Result};
-use nix::sys::signal::Signal;
 use std::ffi::{OsStr, OsString};
-use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The set-up command every missing-tool error names.
@@ -162,13 +157,6 @@ pub fn port_open(port: u16) -> bool {
     .is_ok()
 }
 
-/// The last `n` lines of a log file, for error messages.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// The edge's worker-build output (`index.js`, `index_bg.wasm`): $SPOOR_EDGE_BUILD
 /// (set by `cargo xtask test`), else `edge/build/` in the workspace.
 pub fn edge_build_dir() -> Result<PathBuf> {
@@ -221,93 +209,6 @@ pub fn chdb_dir_in(env_value: Option<OsString>) -> Result<PathBuf> {
     Ok(dir)
 }
 
-type SpawnJob = (Command, Signal, mpsc::Sender<io::Result<Child>>);
-
-/// Spawns `cmd` so that the kernel sends it `on_parent_death` when the test
-/// process dies, however it dies (panic, Ctrl-C, SIGKILL): the handles' Drop
-/// is not enough on its own, and a shared server in a `static` is never
-/// dropped at all.
-///
-/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
-/// the process, and test threads (and tokio's blocking threads) come and go.
-/// So every child is forked by one harness thread that lives as long as the
-/// process. To kill a whole process tree, set `process_group(0)` on `cmd`
-/// and kill the group.
-pub fn spawn_tied(cmd: Command, on_parent_death: Signal) -> io::Result<Child> {
-    static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("spoor-harness-spawner".into())
-            .spawn(move || {
-                // Ends only with the process: the static keeps a sender alive.
-                for (mut cmd, signal, reply) in rx {
-                    let _ = reply.send(spawn_with_pdeathsig(&mut cmd, signal));
-                }
-            })
-            .expect("starting the harness's spawner thread");
-        tx
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    spawner
-        .send((cmd, on_parent_death, reply_tx))
-        .map_err(|_| io::Error::other("the harness's spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("the harness's spawner thread is gone"))?
-}
-
-#[allow(unsafe_code)] // pre_exec is unsafe to call; see the SAFETY note.
-fn spawn_with_pdeathsig(cmd: &mut Command, signal: Signal) -> io::Result<Child> {
-    use std::os::unix::process::CommandExt as _;
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // two async-signal-safe system calls (prctl, getppid); it allocates
-    // nothing and touches no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(signal).map_err(io::Error::from)?;
-            // The parent may have died between fork and prctl; then no signal would come.
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::other(
-                    "the test process exited while starting a child",
-                ));
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-}
-
-/// SIGTERM, then SIGKILL if `child` has not exited within `grace`; reaps it.
-/// With `group`, signals the child's whole process group (it must have been
-/// started with `process_group(0)`).
-pub fn stop_child(child: &mut Child, grace: Duration, group: bool) {
-    use nix::sys::signal::{kill, killpg};
-    use nix::unistd::Pid;
-    let pid = Pid::from_raw(child.id() as i32);
-    let signal = |s: Signal| {
-        let _ = if group { killpg(pid, s) } else { kill(pid, s) };
-    };
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        if group {
-            signal(Signal::SIGKILL); // stragglers left by a leader that already exited
-        }
-        return;
-    }
-    signal(Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    let mut exited = false;
-    while !exited && Instant::now() < deadline {
-        exited = matches!(child.try_wait(), Ok(Some(_)));
-        if !exited {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    // A reaped pid may be reused, so a lone child is only killed while unreaped;
-    // a group id stays reserved while any member (say, workerd under wrangler) lives.
-    if group || !exited {
-        signal(Signal::SIGKILL);
-    }
-    let _ = child.wait();
-}
+/// Child processes are started through [`spawn_tied`] (or a
+/// [`spoor_process::ChildProcess`] whose spec is tied to the parent).
+pub use spoor_process::{spawn_tied, stop_child, tail};

@@ -72,6 +72,9 @@ pub fn run(opts: Options) -> Result<()> {
                 "spoor-loadtest",
                 "-p",
                 "spoor-aggregator",
+                // The operator CLI, for the commands README shows against the demo.
+                "-p",
+                "spoor-cli",
             ])
             .current_dir(sh::root()),
     )?;
@@ -79,6 +82,7 @@ pub fn run(opts: Options) -> Result<()> {
     let relay_bin = release.join("spoor-relay");
     let loadtest_bin = release.join("spoor-loadtest");
     let aggregator_bin = release.join("spoor-aggregator");
+    let spoor_bin = release.join("spoor");
 
     let root = sh::root();
     let dir = root.join(".spoor/demo");
@@ -203,7 +207,7 @@ pub fn run(opts: Options) -> Result<()> {
         return Ok(());
     }
 
-    print_things_to_try(ports, &read_token);
+    print_things_to_try(ports, &read_token, &spoor_bin);
     println!("\nDashboard: {dashboard}");
     if !loadtest_ok {
         println!("demo: WARNING: spoor-loadtest reported a mismatch (see above); everything stays up for you to look");
@@ -279,6 +283,10 @@ fn start_clickhouse(
     std::fs::create_dir_all(ch.join("data"))?;
     std::fs::write(ch.join("config.xml"), clickhouse_config(&ch, ports))?;
     std::fs::write(ch.join("users.xml"), CLICKHOUSE_USERS)?;
+    println!(
+        "      config: {} (from deploy/clickhouse/server.xml)",
+        ch.join("config.xml").display()
+    );
     let mut cmd = Command::new(&tools.clickhouse_server);
     cmd.arg(format!("--config-file={}", ch.join("config.xml").display()));
     cmd.current_dir(&ch);
@@ -507,12 +515,8 @@ fn print_relay_summary(relay_port: u16) {
             return;
         }
     };
-    let metric = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let page = crate::prometheus::Metrics::parse_lossy(&text);
+    let metric = |name: &str| -> f64 { page.get(name).unwrap_or(0.0) };
     let rows = metric("spoor_relay_rows_inserted_total");
     let inserts = metric("spoor_relay_insert_duration_seconds_count");
     let insert_secs = metric("spoor_relay_insert_duration_seconds_sum");
@@ -537,7 +541,7 @@ fn rounded(v: &Value) -> String {
     }
 }
 
-fn print_things_to_try(ports: Ports, read_token: &str) {
+fn print_things_to_try(ports: Ports, read_token: &str, spoor_bin: &Path) {
     let Ports {
         nats_monitor: nats_monitor_port,
         ch_http: ch_http_port,
@@ -579,11 +583,19 @@ fn print_things_to_try(ports: Ports, read_token: &str) {
         today,
         today + day,
     );
-    println!("\nAsk the relays, as the ops role (TLS first, the demo's CA and ops nkey):");
+    // Relative to the repository's root when it is inside it, as README shows it.
+    let spoor = spoor_bin
+        .strip_prefix(sh::root())
+        .unwrap_or(spoor_bin)
+        .display();
+    println!("\nAsk the relays and ClickHouse with the operator CLI, as the ops role (TLS first, the demo's CA and ops nkey):");
     println!(
-        "  cargo run -q -p spoor-cli -- dead-letters list --nats-url tls://localhost:{} --nats-ca .spoor/demo/pki/ca.pem --nats-nkey-file .spoor/demo/pki/ops.nk",
+        "  export SPOOR_NATS_URL=tls://localhost:{} SPOOR_NATS_CA=.spoor/demo/pki/ca.pem SPOOR_NATS_NKEY_FILE=.spoor/demo/pki/ops.nk SPOOR_CLICKHOUSE_URL=http://127.0.0.1:{ch_http_port}",
         ports.nats
     );
+    println!("  {spoor} dead-letters list");
+    println!("  {spoor} reconcile --since 1h --relay http://127.0.0.1:{relay_port}");
+    println!("  {spoor} debug device <anonymous id> --last 1h --project {PROJECT}");
     println!("\nLook inside:");
     println!("  curl -s http://127.0.0.1:{relay_port}/metrics");
     println!("  curl -s 'http://127.0.0.1:{nats_monitor_port}/jsz?streams=true'");
@@ -613,41 +625,21 @@ fn clickhouse(url: &str, sql: &str) -> Result<String> {
     }
 }
 
-/// A self-contained server config (no /etc/clickhouse-server): loopback only,
-/// the demo's ports, data and logs under `dir`, UTC, no interserver port.
+/// The repository's server config template (no /etc/clickhouse-server:
+/// loopback only, UTC, no interserver port) filled in with the demo's ports,
+/// data and logs under `dir`, and logs a developer can read.
 fn clickhouse_config(dir: &Path, ports: Ports) -> String {
-    let d = dir.display();
-    let Ports {
-        ch_http: ch_http_port,
-        ch_tcp: ch_tcp_port,
-        ..
-    } = ports;
-    format!(
-        r#"<?xml version="1.0"?>
-<yandex>
-    <logger>
-        <level>information</level>
-        <log>{d}/server.log</log>
-        <errorlog>{d}/server.err.log</errorlog>
-        <console>0</console>
-    </logger>
-    <listen_host>127.0.0.1</listen_host>
-    <http_port>{ch_http_port}</http_port>
-    <tcp_port>{ch_tcp_port}</tcp_port>
-    <path>{d}/data/</path>
-    <tmp_path>{d}/data/tmp/</tmp_path>
-    <user_files_path>{d}/data/user_files/</user_files_path>
-    <format_schema_path>{d}/data/format_schemas/</format_schema_path>
-    <users_config>users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <timezone>UTC</timezone>
-    <mark_cache_size>268435456</mark_cache_size>
-    <max_concurrent_queries>100</max_concurrent_queries>
-</yandex>
-"#
-    )
+    CLICKHOUSE_SERVER
+        .replace("{{dir}}", &dir.display().to_string())
+        .replace("{{http_port}}", &ports.ch_http.to_string())
+        .replace("{{tcp_port}}", &ports.ch_tcp.to_string())
+        .replace("{{log_level}}", "information")
+        .replace("{{mark_cache_size}}", "268435456")
+        .replace("{{max_concurrent_queries}}", "100")
 }
+
+/// The server config template shared with the test harness.
+const CLICKHOUSE_SERVER: &str = include_str!("../../deploy/clickhouse/server.xml");
 
 /// The users file shared with the test harness and deployments: the
 /// relay's `default` user and the aggregator's read-only `spoor_readonly`.

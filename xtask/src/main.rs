@@ -14,6 +14,11 @@ mod demo;
 #[path = "../../tests/src/pki.rs"]
 #[allow(dead_code)] // the harness uses the rest
 mod pki;
+/// Spoor's Prometheus-text parser (pure, std and thiserror only), shared by
+/// source for the same reason, to read the demo relay's `/metrics`.
+#[path = "../../core/src/prometheus.rs"]
+#[allow(dead_code)] // the CLI and the tests use the rest
+mod prometheus;
 mod services;
 mod setup;
 mod sh;
@@ -60,8 +65,20 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Errors end xtask with their chain of causes, one a line, and exit code
+/// 1; never with a Rust backtrace (even under RUST_BACKTRACE=1): a failed
+/// step or a dead demo service is a message for the developer, not a bug.
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     services::install_interrupt_handler()?;
     match cli.command {
         Command::Setup => setup::run().map(drop),

@@ -1,18 +1,19 @@
 //! Long-running children (nats-server, clickhouse-server, wrangler + workerd,
-//! the relay): each runs in its own process group with its output in a log
-//! file, is recorded in a process-wide registry, and is stopped by killing
-//! its whole group — on drop, on error and from the Ctrl-C/SIGTERM handler.
-//! Nothing started here may outlive xtask; nothing here kills a process it
-//! did not start.
+//! the relay, the aggregator): each is a [`ChildProcess`] (the same handle
+//! the test harness uses) running in its own process group with its output
+//! in a log file, is recorded in a process-wide registry, and is stopped by
+//! signalling its whole group — on drop, on error and from the
+//! Ctrl-C/SIGTERM handler. Nothing started here may outlive xtask; nothing
+//! here kills a process it did not start. A service that dies is reported
+//! by name with its log's tail.
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use std::fs::File;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use spoor_process::{ChildProcess, Spec};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -59,58 +60,43 @@ fn group_alive(g: i32) -> bool {
     killpg(Pid::from_raw(g), None).is_ok()
 }
 
+/// Once the interrupt handler runs it stops everything and exits the
+/// process: the main thread waits for that instead of reporting the
+/// children it kills as crashed.
+fn park_if_interrupted() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// A running child process group.
 pub struct Service {
-    pub name: String,
-    child: Child,
-    pub log: PathBuf,
-    stopped: bool,
+    process: ChildProcess,
 }
 
 impl Service {
     /// Starts `cmd` in a new process group, stdout and stderr appended to `log`.
-    pub fn start(name: &str, mut cmd: Command, log: &Path) -> Result<Service> {
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
+    pub fn start(name: &str, cmd: Command, log: &Path) -> Result<Service> {
         println!("start {name}: {}", crate::sh::display(&cmd));
         println!("      log: {}", log.display());
+        let process =
+            ChildProcess::new(Spec::from_command(name, &cmd, log).own_group().grace(GRACE));
         // The registry lock is held across spawn so the interrupt handler
         // cannot run between the spawn and the registration.
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        let child = cmd
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        live.push(child.id() as i32);
-        Ok(Service {
-            name: name.to_owned(),
-            child,
-            log: log.to_owned(),
-            stopped: false,
-        })
+        let pid = process.start()?;
+        live.push(pid as i32);
+        Ok(Service { process })
     }
 
-    /// Fails with the log's tail if the process has exited.
+    /// Fails, naming the service and quoting its log's tail, if it has exited.
     pub fn check_running(&mut self) -> Result<()> {
-        while INTERRUPTED.load(Ordering::SeqCst) {
-            // The handler is stopping everything and will exit the process.
-            std::thread::sleep(Duration::from_secs(1));
+        park_if_interrupted();
+        let checked = self.process.check_running();
+        if checked.is_err() {
+            park_if_interrupted();
         }
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited ({status}); last lines of {}:\n{}",
-                self.name,
-                self.log.display(),
-                tail(&self.log, 30)
-            );
-        }
-        Ok(())
+        Ok(checked?)
     }
 
     /// Polls `ready` until it holds, failing early if the process exits.
@@ -118,55 +104,34 @@ impl Service {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut ready: impl FnMut() -> bool,
+        ready: impl FnMut() -> bool,
     ) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            self.check_running()?;
-            if ready() {
+        park_if_interrupted();
+        match self.process.wait_ready(what, timeout, ready) {
+            Ok(took) => {
                 println!(
                     "      {} ready after {:.1}s",
-                    self.name,
-                    start.elapsed().as_secs_f64()
+                    self.process.name(),
+                    took.as_secs_f64()
                 );
-                return Ok(());
+                Ok(())
             }
-            if start.elapsed() > timeout {
-                bail!(
-                    "{} not ready ({what}) after {timeout:?}; last lines of {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&self.log, 30)
-                );
+            Err(e) => {
+                park_if_interrupted();
+                Err(e.into())
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// SIGTERM to the group, SIGKILL after the grace period; waits for the child.
     pub fn stop(&mut self) {
-        if self.stopped {
+        let Some(pgid) = self.process.pid() else {
             return;
-        }
-        self.stopped = true;
-        let pgid = self.child.id() as i32;
-        println!("stop  {}", self.name);
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
-        let deadline = Instant::now() + GRACE;
-        loop {
-            let leader_gone = matches!(self.child.try_wait(), Ok(Some(_)) | Err(_));
-            if leader_gone && killpg(Pid::from_raw(pgid), None).is_err() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        println!("stop  {}", self.process.name());
+        self.process.stop();
         if let Ok(mut live) = LIVE.lock() {
-            live.retain(|&g| g != pgid);
+            live.retain(|&g| g != pgid as i32);
         }
     }
 }
@@ -203,11 +168,4 @@ impl Drop for Services {
     fn drop(&mut self) {
         self.stop_all();
     }
-}
-
-/// The last `n` lines of a log file.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

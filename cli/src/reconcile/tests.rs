@@ -137,3 +137,97 @@ fn every_kind_of_gap_is_named() {
         "{text}"
     );
 }
+
+mod ledger {
+    use super::super::ledger::{self, Ledger};
+    use spoor_core::enrich::{Device, Geo};
+    use spoor_core::event::{Context, Event, WireBatch};
+    use std::collections::{HashMap, HashSet};
+    use uuid::Uuid;
+
+    const MAX: usize = 1024 * 1024;
+    /// 2024-03-01T00:00:00Z: day 19783.
+    const TS_MS: i64 = 1_709_251_200_000;
+
+    fn frame(project: &str, ids: &[u128]) -> Vec<u8> {
+        let batch = WireBatch {
+            batch_id: "b".into(),
+            project_id: project.into(),
+            region: "eu".into(),
+            received_at_ms: TS_MS,
+            sent_at_ms: None,
+            geo: Geo::default(),
+            device: Device::default(),
+            ip_prefix: String::new(),
+            events: ids
+                .iter()
+                .map(|&id| Event {
+                    event_id: Uuid::from_u128(id),
+                    event_id_derived: false,
+                    event: "page_view".into(),
+                    user_id: String::new(),
+                    anonymous_id: "dev-1".into(),
+                    session_id: String::new(),
+                    client_ts_ms: None,
+                    ts_ms: TS_MS,
+                    properties: "{}".into(),
+                    context: Context::default(),
+                })
+                .collect(),
+        };
+        spoor_core::encode_batch(&batch).unwrap()
+    }
+
+    #[test]
+    fn every_frame_is_decoded_dead_lettered_replayed_undecodable_or_another_projects() {
+        let frames = vec![
+            (1, frame("shop", &[1, 2])),
+            (2, frame("shop", &[2, 3])), // a resend of event 2
+            (3, b"garbage".to_vec()),    // dead-lettered
+            (4, frame("shop", &[9])),    // superseded by its replay (seq 6)
+            (5, frame("other", &[7])),
+            (6, frame("shop", &[9])),
+            (7, b"more garbage".to_vec()), // no dead letter
+        ];
+        let dead = HashMap::from([(3, ("bad_magic".to_string(), 7))]);
+        let superseded = HashSet::from([4]);
+        let l = Ledger::build(frames, &superseded, &dead, Some("shop"), MAX);
+        assert_eq!(l.frames, 7);
+        assert_eq!(l.frames_decoded, 3);
+        assert_eq!((l.dead_lettered_frames, l.dead_lettered_bytes), (1, 7));
+        assert_eq!(l.dead_lettered_by_reason.get("bad_magic"), Some(&1));
+        assert_eq!(l.replayed_frames, 1);
+        assert_eq!(l.other_project_frames, 1);
+        assert_eq!(l.undecodable.len(), 1);
+        assert_eq!(l.undecodable[0].stream_seq, 7);
+        assert_eq!(l.accepted_events, 5);
+        let mut ids: Vec<u128> = l.unique.keys().map(|id| id.as_u128()).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2, 3, 9]);
+        let two = &l.unique[&Uuid::from_u128(2)];
+        assert_eq!((two.stream_seq, two.event_date), (1, 19_783));
+        assert_eq!(l.by_partition()[&("shop", 19_783)].len(), 4);
+    }
+
+    #[test]
+    fn stored_counts_name_the_missing_and_the_duplicated() {
+        let frames = vec![(1, frame("shop", &[1, 2])), (2, frame("shop", &[3]))];
+        let l = Ledger::build(frames, &HashSet::new(), &HashMap::new(), None, MAX);
+        let stored = HashMap::from([(Uuid::from_u128(1), 1), (Uuid::from_u128(3), 2)]);
+        let missing = ledger::missing(&stored, &l.unique);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].event_id, Uuid::from_u128(2));
+        assert_eq!(missing[0].event_date, "2024-03-01");
+        assert_eq!(missing[0].stream_seq, 1);
+        let duplicated = ledger::duplicated(&stored, &l.unique);
+        assert_eq!(duplicated.len(), 1);
+        assert_eq!(
+            (
+                duplicated[0].event_id,
+                duplicated[0].rows,
+                duplicated[0].project_id.as_str()
+            ),
+            (Uuid::from_u128(3), 2, "shop")
+        );
+    }
+}
