@@ -1,0 +1,149 @@
+//! Buffering, inserting and acknowledging.
+
+use std::time::Duration;
+
+use crate::batcher::FlushReason;
+use crate::metrics::Metrics;
+
+use super::{InternalEvent, Stage};
+
+/// The buffer's size changed.
+pub struct BufferChanged {
+    pub rows: usize,
+    pub bytes: usize,
+    pub messages: usize,
+}
+
+impl InternalEvent for BufferChanged {
+    fn emit(self, m: &Metrics) {
+        m.buffer_rows.set(self.rows as i64);
+        m.buffer_bytes.set(self.bytes as i64);
+        m.buffer_messages.set(self.messages as i64);
+    }
+}
+
+/// An insert succeeded.
+pub struct EventsInserted {
+    pub rows: usize,
+    pub bytes: usize,
+    pub latency: Duration,
+    pub reason: FlushReason,
+    pub attempts: u32,
+}
+
+impl InternalEvent for EventsInserted {
+    fn emit(self, m: &Metrics) {
+        tracing::debug!(
+            rows = self.rows,
+            bytes = self.bytes,
+            latency_ms = self.latency.as_millis() as u64,
+            reason = self.reason.as_str(),
+            attempts = self.attempts,
+            "rows inserted"
+        );
+        m.rows_inserted.inc_by(self.rows as u64);
+        m.insert_duration_seconds
+            .observe(self.latency.as_secs_f64());
+        m.insert_batch_rows.observe(self.rows as f64);
+    }
+}
+
+/// An insert attempt failed; the buffer is kept and retried.
+pub struct InsertFailed<'a> {
+    pub error: &'a dyn std::error::Error,
+    pub rows: usize,
+    pub attempt: u32,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for InsertFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = "clickhouse",
+            stage = Stage::Insert.as_str(),
+            rows = self.rows,
+            attempt = self.attempt,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            error = %self.error,
+            "ClickHouse insert failed; keeping the buffer and retrying (fetching paused)"
+        );
+        m.error(Stage::Insert, "clickhouse").inc();
+    }
+}
+
+/// Messages were acknowledged (their acks flushed to the server).
+pub struct MessagesAcked {
+    pub count: usize,
+}
+
+impl InternalEvent for MessagesAcked {
+    fn emit(self, m: &Metrics) {
+        tracing::trace!(count = self.count, "messages acked");
+        m.messages_acked.inc_by(self.count as u64);
+    }
+}
+
+/// Acks could not be sent or flushed; JetStream will redeliver those
+/// messages and dedup (or the table's ReplacingMergeTree) absorbs the copy.
+pub struct AckFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub count: usize,
+}
+
+impl InternalEvent for AckFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(
+            error_type = "ack",
+            stage = Stage::Ack.as_str(),
+            count = self.count,
+            error = %self.error,
+            "acks not confirmed; the messages will be redelivered"
+        );
+        m.error(Stage::Ack, "ack").inc();
+    }
+}
+
+/// A JetStream message could not be progress-acked or NAKed. Progress acks
+/// keep JetStream from redelivering during a long insert; a lost NAK only
+/// delays redelivery until `ack_wait`.
+pub struct AckSignalFailed<'a> {
+    /// `progress` or `nak`.
+    pub kind: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for AckSignalFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        let consequence = match self.kind {
+            "progress" => "messages may be redelivered to another relay mid-insert",
+            _ => "messages return after ack_wait",
+        };
+        tracing::warn!(
+            error_type = self.kind,
+            stage = Stage::Ack.as_str(),
+            error = %self.error,
+            consequence,
+            "acknowledgement signal failed"
+        );
+        m.error(Stage::Ack, self.kind).inc();
+    }
+}
+
+/// Shutdown drain gave up with rows still buffered.
+pub struct DrainAbandoned {
+    pub rows: usize,
+    pub messages: usize,
+}
+
+impl InternalEvent for DrainAbandoned {
+    fn emit(self, m: &Metrics) {
+        m.error(Stage::Shutdown, "drain_timeout").inc();
+        tracing::error!(
+            error_type = "drain_timeout",
+            stage = Stage::Shutdown.as_str(),
+            rows = self.rows,
+            messages = self.messages,
+            "drain timed out; leaving messages unacked for redelivery"
+        );
+    }
+}
