@@ -39,9 +39,15 @@ pub struct Args {
         default_value = "http://127.0.0.1:8123"
     )]
     pub clickhouse_url: String,
-    /// ClickHouse database (SPOOR_CLICKHOUSE_DATABASE, its former name, is
-    /// still read).
-    #[arg(long, env = "SPOOR_CLICKHOUSE_DB", default_value = "spoor")]
+    /// ClickHouse database, `--clickhouse-db` as for the relay and the CLI
+    /// (`--clickhouse-database` and SPOOR_CLICKHOUSE_DATABASE, its former
+    /// names, are still read).
+    #[arg(
+        long = "clickhouse-db",
+        alias = "clickhouse-database",
+        env = "SPOOR_CLICKHOUSE_DB",
+        default_value = "spoor"
+    )]
     pub clickhouse_database: String,
     /// A read-only ClickHouse user (profile setting readonly = 2).
     #[arg(
@@ -174,9 +180,11 @@ mod tests {
         assert_eq!(parse(&["agg"]).clickhouse_database, "old_name");
         std::env::set_var("SPOOR_CLICKHOUSE_DB", "new_name");
         assert_eq!(parse(&["agg"]).clickhouse_database, "new_name");
-        // A flag beats both.
-        let flag = parse(&["agg", "--clickhouse-database", "flag"]);
+        // A flag beats both, under its name and its former name.
+        let flag = parse(&["agg", "--clickhouse-db", "flag"]);
         assert_eq!(flag.clickhouse_database, "flag");
+        let old_flag = parse(&["agg", "--clickhouse-database", "old_flag"]);
+        assert_eq!(old_flag.clickhouse_database, "old_flag");
         std::env::remove_var("SPOOR_CLICKHOUSE_DB");
         std::env::remove_var("SPOOR_CLICKHOUSE_DATABASE");
     }

@@ -390,7 +390,7 @@ fn start_aggregator(
         "--clickhouse-url",
         &format!("http://127.0.0.1:{}", ports.ch_http),
     ])
-    .args(["--clickhouse-database", DB])
+    .args(["--clickhouse-db", DB])
     .args(["--clickhouse-user", "spoor_readonly"])
     .args(["--listen", &format!("127.0.0.1:{}", ports.aggregator)])
     .env("SPOOR_READ_TOKENS", format!("{PROJECT}={read_token}"))
