@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use spoor_cli::dead_letters::{self, DeadLetterError, ReplayOptions, Selector};
 use spoor_core::contract::DEAD_STREAM;
-use spoor_core::{encode_batch, Device, Event, Geo, WireBatch};
+use spoor_core::{encode_batch, Event, WireBatch};
 use spoor_relay::RelayConfig;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
@@ -49,17 +49,11 @@ pub(crate) async fn count(ch: &ClickHouseServer, db: &str) -> u64 {
         .unwrap()
 }
 
+/// The fixtures' batch, in this module's project.
 pub(crate) fn batch(batch_id: &str, events: Vec<Event>) -> WireBatch {
     WireBatch {
-        batch_id: batch_id.into(),
         project_id: PROJECT.into(),
-        region: "eu-west".into(),
-        received_at_ms: TS_MS + 100,
-        sent_at_ms: None,
-        geo: Geo::default(),
-        device: Device::default(),
-        ip_prefix: String::new(),
-        events,
+        ..spoor_tests::fixtures::batch(batch_id, events)
     }
 }
 
