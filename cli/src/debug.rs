@@ -8,9 +8,9 @@
 //! ClickHouse are given, the rest of the window is read from
 //! `events_by_device` (`spoor_store::device`), and those events are marked
 //! as coming from ClickHouse (`relay = "clickhouse"`, stream position
-//! unknown: 0). The rings window on the edge's receive time, the table on
-//! event time: `spoor_store::device::DeviceQuery::beyond_rings` turns the
-//! rest of the window into a table read and states how the clocks relate.
+//! unknown: 0). Both read the same window on the same clock, the edge's
+//! receive time: `DeviceLookup::not_in_rings` says which part of it the
+//! rings do not hold, and the table is asked for exactly that part.
 //!
 //! `follow` polls the lookup and reports each event once, and again when it
 //! moves on (pending → inserted). Polling rather than a push stream keeps
@@ -82,47 +82,24 @@ pub async fn device_with(
         from_clickhouse: 0,
         clickhouse_note: None,
     };
-    let Some(reach_ms) = rings_fall_short(&result.lookup) else {
+    let Some(rest) = result.lookup.not_in_rings() else {
         return Ok(result);
     };
-    let q = &opts.query;
-    let (Some(ch), Some(_)) = (&opts.clickhouse, &q.project_id) else {
+    let (Some(ch), Some(_)) = (&opts.clickhouse, &rest.project_id) else {
         result.clickhouse_note = Some(
             "the rings do not cover the whole window; give --project and ClickHouse to read older events"
                 .into(),
         );
         return Ok(result);
     };
-    let Some(ch_query) = ch_device::DeviceQuery::beyond_rings(q, reach_ms) else {
-        return Ok(result);
-    };
     let client = ch_device::lookup_client(ch);
-    match ch_device::device_events(&client, &ch_query).await {
+    match ch_device::device_events(&client, &rest, ch_device::DEFAULT_TIMEOUT).await {
         Ok(rows) => {
             result.from_clickhouse = add_older(&mut result.lookup, rows);
         }
         Err(e) => result.clickhouse_note = Some(format!("ClickHouse not read: {e}")),
     }
     Ok(result)
-}
-
-/// When the rings do not reach back to the query's start: the earliest
-/// time every answering ring covers (the query's end when none answered).
-fn rings_fall_short(lookup: &DeviceLookup) -> Option<i64> {
-    let since = lookup.query.since_ms;
-    if lookup.relays.is_empty() {
-        return Some(lookup.query.until_ms);
-    }
-    // A ring still rebuilding, or holding nothing, covers nothing for sure.
-    let reach = lookup
-        .coverage
-        .iter()
-        .map(|(_, c)| match (c.rehydrating, c.oldest_stream_ms) {
-            (false, Some(oldest)) => oldest,
-            _ => lookup.query.until_ms,
-        })
-        .max()?;
-    (reach > since).then_some(reach)
 }
 
 /// Adds ClickHouse rows the rings did not return; returns how many.

@@ -81,7 +81,8 @@ struct DeviceArgs {
     /// Treat the id as a user_id.
     #[arg(long)]
     user: bool,
-    /// How far back (e.g. 15m, 1h, 6h; at most 24h).
+    /// How far back, on the edge's receive time: what arrived in it (e.g.
+    /// 15m, 1h, 6h; at most 24h).
     #[arg(long, default_value = "1h")]
     last: String,
     /// Only this project's events (needed to read ClickHouse).

@@ -18,10 +18,16 @@ use uuid::Uuid;
 pub const MAX_ID_BYTES: usize = 256;
 /// Longest project id a query may carry, in bytes.
 pub const MAX_PROJECT_BYTES: usize = 128;
-/// Widest window a query may ask for: a day. The ring keeps an hour by
-/// default; a wider window is accepted (a relay configured with a longer
-/// ring can answer it) but not an unbounded one.
+/// Widest window a ring lookup may ask for: a day. The ring keeps an hour
+/// by default; a wider window is accepted (a relay configured with a longer
+/// ring can answer it) but not an unbounded one. What the relays, their
+/// HTTP endpoint and `spoor debug device` accept ([`DeviceQuery::validate`]).
 pub const MAX_WINDOW_MS: i64 = 24 * 3_600_000;
+/// Widest window a read of the device tables in ClickHouse may ask for:
+/// the `events` table's 90 days (the device tables keep fewer, so a longer
+/// window would only read nothing). Checked with
+/// [`DeviceQuery::validate_within`] by `spoor_store::device`.
+pub const MAX_TABLE_WINDOW_MS: i64 = 90 * 86_400_000;
 /// Default window when the caller names none.
 pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
 /// Most events one lookup returns.
@@ -57,8 +63,10 @@ pub struct DeviceQuery {
     /// Only events of this project; `None` means every project.
     pub project_id: Option<String>,
     /// Window on the edge's `received_at_ms`, inclusive start, exclusive end:
-    /// the clock the rings hold events by. (The device tables in ClickHouse
-    /// are read on event time, `ts_ms`; `spoor_store::device` says how.)
+    /// what arrived in it, late events a client queued and sent now
+    /// included. The one clock of the lookup: the rings hold events by it
+    /// and the device tables in ClickHouse are read on it too
+    /// (`spoor_store::device` says how).
     pub since_ms: i64,
     pub until_ms: i64,
     /// Most events in the merged answer.
@@ -84,8 +92,11 @@ pub enum QueryError {
     BadDuration(String),
     #[error("the window is empty or reversed (since {since_ms} >= until {until_ms})")]
     EmptyWindow { since_ms: i64, until_ms: i64 },
-    #[error("the window is {ms} ms wide; at most {MAX_WINDOW_MS} ms (24h) may be asked for")]
-    WindowTooWide { ms: i64 },
+    #[error(
+        "the window is {ms} ms wide; at most {max_ms} ms ({}h) may be asked for",
+        .max_ms / 3_600_000
+    )]
+    WindowTooWide { ms: i64, max_ms: i64 },
     #[error("`{0}` is not a limit between 1 and {MAX_LIMIT}")]
     BadLimit(String),
     #[error("unknown query parameter `{0}`; use last, project, user_id, limit")]
@@ -157,8 +168,15 @@ impl DeviceQuery {
         Ok(q)
     }
 
-    /// Checks every field; a relay calls it on every query it receives.
+    /// Checks every field, the window against the rings' [`MAX_WINDOW_MS`];
+    /// a relay calls it on every query it receives.
     pub fn validate(&self) -> Result<(), QueryError> {
+        self.validate_within(MAX_WINDOW_MS)
+    }
+
+    /// [`DeviceQuery::validate`] with another cap on the window's width
+    /// (a read of the device tables takes [`MAX_TABLE_WINDOW_MS`]).
+    pub fn validate_within(&self, max_window_ms: i64) -> Result<(), QueryError> {
         check_id(self.subject.id())?;
         if let Some(p) = &self.project_id {
             check_project(p)?;
@@ -171,8 +189,11 @@ impl DeviceQuery {
         }
         let width = self.until_ms.saturating_sub(self.since_ms);
         // One millisecond of slack: `new` makes the end exclusive.
-        if width > MAX_WINDOW_MS.saturating_add(1) {
-            return Err(QueryError::WindowTooWide { ms: width });
+        if width > max_window_ms.saturating_add(1) {
+            return Err(QueryError::WindowTooWide {
+                ms: width,
+                max_ms: max_window_ms,
+            });
         }
         if self.limit == 0 || self.limit > MAX_LIMIT {
             return Err(QueryError::BadLimit(self.limit.to_string()));
@@ -396,6 +417,39 @@ pub struct DeviceLookup {
     pub dead_frames: Vec<DeadFrame>,
     /// Each answering relay's coverage.
     pub coverage: Vec<(String, RingCoverage)>,
+}
+
+impl DeviceLookup {
+    /// The part of the query's window the answering rings do not hold, as a
+    /// query of its own (same subject, project and limit) for the device
+    /// tables: from the query's start up to the earliest receive time every
+    /// answering ring covers, or the whole window when no relay answered.
+    /// `None` when the rings hold all of it.
+    ///
+    /// A ring holds events by stream time, which is never before the
+    /// edge's receive time: a ring whose oldest event was stored at `S`
+    /// holds every event received from `S` on, so the rest of the window
+    /// ends at `S`. A ring still rebuilding, or holding nothing, covers
+    /// nothing for sure; the widest gap among the rings decides.
+    pub fn not_in_rings(&self) -> Option<DeviceQuery> {
+        let q = &self.query;
+        let reach = if self.relays.is_empty() {
+            q.until_ms
+        } else {
+            self.coverage
+                .iter()
+                .map(|(_, c)| match (c.rehydrating, c.oldest_stream_ms) {
+                    (false, Some(oldest)) => oldest,
+                    _ => q.until_ms,
+                })
+                .max()?
+        };
+        let until_ms = reach.min(q.until_ms);
+        (until_ms > q.since_ms).then(|| DeviceQuery {
+            until_ms,
+            ..q.clone()
+        })
+    }
 }
 
 /// Which of two copies of one event to keep: the most advanced state, then

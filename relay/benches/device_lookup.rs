@@ -25,7 +25,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use spoor_store::device::{device_events, lookup_client, DeviceQuery, Who, MAX_LIMIT};
+use spoor_core::debug::{DeviceQuery, Subject, MAX_LIMIT};
+use spoor_store::device::{bound, device_events, lookup_client, DEFAULT_TIMEOUT};
 use spoor_store::schema;
 use spoor_store::ClickHouseConfig;
 use spoor_tests::bench::{env_or, histogram, quantile_ms, record};
@@ -98,7 +99,18 @@ fn scalar(ch: &ClickHouseServer, sql: &str) -> String {
 
 struct Case<'a> {
     name: &'a str,
-    query: DeviceQuery<'a>,
+    query: DeviceQuery,
+}
+
+/// `subject` in the bench's project, received in `[since_ms, until_ms)`.
+fn received(subject: Subject, since_ms: i64, until_ms: i64, limit: usize) -> DeviceQuery {
+    DeviceQuery {
+        subject,
+        project_id: Some("bench".into()),
+        since_ms,
+        until_ms,
+        limit,
+    }
 }
 
 fn main() {
@@ -155,31 +167,30 @@ fn main() {
     let cases = [
         Case {
             name: "device, 7 days (1,000 events)",
-            query: DeviceQuery {
-                limit: MAX_LIMIT,
-                ..DeviceQuery::new(
-                    "bench",
-                    Who::Device("device-target"),
-                    start_ms - 60_000,
-                    until,
-                )
-            },
+            query: received(
+                Subject::Device("device-target".into()),
+                start_ms - 60_000,
+                until,
+                MAX_LIMIT,
+            ),
         },
         Case {
             name: "device, last hour",
-            query: DeviceQuery::new(
-                "bench",
-                Who::Device("device-target"),
+            query: received(
+                Subject::Device("device-target".into()),
                 now_ms - 3_600_000,
                 until,
+                1_000,
             ),
         },
         Case {
             name: "user, 7 days",
-            query: DeviceQuery {
-                limit: MAX_LIMIT,
-                ..DeviceQuery::new("bench", Who::User("user-target"), start_ms - 60_000, until)
-            },
+            query: received(
+                Subject::User("user-target".into()),
+                start_ms - 60_000,
+                until,
+                MAX_LIMIT,
+            ),
         },
     ];
 
@@ -188,8 +199,7 @@ fn main() {
     for case in &cases {
         let sql = format!(
             "{} FORMAT RowBinary",
-            case.query
-                .bound(&client)
+            bound(&client, &case.query)
                 .expect("valid query")
                 .sql_display()
         );
@@ -199,7 +209,7 @@ fn main() {
         for i in 0..WARMUP + samples {
             let t = Instant::now();
             let rows = rt
-                .block_on(device_events(&client, &case.query))
+                .block_on(device_events(&client, &case.query, DEFAULT_TIMEOUT))
                 .expect("device_events");
             let lib_took = t.elapsed();
             returned = rows.len();

@@ -12,7 +12,7 @@
 //!   release Spoor supports, 18.16 included.
 //! - [`date`]: ClickHouse `Date`/`DateTime` values from epoch milliseconds.
 //! - [`device`]: one device's (or user's devices') events from the device
-//!   tables, windowed on event time.
+//!   tables, windowed on the edge's receive time, as the relays' rings are.
 //! - [`retention`]: how long each family of tables keeps its rows, enforced
 //!   by partition drops.
 //! - [`text`]: a plain-text (TabSeparated) query client over HTTP, for

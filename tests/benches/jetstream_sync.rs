@@ -65,7 +65,7 @@ async fn measure(server: &NatsServer, frames: &[Vec<u8>], concurrency: usize) ->
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client);
-    spoor_relay::source::nats::ensure_stream(&js, "SPOOR_EVENTS")
+    spoor_relay::source::nats::ensure_stream(&js, spoor_core::contract::DEFAULT_EVENTS_STREAM)
         .await
         .expect("stream");
     let hist = Arc::new(Mutex::new(

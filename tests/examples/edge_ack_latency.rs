@@ -42,7 +42,8 @@ async fn main() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let client = nats.connect(spoor_tests::nats::NatsRole::Admin).await?;
     let js = async_nats::jetstream::new(client);
-    spoor_relay::source::nats::ensure_stream(&js, "SPOOR_EVENTS").await?;
+    spoor_relay::source::nats::ensure_stream(&js, spoor_core::contract::DEFAULT_EVENTS_STREAM)
+        .await?;
     let edge = Edge::start(
         &EdgeConfig::for_nats(&nats)
             .var("WRITE_KEYS", json!({"wk_bench": "bench"}).to_string())

@@ -41,7 +41,7 @@ use spoor_aggregator::query::{
     PropertyFilter, Source, Sql,
 };
 use spoor_aggregator::store::fetch_with_totals;
-use spoor_store::device::{DeviceQuery, Who};
+use spoor_core::debug::{DeviceQuery, Subject};
 use spoor_store::retention::{
     drop_partition_sql, parse_partition, partitions_sql, PartitionKey, RetainedTable,
     RETAINED_TABLES,
@@ -541,12 +541,25 @@ fn statements(db_1816: &str) -> Vec<Statement> {
 
     // The relay's device lookups (their own binding, same crate).
     let client = clickhouse::Client::default();
-    for (name, who) in [
-        ("relay device lookup: a device", Who::Device("d5")),
-        ("relay device lookup: a user", Who::User("u1")),
+    for (name, subject) in [
+        (
+            "relay device lookup: a device",
+            Subject::Device("d5".into()),
+        ),
+        ("relay device lookup: a user", Subject::User("u1".into())),
     ] {
-        let query = DeviceQuery::new("shop", who, T0 - DAY, T0 + 4 * DAY);
-        let text = query.bound(&client).unwrap().sql_display().to_string();
+        // Received over the whole data set (the late events too).
+        let query = DeviceQuery {
+            subject,
+            project_id: Some("shop".into()),
+            since_ms: T0 - DAY,
+            until_ms: T0 + 4 * DAY,
+            limit: 1_000,
+        };
+        let text = spoor_store::device::bound(&client, &query)
+            .unwrap()
+            .sql_display()
+            .to_string();
         add(name.into(), plain(&text), Check::Rows);
     }
 

@@ -1,18 +1,19 @@
 //! The device tables (`events_by_device`, `device_users`) against a real
 //! clickhouse-server (18.16): rows a real relay inserts into `events` reach
 //! them through the views and come back from `device_events` by device and
-//! by user, ordered by time; unknown ids give an empty answer; hostile ids
-//! are rejected or bound, never spliced; device retention drops only old
-//! day partitions, and only of the device tables (the other families:
+//! by user, ordered by time; the window is on the edge's receive time, not
+//! the event time; unknown ids give an empty answer; hostile ids are
+//! rejected or bound, never spliced; device retention drops only old day
+//! partitions, and only of the device tables (the other families:
 //! `retention.rs`); the schema applies twice.
 
 use std::time::Duration;
 
-use spoor_core::WireBatch;
+use spoor_core::debug::{DeviceQuery, QueryError, Subject};
 use spoor_relay::sink::clickhouse::ClickHouseSink;
 use spoor_store::date::date_string;
 use spoor_store::device::{
-    device_events, lookup_client, DeviceQuery, DeviceQueryError, DeviceRow, IdProblem, Who,
+    device_events, lookup_client, DeviceQueryError, DeviceRow, DEFAULT_TIMEOUT,
 };
 use spoor_store::retention::{drop_device_partitions_older_than, first_kept_day, RetentionError};
 use spoor_store::{schema, ClickHouseConfig, EventRow};
@@ -56,12 +57,25 @@ pub(crate) fn device_event(n: u128, device: &str, user: &str, ts_ms: i64) -> spo
 
 /// Inserts events straight through the relay's own sink (one INSERT into
 /// `events`, as the relay makes), for tests that are about the tables, not
-/// the relay's consumption.
+/// the relay's consumption. Each event is received 100 ms after its event
+/// time, as one sent as it happens.
 pub(crate) async fn insert(cfg: &ClickHouseConfig, events: Vec<spoor_core::Event>) {
-    let wire: WireBatch = batch("direct", Vec::new());
+    let received = events.into_iter().map(|e| {
+        let at = e.ts_ms + 100;
+        (e, at)
+    });
+    insert_received(cfg, received.collect()).await;
+}
+
+/// [`insert`] with each event's edge receive time given.
+pub(crate) async fn insert_received(cfg: &ClickHouseConfig, events: Vec<(spoor_core::Event, i64)>) {
     let rows: Vec<EventRow> = events
         .into_iter()
-        .map(|e| EventRow::new(&wire, e))
+        .map(|(e, received_at_ms)| {
+            let mut wire = batch("direct", Vec::new());
+            wire.received_at_ms = received_at_ms;
+            EventRow::new(&wire, e)
+        })
         .collect();
     ClickHouseSink::new(cfg, Duration::from_secs(60))
         .insert(&rows)
@@ -69,18 +83,35 @@ pub(crate) async fn insert(cfg: &ClickHouseConfig, events: Vec<spoor_core::Event
         .unwrap();
 }
 
+fn dev(id: &str) -> Subject {
+    Subject::Device(id.into())
+}
+
+fn user(id: &str) -> Subject {
+    Subject::User(id.into())
+}
+
+/// `subject`'s events in `proj_it` received in `[since_ms, until_ms)`.
+fn received(subject: Subject, since_ms: i64, until_ms: i64) -> DeviceQuery {
+    DeviceQuery {
+        subject,
+        project_id: Some("proj_it".into()),
+        since_ms,
+        until_ms,
+        limit: 1_000,
+    }
+}
+
 async fn lookup(
     client: &clickhouse::Client,
-    who: Who<'_>,
+    subject: Subject,
     since_ms: i64,
     until_ms: i64,
 ) -> Vec<DeviceRow> {
-    device_events(
-        client,
-        &DeviceQuery::new("proj_it", who, since_ms, until_ms),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("lookup of {who:?}: {e}"))
+    let query = received(subject, since_ms, until_ms);
+    device_events(client, &query, DEFAULT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("lookup of {:?}: {e}", query.subject))
 }
 
 fn ids(rows: &[DeviceRow]) -> Vec<uuid::Uuid> {
@@ -99,7 +130,8 @@ async fn relay_rows_come_back_by_device_and_by_user_in_time_order() {
     let publisher = Publisher::connect(&nats).await;
 
     // Device A: anonymous at first, then user-1 logs in; its events arrive
-    // out of time order across two frames, one of them across midnight.
+    // out of time order across three frames, one of them across midnight,
+    // each received just after its newest event (one five days earlier).
     let midnight = 1_709_337_600_000; // 2024-03-02T00:00:00Z
     let a = [
         device_event(1, "dev-a", "", midnight - 2 * HOUR),
@@ -115,12 +147,14 @@ async fn relay_rows_come_back_by_device_and_by_user_in_time_order() {
         vec![a[0].clone(), a[1].clone(), c.clone()],
     );
     first.sent_at_ms = Some(midnight + 11 * 60_000);
+    first.received_at_ms = midnight + 11 * 60_000 + 100;
     publisher.publish_batch(&first).await;
-    let second = batch(
-        "device-frame-2",
-        vec![a[2].clone(), a[3].clone(), b.clone()],
-    );
-    let last = publisher.publish_batch(&second).await;
+    let mut second = batch("device-frame-2", vec![a[2].clone(), b.clone()]);
+    second.received_at_ms = midnight - 30 * 60_000 + 100;
+    publisher.publish_batch(&second).await;
+    let mut third = batch("device-frame-3", vec![a[3].clone()]);
+    third.received_at_ms = midnight - 5 * DAY + 100;
+    let last = publisher.publish_batch(&third).await;
     publisher.drained(last).await;
 
     // The views filled both tables from the relay's inserts into `events`.
@@ -133,9 +167,10 @@ async fn relay_rows_come_back_by_device_and_by_user_in_time_order() {
     );
 
     let client = lookup_client(&ch_config(ch, &db));
+    // Received in these four hours: frames 1 and 2, not frame 3.
     let window = (midnight - 3 * HOUR, midnight + HOUR);
 
-    let dev_a = lookup(&client, Who::Device("dev-a"), window.0, window.1).await;
+    let dev_a = lookup(&client, dev("dev-a"), window.0, window.1).await;
     assert_eq!(
         ids(&dev_a),
         vec![id(1), id(3), id(2)],
@@ -153,7 +188,7 @@ async fn relay_rows_come_back_by_device_and_by_user_in_time_order() {
     assert_eq!(row.ts_ms, midnight + 10 * 60_000);
     assert_eq!(row.client_ts_ms, Some(midnight + 10 * 60_000 - 40));
     assert_eq!(row.sent_at_ms, Some(midnight + 11 * 60_000));
-    assert_eq!(row.received_at_ms, TS_MS + 100);
+    assert_eq!(row.received_at_ms, midnight + 11 * 60_000 + 100);
     assert_eq!(row.batch_id, "device-frame-1");
     assert_eq!(row.project_id, "proj_it");
     assert_eq!(date_string(row.event_date), "2024-03-02");
@@ -165,8 +200,8 @@ async fn relay_rows_come_back_by_device_and_by_user_in_time_order() {
     assert_eq!(dev_a[0].batch_id, "device-frame-1");
     assert_eq!(dev_a[1].batch_id, "device-frame-2");
 
-    // A wider window finds the event from five days earlier, first.
-    let wide = lookup(&client, Who::Device("dev-a"), midnight - 6 * DAY, window.1).await;
+    // A wider window finds the event received five days earlier, first.
+    let wide = lookup(&client, dev("dev-a"), midnight - 6 * DAY, window.1).await;
     assert_eq!(ids(&wide), vec![id(4), id(1), id(3), id(2)]);
 
     // The limit keeps the latest events, still oldest first.
@@ -174,34 +209,38 @@ async fn relay_rows_come_back_by_device_and_by_user_in_time_order() {
         &client,
         &DeviceQuery {
             limit: 2,
-            ..DeviceQuery::new("proj_it", Who::Device("dev-a"), window.0, window.1)
+            ..received(dev("dev-a"), window.0, window.1)
         },
+        DEFAULT_TIMEOUT,
     )
     .await
     .unwrap();
     assert_eq!(ids(&latest_two), vec![id(3), id(2)]);
 
-    // By user: every event of the devices user-1 was seen on in the window,
-    // including dev-a's anonymous event before login; not user-2's device.
-    let user = lookup(&client, Who::User("user-1"), window.0, window.1).await;
-    assert_eq!(ids(&user), vec![id(1), id(5), id(3), id(2)]);
-    assert!(user.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
-    let other = lookup(&client, Who::User("user-2"), window.0, window.1).await;
+    // By user: every event of the devices user-1 was seen on received in
+    // the window, including dev-a's anonymous event before login; not
+    // user-2's device.
+    let by_user = lookup(&client, user("user-1"), window.0, window.1).await;
+    assert_eq!(ids(&by_user), vec![id(1), id(5), id(3), id(2)]);
+    assert!(by_user.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
+    let other = lookup(&client, user("user-2"), window.0, window.1).await;
     assert_eq!(ids(&other), vec![id(6)]);
 
     // Unknown ids, another project, or a window with nothing: empty, no error.
-    assert!(lookup(&client, Who::Device("dev-zzz"), window.0, window.1)
+    assert!(lookup(&client, dev("dev-zzz"), window.0, window.1)
         .await
         .is_empty());
-    assert!(lookup(&client, Who::User("nobody"), window.0, window.1)
+    assert!(lookup(&client, user("nobody"), window.0, window.1)
         .await
         .is_empty());
-    assert!(lookup(&client, Who::Device("dev-a"), 0, 1_000)
-        .await
-        .is_empty());
+    assert!(lookup(&client, dev("dev-a"), 0, 1_000).await.is_empty());
     let other_project = device_events(
         &client,
-        &DeviceQuery::new("proj_other", Who::Device("dev-a"), window.0, window.1),
+        &DeviceQuery {
+            project_id: Some("proj_other".into()),
+            ..received(dev("dev-a"), window.0, window.1)
+        },
+        DEFAULT_TIMEOUT,
     )
     .await
     .unwrap();
@@ -222,8 +261,116 @@ async fn a_duplicate_that_reaches_events_is_shown_once() {
     insert(&cfg, vec![e, device_event(2, "dev-d", "", TS_MS + 1)]).await;
     assert_eq!(rows_in(ch, &db, "events_by_device").await, 3);
     let client = lookup_client(&cfg);
-    let rows = lookup(&client, Who::Device("dev-d"), TS_MS - HOUR, TS_MS + HOUR).await;
+    let rows = lookup(&client, dev("dev-d"), TS_MS - HOUR, TS_MS + HOUR).await;
     assert_eq!(ids(&rows), vec![id(1), id(2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_is_on_the_receive_time_not_the_event_time() {
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("device_clock");
+    let cfg = ch_config(ch, &db);
+    schema::apply(&cfg).await.unwrap();
+    let now = TS_MS;
+    // The window: the hour received up to `now`.
+    let (since, until) = (now - HOUR, now + 1);
+    let limits = spoor_core::Limits::default();
+    insert_received(
+        &cfg,
+        vec![
+            // An offline phone's event from two days ago, sent now: the
+            // only one with the user's id.
+            (
+                device_event(1, "dev-late", "user-late", now - 2 * DAY),
+                now - 1_000,
+            ),
+            // Sent as it happened, inside the window.
+            (
+                device_event(2, "dev-late", "", now - 10 * 60_000),
+                now - 10 * 60_000 + 100,
+            ),
+            // Inside the window by event time, but sent three hours later:
+            // not received in it.
+            (
+                device_event(3, "dev-late", "", now - 30 * 60_000),
+                now + 3 * HOUR,
+            ),
+            // Received in the window, at the edge's limits: a clock just
+            // under 30 days behind, one just under a day ahead.
+            (
+                device_event(
+                    4,
+                    "dev-late",
+                    "",
+                    now - 30 * 60_000 - limits.max_past_ms + 60_000,
+                ),
+                now - 30 * 60_000,
+            ),
+            (
+                device_event(
+                    5,
+                    "dev-late",
+                    "",
+                    now - 20 * 60_000 + limits.max_future_ms - 60_000,
+                ),
+                now - 20 * 60_000,
+            ),
+            // Received just before the window, and at its (exclusive) end.
+            (
+                device_event(6, "dev-late", "", now - HOUR - 1),
+                now - HOUR - 1,
+            ),
+            (device_event(7, "dev-late", "", now), now + 1),
+        ],
+    )
+    .await;
+    let client = lookup_client(&cfg);
+
+    // What arrived in the window, oldest event time first: the late event
+    // (event time outside the window) is in, event 3 (event time inside,
+    // received after) is not.
+    let rows = lookup(&client, dev("dev-late"), since, until).await;
+    assert_eq!(ids(&rows), vec![id(4), id(1), id(2), id(5)]);
+    assert!(rows
+        .iter()
+        .all(|r| r.received_at_ms >= since && r.received_at_ms < until));
+    // By user: the device the user was seen on (two days before by event
+    // time, received now), with every event of it received in the window.
+    let by_user = lookup(&client, user("user-late"), since, until).await;
+    assert_eq!(ids(&by_user), vec![id(4), id(1), id(2), id(5)]);
+    // Event 3 is found by when it arrived; event 6 at the window's start.
+    assert_eq!(
+        ids(&lookup(&client, dev("dev-late"), now + 2 * HOUR, now + 4 * HOUR).await),
+        vec![id(3)]
+    );
+    assert_eq!(
+        ids(&lookup(&client, dev("dev-late"), now - HOUR - 1, now - HOUR).await),
+        vec![id(6)]
+    );
+    assert_eq!(
+        ids(&lookup(&client, dev("dev-late"), now + 1, now + 2).await),
+        vec![id(7)]
+    );
+    // A window around event 1's event time finds nothing: nothing of the
+    // device was received then.
+    assert!(lookup(
+        &client,
+        dev("dev-late"),
+        now - 2 * DAY - HOUR,
+        now - 2 * DAY + HOUR
+    )
+    .await
+    .is_empty());
+
+    // The tables are keyed by project: a lookup without one is refused.
+    let anywhere = DeviceQuery {
+        project_id: None,
+        ..received(dev("dev-late"), since, until)
+    };
+    match device_events(&client, &anywhere, DEFAULT_TIMEOUT).await {
+        Err(e @ DeviceQueryError::NoProject) => assert!(e.is_bad_input()),
+        other => panic!("a lookup without a project was not refused: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,13 +403,11 @@ async fn hostile_ids_are_rejected_or_bound_never_spliced() {
         "victim'; DROP TABLE events_by_device; --",
     ] {
         assert!(
-            lookup(&client, Who::Device(hostile), since, until)
-                .await
-                .is_empty(),
+            lookup(&client, dev(hostile), since, until).await.is_empty(),
             "{hostile:?} found something"
         );
         assert!(
-            lookup(&client, Who::User(hostile), since, until)
+            lookup(&client, user(hostile), since, until)
                 .await
                 .is_empty(),
             "user {hostile:?} found something"
@@ -270,30 +415,35 @@ async fn hostile_ids_are_rejected_or_bound_never_spliced() {
     }
     // Ids with quotes and backslashes round-trip exactly when they are real.
     assert_eq!(
-        ids(&lookup(&client, Who::Device(weird), since, until).await),
+        ids(&lookup(&client, dev(weird), since, until).await),
         vec![id(2)]
     );
     assert_eq!(
-        ids(&lookup(&client, Who::User(r"o'brien\"), since, until).await),
+        ids(&lookup(&client, user(r"o'brien\"), since, until).await),
         vec![id(2)]
     );
 
     // Control characters, empty and oversized ids never reach the server.
     let long = "a".repeat(10_000);
     for (who, problem) in [
-        (Who::Device("victim\n"), IdProblem::ControlCharacters),
-        (Who::Device("vic\0tim"), IdProblem::ControlCharacters),
-        (Who::User("\u{1b}[31m"), IdProblem::ControlCharacters),
-        (Who::Device(""), IdProblem::Empty),
-        (Who::Device(&long), IdProblem::TooLong(10_000)),
-        (Who::User(&long), IdProblem::TooLong(10_000)),
+        (dev("victim\n"), QueryError::IdControlChar { at: 6 }),
+        (dev("vic\0tim"), QueryError::IdControlChar { at: 3 }),
+        (user("\u{1b}[31m"), QueryError::IdControlChar { at: 0 }),
+        (dev(""), QueryError::EmptyId),
+        (dev(&long), QueryError::IdTooLong { len: 10_000 }),
+        (user(&long), QueryError::IdTooLong { len: 10_000 }),
     ] {
-        match device_events(&client, &DeviceQuery::new("proj_it", who, since, until)).await {
-            Err(e @ DeviceQueryError::InvalidId { reason, .. }) => {
-                assert_eq!(reason, problem, "{who:?}");
+        let query = received(who, since, until);
+        match device_events(&client, &query, DEFAULT_TIMEOUT).await {
+            Err(e @ DeviceQueryError::Invalid(_)) => {
+                assert!(
+                    matches!(&e, DeviceQueryError::Invalid(p) if *p == problem),
+                    "{:?}: {e:?}",
+                    query.subject
+                );
                 assert!(e.is_bad_input());
             }
-            other => panic!("{who:?} was not rejected: {other:?}"),
+            other => panic!("{:?} was not rejected: {other:?}", query.subject),
         }
     }
 
@@ -302,7 +452,7 @@ async fn hostile_ids_are_rejected_or_bound_never_spliced() {
     assert_eq!(rows_in(ch, &db, "events_by_device").await, 2);
     assert_eq!(rows_in(ch, &db, "device_users").await, 2);
     assert_eq!(
-        ids(&lookup(&client, Who::Device("victim"), since, until).await),
+        ids(&lookup(&client, dev("victim"), since, until).await),
         vec![id(1)]
     );
 }
@@ -320,11 +470,9 @@ async fn a_slow_or_missing_server_is_an_error_not_a_panic() {
         url: format!("http://{}", hung.local_addr().unwrap()),
         ..cfg.clone()
     });
-    let hurried = DeviceQuery {
-        timeout: Duration::from_millis(300),
-        ..DeviceQuery::new("proj_it", Who::Device("d"), TS_MS - HOUR, TS_MS)
-    };
-    match device_events(&slow, &hurried).await {
+    let hurried = Duration::from_millis(300);
+    let q = received(dev("d"), TS_MS - HOUR, TS_MS);
+    match device_events(&slow, &q, hurried).await {
         Err(e @ DeviceQueryError::Timeout(_)) => {
             assert!(!e.is_bad_input());
             assert!(e.to_string().contains("within 300ms"), "{e}");
@@ -337,8 +485,7 @@ async fn a_slow_or_missing_server_is_an_error_not_a_panic() {
         url: "http://127.0.0.1:9".into(),
         ..cfg
     });
-    let q = DeviceQuery::new("proj_it", Who::Device("d"), TS_MS - HOUR, TS_MS);
-    match device_events(&gone, &q).await {
+    match device_events(&gone, &q, DEFAULT_TIMEOUT).await {
         Err(e @ DeviceQueryError::Query(_)) => assert!(!e.is_bad_input()),
         other => panic!("expected a query error, got {other:?}"),
     }
@@ -422,7 +569,7 @@ async fn retention_drops_only_old_device_partitions() {
     assert_eq!(rows_in(ch, &db, "events").await, 20);
     // Lookups still answer from what is kept.
     let client = lookup_client(&cfg);
-    let rows = lookup(&client, Who::Device("dev-r"), now - 20 * DAY, now).await;
+    let rows = lookup(&client, dev("dev-r"), now - 20 * DAY, now).await;
     assert_eq!(rows.len(), 16);
 
     // A second pass (another relay, the next tick) finds nothing to drop.

@@ -7,6 +7,11 @@
 //! hides a duplicate that the ReplacingMergeTree has not merged yet. Pure:
 //! the clock comes in as `now_ms`, every caller value is bound.
 //!
+//! The clock is event time (`ts_ms`, skew-corrected): an analyst asks what a
+//! user did when, so a late event lands where it happened. The device debug
+//! lookup (`spoor_store::device`, the relays' rings) windows on the edge's
+//! receive time instead, because a debug engineer asks what arrived.
+//!
 //! A *user's* timeline is the events with that `user_id` plus the anonymous
 //! events (`user_id = ''`) of the devices the user was seen on within the
 //! range: what they did before logging in. Other users' events on a shared

@@ -245,3 +245,92 @@ fn subject_partitions() {
     assert_eq!(subject_partition("spoor.events.eu-west.x"), None);
     assert_eq!(subject_partition(""), None);
 }
+
+#[test]
+fn the_rings_cap_the_window_at_a_day_and_the_tables_at_ninety_days() {
+    let day = 86_400_000;
+    let mut q = query(10);
+    q.since_ms = q.until_ms - 2 * day;
+    let err = q.validate().unwrap_err();
+    assert_eq!(err.kind(), "window_too_wide");
+    assert_eq!(
+        err.to_string(),
+        "the window is 172800000 ms wide; at most 86400000 ms (24h) may be asked for"
+    );
+    assert_eq!(q.validate_within(MAX_TABLE_WINDOW_MS), Ok(()));
+    q.since_ms = q.until_ms - 91 * day;
+    assert_eq!(
+        q.validate_within(MAX_TABLE_WINDOW_MS)
+            .unwrap_err()
+            .to_string(),
+        "the window is 7862400000 ms wide; at most 7776000000 ms (2160h) may be asked for"
+    );
+    // The other checks are the same whatever the cap.
+    q.since_ms = q.until_ms;
+    assert_eq!(
+        q.validate_within(MAX_TABLE_WINDOW_MS).unwrap_err().kind(),
+        "empty_window"
+    );
+}
+
+#[test]
+fn what_the_rings_do_not_hold_is_the_start_of_the_window() {
+    let hour = 3_600_000;
+    let asked = DeviceQuery::new(
+        Subject::User("u-1".into()),
+        Some("proj".into()),
+        hour,
+        NOW,
+        5_000,
+    )
+    .unwrap();
+    let covered = |relays: &[(&str, RingCoverage)]| {
+        let mut lookup = merge(asked.clone(), []);
+        lookup.relays = relays.iter().map(|(r, _)| r.to_string()).collect();
+        lookup.coverage = relays
+            .iter()
+            .map(|(r, c)| (r.to_string(), c.clone()))
+            .collect();
+        lookup.not_in_rings()
+    };
+    let holds_from = |oldest: i64| RingCoverage {
+        oldest_stream_ms: Some(oldest),
+        events_held: 1,
+        rehydrating: false,
+    };
+    // No relay answered: the whole window, same subject, project and limit.
+    assert_eq!(covered(&[]), Some(asked.clone()));
+    // Two rings, one holding the last 20 minutes, one the last 40: only
+    // what both hold is covered.
+    let rest = covered(&[
+        ("a", holds_from(NOW - 20 * 60_000)),
+        ("b", holds_from(NOW - 40 * 60_000)),
+    ])
+    .unwrap();
+    assert_eq!(
+        (rest.since_ms, rest.until_ms),
+        (asked.since_ms, NOW - 20 * 60_000)
+    );
+    assert_eq!(
+        (rest.subject, rest.project_id, rest.limit),
+        (asked.subject.clone(), asked.project_id.clone(), 5_000)
+    );
+    // Rings reaching back past the start hold it all.
+    assert_eq!(covered(&[("a", holds_from(NOW - 2 * hour))]), None);
+    assert_eq!(covered(&[("a", holds_from(asked.since_ms))]), None);
+    // A ring rebuilding or empty covers nothing: the whole window.
+    let rebuilding = RingCoverage {
+        rehydrating: true,
+        ..holds_from(NOW - 2 * hour)
+    };
+    assert_eq!(
+        covered(&[("a", holds_from(NOW - 2 * hour)), ("b", rebuilding)]),
+        Some(asked.clone())
+    );
+    assert_eq!(
+        covered(&[("a", RingCoverage::default())]),
+        Some(asked.clone())
+    );
+    // A ring whose oldest event is newer than the window's end: all of it.
+    assert_eq!(covered(&[("a", holds_from(NOW + hour))]), Some(asked));
+}

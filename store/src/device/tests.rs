@@ -1,180 +1,245 @@
-use super::{DeviceQuery, DeviceQueryError, IdProblem, Who, MAX_LIMIT, MAX_WINDOW_MS};
-use spoor_core::debug::{self as ring, Subject};
+use super::{bound, check, event_time_range, sql, DeviceQueryError};
+use spoor_core::debug::{DeviceQuery, QueryError, Subject, MAX_LIMIT, MAX_TABLE_WINDOW_MS};
 
 /// 2024-03-01T12:34:56.789Z
 const T: i64 = 1_709_296_496_789;
 const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
 
-fn q(who: Who<'_>) -> DeviceQuery<'_> {
-    DeviceQuery::new("proj", who, T - HOUR, T)
+fn dev(id: &str) -> Subject {
+    Subject::Device(id.into())
+}
+
+fn user(id: &str) -> Subject {
+    Subject::User(id.into())
+}
+
+/// `subject` in project `proj`, received in `[since_ms, until_ms)`.
+fn between(subject: Subject, since_ms: i64, until_ms: i64) -> DeviceQuery {
+    DeviceQuery {
+        subject,
+        project_id: Some("proj".into()),
+        since_ms,
+        until_ms,
+        limit: 1_000,
+    }
+}
+
+/// The hour received up to `T`.
+fn q(subject: Subject) -> DeviceQuery {
+    between(subject, T - HOUR, T)
 }
 
 #[test]
 fn input_is_checked_before_any_query() {
     let long = "d".repeat(257);
     let longest = "d".repeat(256);
-    let cases: Vec<(DeviceQuery<'_>, Option<&str>)> = vec![
-        (q(Who::Device("dev-1")), None),
-        (q(Who::User("user-1")), None),
-        (q(Who::Device(&longest)), None),
+    let cases: Vec<(DeviceQuery, Option<&str>)> = vec![
+        (q(dev("dev-1")), None),
+        (q(user("user-1")), None),
+        (q(dev(&longest)), None),
         // Quotes and backslashes are data, bound by the crate, not rejected.
-        (q(Who::Device(r"it's\ a ` device")), None),
-        (q(Who::Device("")), Some("`anonymous_id` is empty")),
-        (q(Who::User("")), Some("`user_id` is empty")),
+        (q(dev(r"it's\ a ` device")), None),
+        // The tables take windows longer than the rings' day.
+        (between(dev("d"), T - 7 * DAY, T), None),
+        (between(dev("d"), T - MAX_TABLE_WINDOW_MS, T), None),
+        (q(dev("")), Some("the id is empty")),
+        (q(user("")), Some("the id is empty")),
         (
-            q(Who::Device(&long)),
-            Some("`anonymous_id` is 257 bytes; the limit is 256"),
+            q(dev(&long)),
+            Some("the id is 257 bytes; ids are at most 256 bytes"),
         ),
         (
-            q(Who::Device("a\nb")),
-            Some("`anonymous_id` holds control characters"),
+            q(dev("a\nb")),
+            Some("the id contains a control character (at byte 1); ids are printable text"),
         ),
         (
-            q(Who::User("a\0")),
-            Some("`user_id` holds control characters"),
+            q(user("a\0")),
+            Some("the id contains a control character (at byte 1); ids are printable text"),
         ),
         (
-            q(Who::Device("a\u{85}b")),
-            Some("`anonymous_id` holds control characters"),
+            q(dev("a\u{85}b")),
+            Some("the id contains a control character (at byte 1); ids are printable text"),
         ),
         (
-            DeviceQuery::new("", Who::Device("d"), 0, 1),
-            Some("`project_id` is empty"),
+            DeviceQuery {
+                project_id: Some(String::new()),
+                ..q(dev("d"))
+            },
+            Some("the project id contains a control character or is empty"),
         ),
         (
-            DeviceQuery::new("proj", Who::Device("d"), T, T),
-            Some("the window is empty or inverted: since 1709296496789 ms must be before until 1709296496789 ms"),
+            DeviceQuery {
+                project_id: None,
+                ..q(dev("d"))
+            },
+            Some("the device tables are keyed by project: the lookup needs a project"),
         ),
         (
-            DeviceQuery::new("proj", Who::Device("d"), T, T - 1),
-            Some("the window is empty or inverted: since 1709296496789 ms must be before until 1709296496788 ms"),
+            between(dev("d"), T, T),
+            Some("the window is empty or reversed (since 1709296496789 >= until 1709296496789)"),
         ),
         (
-            DeviceQuery::new("proj", Who::Device("d"), T - MAX_WINDOW_MS - 1, T),
-            Some("the window is longer than 90 days, more than any table keeps"),
+            between(dev("d"), T, T - 1),
+            Some("the window is empty or reversed (since 1709296496789 >= until 1709296496788)"),
         ),
         (
-            DeviceQuery::new("proj", Who::Device("d"), i64::MIN, i64::MAX),
-            Some("the window is longer than 90 days, more than any table keeps"),
+            between(dev("d"), T - MAX_TABLE_WINDOW_MS - 2, T),
+            Some("the window is 7776000002 ms wide; at most 7776000000 ms (2160h) may be asked for"),
+        ),
+        (
+            between(dev("d"), i64::MIN, i64::MAX),
+            Some(
+                "the window is 9223372036854775807 ms wide; at most 7776000000 ms (2160h) may be asked for",
+            ),
         ),
         (
             DeviceQuery {
                 limit: 0,
-                ..q(Who::Device("d"))
+                ..q(dev("d"))
             },
-            Some("limit 0 is outside 1..=10000"),
+            Some("`0` is not a limit between 1 and 10000"),
         ),
         (
             DeviceQuery {
                 limit: MAX_LIMIT + 1,
-                ..q(Who::Device("d"))
+                ..q(dev("d"))
             },
-            Some("limit 10001 is outside 1..=10000"),
+            Some("`10001` is not a limit between 1 and 10000"),
         ),
     ];
     for (query, expected) in cases {
-        let got = query.check().err().map(|e| e.to_string());
+        let got = check(&query).err().map(|e| e.to_string());
         assert_eq!(got.as_deref(), expected, "{query:?}");
+        // What is checked never becomes SQL.
+        assert_eq!(sql(&query).is_err(), expected.is_some(), "{query:?}");
     }
     assert!(matches!(
-        q(Who::Device("a\tb")).check(),
-        Err(DeviceQueryError::InvalidId {
-            field: "anonymous_id",
-            reason: IdProblem::ControlCharacters
-        })
+        check(&q(dev("a\tb"))),
+        Err(DeviceQueryError::Invalid(QueryError::IdControlChar {
+            at: 1
+        }))
     ));
-    assert!(q(Who::Device("")).check().unwrap_err().is_bad_input());
+    assert!(check(&q(dev(""))).unwrap_err().is_bad_input());
+    let no_project = DeviceQuery {
+        project_id: None,
+        ..q(dev("d"))
+    };
+    assert!(matches!(
+        check(&no_project),
+        Err(DeviceQueryError::NoProject)
+    ));
+    assert!(check(&no_project).unwrap_err().is_bad_input());
 }
 
 #[test]
-fn sql_prunes_days_and_binds_every_value() {
+fn event_times_widen_the_receive_window_by_what_the_edge_accepts() {
+    let limits = spoor_core::Limits::default();
     assert_eq!(
-        q(Who::Device("d")).sql(),
+        event_time_range(&q(dev("d"))),
+        (T - HOUR - limits.max_past_ms, T + limits.max_future_ms)
+    );
+    // 30 days before, a day after.
+    assert_eq!(
+        event_time_range(&q(dev("d"))),
+        (T - HOUR - 30 * DAY, T + DAY)
+    );
+}
+
+#[test]
+fn sql_prunes_days_of_the_widened_range_and_windows_on_receive_time() {
+    // Received in the hour up to 2024-03-01T12:34:56.789Z: event times
+    // from 2024-01-31T11:34 (30 days before) to 2024-03-02T12:34 (a day
+    // after), so those days are read, and the receive time picks the rows.
+    assert_eq!(
+        sql(&q(dev("d"))).unwrap(),
         format!(
             "SELECT {} FROM events_by_device WHERE project_id = ? \
-             AND event_date BETWEEN '2024-03-01' AND '2024-03-01' \
+             AND event_date BETWEEN '2024-01-31' AND '2024-03-02' \
              AND anonymous_id = ? AND ts_ms >= ? AND ts_ms < ? \
+             AND received_at_ms >= ? AND received_at_ms < ? \
              ORDER BY ts_ms DESC, event_id DESC LIMIT 1 BY event_id LIMIT 1000",
             super::COLUMNS
         )
     );
-    // A window across midnight reads both days; an exclusive end at
-    // midnight does not read the next day.
+    // A window whose widened end is just past midnight reads that day; an
+    // exclusive widened end at midnight does not.
     let midnight = 1_709_337_600_000; // 2024-03-02T00:00:00Z
-    let user = DeviceQuery::new("p", Who::User("u"), midnight - 3 * HOUR, midnight + HOUR).sql();
+    let user_sql = sql(&between(
+        user("u"),
+        midnight - DAY - 3 * HOUR,
+        midnight - DAY + HOUR,
+    ))
+    .unwrap();
     assert!(
-        user.contains("event_date BETWEEN '2024-03-01' AND '2024-03-02'"),
-        "{user}"
+        user_sql.contains("event_date BETWEEN '2024-01-30' AND '2024-03-02'"),
+        "{user_sql}"
     );
     assert!(
-        user.contains(
+        user_sql.contains(
             "anonymous_id IN (SELECT DISTINCT anonymous_id FROM device_users \
              WHERE project_id = ? AND user_id = ? \
-             AND event_date BETWEEN '2024-03-01' AND '2024-03-02' AND ts_ms >= ? AND ts_ms < ?)"
+             AND event_date BETWEEN '2024-01-30' AND '2024-03-02' AND ts_ms >= ? AND ts_ms < ?)"
         ),
-        "{user}"
+        "{user_sql}"
     );
-    let to_midnight = DeviceQuery::new("p", Who::Device("d"), midnight - HOUR, midnight).sql();
     assert!(
-        to_midnight.contains("BETWEEN '2024-03-01' AND '2024-03-01'"),
+        user_sql.contains("AND received_at_ms >= ? AND received_at_ms < ?"),
+        "{user_sql}"
+    );
+    let to_midnight = sql(&between(dev("d"), midnight - DAY - HOUR, midnight - DAY)).unwrap();
+    assert!(
+        to_midnight.contains("BETWEEN '2024-01-30' AND '2024-03-01'"),
         "{to_midnight}"
     );
+    // The limit is the query's.
+    let five = DeviceQuery {
+        limit: 5,
+        ..q(dev("d"))
+    };
+    assert!(sql(&five).unwrap().ends_with("LIMIT 1 BY event_id LIMIT 5"));
     // Only the placeholders carry values: no id text is ever in the template.
-    for who in [Who::Device("zzz"), Who::User("zzz")] {
-        let sql = DeviceQuery::new("qqq", who, T - HOUR, T).sql();
-        assert!(!sql.contains("zzz") && !sql.contains("qqq"), "{sql}");
+    for subject in [dev("zzz"), user("zzz")] {
+        let query = DeviceQuery {
+            project_id: Some("qqq".into()),
+            ..q(subject)
+        };
+        let text = sql(&query).unwrap();
+        assert!(!text.contains("zzz") && !text.contains("qqq"), "{text}");
     }
 }
 
 #[test]
-fn bound_query_escapes_hostile_ids() {
+fn bound_query_escapes_hostile_ids_and_binds_both_clocks() {
     let client = clickhouse::Client::default();
     let hostile = r"x' OR 1=1 OR anonymous_id != '\";
-    let bound = q(Who::Device(hostile)).bound(&client).unwrap();
-    let sql = bound.sql_display().to_string();
+    let query = bound(&client, &q(dev(hostile))).unwrap();
+    let text = query.sql_display().to_string();
     assert!(
-        sql.contains(r"anonymous_id = 'x\' OR 1=1 OR anonymous_id != \'\\'"),
-        "{sql}"
+        text.contains(r"anonymous_id = 'x\' OR 1=1 OR anonymous_id != \'\\'"),
+        "{text}"
     );
-    assert!(q(Who::Device("a\nb")).bound(&client).is_err());
-}
-
-#[test]
-fn the_rest_of_a_ring_request_is_read_with_the_same_numbers() {
-    let asked = ring::DeviceQuery::new(
-        Subject::User("u-1".into()),
-        Some("proj".into()),
-        HOUR,
-        T,
-        5_000,
-    )
-    .unwrap();
-    // The rings hold the last 20 minutes: the table reads the rest.
-    let q = DeviceQuery::beyond_rings(&asked, T - 20 * 60_000).unwrap();
-    assert_eq!(q.project_id, "proj");
-    assert_eq!(q.who, Who::User("u-1"));
-    assert_eq!((q.since_ms, q.until_ms), (T - HOUR, T - 20 * 60_000));
-    assert_eq!(q.limit, 5_000);
-    assert!(q.check().is_ok());
-    // Rings reaching past the end of the window leave the whole of it.
-    let all = DeviceQuery::beyond_rings(&asked, i64::MAX).unwrap();
-    assert_eq!(
-        (all.since_ms, all.until_ms),
-        (asked.since_ms, asked.until_ms)
+    let (ts_since, ts_until) = (T - HOUR - 30 * DAY, T + DAY);
+    assert!(
+        text.contains(&format!(
+            "AND ts_ms >= {ts_since} AND ts_ms < {ts_until} \
+             AND received_at_ms >= {} AND received_at_ms < {T} ",
+            T - HOUR
+        )),
+        "{text}"
     );
-    // Rings covering the whole window, or no project: nothing to read.
-    assert!(DeviceQuery::beyond_rings(&asked, T - HOUR).is_none());
-    let anywhere = ring::DeviceQuery {
-        project_id: None,
-        ..asked.clone()
-    };
-    assert!(DeviceQuery::beyond_rings(&anywhere, T - 20 * 60_000).is_none());
-    let device = ring::DeviceQuery {
-        subject: Subject::Device("d-1".into()),
-        ..asked
-    };
-    assert_eq!(
-        DeviceQuery::beyond_rings(&device, T).unwrap().who,
-        Who::Device("d-1")
+    // A user's devices are found on the same widened event times.
+    let text = bound(&client, &q(user("u-1")))
+        .unwrap()
+        .sql_display()
+        .to_string();
+    assert!(
+        text.contains(&format!(
+            "WHERE project_id = 'proj' AND user_id = 'u-1' \
+             AND event_date BETWEEN '2024-01-31' AND '2024-03-02' \
+             AND ts_ms >= {ts_since} AND ts_ms < {ts_until})"
+        )),
+        "{text}"
     );
+    assert!(bound(&client, &q(dev("a\nb"))).is_err());
 }
