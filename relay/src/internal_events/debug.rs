@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 
-use super::{InternalEvent, Stage};
+use super::{failed, InternalEvent, Stage};
 
 /// The debug ring's size after a round of updates, with the evictions the
 /// round caused (deltas).
@@ -87,13 +87,8 @@ pub struct RingRehydrationFailed<'a> {
 
 impl InternalEvent for RingRehydrationFailed<'_> {
     fn emit(self, m: &Metrics) {
-        tracing::warn!(
-            error_type = "rehydration",
-            stage = Stage::Ring.as_str(),
-            error = %self.error,
-            "cannot rebuild the debug ring from the stream; it holds only new events"
-        );
-        m.error(Stage::Ring, "rehydration").inc();
+        let what = "cannot rebuild the debug ring from the stream; it holds only new events";
+        failed(m, Stage::Ring, "rehydration", self.error, what);
     }
 }
 
@@ -104,13 +99,8 @@ pub struct RingReplayFailed<'a> {
 
 impl InternalEvent for RingReplayFailed<'_> {
     fn emit(self, m: &Metrics) {
-        tracing::warn!(
-            error_type = "replay",
-            stage = Stage::Ring.as_str(),
-            error = %self.error,
-            "debug ring replay error; continuing"
-        );
-        m.error(Stage::Ring, "replay").inc();
+        let what = "debug ring replay error; continuing";
+        failed(m, Stage::Ring, "replay", self.error, what);
     }
 }
 
@@ -170,21 +160,21 @@ pub struct DebugFailed<'a> {
 
 impl InternalEvent for DebugFailed<'_> {
     fn emit(self, m: &Metrics) {
-        if self.kind == "subscribe" {
-            tracing::error!(
-                error_type = self.kind,
-                stage = Stage::Debug.as_str(),
-                error = %self.error,
-                "cannot subscribe to debug queries; this relay's ring will not answer"
-            );
-        } else {
-            tracing::warn!(
-                error_type = self.kind,
-                stage = Stage::Debug.as_str(),
-                error = %self.error,
-                "cannot answer a debug query"
+        if self.kind != "subscribe" {
+            return failed(
+                m,
+                Stage::Debug,
+                self.kind,
+                self.error,
+                "cannot answer a debug query",
             );
         }
+        tracing::error!(
+            stage = Stage::Debug.as_str(),
+            error_type = self.kind,
+            error = %self.error,
+            "cannot subscribe to debug queries; this relay's ring will not answer"
+        );
         m.error(Stage::Debug, self.kind).inc();
     }
 }

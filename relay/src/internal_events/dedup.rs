@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::metrics::Metrics;
 
-use super::{InternalEvent, Stage};
+use super::{failed, InternalEvent, Stage};
 
 /// Duplicates dropped, by the layer that caught them: `own` (this relay
 /// buffered or stored the id), `claim` (another relay announced it), or
@@ -92,13 +92,8 @@ pub struct ClaimsFollowFailed<'a> {
 
 impl InternalEvent for ClaimsFollowFailed<'_> {
     fn emit(self, m: &Metrics) {
-        tracing::warn!(
-            error_type = self.kind,
-            stage = Stage::Claim.as_str(),
-            error = %self.error,
-            "claims stream: continuing without this input"
-        );
-        m.error(Stage::Claim, self.kind).inc();
+        let what = "claims stream: continuing without this input";
+        failed(m, Stage::Claim, self.kind, self.error, what);
     }
 }
 

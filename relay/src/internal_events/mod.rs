@@ -68,3 +68,17 @@ impl Stage {
 pub trait InternalEvent {
     fn emit(self, metrics: &Metrics);
 }
+
+/// The common form of a failure with nothing to report but its error: one
+/// warning carrying `stage` and `error_type`, and one count in
+/// `spoor_relay_errors_total` under the same labels.
+fn failed(
+    m: &Metrics,
+    stage: Stage,
+    error_type: &'static str,
+    error: &dyn std::fmt::Display,
+    what: &str,
+) {
+    tracing::warn!(stage = stage.as_str(), error_type, error = %error, "{what}");
+    m.error(stage, error_type).inc();
+}

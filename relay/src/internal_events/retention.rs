@@ -2,7 +2,7 @@
 
 use crate::metrics::Metrics;
 
-use super::{InternalEvent, Stage};
+use super::{failed, InternalEvent, Stage};
 
 /// A retention family is off (its flag is 0).
 pub struct RetentionOff {
@@ -87,12 +87,7 @@ pub struct RetentionFailed<'a> {
 
 impl InternalEvent for RetentionFailed<'_> {
     fn emit(self, m: &Metrics) {
-        tracing::warn!(
-            error_type = self.kind,
-            stage = Stage::Retention.as_str(),
-            error = %self.error,
-            "retention failed; retrying at the next tick"
-        );
-        m.error(Stage::Retention, self.kind).inc();
+        let what = "retention failed; retrying at the next tick";
+        failed(m, Stage::Retention, self.kind, self.error, what);
     }
 }

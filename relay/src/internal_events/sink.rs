@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::batcher::FlushReason;
 use crate::metrics::Metrics;
 
-use super::{InternalEvent, Stage};
+use super::{failed, InternalEvent, Stage};
 
 /// The buffer's size changed.
 pub struct BufferChanged {
@@ -114,18 +114,13 @@ pub struct AckSignalFailed<'a> {
 
 impl InternalEvent for AckSignalFailed<'_> {
     fn emit(self, m: &Metrics) {
-        let consequence = match self.kind {
-            "progress" => "messages may be redelivered to another relay mid-insert",
-            _ => "messages return after ack_wait",
+        let what = match self.kind {
+            "progress" => {
+                "progress acks failed; messages may be redelivered to another relay mid-insert"
+            }
+            _ => "NAKs failed; messages return after ack_wait",
         };
-        tracing::warn!(
-            error_type = self.kind,
-            stage = Stage::Ack.as_str(),
-            error = %self.error,
-            consequence,
-            "acknowledgement signal failed"
-        );
-        m.error(Stage::Ack, self.kind).inc();
+        failed(m, Stage::Ack, self.kind, self.error, what);
     }
 }
 

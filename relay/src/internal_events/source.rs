@@ -2,7 +2,7 @@
 
 use crate::metrics::Metrics;
 
-use super::{InternalEvent, Stage};
+use super::{failed, InternalEvent, Stage};
 
 /// A pull request returned messages.
 pub struct MessagesReceived {
@@ -65,13 +65,13 @@ pub struct FetchFailed<'a> {
 
 impl InternalEvent for FetchFailed<'_> {
     fn emit(self, m: &Metrics) {
-        tracing::warn!(
-            error_type = "fetch",
-            stage = Stage::Fetch.as_str(),
-            error = %self.error,
-            "JetStream fetch failed"
+        failed(
+            m,
+            Stage::Fetch,
+            "fetch",
+            self.error,
+            "JetStream fetch failed",
         );
-        m.error(Stage::Fetch, "fetch").inc();
     }
 }
 
