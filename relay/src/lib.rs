@@ -256,12 +256,22 @@ pub async fn run(
     }))
     .await;
 
-    let late = tasks.stop().await;
+    // The tasks stop at the stop signal; one stuck on an unreachable server
+    // is aborted after TASKS_STOP_TIMEOUT, so the relay's exit stays within
+    // its drain time plus these few seconds.
+    let late = tokio::time::timeout(TASKS_STOP_TIMEOUT, tasks.stop())
+        .await
+        .ok()
+        .flatten();
     // Acks were flushed as they were sent; this catches any stragglers
-    // (NAKs, progress) before the connection goes.
-    let _ = client.flush().await;
+    // (NAKs, progress) before the connection goes, if NATS answers.
+    let _ = tokio::time::timeout(source_nats::NAK_TIMEOUT, client.flush()).await;
     stopped_with(exit.or(late))
 }
+
+/// How long `run` waits for its tasks after the pipeline has drained before
+/// it aborts them.
+const TASKS_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `run`'s result once its tasks have stopped: the first task's failure,
 /// if any.

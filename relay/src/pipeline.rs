@@ -15,9 +15,13 @@
 //!
 //! Shutdown: when the shutdown future resolves the loop stops issuing pull
 //! requests, finishes the one in flight (it expires within a second), then
-//! flushes the buffer, retrying the insert until `drain_timeout`, acks what
-//! was inserted and returns. If the drain times out, the remaining messages
-//! are NAKed so another relay gets them at once instead of after `ack_wait`.
+//! flushes the buffer, retrying the insert until `drain_timeout` after the
+//! signal, acks what was inserted and returns. A signal that arrives
+//! mid-insert or mid-progress-ack is noticed there, and every ack, progress
+//! ack and NAK is bounded in time (`source::nats::ACK_TIMEOUT`,
+//! `NAK_TIMEOUT`), so an unreachable NATS cannot hold the drain past its
+//! deadline. If the drain times out, the remaining messages are NAKed so
+//! another relay gets them at once instead of after `ack_wait`.
 //!
 //! It never panics on input: a frame that fails to decode is counted and
 //! dead-lettered, and every other failure is retried.
@@ -178,9 +182,15 @@ impl Pipeline {
     }
 
     fn begin_shutdown(&mut self) {
+        self.begin_shutdown_by(Instant::now() + self.config.drain_timeout);
+    }
+
+    /// Starts the drain: fetching stops, and the buffer's insert is tried
+    /// until `deadline` (the drain timeout after the shutdown signal).
+    fn begin_shutdown_by(&mut self, deadline: Instant) {
         if !self.shutting_down {
             self.shutting_down = true;
-            self.drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+            self.drain_deadline = Some(deadline);
             tracing::info!(
                 rows = self.batcher.row_count(),
                 messages = self.batcher.message_count(),
@@ -439,16 +449,33 @@ impl Pipeline {
             attempt = attempt.saturating_add(1);
             let started = Instant::now();
             let drain_deadline = self.drain_deadline;
+            let drain_timeout = self.config.drain_timeout;
+            // A shutdown that arrives mid-insert starts the drain clock at
+            // once; the insert may go on until the drain deadline.
+            let mut stopped_at = None;
             let insert = async {
                 self.drop_stored_rows().await?;
                 self.sink.insert(self.batcher.rows()).await
             };
             let result = match drain_deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, insert).await {
-                    Ok(r) => r,
-                    Err(_) => return Flushed::Abandoned,
-                },
-                None => insert.await,
+                Some(deadline) => tokio::time::timeout_at(deadline, insert).await.ok(),
+                None => {
+                    let mut insert = std::pin::pin!(insert);
+                    tokio::select! {
+                        r = &mut insert => Some(r),
+                        () = shutdown.as_mut() => {
+                            let deadline = Instant::now() + drain_timeout;
+                            stopped_at = Some(deadline);
+                            tokio::time::timeout_at(deadline, insert).await.ok()
+                        }
+                    }
+                }
+            };
+            if let Some(deadline) = stopped_at {
+                self.begin_shutdown_by(deadline);
+            }
+            let Some(result) = result else {
+                return Flushed::Abandoned;
             };
             match result {
                 Ok(()) => {
@@ -494,16 +521,28 @@ impl Pipeline {
                     }
                     .emit(&self.metrics);
                     self.health.insert_failed(&error);
-                    // Keep JetStream from redelivering what we still hold.
+                    // Keep JetStream from redelivering what we still hold;
+                    // a shutdown meanwhile is noticed, and a drain deadline
+                    // bounds the wait.
                     if last_progress.elapsed() >= self.config.ack_wait / 2 {
-                        if let Err(e) =
-                            source::progress_all(&self.client, self.batcher.acks()).await
-                        {
-                            AckSignalFailed {
+                        let progress = source::progress_all(&self.client, self.batcher.acks());
+                        let sent = match self.drain_deadline {
+                            Some(deadline) => {
+                                tokio::time::timeout_at(deadline, progress).await.ok()
+                            }
+                            None => tokio::select! {
+                                r = progress => Some(r),
+                                () = shutdown.as_mut() => None,
+                            },
+                        };
+                        match sent {
+                            Some(Err(e)) => AckSignalFailed {
                                 kind: "progress",
                                 error: &e,
                             }
-                            .emit(&self.metrics);
+                            .emit(&self.metrics),
+                            Some(Ok(_)) => {}
+                            None => self.begin_shutdown(),
                         }
                         last_progress = Instant::now();
                     }

@@ -697,3 +697,40 @@ async fn g_a_burst_at_twice_the_rate_limit() {
         );
     });
 }
+
+/// (k) A relay told to stop while NATS and ClickHouse are both down exits
+/// within its drain time: it abandons the insert it cannot finish (its
+/// messages stay unacked for redelivery) and does not wait for NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k_a_relay_stopped_with_nats_and_clickhouse_down_exits_within_its_drain_time() {
+    // The stack's relays run with `--drain-timeout-secs 10`.
+    const DRAIN_SECS: u64 = 10;
+    let stack = blocking(|| {
+        Stack::start(
+            "faults_k",
+            Setup {
+                own_clickhouse: true,
+                relays: 1,
+                ..Default::default()
+            },
+        )
+    });
+    // Rows buffered that cannot be inserted: ClickHouse first, then NATS.
+    blocking(|| stack.ch.stop());
+    let load = spawn_load(stack.load(2_000, 400.0, 21));
+    sleep_secs(4.0).await;
+    blocking(|| stack.nats.stop());
+    sleep_secs(2.0).await;
+    let relay = &stack.relays[0];
+    assert!(relay.is_running(), "{}", relay.log_tail(20));
+    let asked = Instant::now();
+    blocking(|| relay.stop());
+    let took = asked.elapsed();
+    eprintln!("the relay exited {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(DRAIN_SECS + 5),
+        "the relay took {took:?} to exit (drain time {DRAIN_SECS} s); its log:\n{}",
+        relay.log_tail(30)
+    );
+    load.abort();
+}

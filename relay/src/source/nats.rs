@@ -244,20 +244,30 @@ pub async fn fetch(
 /// ack plus one flush, rather than a double ack per message, because a
 /// batch holds up to tens of thousands of messages; an ack lost in a crash
 /// right after the flush only means a redelivery, which dedup absorbs.
+/// How long acks or progress acks may take to reach the server. A healthy
+/// server takes milliseconds; past this NATS is taken to be unreachable
+/// (async-nats would wait for the reconnection), the acks count as failed,
+/// and JetStream redelivers what it did not get, which the presence check
+/// absorbs. Bounding it keeps a relay able to stop while NATS is down.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the NAKs of an abandoned drain may take: they only hasten a
+/// redelivery that `ack_wait` brings anyway, so shutdown waits briefly.
+pub const NAK_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub async fn ack_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
-    send_all(client, acks, || AckKind::Ack).await
+    send_all(client, acks, || AckKind::Ack, ACK_TIMEOUT).await
 }
 
 /// Tells JetStream the messages are still being worked on (an insert is
 /// being retried), resetting their ack_wait so they are not redelivered
 /// to another relay meanwhile.
 pub async fn progress_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
-    send_all(client, acks, || AckKind::Progress).await
+    send_all(client, acks, || AckKind::Progress, ACK_TIMEOUT).await
 }
 
 /// Hands messages back for prompt redelivery (shutdown gave up on them).
 pub async fn nak_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
-    send_all(client, acks, || AckKind::Nak(None)).await
+    send_all(client, acks, || AckKind::Nak(None), NAK_TIMEOUT).await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,9 +280,22 @@ pub enum AckError {
     },
     #[error("acks queued but not flushed to the server: {0}")]
     Flush(#[source] async_nats::client::FlushError),
+    #[error("acks not confirmed by the server within {0:?} (is NATS reachable?)")]
+    Timeout(Duration),
 }
 
 async fn send_all(
+    client: &async_nats::Client,
+    acks: &[Acker],
+    kind: impl Fn() -> AckKind,
+    timeout: Duration,
+) -> Result<usize, AckError> {
+    tokio::time::timeout(timeout, send_all_unbounded(client, acks, kind))
+        .await
+        .unwrap_or(Err(AckError::Timeout(timeout)))
+}
+
+async fn send_all_unbounded(
     client: &async_nats::Client,
     acks: &[Acker],
     kind: impl Fn() -> AckKind,
