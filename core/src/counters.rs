@@ -34,6 +34,8 @@ pub struct EdgeCounters {
     pub accepted: BTreeMap<&'static str, u64>,
     /// Events rejected one by one, by reason.
     pub events_rejected: BTreeMap<String, u64>,
+    /// Events that repeated the id of an earlier event of their request.
+    pub duplicate_events: u64,
     /// Whole requests refused, by error code (401, 413, 429, 503 …).
     pub requests_rejected: BTreeMap<String, u64>,
     /// Events published with a PubAck, by target region.
@@ -130,7 +132,7 @@ impl EdgeCounters {
                 t.as_str()
             );
         }
-        let singles: [(&str, &str, u64); 11] = [
+        let singles: [(&str, &str, u64); 12] = [
             (
                 "spoor_edge_link_requests_total",
                 "Requests whose frames were handed to a NATS link.",
@@ -185,6 +187,11 @@ impl EdgeCounters {
                 "spoor_edge_rate_limited_events_total",
                 "Events in requests refused by the rate limit.",
                 self.rate_limited_events,
+            ),
+            (
+                "spoor_edge_events_duplicate_total",
+                "Events repeating the id of an earlier event of their request (kept once).",
+                self.duplicate_events,
             ),
         ];
         for (name, help, v) in singles {

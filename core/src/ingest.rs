@@ -8,7 +8,7 @@
 //! no clock: the edge passes the time, geo data and limits in.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
@@ -104,6 +104,11 @@ pub fn error_body(code: &str, message: &str) -> String {
 pub struct Receipt {
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
+    /// Events whose id an earlier event of the same request already has:
+    /// the first copy is kept (accepted, or rejected on its own), these are
+    /// not stored again and count neither as accepted nor as rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<Duplicate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -117,6 +122,15 @@ pub struct Rejection {
     pub event_id: Option<String>,
     pub reason: String,
     pub message: String,
+}
+
+/// An event of a request whose id an earlier event of that request has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Duplicate {
+    pub index: usize,
+    pub event_id: String,
+    /// The index of the accepted event with the same id.
+    pub duplicate_of: usize,
 }
 
 /// One frame to publish.
@@ -233,9 +247,21 @@ fn build(
 
     let mut by_partition: BTreeMap<u32, Vec<EventRef<'_>>> = BTreeMap::new();
     let mut event_names = BTreeSet::new();
+    // The accepted ids of this request (client or derived) and where each
+    // first came: a second event with one of them is a duplicate.
+    let mut first_of: HashMap<Uuid, usize> = HashMap::new();
     for (index, raw) in events.iter().enumerate() {
         match parse_event(raw, meta, sent_at_ms, limits) {
             Ok(ev) => {
+                if let Some(&duplicate_of) = first_of.get(&ev.event_id) {
+                    receipt.duplicates.push(Duplicate {
+                        index,
+                        event_id: ev.event_id.to_string(),
+                        duplicate_of,
+                    });
+                    continue;
+                }
+                first_of.insert(ev.event_id, index);
                 if !event_names.contains(ev.event.as_ref()) {
                     event_names.insert(ev.event.to_string());
                 }

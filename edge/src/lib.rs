@@ -232,7 +232,8 @@ async fn handle(
 
     // Every event in the request costs a token, valid or not: a client
     // flooding malformed events is throttled like any other.
-    let cost = (ingested.receipt.accepted + ingested.receipt.rejected.len()).max(1) as u64;
+    let receipt = &ingested.receipt;
+    let cost = (receipt.accepted + receipt.rejected.len() + receipt.duplicates.len()).max(1) as u64;
     let rate = cfg.rate_limits.rate_for(&key);
     if let Verdict::Limited { retry_after_s } =
         state::buckets(|b| b.take(&key, rate, cost, received_at_ms))
@@ -329,6 +330,7 @@ fn count_receipt(ingested: &Ingested, mode: AckMode) {
         for r in &ingested.receipt.rejected {
             *c.events_rejected.entry(r.reason.clone()).or_default() += 1;
         }
+        c.duplicate_events += ingested.receipt.duplicates.len() as u64;
     });
 }
 

@@ -570,6 +570,48 @@ async fn stored_rows_carry_geo_device_ip_prefix_and_corrected_time() {
     relay.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_id_in_one_request_is_answered_duplicate_and_stored_once() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("e2e_dup_in_request");
+    let relay = Relay::start(relay_config(&nats, ch, &db)).await;
+    let edge = Edge::start(&edge_config(&nats)).unwrap();
+    let (id, other) = (uuid(), uuid());
+    let body = json!({"batch": [
+        {"event": "first", "event_id": id, "anonymous_id": "dev-d"},
+        {"event": "again", "event_id": id, "anonymous_id": "dev-d"},
+        {"event": "other", "event_id": other, "anonymous_id": "dev-d"},
+    ]})
+    .to_string();
+    let a = post_json(&format!("{}/v1/batch", edge.url()), &[], &body);
+    assert_eq!(a.status, 202, "{}", a.body);
+    let receipt = a.json();
+    assert_eq!(receipt["accepted"], 2, "{receipt}");
+    assert_eq!(receipt["rejected"], json!([]), "{receipt}");
+    assert_eq!(
+        receipt["duplicates"],
+        json!([{"index": 1, "event_id": id, "duplicate_of": 0}]),
+        "{receipt}"
+    );
+    let metrics = spoor_tests::metrics::fetch(&edge.url()).unwrap();
+    assert_eq!(
+        spoor_tests::metrics::sum(&metrics, "spoor_edge_events_duplicate_total"),
+        1.0,
+        "{metrics}"
+    );
+    let sql = format!(
+        "SELECT event FROM {db}.events WHERE event_id IN ('{id}', '{other}') ORDER BY event FORMAT TSV"
+    );
+    let stored = eventually("both events to be stored", || {
+        let out = query(ch, &sql);
+        async move { (out.lines().count() == 2).then_some(out) }
+    })
+    .await;
+    assert_eq!(stored, "first\nother\n", "the first copy is the one stored");
+    relay.shutdown().await;
+}
+
 #[test]
 fn nats_unreachable_durable_ack_is_503_with_retry_after_and_nothing_accepted() {
     // Nothing listens on this port: the connect fails at once.

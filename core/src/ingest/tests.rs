@@ -513,3 +513,50 @@ fn the_fast_envelope_leaves_odd_bodies_to_the_reference_path() {
         assert_same(body.as_bytes(), &Limits::default()).unwrap();
     }
 }
+
+#[test]
+fn a_repeated_id_in_one_request_is_a_duplicate_kept_once() {
+    let other = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f";
+    let body = batch_of(&[
+        &format!(r#"{{"event":"first","event_id":"{ID}","anonymous_id":"d1"}}"#),
+        &format!(r#"{{"event":"second","event_id":"{ID}","anonymous_id":"d2"}}"#),
+        // Same derived id (same text): the second is a duplicate too.
+        r#"{"event":"x","anonymous_id":"d3","timestamp":1763799990000}"#,
+        r#"{"event":"x","anonymous_id":"d3","timestamp":1763799990000}"#,
+        // A rejected copy does not make a later valid one a duplicate.
+        &format!(r#"{{"event":"9bad","event_id":"{other}","anonymous_id":"d4"}}"#),
+        &format!(r#"{{"event":"good","event_id":"{other}","anonymous_id":"d4"}}"#),
+    ]);
+    let ing = ingest(Endpoint::Batch, &body, &meta(), &Limits::default()).unwrap();
+    assert_eq!(ing.receipt.accepted, 3, "{:?}", ing.receipt);
+    assert_eq!(ing.receipt.rejected.len(), 1);
+    assert_eq!(ing.receipt.rejected[0].index, 4);
+    let dups: Vec<(usize, usize)> = ing
+        .receipt
+        .duplicates
+        .iter()
+        .map(|d| (d.index, d.duplicate_of))
+        .collect();
+    assert_eq!(dups, [(1, 0), (3, 2)]);
+    assert_eq!(ing.receipt.duplicates[0].event_id, ID);
+    // Only the first copy is sent on.
+    let stored = decode_all(&ing);
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().any(|e| e.event == "first"));
+    assert!(!stored.iter().any(|e| e.event == "second"));
+    let json = serde_json::to_value(&ing.receipt).unwrap();
+    assert_eq!(json["duplicates"][0]["duplicate_of"], 0);
+    assert_eq!(json["duplicates"][0]["index"], 1);
+    // A receipt without duplicates keeps its shape.
+    let one = ingest(
+        Endpoint::Batch,
+        &batch_of(&[r#"{"event":"x","anonymous_id":"d"}"#]),
+        &meta(),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert!(serde_json::to_value(&one.receipt)
+        .unwrap()
+        .get("duplicates")
+        .is_none());
+}
