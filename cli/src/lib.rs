@@ -7,10 +7,12 @@
 //!   the path each took, and older ones from the device table.
 //! - [`reconcile`]: prove for a time window that every event the edge
 //!   accepted is in ClickHouse once, deduped, or in a dead-lettered frame.
+//! - [`relays`]: the region's relays, the partitions each holds, their lag
+//!   and last insert, from the relays' leases bucket.
 //!
 //! It only reads what the pipeline wrote (the events stream through
 //! ephemeral ordered consumers, never the relays' durable consumer;
-//! ClickHouse with SELECTs), except for `replay`, which publishes to the
+//! ClickHouse with SELECTs; the leases bucket and consumer info), except for `replay`, which publishes to the
 //! events stream and deletes the dead letters it replayed. It never reads
 //! the process environment itself: `main.rs` (clap) does.
 
@@ -19,6 +21,7 @@ pub mod connect;
 pub mod dead_letters;
 pub mod debug;
 pub mod reconcile;
+pub mod relays;
 mod stream_read;
 pub mod window;
 

@@ -15,7 +15,7 @@ use spoor_core::contract::DEFAULT_EVENTS_STREAM;
 #[command(
     name = "spoor",
     version,
-    about = "Operate a Spoor pipeline: device debugging, dead letters and reconciliation"
+    about = "Operate a Spoor pipeline: device debugging, dead letters, reconciliation and relays"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +32,25 @@ enum Command {
     DeadLetters(DeadLettersCommand),
     /// Prove accepted = inserted + deduped + dead-lettered for a time window.
     Reconcile(ReconcileArgs),
+    /// The region's relays: the partitions each holds, lag, last insert.
+    Relays(RelaysArgs),
+}
+
+#[derive(Args)]
+struct RelaysArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// JetStream events stream whose relays to show.
+    #[arg(long, env = "SPOOR_STREAM", default_value = DEFAULT_EVENTS_STREAM)]
+    stream: String,
+    /// The relays' --consumer (partition N is consumed by `<consumer>-pN`).
+    #[arg(long, env = "SPOOR_CONSUMER", default_value = spoor_core::contract::DEFAULT_CONSUMER)]
+    consumer: String,
+    /// The relays' and the edge's PARTITIONS.
+    #[arg(long, env = "SPOOR_PARTITIONS", default_value_t = spoor_core::contract::DEFAULT_PARTITIONS)]
+    partitions: u32,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +278,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&replayed)?);
             } else {
                 print!("{}", dead_letters::render_replayed(&replayed, dry_run));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relays(args) => {
+            let client = spoor_cli::connect::nats(&args.nats.endpoint()?).await?;
+            let report =
+                spoor_cli::relays::relays(&client, &args.stream, &args.consumer, args.partitions)
+                    .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as i64;
+                print!("{}", spoor_cli::relays::render(&report, now));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -56,19 +56,66 @@ pub mod dead_letter_header {
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 }
 
-/// The claims stream's name for an events stream (the relays share their
-/// dedup windows through it).
-pub fn claims_stream(events_stream: &str) -> String {
-    format!("{events_stream}_CLAIMS")
+/// The subjects of one partition across regions: `spoor.events.*.<partition>`.
+/// Each partition has its own durable consumer with this filter.
+pub fn partition_filter(partition: u32) -> String {
+    format!("{EVENTS_SUBJECT_PREFIX}.*.{partition}")
 }
 
-/// The subject claims for an events stream are published on.
-pub fn claims_subject(events_stream: &str) -> String {
-    format!("spoor.claims.{events_stream}")
+/// The durable consumer of one partition: `<consumer>-p<partition>`. Only
+/// the relay holding the partition's lease pulls from it.
+pub fn partition_consumer(consumer: &str, partition: u32) -> String {
+    format!("{consumer}-p{partition}")
 }
 
-/// Header naming the relay instance that published a claim.
-pub const CLAIMS_INSTANCE_HEADER: &str = "Spoor-Relay-Instance";
+/// The KV bucket holding the relays' partition leases and their presence
+/// records, for an events stream: `<stream>_LEASES` (its JetStream stream is
+/// `KV_<stream>_LEASES`).
+pub fn leases_bucket(events_stream: &str) -> String {
+    format!("{events_stream}_LEASES")
+}
+
+/// The lease key of one partition in [`leases_bucket`].
+pub fn lease_key(partition: u32) -> String {
+    format!("{LEASE_KEY_PREFIX}{partition}")
+}
+
+/// Prefix of partition lease keys.
+pub const LEASE_KEY_PREFIX: &str = "partition.";
+
+/// The presence key of one relay instance in [`leases_bucket`].
+pub fn relay_key(instance: &str) -> String {
+    format!("{RELAY_KEY_PREFIX}{instance}")
+}
+
+/// Prefix of relay presence keys.
+pub const RELAY_KEY_PREFIX: &str = "relay.";
+
+/// The value of a partition's lease key: who holds it, since when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseRecord {
+    pub relay: String,
+    /// Wall-clock milliseconds when the holder acquired the lease.
+    pub acquired_ms: i64,
+}
+
+/// The value of a relay's presence key, rewritten at every lease renewal:
+/// what `spoor relays` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayRecord {
+    pub relay: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_ms: i64,
+    /// When this record was written.
+    pub updated_ms: i64,
+    /// Partitions whose lease the relay holds, ascending.
+    pub partitions: Vec<u32>,
+    /// When its last insert into ClickHouse succeeded, if one has.
+    pub last_insert_ms: Option<i64>,
+    /// Rows it has inserted since it started.
+    pub rows_inserted: u64,
+}
 
 /// The subject every relay of `events_stream`'s region answers device
 /// debug lookups on (request/reply, no queue group).
@@ -76,8 +123,8 @@ pub fn debug_subject(events_stream: &str) -> String {
     format!("spoor.debug.{events_stream}.device")
 }
 
-/// The relays' default durable consumer name; relays sharing it share the
-/// work.
+/// The relays' default consumer name: partition `p` is consumed through
+/// the durable consumer [`partition_consumer`]`(name, p)`.
 pub const DEFAULT_CONSUMER: &str = "spoor-relay";
 
 /// The edge's default `PARTITIONS`: how many events subjects a region's
@@ -94,8 +141,11 @@ mod tests {
         assert_eq!(EVENTS_FILTER, format!("{EVENTS_SUBJECT_PREFIX}.>"));
         assert_eq!(events_subject("eu-west", 3), "spoor.events.eu-west.3");
         assert_eq!(DEAD_FILTER, format!("{DEAD_SUBJECT_PREFIX}>"));
-        assert_eq!(claims_stream("OTHER"), "OTHER_CLAIMS");
-        assert_eq!(claims_subject("OTHER"), "spoor.claims.OTHER");
+        assert_eq!(partition_filter(3), "spoor.events.*.3");
+        assert_eq!(partition_consumer("spoor-relay", 3), "spoor-relay-p3");
+        assert_eq!(leases_bucket("OTHER"), "OTHER_LEASES");
+        assert_eq!(lease_key(3), "partition.3");
+        assert_eq!(relay_key("r1"), "relay.r1");
         assert_eq!(
             debug_subject(DEFAULT_EVENTS_STREAM),
             "spoor.debug.SPOOR_EVENTS.device"

@@ -31,6 +31,8 @@ pub enum FlushReason {
     Age,
     /// The relay is shutting down and drains what it holds.
     Shutdown,
+    /// A partition is being handed over to another relay.
+    Handover,
 }
 
 impl FlushReason {
@@ -41,6 +43,7 @@ impl FlushReason {
             FlushReason::Messages => "messages",
             FlushReason::Age => "age",
             FlushReason::Shutdown => "shutdown",
+            FlushReason::Handover => "handover",
         }
     }
 }
@@ -51,6 +54,10 @@ pub struct Batcher<R, A> {
     limits: BatchLimits,
     rows: Vec<R>,
     acks: Vec<A>,
+    /// The group (the stream partition) of each row and of each ack, so a
+    /// partition whose lease is lost can leave the buffer on its own.
+    row_groups: Vec<u32>,
+    ack_groups: Vec<u32>,
     bytes: usize,
     /// When the oldest message still held entered the buffer.
     oldest_ms: Option<u64>,
@@ -70,6 +77,8 @@ impl<R, A> Batcher<R, A> {
             limits,
             rows: Vec::new(),
             acks: Vec::new(),
+            row_groups: Vec::new(),
+            ack_groups: Vec::new(),
             bytes: 0,
             oldest_ms: None,
         }
@@ -84,12 +93,65 @@ impl<R, A> Batcher<R, A> {
     /// its events were duplicates); its ack still waits for the next insert,
     /// so a duplicate is never acked before the copy it duplicates is stored.
     pub fn push(&mut self, rows: impl IntoIterator<Item = (R, usize)>, ack: A, now_ms: u64) {
+        self.push_in(0, rows, ack, now_ms);
+    }
+
+    /// [`Batcher::push`] for a message of `group` (its stream partition).
+    pub fn push_in(
+        &mut self,
+        group: u32,
+        rows: impl IntoIterator<Item = (R, usize)>,
+        ack: A,
+        now_ms: u64,
+    ) {
         for (row, size) in rows {
             self.rows.push(row);
+            self.row_groups.push(group);
             self.bytes = self.bytes.saturating_add(size);
         }
         self.acks.push(ack);
+        self.ack_groups.push(group);
         self.oldest_ms.get_or_insert(now_ms);
+    }
+
+    /// The groups that have messages in the buffer, ascending.
+    pub fn groups(&self) -> Vec<u32> {
+        let mut groups = self.ack_groups.clone();
+        groups.sort_unstable();
+        groups.dedup();
+        groups
+    }
+
+    /// Takes every row and ack of `group` out of the buffer (its partition
+    /// went to another relay) and returns the acks, so the caller can hand
+    /// the messages back. Nothing of it is inserted or acked here.
+    pub fn remove_group(&mut self, group: u32, size: impl Fn(&R) -> usize) -> Vec<A> {
+        if !self.ack_groups.contains(&group) {
+            return Vec::new();
+        }
+        let mut groups = self.row_groups.iter();
+        self.rows
+            .retain(|_| groups.next().is_some_and(|&g| g != group));
+        self.row_groups.retain(|&g| g != group);
+        let mut removed = Vec::new();
+        let mut kept = Vec::with_capacity(self.acks.len());
+        for (ack, g) in std::mem::take(&mut self.acks)
+            .into_iter()
+            .zip(&self.ack_groups)
+        {
+            if *g == group {
+                removed.push(ack);
+            } else {
+                kept.push(ack);
+            }
+        }
+        self.acks = kept;
+        self.ack_groups.retain(|&g| g != group);
+        self.bytes = self.rows.iter().map(size).fold(0, usize::saturating_add);
+        if self.acks.is_empty() {
+            self.oldest_ms = None;
+        }
+        removed
     }
 
     /// The reason to flush now, if any. Size bounds win over age so the
@@ -134,6 +196,8 @@ impl<R, A> Batcher<R, A> {
             acks: std::mem::take(&mut self.acks),
         };
         self.rows.clear();
+        self.row_groups.clear();
+        self.ack_groups.clear();
         // Give back a buffer that grew for a burst rather than pin it forever.
         if self.rows.capacity() > self.limits.max_rows.saturating_mul(2) {
             self.rows.shrink_to(self.limits.max_rows);
@@ -148,7 +212,17 @@ impl<R, A> Batcher<R, A> {
     /// tokens stay: their messages are acked with the next insert, which is
     /// right because every row dropped here is already in the table.
     pub fn retain_rows(&mut self, mut keep: impl FnMut(&R) -> bool, size: impl Fn(&R) -> usize) {
-        self.rows.retain(|r| keep(r));
+        let mut groups = Vec::with_capacity(self.row_groups.len());
+        let mut g = self.row_groups.iter();
+        self.rows.retain(|r| {
+            let group = g.next().copied().unwrap_or(0);
+            let kept = keep(r);
+            if kept {
+                groups.push(group);
+            }
+            kept
+        });
+        self.row_groups = groups;
         self.bytes = self.rows.iter().map(size).fold(0, usize::saturating_add);
     }
 

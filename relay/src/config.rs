@@ -62,6 +62,9 @@ pub struct RelayConfig {
     /// How long a region-wide debug lookup (`GET /debug/device`) waits for
     /// the relays' answers.
     pub debug_timeout: Duration,
+    /// How long a partition lease lives without renewal: the longest a dead
+    /// relay's partitions stay unowned (the leases bucket's `max_age`).
+    pub lease_ttl: Duration,
 }
 
 /// Where and as whom the relay writes.
@@ -95,6 +98,7 @@ impl RelayConfig {
             ring: RingLimits::default(),
             partitions: DEFAULT_PARTITIONS,
             debug_timeout: Duration::from_millis(300),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 
@@ -113,8 +117,8 @@ impl RelayConfig {
         self.retention().validate()
     }
 
-    /// The consumer's `max_ack_pending`: everything the buffer may hold plus
-    /// one fetch in flight. JetStream stops delivering at this bound, which
+    /// Each partition consumer's `max_ack_pending`: everything the buffer
+    /// may hold plus one fetch in flight. JetStream stops delivering at this bound, which
     /// is the second half of the relay's memory bound.
     pub fn max_ack_pending(&self) -> i64 {
         let buffered = self.batch.max_messages.min(self.batch.max_rows.max(1));
@@ -213,12 +217,18 @@ pub struct RunArgs {
         default_value_t = 2_000
     )]
     pub ring_max_events_per_device: usize,
-    /// The edge's PARTITIONS (to place a device on its partition).
+    /// The edge's PARTITIONS: one durable consumer and one lease per
+    /// partition, and where a device's events go. Must equal the edge's.
     #[arg(long, env = "SPOOR_PARTITIONS", default_value_t = DEFAULT_PARTITIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub partitions: u32,
     /// How long GET /debug/device waits for every relay's answer.
     #[arg(long, env = "SPOOR_DEBUG_TIMEOUT_MS", default_value_t = 300)]
     pub debug_timeout_ms: u64,
+    /// How long a partition lease lives without renewal: a dead relay's
+    /// partitions move to the others within this. The first relay creates
+    /// the leases bucket with it; an existing bucket's value wins.
+    #[arg(long, env = "SPOOR_LEASE_TTL_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl_secs: u64,
 }
 
 impl ConnectionArgs {
@@ -269,6 +279,7 @@ impl RunArgs {
         };
         config.partitions = self.partitions;
         config.debug_timeout = Duration::from_millis(self.debug_timeout_ms);
+        config.lease_ttl = Duration::from_secs(self.lease_ttl_secs);
         Ok(config)
     }
 }

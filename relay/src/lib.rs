@@ -1,11 +1,13 @@
 //! spoor-relay: moves event frames from NATS JetStream into ClickHouse.
 //!
 //! The edge publishes one frame (a `spoor_core` wire batch) per accepted
-//! request to the `SPOOR_EVENTS` stream. The relay pulls frames through a
-//! durable consumer, decodes them with `spoor_core::decode_batch`, drops
-//! events whose `event_id` it saw recently, buffers rows, inserts them into
-//! the `events` table in batches, and only then acks the messages. It also
-//! serves `/healthz` and `/metrics`.
+//! request to the `SPOOR_EVENTS` stream, on one subject per partition. The
+//! relays of a region share the partitions through leases (`ownership`);
+//! each pulls the partitions it holds through their durable consumers,
+//! decodes frames with `spoor_core::decode_batch`, drops events whose
+//! (project, `event_id`) it has seen in the partition, buffers rows, inserts
+//! them into the `events` table in batches, and only then acks the
+//! messages. It also serves `/healthz` and `/metrics`.
 //!
 //! The relay must never ack a message before every row decoded from it is
 //! in ClickHouse, never grow its buffer while inserts fail, and never panic
@@ -20,6 +22,7 @@ mod health;
 mod http;
 pub mod internal_events;
 pub mod metrics;
+pub mod ownership;
 mod pipeline;
 pub mod ring;
 pub mod sink;
@@ -67,7 +70,7 @@ pub enum RelayError {
 /// with `/healthz` saying "starting"); an invalid `config`
 /// ([`RelayConfig::validate`]) returns one before anything starts. After
 /// that it relays until shutdown; see the `pipeline` module for the drain.
-/// The relay's tasks (HTTP, the debug ring and its responder, claims,
+/// The relay's tasks (HTTP, the debug ring and its responder, the leases,
 /// retention, the lag poller) run under one [`Supervisor`]: one that fails
 /// or panics, or a service that ends, stops the relay like a shutdown, and
 /// `run` returns why.
@@ -98,7 +101,7 @@ pub async fn run(
         r = setup(&config) => r,
         () = shutdown.as_mut() => return stopped_with(tasks.stop().await),
     };
-    let (client, consumer) = match result {
+    let (client, consumers, leases_kv, lease_ttl) = match result {
         Ok(ready) => ready,
         Err(e) => {
             let _ = tasks.stop().await;
@@ -106,7 +109,7 @@ pub async fn run(
         }
     };
 
-    let instance = source::claims::new_instance_id();
+    let instance = ownership::leases::new_instance_id();
     let js = async_nats::jetstream::new(client.clone());
 
     // The debug ring: its own task, fed by the pipeline without waiting,
@@ -137,7 +140,12 @@ pub async fn run(
         }
     });
     tasks.spawn("the debug ring's rehydration", {
-        let (js, stream, consumer) = (js.clone(), config.stream.clone(), config.consumer.clone());
+        let (js, stream, consumer, partitions) = (
+            js.clone(),
+            config.stream.clone(),
+            config.consumer.clone(),
+            config.partitions,
+        );
         let window =
             std::time::Duration::from_millis(u64::try_from(config.ring.window_ms).unwrap_or(0));
         let (max_frame_bytes, tx, stop, metrics) = (
@@ -152,6 +160,7 @@ pub async fn run(
                 js,
                 stream,
                 consumer,
+                partitions,
                 window,
                 max_frame_bytes,
                 tx,
@@ -180,39 +189,27 @@ pub async fn run(
         timeout: config.debug_timeout,
     });
 
-    // Share the dedup window: replay the region's recent claims before the
-    // first pull, then keep following them.
-    let (claims_tx, claims_rx) = tokio::sync::mpsc::channel(1024);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    // Partition ownership: the lease task takes this relay's share and
+    // tells the pipeline; the fence is how the pipeline checks a lease.
+    let fence = ownership::Fence::default();
+    let progress = Arc::new(ownership::leases::Progress::default());
+    let (changes_tx, changes_rx) = tokio::sync::mpsc::channel(256);
+    let (released_tx, released_rx) = tokio::sync::mpsc::channel(256);
     tasks.spawn(
-        "the claims follower",
-        source::claims::follow(
-            js.clone(),
-            config.stream.clone(),
+        "the partition leases",
+        ownership::leases::Leases::new(
+            leases_kv,
             instance.clone(),
-            config.dedup_window,
-            claims_tx,
-            ready_tx,
-            stop_rx.clone(),
+            config.partitions,
+            ownership::LeaseTiming { ttl: lease_ttl },
+            fence.clone(),
+            progress.clone(),
             metrics.clone(),
-        ),
+        )
+        .run(changes_tx, released_rx, stop_rx.clone()),
     );
-    let replayed = tokio::select! {
-        r = ready_rx => r.ok(),
-        () = shutdown.as_mut() => None,
-    };
-    let Some(replayed) = replayed else {
-        // Shut down while replaying, or the follower failed (its error).
-        return stopped_with(tasks.stop().await);
-    };
-    internal_events::ClaimsReplayed {
-        ids: replayed,
-        instance: &instance,
-    }
-    .emit(&metrics);
-    let publisher = source::claims::ClaimPublisher::new(js, &config.stream, &instance);
     health.set_ready(client.clone());
-    tracing::info!(stream = %config.stream, consumer = %config.consumer, database = %config.clickhouse.database, "relay running");
+    tracing::info!(stream = %config.stream, consumer = %config.consumer, partitions = config.partitions, instance = %instance, database = %config.clickhouse.database, "relay running");
 
     // Retention of events, the device tables and the rollups: drops their
     // expired partitions.
@@ -229,7 +226,7 @@ pub async fn run(
     tasks.spawn_service(
         "the consumer lag poller",
         poll_consumer_lag(
-            consumer.clone(),
+            consumers.clone(),
             config.lag_poll_interval,
             metrics.clone(),
             stop_rx,
@@ -239,11 +236,13 @@ pub async fn run(
     pipeline::Pipeline::new(
         config,
         client.clone(),
-        consumer,
-        pipeline::Claims {
-            incoming: claims_rx,
-            publisher,
+        consumers,
+        pipeline::OwnershipLink {
+            changes: changes_rx,
+            released: released_tx,
         },
+        fence,
+        progress,
         ring_feed,
         metrics,
         health,
@@ -289,45 +288,47 @@ pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
-    source::claims::ensure_stream(&js, &config.stream).await?;
     source::dead_letter::ensure_stream(&js).await?;
     schema::apply(&config.clickhouse).await?;
     let _ = client.flush().await;
     Ok(())
 }
 
-async fn setup(
-    config: &RelayConfig,
-) -> Result<
-    (
-        async_nats::Client,
-        async_nats::jetstream::consumer::PullConsumer,
-    ),
-    RelayError,
-> {
+/// What `setup` hands to `run`.
+type Ready = (
+    async_nats::Client,
+    Vec<async_nats::jetstream::consumer::PullConsumer>,
+    async_nats::jetstream::kv::Store,
+    std::time::Duration,
+);
+
+async fn setup(config: &RelayConfig) -> Result<Ready, RelayError> {
     schema::check_identifier(&config.clickhouse.database)?;
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
     source_nats::ensure_stream(&js, &config.stream).await?;
-    source::claims::ensure_stream(&js, &config.stream).await?;
     source::dead_letter::ensure_stream(&js).await?;
-    let consumer = source_nats::ensure_consumer(
+    let consumers = source_nats::ensure_partition_consumers(
         &js,
         &config.stream,
         &config.consumer,
+        config.partitions,
         config.ack_wait,
         config.max_ack_pending(),
     )
     .await?;
+    let (kv, ttl) =
+        ownership::leases::open_bucket(&js, &config.stream, config.lease_ttl, 1).await?;
     schema::apply(&config.clickhouse).await?;
-    Ok((client, consumer))
+    Ok((client, consumers, kv, ttl))
 }
 
 pub(crate) use spoor_runtime::supervise::stopped;
 
-/// Polls consumer info for the lag gauges until `stop`.
+/// Polls every partition consumer's info for the lag gauges (summed over
+/// the region's partitions) until `stop`.
 async fn poll_consumer_lag(
-    mut consumer: async_nats::jetstream::consumer::PullConsumer,
+    mut consumers: Vec<async_nats::jetstream::consumer::PullConsumer>,
     every: std::time::Duration,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -339,13 +340,26 @@ async fn poll_consumer_lag(
             () = stopped(&mut stop) => return,
             _ = tick.tick() => {}
         }
-        match consumer.info().await {
-            Ok(info) => ConsumerLagPolled {
-                pending: info.num_pending,
-                ack_pending: info.num_ack_pending,
+        let (mut pending, mut ack_pending, mut complete) = (0u64, 0usize, true);
+        for consumer in &mut consumers {
+            match consumer.info().await {
+                Ok(info) => {
+                    pending += info.num_pending;
+                    ack_pending += info.num_ack_pending;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "consumer info poll failed");
+                    complete = false;
+                    break;
+                }
             }
-            .emit(&metrics),
-            Err(e) => tracing::debug!(error = %e, "consumer info poll failed"),
+        }
+        if complete {
+            ConsumerLagPolled {
+                pending,
+                ack_pending,
+            }
+            .emit(&metrics);
         }
     }
 }

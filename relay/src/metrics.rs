@@ -34,8 +34,10 @@ pub struct Metrics {
     pub dead_lettered: LabeledCounter,
     pub events_deduped: Counter,
     pub deduped_by_layer: LabeledCounter,
-    pub claims_published: Counter,
-    pub claims_received: Counter,
+    pub partitions_owned: Gauge,
+    pub rebalances: LabeledCounter,
+    pub lease_losses: Counter,
+    pub window_rebuilt_ids: Counter,
     pub presence_checks: Counter,
     pub presence_checked_ids: Counter,
     pub dedup_window_ids: Gauge,
@@ -76,8 +78,10 @@ impl Metrics {
             dead_lettered: LabeledCounter::default(),
             events_deduped: Counter::default(),
             deduped_by_layer: LabeledCounter::default(),
-            claims_published: Counter::default(),
-            claims_received: Counter::default(),
+            partitions_owned: Gauge::default(),
+            rebalances: LabeledCounter::default(),
+            lease_losses: Counter::default(),
+            window_rebuilt_ids: Counter::default(),
             presence_checks: Counter::default(),
             presence_checked_ids: Counter::default(),
             dedup_window_ids: Gauge::default(),
@@ -146,14 +150,24 @@ impl Metrics {
             m.deduped_by_layer.clone(),
         );
         r.register(
-            "claims_published",
-            "Event ids this relay announced to the others after buffering them",
-            m.claims_published.clone(),
+            "partitions_owned",
+            "Partitions of the events stream whose lease this relay holds",
+            m.partitions_owned.clone(),
         );
         r.register(
-            "claims_received",
-            "Event ids announced by other relays (or replayed at start) and added to the window",
-            m.claims_received.clone(),
+            "rebalances",
+            "Partition ownership changes at this relay, by change (acquired, released)",
+            m.rebalances.clone(),
+        );
+        r.register(
+            "lease_losses",
+            "Partition leases lost without handing them over (expired, or taken by another relay)",
+            m.lease_losses.clone(),
+        );
+        r.register(
+            "window_rebuilt_ids",
+            "Event ids loaded into the dedup window from the stream when a partition was acquired",
+            m.window_rebuilt_ids.clone(),
         );
         r.register(
             "presence_checks",

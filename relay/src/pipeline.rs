@@ -1,31 +1,49 @@
-//! The relay loop: fetch frames, decode, dedup, buffer, insert, then ack.
+//! The relay loop: take frames from the partitions this relay holds,
+//! decode, dedup, buffer, insert, then ack.
 //!
-//! One task does all of it in sequence, which is what makes the two rules
+//! One task does the deciding, in sequence, which is what makes the rules
 //! that matter easy to see:
 //!
 //! - **Ack only after insert.** A message's ack token sits in the `Batcher`
 //!   next to its rows and leaves only through `Batcher::take`, which runs
 //!   after `ClickHouseSink::insert` returned `Ok`.
+//! - **Insert only under a valid lease.** Rows are buffered by partition,
+//!   and before and during every presence check and insert the pipeline
+//!   checks each buffered partition's lease (`ownership::Fence`): a
+//!   partition whose lease ran out or changed epoch leaves the buffer, its
+//!   messages NAKed for the next owner, and an insert still running when a
+//!   lease runs out is abandoned.
 //! - **Bounded memory.** The buffer is flushed as soon as a frame takes it
 //!   past a bound, so it exceeds `max_rows`/`max_bytes` by at most one frame.
-//!   While an insert fails, the loop retries it with backoff and does not
-//!   fetch, so the buffer cannot grow; JetStream holds the rest (and
-//!   `max_ack_pending` caps what is delivered but unacked). The one pull
-//!   request in flight adds at most `fetch_max_messages` frames.
+//!   While an insert fails, the loop retries it with backoff and takes no
+//!   frames, so the buffer cannot grow; the partition pullers block on
+//!   their channel and JetStream holds the rest (`max_ack_pending` caps what
+//!   is delivered but unacked per partition).
+//! - **Progress while working.** While a presence check or an insert runs,
+//!   and while a failed insert waits to be retried, the buffered messages
+//!   get in-progress acks every third of `ack_wait`, so a slow ClickHouse
+//!   never makes JetStream redeliver them to the next owner.
 //!
-//! Shutdown: when the shutdown future resolves the loop stops issuing pull
-//! requests, finishes the one in flight (it expires within a second), then
-//! flushes the buffer, retrying the insert until `drain_timeout` after the
-//! signal, acks what was inserted and returns. A signal that arrives
-//! mid-insert or mid-progress-ack is noticed there, and every ack, progress
-//! ack and NAK is bounded in time (`source::nats::ACK_TIMEOUT`,
-//! `NAK_TIMEOUT`), so an unreachable NATS cannot hold the drain past its
-//! deadline. If the drain times out, the remaining messages are NAKed so
-//! another relay gets them at once instead of after `ack_wait`.
+//! Ownership arrives from the lease task (`ownership::leases`): an acquired
+//! partition first gets its dedup window rebuilt from the stream (in a task
+//! beside the loop), then a puller; a partition to hand over stops pulling,
+//! is flushed and acked, and only then is its lease deleted; a lost one
+//! leaves the buffer unacked.
+//!
+//! Shutdown: when the shutdown future resolves the pullers stop (NAKing
+//! what they had not passed on), the buffer is flushed, retrying the insert
+//! until `drain_timeout` after the signal, acks what was inserted and
+//! returns. A signal that arrives mid-insert or mid-progress-ack is noticed
+//! there, and every ack, progress ack and NAK is bounded in time
+//! (`source::nats::ACK_TIMEOUT`, `NAK_TIMEOUT`), so an unreachable NATS
+//! cannot hold the drain past its deadline. If the drain times out, the
+//! remaining messages are NAKed so another relay gets them at once instead
+//! of after `ack_wait`.
 //!
 //! It never panics on input: a frame that fails to decode is counted and
 //! dead-lettered, and every other failure is retried.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,49 +51,58 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Acker;
-use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::batcher::{Batcher, FlushReason};
 use crate::config::RelayConfig;
 use crate::debug::{RingFeed, RingUpdate};
-use crate::dedup::{DedupWindow, Delivery, Origin, Verdict};
+use crate::dedup::{DedupKey, DedupWindow, Delivery, Origin, Verdict};
 use crate::health::Health;
 use crate::internal_events::*;
 use crate::metrics::Metrics;
+use crate::ownership::leases::Progress;
+use crate::ownership::{Fence, Ownership};
 use crate::sink::clickhouse::SinkError;
 use crate::sink::clickhouse::{ClickHouseSink, EventRow};
-use crate::source::claims::{ClaimPublisher, Claimed};
 use crate::source::dead_letter;
-use crate::source::nats as source;
+use crate::source::nats::{self as source, Fetched};
 
-/// Longest a pull request waits for messages. It bounds how long shutdown
-/// waits for the request in flight.
-const MAX_FETCH_WAIT: Duration = Duration::from_secs(1);
-/// Shortest pull request worth making; below this, flushing first is cheaper.
-const MIN_FETCH_WAIT: Duration = Duration::from_millis(10);
+/// Longest the loop sleeps with nothing to do.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(crate) struct Pipeline {
     config: RelayConfig,
     client: async_nats::Client,
-    consumer: PullConsumer,
+    js: async_nats::jetstream::Context,
+    /// Every partition's consumer, by partition.
+    consumers: Vec<PullConsumer>,
     sink: ClickHouseSink,
     batcher: Batcher<EventRow, Acker>,
-    dedup: DedupWindow,
-    claims: Claims,
+    /// The dedup window of each partition being pulled.
+    windows: HashMap<u32, DedupWindow>,
+    /// The partitions held, with the epoch of their lease and their puller
+    /// (none while the window is rebuilt, or while handing over).
+    held: BTreeMap<u32, Holding>,
+    fetched_tx: mpsc::Sender<Fetched>,
+    fetched: mpsc::Receiver<Fetched>,
+    /// True while inserts fail: the pullers stop pulling, so JetStream, not
+    /// the relay, holds what arrives meanwhile.
+    paused: watch::Sender<bool>,
+    /// Pullers stopped at shutdown, joined by the drain.
+    stopping: Vec<tokio::task::JoinHandle<()>>,
+    ownership: OwnershipLink,
+    fence: Fence,
+    progress: Arc<Progress>,
     /// The debug ring's feed: sends never wait.
     ring: RingFeed,
-    /// Ids of buffered rows that may already be in ClickHouse: rows of
+    /// Keys of buffered rows that may already be in ClickHouse: rows of
     /// redelivered messages, and the whole buffer after a failed insert
     /// attempt (it may have succeeded on the server). Checked, and the
     /// stored ones dropped, before the next insert.
-    unverified: HashSet<Uuid>,
+    unverified: HashSet<DedupKey>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// The relay's monotonic clock origin; `now_ms` is measured from here
@@ -87,12 +114,36 @@ pub(crate) struct Pipeline {
     drain_deadline: Option<Instant>,
 }
 
-/// The dedup window's link to the other relays (see `source::claims`).
-pub(crate) struct Claims {
-    /// Ids other relays buffered.
-    pub incoming: mpsc::Receiver<Claimed>,
-    /// Where this relay announces what it buffers.
-    pub publisher: ClaimPublisher,
+/// The pipeline's end of the lease task's channels.
+pub(crate) struct OwnershipLink {
+    /// What the lease task decided.
+    pub changes: mpsc::Receiver<Ownership>,
+    /// Partitions handed over (flushed): their leases may be deleted.
+    pub released: mpsc::Sender<u32>,
+}
+
+struct Holding {
+    epoch: u64,
+    puller: Option<Puller>,
+}
+
+/// A partition's puller task and its stop switch.
+struct Puller {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long the loop waits for a stopped puller: its pull request in
+/// flight expires within `source::nats::MAX_FETCH_WAIT`, then it NAKs what
+/// that request brought.
+const PULLER_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A partition's window, rebuilt beside the loop.
+struct WindowReady {
+    partition: u32,
+    epoch: u64,
+    result: Result<(u64, DedupWindow), source::SourceError>,
+    started: Instant,
 }
 
 /// How a flush ended.
@@ -102,28 +153,48 @@ enum Flushed {
     Abandoned,
 }
 
+/// How a presence check or an insert, raced against the leases and the
+/// drain deadline, ended.
+enum Raced<T> {
+    Done(T),
+    /// A buffered partition's lease ran out (or changed hands) first.
+    Fenced,
+    /// The drain deadline passed first.
+    Abandoned,
+}
+
 impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: RelayConfig,
         client: async_nats::Client,
-        consumer: PullConsumer,
-        claims: Claims,
+        consumers: Vec<PullConsumer>,
+        ownership: OwnershipLink,
+        fence: Fence,
+        progress: Arc<Progress>,
         ring: RingFeed,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
         let sink = ClickHouseSink::new(&config.clickhouse, config.ack_wait);
         let batcher = Batcher::new(config.batch);
-        let window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
-        let dedup = DedupWindow::new(window_ms, config.dedup_max_ids);
+        let (fetched_tx, fetched) = mpsc::channel(config.fetch_max_messages.max(1));
         Pipeline {
+            js: async_nats::jetstream::new(client.clone()),
             config,
             client,
-            consumer,
+            consumers,
             sink,
             batcher,
-            dedup,
-            claims,
+            windows: HashMap::new(),
+            held: BTreeMap::new(),
+            fetched_tx,
+            fetched,
+            paused: watch::channel(false).0,
+            stopping: Vec::new(),
+            ownership,
+            fence,
+            progress,
             ring,
             unverified: HashSet::new(),
             metrics,
@@ -141,41 +212,27 @@ impl Pipeline {
     /// Runs until `shutdown` resolves and the buffer is drained (or the
     /// drain timed out).
     pub(crate) async fn run<S: Future<Output = ()>>(mut self, mut shutdown: Pin<&mut S>) {
-        let mut fetch_failures = 0u32;
+        let (ready_tx, mut ready_rx) = mpsc::channel::<WindowReady>(64);
         while !self.shutting_down {
             let now = self.now_ms();
             if let Some(reason) = self.batcher.flush_reason(now) {
                 self.flush(reason, &mut shutdown).await;
                 continue;
             }
-            let expires = match self.batcher.flush_deadline_ms() {
+            let wake = match self.batcher.flush_deadline_ms() {
                 Some(deadline) => Duration::from_millis(deadline.saturating_sub(now)),
-                None => MAX_FETCH_WAIT,
+                None => IDLE_WAIT,
             }
-            .clamp(MIN_FETCH_WAIT, MAX_FETCH_WAIT);
-
-            let fetched = tokio::select! {
-                r = source::fetch(&self.consumer, self.config.fetch_max_messages, expires) => r,
-                () = shutdown.as_mut() => { self.begin_shutdown(); break; }
-            };
-            let failed = match fetched {
-                Ok(batch) => self.receive(batch, &mut shutdown).await,
-                Err(e) => {
-                    FetchFailed { error: &e }.emit(&self.metrics);
-                    true
+            .min(IDLE_WAIT);
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => self.begin_shutdown(),
+                Some(change) = self.ownership.changes.recv() => {
+                    self.on_ownership(change, &ready_tx, &mut shutdown).await;
                 }
-            };
-            if failed {
-                // NATS is unreachable or refused the pull; the client
-                // reconnects by itself, so wait rather than spin.
-                fetch_failures = fetch_failures.saturating_add(1);
-                let delay = backoff(fetch_failures, self.config.max_retry_backoff);
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.as_mut(), if !self.shutting_down => self.begin_shutdown(),
-                }
-            } else {
-                fetch_failures = 0;
+                Some(ready) = ready_rx.recv() => self.on_window(ready),
+                Some(fetched) = self.fetched.recv() => self.on_fetched(fetched).await,
+                () = tokio::time::sleep(wake) => {}
             }
         }
         self.drain().await;
@@ -191,6 +248,12 @@ impl Pipeline {
         if !self.shutting_down {
             self.shutting_down = true;
             self.drain_deadline = Some(deadline);
+            let partitions: Vec<u32> = self.held.keys().copied().collect();
+            for partition in partitions {
+                if let Some(task) = self.stop_pulling(partition) {
+                    self.stopping.push(task);
+                }
+            }
             tracing::info!(
                 rows = self.batcher.row_count(),
                 messages = self.batcher.message_count(),
@@ -199,50 +262,185 @@ impl Pipeline {
         }
     }
 
-    /// Takes every message of one pull request into the buffer. Returns
-    /// whether the request ended in an error. Shutdown does not cut the
-    /// request short: its messages are already delivered to us, and
-    /// dropping them would leave them waiting out `ack_wait`.
-    async fn receive<S: Future<Output = ()>>(
+    async fn on_ownership<S: Future<Output = ()>>(
         &mut self,
-        batch: async_nats::jetstream::consumer::pull::Batch,
+        change: Ownership,
+        ready: &mpsc::Sender<WindowReady>,
         shutdown: &mut Pin<&mut S>,
-    ) -> bool {
-        let mut batch = std::pin::pin!(batch);
-        let mut received = 0usize;
-        let failed = loop {
-            let item = tokio::select! {
-                item = batch.next() => item,
-                () = shutdown.as_mut(), if !self.shutting_down => { self.begin_shutdown(); continue; }
-            };
-            match item {
-                None => break false,
-                Some(Ok(message)) => {
-                    received += 1;
-                    self.accept(message).await;
-                    // Flush mid-request rather than after it: one pull may
-                    // carry many frames, and the row and byte bounds should
-                    // hold to within one frame. The rest of the request waits
-                    // in the subscription meanwhile.
-                    if let Some(reason) = self.batcher.flush_reason(self.now_ms()) {
-                        self.flush(reason, shutdown).await;
-                    }
-                }
-                Some(Err(e)) => {
-                    FetchFailed { error: &e }.emit(&self.metrics);
-                    break true;
-                }
+    ) {
+        match change {
+            Ownership::Acquired { partition, epoch } => {
+                let _ = self.stop_pulling(partition);
+                self.held.insert(
+                    partition,
+                    Holding {
+                        epoch,
+                        puller: None,
+                    },
+                );
+                self.rebuild_window(partition, epoch, ready.clone());
             }
-        };
-        if received > 0 {
-            MessagesReceived { count: received }.emit(&self.metrics);
-            self.report_buffer();
+            Ownership::Lost { partition } => {
+                let _ = self.stop_pulling(partition);
+                self.held.remove(&partition);
+                self.windows.remove(&partition);
+                self.give_back(partition).await;
+            }
+            Ownership::Release { partition } => {
+                // Its pull in flight ends (NAKing what it brings) before the
+                // lease goes, so nothing of it is delivered here afterwards.
+                if let Some(task) = self.stop_pulling(partition) {
+                    let _ = tokio::time::timeout(PULLER_STOP_TIMEOUT, task).await;
+                }
+                if self.batcher.groups().contains(&partition) {
+                    self.flush(FlushReason::Handover, shutdown).await;
+                }
+                self.held.remove(&partition);
+                self.windows.remove(&partition);
+                // Whatever is still buffered of it (a flush abandoned by
+                // shutdown) goes back to the stream for the next owner.
+                self.give_back(partition).await;
+                let _ = self.ownership.released.send(partition).await;
+            }
         }
-        failed
+    }
+
+    /// Tells the partition's puller to stop; returns its task to wait on.
+    fn stop_pulling(&mut self, partition: u32) -> Option<tokio::task::JoinHandle<()>> {
+        let puller = self.held.get_mut(&partition)?.puller.take()?;
+        let _ = puller.stop.send(true);
+        Some(puller.task)
+    }
+
+    /// Takes a partition's rows out of the buffer unacked and NAKs their
+    /// messages, so its next owner gets them at once.
+    async fn give_back(&mut self, partition: u32) {
+        let acks = self
+            .batcher
+            .remove_group(partition, EventRow::estimated_size);
+        self.nak(&acks).await;
+    }
+
+    /// NAKs messages given back (bounded by `NAK_TIMEOUT`).
+    async fn nak(&self, acks: &[Acker]) {
+        if acks.is_empty() {
+            return;
+        }
+        if let Err(e) = source::nak_all(&self.client, acks).await {
+            AckSignalFailed {
+                kind: "nak",
+                error: &e,
+            }
+            .emit(&self.metrics);
+        }
+        self.report_buffer();
+    }
+
+    /// Reads the partition's recent ids from the stream in a task beside
+    /// the loop; the puller starts when it is done.
+    fn rebuild_window(&self, partition: u32, epoch: u64, ready: mpsc::Sender<WindowReady>) {
+        let js = self.js.clone();
+        let (stream, consumer) = (self.config.stream.clone(), self.config.consumer.clone());
+        let window_ms = u64::try_from(self.config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let max_ids = self.config.dedup_max_ids / self.config.partitions.max(1) as usize;
+        let (window, max_frame_bytes) = (self.config.dedup_window, self.config.max_frame_bytes);
+        let clock = self.epoch;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut ids = DedupWindow::new(window_ms, max_ids.max(1));
+            let now = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let result = source::recent_ids(
+                &js,
+                &stream,
+                &consumer,
+                partition,
+                window,
+                max_frame_bytes,
+                |project, id| ids.claim(DedupKey::new(project, id), now),
+            )
+            .await
+            .map(|frames| (frames, ids));
+            let _ = ready
+                .send(WindowReady {
+                    partition,
+                    epoch,
+                    result,
+                    started,
+                })
+                .await;
+        });
+    }
+
+    fn on_window(&mut self, ready: WindowReady) {
+        let current = self.held.get(&ready.partition).map(|h| h.epoch);
+        if current != Some(ready.epoch) || self.shutting_down {
+            return; // lost or handed over meanwhile
+        }
+        match ready.result {
+            Ok((frames, window)) => {
+                WindowRebuilt {
+                    partition: ready.partition,
+                    frames,
+                    ids: window.len() as u64,
+                    latency: ready.started.elapsed(),
+                }
+                .emit(&self.metrics);
+                self.windows.insert(ready.partition, window);
+                self.start_pulling(ready.partition);
+            }
+            Err(error) => {
+                WindowRebuildFailed {
+                    partition: ready.partition,
+                    error: &error,
+                }
+                .emit(&self.metrics);
+                // Hand it back untouched; the lease task tries again later.
+                self.held.remove(&ready.partition);
+                let _ = self.ownership.released.try_send(ready.partition);
+            }
+        }
+    }
+
+    fn start_pulling(&mut self, partition: u32) {
+        let Some(consumer) = self.consumers.get(partition as usize).cloned() else {
+            return;
+        };
+        let Some(holding) = self.held.get_mut(&partition) else {
+            return;
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let metrics = self.metrics.clone();
+        let task = tokio::spawn(source::pull_partition(
+            self.client.clone(),
+            consumer,
+            partition,
+            self.config.fetch_max_messages,
+            self.fetched_tx.clone(),
+            self.paused.subscribe(),
+            stop_rx,
+            move |e| FetchFailed { error: e }.emit(&metrics),
+        ));
+        holding.puller = Some(Puller { stop, task });
+    }
+
+    async fn on_fetched(&mut self, fetched: Fetched) {
+        let pulling = self
+            .held
+            .get(&fetched.partition)
+            .is_some_and(|h| h.puller.is_some());
+        if !pulling {
+            // Pulled just before the partition stopped: the next owner's.
+            let (_, acker) = fetched.message.split();
+            let _ = source::nak_all(&self.client, [&acker]).await;
+            return;
+        }
+        MessagesReceived { count: 1 }.emit(&self.metrics);
+        self.accept(fetched.partition, fetched.message).await;
+        self.report_buffer();
     }
 
     /// Decodes one message and buffers its new events (or dead-letters it).
-    async fn accept(&mut self, message: async_nats::jetstream::Message) {
+    async fn accept(&mut self, partition: u32, message: async_nats::jetstream::Message) {
         let origin = dead_letter::Origin::of(&message);
         let stream_sequence = origin.stream_sequence;
         let stream_at_ms = message
@@ -250,7 +448,15 @@ impl Pipeline {
             .ok()
             .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok())
             .unwrap_or_else(crate::debug::wall_ms);
+        // A dead letter replayed by `spoor dead-letters replay` is checked
+        // against ClickHouse like a redelivery: the window may hold its
+        // ids from the original frame, which was never stored.
+        let replayed = message.headers.as_ref().is_some_and(|h| {
+            h.get(spoor_core::contract::dead_letter_header::REPLAY_OF_STREAM_SEQ)
+                .is_some()
+        });
         let delivery = match message.info().ok().map(|i| i.delivered) {
+            _ if replayed => Delivery::Redelivered,
             Some(n) if n > 1 => Delivery::Redelivered,
             // A message without metadata cannot be told apart; treat it as
             // possibly stored.
@@ -301,11 +507,12 @@ impl Pipeline {
                     return;
                 }
             };
-        self.take_claims();
         let now = self.now_ms();
+        let Some(window) = self.windows.get_mut(&partition) else {
+            return;
+        };
         let total: usize = batches.iter().map(|b| b.events.len()).sum();
-        let (mut own, mut claimed) = (0usize, 0usize);
-        let mut kept_ids = Vec::with_capacity(total);
+        let (mut own, mut recent) = (0usize, 0usize);
         let mut rows = Vec::with_capacity(total);
         let mut seen = Vec::with_capacity(total);
         let relay_now = crate::debug::wall_ms();
@@ -317,17 +524,17 @@ impl Pipeline {
             .emit(&self.metrics);
             let events = std::mem::take(&mut batch.events);
             for event in events {
+                let key = DedupKey::new(&batch.project_id, event.event_id);
                 // Marked as this relay's as the row enters the buffer: the row
                 // then either reaches ClickHouse or stays buffered for retry, so
                 // dropping a later copy never loses the event.
-                match self.dedup.observe(event.event_id, delivery, now) {
+                match window.observe(key, delivery, now) {
                     Verdict::Duplicate(Origin::Own) => own += 1,
-                    Verdict::Duplicate(Origin::Claimed) => claimed += 1,
+                    Verdict::Duplicate(Origin::Claimed) => recent += 1,
                     verdict => {
                         if verdict == Verdict::KeepIfNotStored {
-                            self.unverified.insert(event.event_id);
+                            self.unverified.insert(key);
                         }
-                        kept_ids.push(event.event_id);
                         let row = EventRow::new(&batch, event);
                         seen.push(crate::debug::observed_row(
                             &row,
@@ -347,67 +554,156 @@ impl Pipeline {
         }
         .emit(&self.metrics);
         DuplicatesDropped {
-            layer: "claim",
-            count: claimed,
+            layer: "window",
+            count: recent,
         }
         .emit(&self.metrics);
-        if !kept_ids.is_empty() {
-            let error = self.claims.publisher.publish(&kept_ids).await.err();
-            ClaimsPublished {
-                ids: kept_ids.len(),
-                error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
-            }
-            .emit(&self.metrics);
-        }
         if !seen.is_empty() {
             self.ring.send(RingUpdate::Observed(seen));
         }
-        self.batcher.push(rows, acker, now);
-        self.metrics.dedup_window_ids.set(self.dedup.len() as i64);
+        self.batcher.push_in(partition, rows, acker, now);
+        self.metrics
+            .dedup_window_ids
+            .set(self.windows.values().map(|w| w.len() as i64).sum());
     }
 
-    /// Adds every claim that has arrived from other relays to the window.
-    fn take_claims(&mut self) {
-        let now = self.now_ms();
-        let mut received = 0usize;
-        while let Ok(ids) = self.claims.incoming.try_recv() {
-            received += ids.len();
-            for id in ids {
-                self.dedup.claim(id, now);
+    /// The epochs the buffered partitions were pulled under.
+    fn buffered_epochs(&self) -> Vec<(u32, u64)> {
+        self.batcher
+            .groups()
+            .into_iter()
+            .map(|p| (p, self.held.get(&p).map_or(0, |h| h.epoch)))
+            .collect()
+    }
+
+    /// Drops from the buffer (unacked, NAKed) every partition whose lease
+    /// no longer holds under the epoch its rows were pulled with.
+    async fn fence_buffer(&mut self) {
+        let now = Instant::now();
+        let mut acks = Vec::new();
+        for (partition, epoch) in self.buffered_epochs() {
+            if !self.fence.valid(partition, epoch, now) {
+                let _ = self.stop_pulling(partition);
+                self.held.remove(&partition);
+                self.windows.remove(&partition);
+                acks.extend(
+                    self.batcher
+                        .remove_group(partition, EventRow::estimated_size),
+                );
             }
         }
-        if received > 0 {
-            ClaimsReceived { ids: received }.emit(&self.metrics);
+        self.nak(&acks).await;
+    }
+
+    /// When the first of `epochs`' leases runs out (or now, if one is gone
+    /// or changed epoch).
+    fn fence_deadline(&self, epochs: &[(u32, u64)]) -> Instant {
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        for &(partition, epoch) in epochs {
+            let until = match self.fence.get(partition) {
+                Some(h) if h.epoch == epoch => h.valid_until,
+                _ => now,
+            };
+            earliest = Some(earliest.map_or(until, |e| e.min(until)));
+        }
+        earliest.unwrap_or(now + IDLE_WAIT * 3600)
+    }
+
+    /// Runs `work` while sending progress acks for the buffer every third
+    /// of `ack_wait`, until it ends, a buffered lease runs out, or the
+    /// drain deadline passes. A shutdown signal meanwhile sets `deadline`.
+    async fn race<T, S: Future<Output = ()>>(
+        &self,
+        work: impl Future<Output = T>,
+        epochs: &[(u32, u64)],
+        deadline: &mut Option<Instant>,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Raced<T> {
+        let mut work = std::pin::pin!(work);
+        let every = (self.config.ack_wait / 3).max(Duration::from_millis(100));
+        let mut next_progress = Instant::now() + every;
+        loop {
+            let fence_at = self.fence_deadline(epochs);
+            if fence_at <= Instant::now() {
+                return Raced::Fenced;
+            }
+            let drain_at = deadline.unwrap_or(fence_at + IDLE_WAIT);
+            tokio::select! {
+                biased;
+                r = &mut work => return Raced::Done(r),
+                () = tokio::time::sleep_until(fence_at) => {}
+                () = tokio::time::sleep_until(drain_at), if deadline.is_some() => {
+                    return Raced::Abandoned;
+                }
+                () = shutdown.as_mut(), if deadline.is_none() && !self.shutting_down => {
+                    *deadline = Some(Instant::now() + self.config.drain_timeout);
+                }
+                () = tokio::time::sleep_until(next_progress) => {
+                    next_progress = Instant::now() + every;
+                    // Bounded by the drain deadline, and cut short by a
+                    // shutdown signal, so an unreachable NATS cannot hold
+                    // the relay past its drain time.
+                    let progress = source::progress_all(&self.client, self.batcher.acks());
+                    let sent = match *deadline {
+                        Some(at) => tokio::time::timeout_at(at, progress).await.ok(),
+                        None => tokio::select! {
+                            r = progress => Some(r),
+                            () = shutdown.as_mut(), if !self.shutting_down => {
+                                *deadline = Some(Instant::now() + self.config.drain_timeout);
+                                None
+                            }
+                        },
+                    };
+                    if let Some(Err(e)) = sent {
+                        AckSignalFailed { kind: "progress", error: &e }.emit(&self.metrics);
+                    }
+                }
+            }
         }
     }
 
-    /// Drops the buffered rows whose ids ClickHouse already holds, among
-    /// those marked unverified, then clears the marks.
-    async fn drop_stored_rows(&mut self) -> Result<(), SinkError> {
+    /// The unverified buffered rows, by project: (days, ids) to ask about.
+    fn presence_questions(&self) -> BTreeMap<String, (BTreeSet<u16>, Vec<Uuid>)> {
+        let mut asked: BTreeMap<String, (BTreeSet<u16>, Vec<Uuid>)> = BTreeMap::new();
         if self.unverified.is_empty() {
-            return Ok(());
+            return asked;
         }
-        let started = Instant::now();
-        // project -> (days, ids) of the unverified rows.
-        let mut asked: BTreeMap<&str, (BTreeSet<u16>, Vec<Uuid>)> = BTreeMap::new();
         for row in self.batcher.rows() {
-            if self.unverified.contains(&row.event_id) {
-                let entry = asked.entry(row.project_id.as_str()).or_default();
+            if self
+                .unverified
+                .contains(&DedupKey::new(&row.project_id, row.event_id))
+            {
+                let entry = asked.entry(row.project_id.clone()).or_default();
                 entry.0.insert(row.event_date);
                 entry.1.push(row.event_id);
             }
         }
+        asked
+    }
+
+    /// Asks ClickHouse which of `asked` it holds.
+    async fn stored(
+        &self,
+        asked: &BTreeMap<String, (BTreeSet<u16>, Vec<Uuid>)>,
+    ) -> Result<HashSet<DedupKey>, SinkError> {
         let mut stored = HashSet::new();
-        let mut asked_ids = 0usize;
-        for (project, (days, ids)) in &asked {
-            asked_ids += ids.len();
-            stored.extend(self.sink.stored_ids(project, days, ids).await?);
+        for (project, (days, ids)) in asked {
+            for id in self.sink.stored_ids(project, days, ids).await? {
+                stored.insert(DedupKey::new(project, id));
+            }
         }
-        let unverified = std::mem::take(&mut self.unverified);
+        Ok(stored)
+    }
+
+    /// Drops the buffered rows ClickHouse already holds, then clears the
+    /// unverified marks.
+    fn drop_stored_rows(&mut self, asked: usize, stored: HashSet<DedupKey>, started: Instant) {
+        self.unverified.clear();
         let mut already = Vec::new();
         self.batcher.retain_rows(
             |row| {
-                let drop = unverified.contains(&row.event_id) && stored.contains(&row.event_id);
+                let drop = stored.contains(&DedupKey::new(&row.project_id, row.event_id));
                 if drop {
                     already.push((crate::debug::row_key(row).to_string(), row.event_id));
                 }
@@ -422,7 +718,7 @@ impl Pipeline {
             });
         }
         PresenceChecked {
-            asked: asked_ids,
+            asked,
             stored: stored.len(),
             latency: started.elapsed(),
         }
@@ -432,7 +728,6 @@ impl Pipeline {
             count: stored.len(),
         }
         .emit(&self.metrics);
-        Ok(())
     }
 
     /// Inserts the buffer, retrying with backoff until it succeeds (or, when
@@ -444,129 +739,166 @@ impl Pipeline {
         shutdown: &mut Pin<&mut S>,
     ) -> Flushed {
         let mut attempt = 0u32;
-        let mut last_progress = Instant::now();
         loop {
             attempt = attempt.saturating_add(1);
+            self.fence_buffer().await;
+            if self.batcher.is_empty() {
+                return Flushed::Inserted;
+            }
+            let epochs = self.buffered_epochs();
+            let mut deadline = self.drain_deadline;
             let started = Instant::now();
-            let drain_deadline = self.drain_deadline;
-            let drain_timeout = self.config.drain_timeout;
-            // A shutdown that arrives mid-insert starts the drain clock at
-            // once; the insert may go on until the drain deadline.
-            let mut stopped_at = None;
-            let insert = async {
-                self.drop_stored_rows().await?;
-                self.sink.insert(self.batcher.rows()).await
+
+            let asked = self.presence_questions();
+            let checked = if asked.is_empty() {
+                Raced::Done(Ok(HashSet::new()))
+            } else {
+                self.race(self.stored(&asked), &epochs, &mut deadline, shutdown)
+                    .await
             };
-            let result = match drain_deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, insert).await.ok(),
-                None => {
-                    let mut insert = std::pin::pin!(insert);
-                    tokio::select! {
-                        r = &mut insert => Some(r),
-                        () = shutdown.as_mut() => {
-                            let deadline = Instant::now() + drain_timeout;
-                            stopped_at = Some(deadline);
-                            tokio::time::timeout_at(deadline, insert).await.ok()
-                        }
+            let result = match checked {
+                Raced::Done(Ok(stored)) => {
+                    let n = asked.values().map(|(_, ids)| ids.len()).sum();
+                    if !asked.is_empty() {
+                        self.drop_stored_rows(n, stored, started);
+                    }
+                    let inserted = Instant::now();
+                    match self
+                        .race(
+                            self.sink.insert(self.batcher.rows()),
+                            &epochs,
+                            &mut deadline,
+                            shutdown,
+                        )
+                        .await
+                    {
+                        Raced::Done(r) => Raced::Done(r.map(|()| inserted)),
+                        Raced::Fenced => Raced::Fenced,
+                        Raced::Abandoned => Raced::Abandoned,
                     }
                 }
+                Raced::Done(Err(e)) => Raced::Done(Err(e)),
+                Raced::Fenced => Raced::Fenced,
+                Raced::Abandoned => Raced::Abandoned,
             };
-            if let Some(deadline) = stopped_at {
+            if let Some(deadline) = deadline {
                 self.begin_shutdown_by(deadline);
             }
-            let Some(result) = result else {
-                return Flushed::Abandoned;
-            };
-            match result {
-                Ok(()) => {
-                    let latency = started.elapsed();
-                    let inserted: Vec<(String, Uuid)> = self
-                        .batcher
-                        .rows()
-                        .iter()
-                        .map(|r| (crate::debug::row_key(r).to_string(), r.event_id))
-                        .collect();
-                    if !inserted.is_empty() {
-                        self.ring.send(RingUpdate::Inserted {
-                            events: inserted,
-                            at_ms: Some(crate::debug::wall_ms()),
-                        });
-                    }
-                    let drained = self.batcher.take();
-                    EventsInserted {
-                        rows: drained.rows,
-                        bytes: drained.bytes,
-                        latency,
-                        reason,
-                        attempts: attempt,
-                    }
-                    .emit(&self.metrics);
-                    self.health.insert_succeeded();
-                    self.ack(&drained.acks).await;
-                    self.report_buffer();
+            let error = match result {
+                Raced::Abandoned => return Flushed::Abandoned,
+                Raced::Fenced => {
+                    // The insert may have reached the server; the partitions
+                    // still held are checked before the next attempt.
+                    self.mark_buffer_unverified();
+                    continue;
+                }
+                Raced::Done(Ok(inserted)) => {
+                    self.inserted(reason, attempt, inserted.elapsed()).await;
                     return Flushed::Inserted;
                 }
-                Err(error) => {
-                    // The attempt may have stored some or all rows before it
-                    // failed (a lost response, a timeout after the server
-                    // took the data): ask before the next one.
-                    self.unverified
-                        .extend(self.batcher.rows().iter().map(|r| r.event_id));
-                    let retry_in = backoff(attempt, self.config.max_retry_backoff);
-                    InsertFailed {
-                        error: &error,
-                        rows: self.batcher.row_count(),
-                        attempt,
-                        retry_in,
-                    }
-                    .emit(&self.metrics);
-                    self.health.insert_failed(&error);
-                    // Keep JetStream from redelivering what we still hold;
-                    // a shutdown meanwhile is noticed, and a drain deadline
-                    // bounds the wait.
-                    if last_progress.elapsed() >= self.config.ack_wait / 2 {
-                        let progress = source::progress_all(&self.client, self.batcher.acks());
-                        let sent = match self.drain_deadline {
-                            Some(deadline) => {
-                                tokio::time::timeout_at(deadline, progress).await.ok()
-                            }
-                            None => tokio::select! {
-                                r = progress => Some(r),
-                                () = shutdown.as_mut() => None,
-                            },
-                        };
-                        match sent {
-                            Some(Err(e)) => AckSignalFailed {
-                                kind: "progress",
-                                error: &e,
-                            }
-                            .emit(&self.metrics),
-                            Some(Ok(_)) => {}
-                            None => self.begin_shutdown(),
-                        }
-                        last_progress = Instant::now();
-                    }
-                    let wake = Instant::now() + retry_in;
-                    if let Some(deadline) = self.drain_deadline {
-                        if wake >= deadline {
-                            return Flushed::Abandoned;
-                        }
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep_until(wake) => {}
-                        () = shutdown.as_mut(), if !self.shutting_down => {
-                            // Keep retrying until the drain deadline; the
-                            // next attempt starts now rather than after the backoff.
-                            self.begin_shutdown();
-                        }
-                    }
+                Raced::Done(Err(error)) => error,
+            };
+            // The attempt may have stored some or all rows before it
+            // failed (a lost response, a timeout after the server took the
+            // data): ask before the next one.
+            self.mark_buffer_unverified();
+            self.paused.send_replace(true);
+            let retry_in = backoff(attempt, self.config.max_retry_backoff);
+            InsertFailed {
+                error: &error,
+                rows: self.batcher.row_count(),
+                attempt,
+                retry_in,
+            }
+            .emit(&self.metrics);
+            self.health.insert_failed(&error);
+            let wake = Instant::now() + retry_in;
+            if let Some(deadline) = self.drain_deadline {
+                if wake >= deadline {
+                    return Flushed::Abandoned;
                 }
+            }
+            // Waiting counts as work: progress acks keep going.
+            let epochs = self.buffered_epochs();
+            let mut deadline = self.drain_deadline;
+            let waited = self
+                .race(
+                    tokio::time::sleep_until(wake),
+                    &epochs,
+                    &mut deadline,
+                    shutdown,
+                )
+                .await;
+            if let Some(deadline) = deadline {
+                // Keep retrying until the drain deadline; the next attempt
+                // starts now rather than after the backoff.
+                self.begin_shutdown_by(deadline);
+            }
+            if let Raced::Abandoned = waited {
+                return Flushed::Abandoned;
             }
         }
     }
 
+    fn mark_buffer_unverified(&mut self) {
+        let keys: Vec<DedupKey> = self
+            .batcher
+            .rows()
+            .iter()
+            .map(|r| DedupKey::new(&r.project_id, r.event_id))
+            .collect();
+        self.unverified.extend(keys);
+    }
+
+    /// After a successful insert: tell the ring, ack, count.
+    async fn inserted(&mut self, reason: FlushReason, attempts: u32, latency: Duration) {
+        let inserted: Vec<(String, Uuid)> = self
+            .batcher
+            .rows()
+            .iter()
+            .map(|r| (crate::debug::row_key(r).to_string(), r.event_id))
+            .collect();
+        let at_ms = crate::debug::wall_ms();
+        if !inserted.is_empty() {
+            self.ring.send(RingUpdate::Inserted {
+                events: inserted,
+                at_ms: Some(at_ms),
+            });
+        }
+        let drained = self.batcher.take();
+        EventsInserted {
+            rows: drained.rows,
+            bytes: drained.bytes,
+            latency,
+            reason,
+            attempts,
+        }
+        .emit(&self.metrics);
+        self.progress.inserted(drained.rows, at_ms);
+        self.paused.send_replace(false);
+        self.health.insert_succeeded();
+        self.ack(&drained.acks).await;
+        self.report_buffer();
+    }
+
     /// Final flush on shutdown.
     async fn drain(mut self) {
+        // Messages pulled but not yet taken: back to the stream, once every
+        // puller has ended its pull in flight.
+        self.fetched.close();
+        let stopping = std::mem::take(&mut self.stopping);
+        let _ = tokio::time::timeout(
+            PULLER_STOP_TIMEOUT,
+            futures_util::future::join_all(stopping),
+        )
+        .await;
+        let mut handed_back = Vec::new();
+        while let Ok(fetched) = self.fetched.try_recv() {
+            handed_back.push(fetched.message.split().1);
+        }
+        if !handed_back.is_empty() {
+            let _ = source::nak_all(&self.client, &handed_back).await;
+        }
         if !self.batcher.is_empty() {
             // The shutdown future has resolved; this one stands in for it.
             let mut never = std::pin::pin!(std::future::pending::<()>());

@@ -104,15 +104,29 @@ async fn lookups_merge_across_two_relays_with_paths() {
     let nats = NatsServer::start().unwrap();
     let ch = ClickHouseServer::shared();
     let db = ch.fresh_database("debug_merge");
-    let a = Relay::start(relay_config(&nats, ch, &db)).await;
-    let b = Relay::start(relay_config(&nats, ch, &db)).await;
     let publisher = Publisher::connect(&nats).await;
+    // dev-w lives on partition 10: a relay holding all 16 hands the upper
+    // half (8-15) to a second one when it joins.
+    assert_eq!(route::partition_of("dev-w", PARTITIONS), 10);
 
     // 40 frames of 3 events for one device (120 events, spread over both
-    // relays), one frame for a second device of the same user, noise.
-    for f in 0..40u128 {
-        let b = device_batch(&format!("dev-x-{f}"), "dev-x", "u-7", f * 3..f * 3 + 3);
-        publish_to_partition(&publisher, &b, "dev-x").await;
+    // relays: the first 20 frames before its partition moves, the rest
+    // after), one frame for a second device of the same user, noise.
+    let a = Relay::start(relay_config(&nats, ch, &db)).await;
+    for f in 0..20u128 {
+        let b = device_batch(&format!("dev-w-{f}"), "dev-w", "u-7", f * 3..f * 3 + 3);
+        publish_to_partition(&publisher, &b, "dev-w").await;
+    }
+    let b = Relay::start(relay_config(&nats, ch, &db)).await;
+    eventually("the second relay holding half the partitions", || async {
+        (b.metric("spoor_relay_partitions_owned").await == 8.0
+            && a.metric("spoor_relay_partitions_owned").await == 8.0)
+            .then_some(())
+    })
+    .await;
+    for f in 20..40u128 {
+        let b = device_batch(&format!("dev-w-{f}"), "dev-w", "u-7", f * 3..f * 3 + 3);
+        publish_to_partition(&publisher, &b, "dev-w").await;
     }
     let phone = device_batch("dev-y-0", "dev-y", "u-7", 500..502);
     publish_to_partition(&publisher, &phone, "dev-y").await;
@@ -121,15 +135,15 @@ async fn lookups_merge_across_two_relays_with_paths() {
     publisher.drained(last).await;
     assert_eq!(count(ch, &db).await, 132);
 
-    // Both rings hold part of dev-x's events.
+    // Both rings hold part of dev-w's events.
     let held = |metrics: f64| metrics > 0.0;
     assert!(held(a.metric("spoor_relay_ring_events").await));
     assert!(held(b.metric("spoor_relay_ring_events").await));
 
     // The inserted marks reach the rings right after the ack; wait for them.
     let base = format!("http://{}", a.addr);
-    let lookup = eventually("every dev-x event marked inserted", || async {
-        let l = lookup_http(&base, "/debug/device/dev-x?last=1h").await;
+    let lookup = eventually("every dev-w event marked inserted", || async {
+        let l = lookup_http(&base, "/debug/device/dev-w?last=1h").await;
         l.events
             .iter()
             .all(|e| matches!(e.path.state, EventState::Inserted { at_ms: Some(_) }))
@@ -141,7 +155,7 @@ async fn lookups_merge_across_two_relays_with_paths() {
     assert_eq!(lookup.events.len(), 120);
     assert_ordered_once(&lookup);
     let holders: BTreeSet<_> = lookup.events.iter().map(|e| e.relay.as_str()).collect();
-    assert_eq!(holders.len(), 2, "dev-x's events were all on one relay");
+    assert_eq!(holders.len(), 2, "dev-w's events were all on one relay");
     let expected: BTreeSet<_> = (0..120).map(id).collect();
     let got: BTreeSet<_> = lookup.events.iter().map(|e| e.event_id).collect();
     assert_eq!(got, expected);
@@ -158,7 +172,7 @@ async fn lookups_merge_across_two_relays_with_paths() {
         assert!(p.edge_received_at_ms <= p.stream_at_ms + 1_000);
         assert!(p.stream_at_ms <= relay_at + 1_000 && relay_at <= inserted);
         assert!(p.stream_seq >= 1);
-        assert_eq!(e.anonymous_id, "dev-x");
+        assert_eq!(e.anonymous_id, "dev-w");
         assert_eq!(e.project_id, "proj_it");
     }
 
@@ -166,7 +180,7 @@ async fn lookups_merge_across_two_relays_with_paths() {
     let by_user = lookup_http(&base, "/debug/device?user_id=u-7&limit=500").await;
     assert_eq!(by_user.events.len(), 122);
     assert_ordered_once(&by_user);
-    let limited = lookup_http(&base, "/debug/device/dev-x?limit=10").await;
+    let limited = lookup_http(&base, "/debug/device/dev-w?limit=10").await;
     assert_eq!(limited.events.len(), 10);
     assert!(limited.truncated);
     assert_eq!(limited.events, lookup.events[110..].to_vec());
@@ -174,7 +188,7 @@ async fn lookups_merge_across_two_relays_with_paths() {
     // The library call the CLI uses gives the same answer over NATS.
     let client = nats.connect(NatsRole::Admin).await.unwrap();
     let query = DeviceQuery::new(
-        Subject::Device("dev-x".into()),
+        Subject::Device("dev-w".into()),
         Some("proj_it".into()),
         3_600_000,
         now_ms(),
@@ -200,7 +214,7 @@ async fn lookups_merge_across_two_relays_with_paths() {
     assert_eq!(direct.relays, lookup.relays);
     assert_eq!(direct.events, lookup.events);
     // Another project sees nothing of it.
-    let other = lookup_http(&base, "/debug/device/dev-x?project=elsewhere").await;
+    let other = lookup_http(&base, "/debug/device/dev-w?project=elsewhere").await;
     assert!(other.events.is_empty());
 
     assert!(

@@ -236,12 +236,12 @@ async fn the_edge_role_can_only_publish_events() {
     assert_eq!(acked[0].as_ref().unwrap().stream, STREAM);
 
     // Refused: the JetStream API (deleting the stream), debug queries,
-    // claims and dead letters. The edge client treats `-ERR` as fatal, so
+    // partition leases and dead letters. The edge client treats `-ERR` as fatal, so
     // each attempt gets its own connection.
     let refused = [
         format!("$JS.API.STREAM.DELETE.{STREAM}"),
         format!("spoor.debug.{STREAM}.device"),
-        format!("spoor.claims.{STREAM}"),
+        format!("$KV.{STREAM}_LEASES.partition.0"),
         "spoor.dead.undecodable".to_string(),
     ];
     for subject in &refused {
@@ -309,8 +309,8 @@ async fn the_ops_role_cannot_change_stream_definitions() {
     for subject in [
         format!("$JS.API.STREAM.DELETE.{STREAM}"),
         format!("$JS.API.STREAM.UPDATE.{STREAM}"),
-        format!("$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.spoor-relay"),
-        format!("spoor.claims.{STREAM}"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.spoor-relay-p0"),
+        format!("$KV.{STREAM}_LEASES.partition.0"),
     ] {
         client.publish(subject.clone(), "{}".into()).await.unwrap();
         client.flush().await.unwrap();

@@ -23,7 +23,8 @@ use uuid::Uuid;
 use crate::support::{eventually, eventually_within, sample_value, Relay};
 
 pub(crate) const STREAM: &str = "SPOOR_EVENTS";
-pub(crate) const CONSUMER: &str = "spoor-relay";
+/// The consumer of SUBJECT's partition (0).
+pub(crate) const CONSUMER: &str = "spoor-relay-p0";
 pub(crate) const SUBJECT: &str = "spoor.events.eu-west.0";
 
 pub(crate) fn config(nats: &NatsServer, clickhouse_url: String, database: &str) -> RelayConfig {
@@ -39,6 +40,8 @@ pub(crate) fn config(nats: &NatsServer, clickhouse_url: String, database: &str) 
     config.batch.flush_interval_ms = 200;
     config.lag_poll_interval = Duration::from_millis(200);
     config.max_retry_backoff = Duration::from_millis(500);
+    // Leases renew every second, so partitions move within seconds.
+    config.lease_ttl = Duration::from_secs(3);
     // Test events are from 2024 (TS_MS): the relay's retention would drop
     // them from `events` and the rollups. Tests of retention turn it on.
     config.retention_days = 0;
@@ -107,14 +110,22 @@ impl Publisher {
         stream.consumer_info(CONSUMER).await.unwrap()
     }
 
-    /// Waits until the relays' consumer has acked everything up to `last_seq`.
+    /// Waits until the relays have acked everything up to `last_seq`, on
+    /// every partition's consumer.
     pub(crate) async fn drained(&self, last_seq: u64) {
-        eventually("the consumer to ack everything", || async {
-            let c = self.consumer().await;
-            (c.num_pending == 0
-                && c.num_ack_pending == 0
-                && c.ack_floor.stream_sequence >= last_seq)
-                .then_some(())
+        eventually("the partition consumers to ack everything", || async {
+            let mut stream = self.js.get_stream(STREAM).await.unwrap();
+            if stream.info().await.unwrap().state.last_sequence < last_seq {
+                return None;
+            }
+            for p in 0..spoor_core::contract::DEFAULT_PARTITIONS {
+                let name = spoor_core::contract::partition_consumer("spoor-relay", p);
+                let c = stream.consumer_info(name).await.ok()?;
+                if c.num_pending != 0 || c.num_ack_pending != 0 {
+                    return None;
+                }
+            }
+            Some(())
         })
         .await;
     }

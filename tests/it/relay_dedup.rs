@@ -3,8 +3,9 @@
 //!
 //! - a redelivered frame whose rows a crashed relay already inserted (all or
 //!   some of them) is checked against ClickHouse and not stored twice;
-//! - the dedup window holds across relays (claims announced live) and across
-//!   restarts (claims replayed before the first pull).
+//! - the dedup window holds across relays and across restarts: a relay that
+//!   takes a partition over rebuilds the partition's window from the frames
+//!   its consumer delivered within the window, before its first pull.
 
 use std::time::Duration;
 
@@ -28,15 +29,19 @@ async fn rows_a_crashed_relay_inserted_are_not_inserted_again_on_redelivery() {
     cfg.ack_wait = Duration::from_secs(2);
     spoor_relay::migrate(&cfg).await.unwrap();
     let publisher = Publisher::connect(&nats).await;
-    let consumer = source::ensure_consumer(
+    // The partition consumer of the test subject, as the relay creates it.
+    let consumer = source::ensure_partition_consumers(
         &publisher.js,
         STREAM,
-        CONSUMER,
+        &cfg.consumer,
+        cfg.partitions,
         cfg.ack_wait,
         cfg.max_ack_pending(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .swap_remove(0);
+    assert_eq!(consumer.cached_info().name, CONSUMER);
 
     // Two frames: the "crashed relay" stored all of the first and part of
     // the second (an insert spanning two days is two parts, and a crash can
@@ -101,7 +106,7 @@ async fn rows_a_crashed_relay_inserted_are_not_inserted_again_on_redelivery() {
 async fn the_dedup_window_holds_across_relays_and_restarts() {
     let nats = NatsServer::start().unwrap();
     let ch = ClickHouseServer::shared();
-    let db = ch.fresh_database("relay_claims");
+    let db = ch.fresh_database("relay_window");
     let cfg = config(&nats, ch.http_url(), &db);
     let publisher = Publisher::connect(&nats).await;
 
@@ -115,8 +120,9 @@ async fn the_dedup_window_holds_across_relays_and_restarts() {
     })
     .await;
 
-    // Relay B joins while A runs, then A leaves. B must drop 3 and 4, which
-    // only A saw: it learned them from A's claims.
+    // Relay B joins while A runs, then A leaves and hands its partitions
+    // over. B must drop 3 and 4, which only A saw: it read them back from
+    // the partition's recent frames when it took the partition.
     let b = Relay::start(cfg.clone()).await;
     a.shutdown().await;
     publisher
@@ -129,22 +135,18 @@ async fn the_dedup_window_holds_across_relays_and_restarts() {
     .await;
     assert_eq!(count(ch, &db).await, 6);
     assert_eq!(
-        b.metric("spoor_relay_events_deduped_by_layer_total{layer=\"claim\"}")
+        b.metric("spoor_relay_events_deduped_by_layer_total{layer=\"window\"}")
             .await,
         2.0
     );
     b.shutdown().await;
 
-    // No relay runs. A new one must rebuild the window from the claims of
-    // both earlier relays before it pulls: 1 (A's) and 6 (B's) are copies.
+    // No relay runs. A new one must rebuild the window from the frames both
+    // earlier relays took before it pulls: 1 (A's) and 6 (B's) are copies.
     publisher
         .publish_batch(&batch("claims-3", vec![event(1), event(6), event(7)]))
         .await;
     let c = Relay::start(cfg).await;
-    assert!(
-        c.metric("spoor_relay_claims_received_total").await >= 6.0,
-        "A's four ids and B's two were replayed"
-    );
     eventually("frame 3 acked", || async {
         let info = publisher.consumer().await;
         (info.ack_floor.stream_sequence == 3 && info.num_ack_pending == 0).then_some(())
@@ -152,8 +154,12 @@ async fn the_dedup_window_holds_across_relays_and_restarts() {
     .await;
     let stats = stats(ch, &db).await;
     assert_eq!(stats.trim(), "7\t7");
+    assert!(
+        c.metric("spoor_relay_window_rebuilt_ids_total").await >= 6.0,
+        "A's four ids and B's two were read back"
+    );
     assert_eq!(
-        c.metric("spoor_relay_events_deduped_by_layer_total{layer=\"claim\"}")
+        c.metric("spoor_relay_events_deduped_by_layer_total{layer=\"window\"}")
             .await,
         2.0
     );

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long a (re)start may take before it counts as failed (stream,
-/// consumer and schema set-up plus the claims replay, on a loaded box).
+/// consumer, leases and schema set-up, on a loaded box).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `stop` waits after SIGTERM (the drain) before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(40);
@@ -139,6 +139,25 @@ impl RelayProcess {
     /// Kills the relay at once (SIGKILL): no drain, no ack, no NAK.
     pub fn kill9(&self) {
         self.process.kill();
+    }
+
+    /// Freezes the relay (SIGSTOP): it neither renews its leases nor does
+    /// anything else until [`RelayProcess::thaw`], like a process stalled
+    /// by its host.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal(Signal::SIGSTOP)
+    }
+
+    /// Lets a frozen relay run again (SIGCONT).
+    pub fn thaw(&self) -> Result<()> {
+        self.signal(Signal::SIGCONT)
+    }
+
+    fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = self.process.pid().context("the relay is not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        nix::sys::signal::kill(pid, signal).with_context(|| format!("{signal} to the relay"))?;
+        Ok(())
     }
 
     /// Stops the relay cleanly (SIGTERM: it drains and acks), then reaps it.

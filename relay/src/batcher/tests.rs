@@ -114,3 +114,23 @@ fn retain_drops_rows_keeps_acks_and_recounts_bytes() {
     assert_eq!(b.flush_reason(1_000), Some(FlushReason::Age));
     assert_eq!(b.take().acks, vec!["m1", "m2"]);
 }
+
+#[test]
+fn a_group_leaves_with_its_rows_and_acks_and_the_rest_stays() {
+    let mut b: Batcher<u32, &str> = Batcher::new(LIMITS);
+    b.push_in(3, vec![(1u32, 10), (2, 10)], "p3-a", 0);
+    b.push_in(5, vec![(3u32, 10)], "p5-a", 1);
+    b.push_in(3, vec![(4u32, 10)], "p3-b", 2);
+    assert_eq!(b.groups(), vec![3, 5]);
+    // Rows dropped by the presence check keep the groups aligned.
+    b.retain_rows(|r| *r != 2, |_| 10);
+    assert_eq!(b.remove_group(3, |_| 10), vec!["p3-a", "p3-b"]);
+    assert_eq!(b.rows(), &[3]);
+    assert_eq!(b.acks(), &["p5-a"]);
+    assert_eq!(b.bytes(), 10);
+    assert_eq!(b.groups(), vec![5]);
+    assert!(b.remove_group(3, |_| 10).is_empty());
+    assert_eq!(b.remove_group(5, |_| 10), vec!["p5-a"]);
+    assert!(b.is_empty());
+    assert_eq!(b.flush_reason(10_000), None);
+}

@@ -33,8 +33,8 @@ pub(crate) enum RehydrateError {
 
 /// Rebuilds the ring from the last `window` of the events stream, through an
 /// ephemeral ordered consumer (no acks, no durable state), up to the
-/// stream's last message as of the start. Events of frames at or below the
-/// durable consumer's ack floor are marked inserted (acked means inserted,
+/// stream's last message as of the start. Events of frames at or below
+/// their partition consumer's ack floor are marked inserted (acked means inserted,
 /// or deduplicated, or dead-lettered); later ones pending, which is
 /// conservative: frames above the floor may be acked too, and the relay
 /// that inserts them reports them inserted in its own answer. Runs beside
@@ -44,6 +44,7 @@ pub(crate) async fn rehydrate(
     js: async_nats::jetstream::Context,
     stream: String,
     consumer: String,
+    partitions: u32,
     window: Duration,
     max_frame_bytes: usize,
     tx: mpsc::Sender<RingUpdate>,
@@ -58,12 +59,18 @@ pub(crate) async fn rehydrate(
         .get_stream(&stream)
         .await
         .map_err(|e| stream_err(e.to_string()))?;
-    // The floor first: anything acked after this read is reported pending.
-    let ack_floor = s
-        .consumer_info(&consumer)
-        .await
-        .map(|c| c.ack_floor.stream_sequence)
-        .unwrap_or(0);
+    // The floors first: anything acked after this read is reported pending.
+    let mut floors = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        let name = spoor_core::contract::partition_consumer(&consumer, partition);
+        floors.push(
+            s.consumer_info(&name)
+                .await
+                .map(|c| c.ack_floor.stream_sequence)
+                .unwrap_or(0),
+        );
+    }
+    let ack_floor = floors.iter().copied().min().unwrap_or(0);
     let last_seq = s
         .info()
         .await
@@ -116,7 +123,10 @@ pub(crate) async fn rehydrate(
         done.frames += 1;
         let update = match spoor_core::decode_message(&message.payload, max_frame_bytes) {
             Ok(batches) => {
-                let state = if seq <= ack_floor {
+                let floor = spoor_core::route::partition_of_subject(&message.subject)
+                    .and_then(|p| floors.get(p as usize).copied())
+                    .unwrap_or(0);
+                let state = if seq <= floor {
                     EventState::Inserted { at_ms: None }
                 } else {
                     EventState::Pending

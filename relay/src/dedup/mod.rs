@@ -1,70 +1,100 @@
-//! The relay's dedup window: remembers recent `event_id`s for a bounded time
-//! and count, so the same event arriving in two frames (an SDK retry the edge
-//! could not collapse, a JetStream redelivery after a lost ack) becomes one
-//! row.
+//! A partition's dedup window: remembers the (project, `event_id`) keys a
+//! partition carried recently, for a bounded time and count, so the same
+//! event arriving in two frames (an SDK retry the edge could not collapse,
+//! a spill or dead-letter replay, a JetStream redelivery after a lost ack)
+//! becomes one row.
 //!
-//! Each id remembers where the relay learned it:
+//! Each key remembers where the relay learned it:
 //!
-//! - [`Origin::Own`]: this relay buffered the event itself. Its row is in the
-//!   buffer or already in ClickHouse, so any later copy is a duplicate.
-//! - [`Origin::Claimed`]: another relay (or an earlier run of this one)
-//!   announced that it buffered the event, through the claims stream (see
-//!   `crate::claims`). The claimer's message stays unacked until its row is
-//!   inserted, so a *first delivery* of another copy can be dropped: if the
-//!   claimer dies, its message comes back as a redelivery and is stored then.
-//!   A *redelivered* copy must not trust a claim (the claim may be its own
-//!   dead claimer's); the pipeline asks ClickHouse instead.
+//! - [`Origin::Own`]: this relay buffered the event itself under its lease.
+//!   Its row is in the buffer or already in ClickHouse, so any later copy is
+//!   a duplicate.
+//! - [`Origin::Claimed`]: the event was in a frame the partition's consumer
+//!   delivered before this relay took the partition (read back from the
+//!   stream when the lease was acquired, see `source::nats::recent_ids`).
+//!   That frame was either acked (its rows stored, deduplicated or
+//!   dead-lettered) or is still unacked and comes back to this relay as a
+//!   redelivery, so a *first delivery* of another copy can be dropped. A
+//!   *redelivered* copy must not trust the window (it may be that very
+//!   frame, whose rows a crashed owner may or may not have stored); the
+//!   pipeline asks ClickHouse instead.
 //!
 //! This is pure logic: time comes in as `now_ms` from the caller, never from a
 //! clock, so tests can drive it deterministically. It never grows without
 //! bound: entries leave by age (`window_ms`) and, when the count bound is
-//! reached, oldest first. The events table's `ReplacingMergeTree` on
-//! `event_id` is the backstop for what falls outside the window.
+//! reached, oldest first.
 //!
-//! # The four dedup layers
+//! # The dedup layers, and what each guards
 //!
-//! This window is the second of four, each with its window and cost:
-//!
-//! 1. JetStream's duplicate window on `Nats-Msg-Id`, 10 minutes. A frame's id
-//!    is a hash of its project, partition and event ids; an edge link's
-//!    coalesced message (a bundle) goes under a hash of its frames' ids, so
-//!    the link's own retry of that message is a duplicate, and each link
-//!    remembers the ids of the frames it stored in the last 2 minutes (at
-//!    most 100,000) so a frame handed to it again is not published again. A
-//!    resend that reaches another link, or comes later, reaches the stream
-//!    twice and is caught by layer 2.
-//! 2. This window, shared by the region's relays: 10 minutes and at most 2M
-//!    ids per relay (50-90 bytes each, so 100-180 MB at worst, since it holds
-//!    the whole region's ids). Shared through the claims stream
-//!    (fire-and-forget publishes, 16 bytes an id, kept 15 minutes) and rebuilt
-//!    from it at start, so it holds across relays and restarts. It catches SDK
-//!    resends.
+//! 1. JetStream's duplicate window on `Nats-Msg-Id`, 10 minutes: the edge's
+//!    own retries of a publish, and an SDK resending the identical request.
+//!    A frame's id is a hash of its project, partition and event ids; an
+//!    edge link's coalesced message (a bundle) goes under a hash of its
+//!    frames' ids, and each link remembers the ids of the frames it stored
+//!    in the last 2 minutes (at most 100,000) so a frame handed to it again
+//!    is not published again.
+//! 2. This window, one per partition, kept by the partition's only owner
+//!    (`crate::ownership`): 10 minutes by default (`--dedup-window-secs`).
+//!    Because a device's events always go to the same partition and only
+//!    the lease holder inserts a partition's rows, the window is exact: it
+//!    catches every resend, spill replay and dead-letter replay whose first
+//!    copy the partition carried within the window, whichever relay took it.
+//!    A relay taking a partition over rebuilds the window from the stream
+//!    before its first pull, so ownership moving never reopens it.
 //! 3. The presence check: rows that may already be stored (redelivered
-//!    frames, a buffer whose insert attempt failed) are looked up in
-//!    ClickHouse by project, day and id before inserting. One query per 4,000
-//!    such ids, only after a crash, an outage or a lost ack.
+//!    frames, a buffer whose insert attempt failed or was fenced off) are
+//!    looked up in ClickHouse by project, day and id before inserting. One
+//!    query per 4,000 such ids, only after a crash, an outage, a handover
+//!    or a lost ack. It guards redelivery after a crash, at any age.
 //! 4. ReplacingMergeTree on the sorting key, which ends in `event_id`: the
-//!    backstop that collapses at merge time what slips through.
+//!    backstop for copies further apart than the window. The rollups have no
+//!    such backstop, which is why layers 1-3 must be exact.
 //!
-//! Why claims and not partition ownership: an assignment of partitions to
-//! relays would make the window local by construction, but JetStream has no
-//! consumer-group rebalancing, and building one (leases in KV, pinned
-//! priority groups) would tie scaling relays up and down to a coordinator.
-//! Claims keep every relay interchangeable. The residual race: two copies of
-//! one event in different frames, first delivered to two relays within a
-//! claim's propagation time (about a millisecond), or both redelivered to two
-//! relays at once after a crash, can both be inserted; ReplacingMergeTree
-//! collapses them and `spoor reconcile` reports them.
+//! Memory: at most `--dedup-max-ids` keys per relay in all (each partition
+//! window gets that bound divided by the partition count).
 
 use std::collections::{HashMap, VecDeque};
 use uuid::Uuid;
+
+/// What dedup compares: the project and the event id. The same id in two
+/// projects is two events. The project is kept as a 64-bit xxh3 hash (a
+/// collision between two projects' names is what it would take to confuse
+/// them), so a key is 24 bytes whatever the project's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    pub project: u64,
+    pub id: Uuid,
+}
+
+impl DedupKey {
+    pub fn new(project_id: &str, id: Uuid) -> DedupKey {
+        DedupKey {
+            project: xxhash_rust::xxh3::xxh3_64(project_id.as_bytes()),
+            id,
+        }
+    }
+}
+
+impl From<&Uuid> for DedupKey {
+    fn from(id: &Uuid) -> DedupKey {
+        DedupKey::from(*id)
+    }
+}
+
+/// A bare id is keyed under the empty project (single-project callers).
+impl From<Uuid> for DedupKey {
+    fn from(id: Uuid) -> DedupKey {
+        DedupKey::new("", id)
+    }
+}
 
 /// How the window learned an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// Buffered by this relay.
     Own,
-    /// Announced by another relay, or by an earlier run of this one.
+    /// Carried by the partition before this relay held it (read back from
+    /// the stream when the lease was acquired).
     Claimed,
 }
 
@@ -91,22 +121,22 @@ pub enum Verdict {
 
 /// A time- and count-bounded map of recently seen event ids.
 ///
-/// Memory per id: one `(Uuid, Origin)` entry (17 bytes, padded to 20) in the
-/// `HashMap` plus a control byte and load-factor slack, and one `(u64, Uuid)`
-/// (24 bytes) in the `VecDeque`: about 50 bytes when the containers are
-/// full, up to about 90 bytes just after they double. The default bound of
-/// 2,000,000 ids therefore costs roughly 100–180 MB at the worst moment,
-/// which is what a 10-minute window at ~3,300 events/s needs across every
-/// relay of the region (claims from peers are held too); size `max_ids` to
-/// the region's expected rate × window.
+/// Memory per id: one `(DedupKey, Origin)` entry (25 bytes, padded to 32)
+/// in the `HashMap` plus a control byte and load-factor slack, and one
+/// `(u64, DedupKey)` (32 bytes) in the `VecDeque`: about 70 bytes when the
+/// containers are full, up to about 120 bytes just after they double. The
+/// default bound of 2,000,000 ids therefore costs roughly 140–240 MB at the
+/// worst moment, which is what a 10-minute window at ~3,300 events/s needs
+/// for a relay holding every partition; size `max_ids` to the region's
+/// expected rate × window.
 #[derive(Debug)]
 pub struct DedupWindow {
     window_ms: u64,
     max_ids: usize,
-    seen: HashMap<Uuid, Origin>,
+    seen: HashMap<DedupKey, Origin>,
     /// Insertion order with the time each id was first seen; `now_ms` is
     /// monotonic, so the front is always the oldest.
-    order: VecDeque<(u64, Uuid)>,
+    order: VecDeque<(u64, DedupKey)>,
 }
 
 impl DedupWindow {
@@ -123,7 +153,8 @@ impl DedupWindow {
 
     /// Decides on one copy of `id` arriving at `now_ms` and, when it is kept,
     /// records it as this relay's own.
-    pub fn observe(&mut self, id: Uuid, delivery: Delivery, now_ms: u64) -> Verdict {
+    pub fn observe(&mut self, id: impl Into<DedupKey>, delivery: Delivery, now_ms: u64) -> Verdict {
+        let id = id.into();
         self.evict_expired(now_ms);
         if self.max_ids == 0 {
             return match delivery {
@@ -151,13 +182,15 @@ impl DedupWindow {
 
     /// Records a first-delivery copy and says whether to keep it: the plain
     /// single-relay dedup, `observe(id, Delivery::First, now_ms) == Keep`.
-    pub fn insert(&mut self, id: Uuid, now_ms: u64) -> bool {
+    pub fn insert(&mut self, id: impl Into<DedupKey>, now_ms: u64) -> bool {
         self.observe(id, Delivery::First, now_ms) == Verdict::Keep
     }
 
-    /// Records that another relay (or an earlier run of this one) buffered
-    /// `id`. An id already known keeps its origin and age.
-    pub fn claim(&mut self, id: Uuid, now_ms: u64) {
+    /// Records that the partition carried `id` before this relay held it
+    /// (read back from the stream). An id already known keeps its origin
+    /// and age.
+    pub fn claim(&mut self, id: impl Into<DedupKey>, now_ms: u64) {
+        let id = id.into();
         self.evict_expired(now_ms);
         if self.max_ids > 0 && !self.seen.contains_key(&id) {
             self.remember(id, Origin::Claimed, now_ms);
@@ -165,13 +198,13 @@ impl DedupWindow {
     }
 
     /// How the window knows `id`, if it does.
-    pub fn origin(&self, id: &Uuid) -> Option<Origin> {
-        self.seen.get(id).copied()
+    pub fn origin(&self, id: impl Into<DedupKey>) -> Option<Origin> {
+        self.seen.get(&id.into()).copied()
     }
 
     /// Whether `id` is currently remembered (as of the last call).
-    pub fn contains(&self, id: &Uuid) -> bool {
-        self.seen.contains_key(id)
+    pub fn contains(&self, id: impl Into<DedupKey>) -> bool {
+        self.seen.contains_key(&id.into())
     }
 
     /// Forgets every id first seen at or before `now_ms - window_ms`.
@@ -195,7 +228,7 @@ impl DedupWindow {
         self.order.is_empty()
     }
 
-    fn remember(&mut self, id: Uuid, origin: Origin, now_ms: u64) {
+    fn remember(&mut self, id: DedupKey, origin: Origin, now_ms: u64) {
         self.seen.insert(id, origin);
         self.order.push_back((now_ms, id));
         while self.order.len() > self.max_ids {

@@ -49,11 +49,11 @@ fn count_bound_evicts_oldest_first() {
     }
     assert!(w.insert(id(4), 4));
     assert_eq!(w.len(), 3);
-    assert!(!w.contains(&id(1)), "oldest id was evicted by count");
-    assert!(w.contains(&id(2)) && w.contains(&id(3)) && w.contains(&id(4)));
+    assert!(!w.contains(id(1)), "oldest id was evicted by count");
+    assert!(w.contains(id(2)) && w.contains(id(3)) && w.contains(id(4)));
     // The evicted id is new again; the next oldest goes.
     assert!(w.insert(id(1), 5));
-    assert!(!w.contains(&id(2)));
+    assert!(!w.contains(id(2)));
 }
 
 #[test]
@@ -65,8 +65,8 @@ fn evict_expired_removes_only_old_entries() {
     // now=200: ids seen at <= 100 are gone (0,20,40,60,80,100).
     w.evict_expired(200);
     assert_eq!(w.len(), 4);
-    assert!(!w.contains(&id(5)));
-    assert!(w.contains(&id(6)));
+    assert!(!w.contains(id(5)));
+    assert!(w.contains(id(6)));
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn claims_drop_first_deliveries_but_not_redeliveries() {
     use Delivery::*;
     let mut w = DedupWindow::new(1_000, 10);
     w.claim(id(1), 0);
-    assert_eq!(w.origin(&id(1)), Some(Origin::Claimed));
+    assert_eq!(w.origin(id(1)), Some(Origin::Claimed));
     // A first delivery of a claimed id: the claimer's message is unacked
     // until stored, so this copy can go.
     assert_eq!(
@@ -129,7 +129,7 @@ fn claims_drop_first_deliveries_but_not_redeliveries() {
     // A redelivery may be the claimer's own message coming back after it
     // died: keep it, subject to a ClickHouse check, and own it from now on.
     assert_eq!(w.observe(id(1), Redelivered, 2), Verdict::KeepIfNotStored);
-    assert_eq!(w.origin(&id(1)), Some(Origin::Own));
+    assert_eq!(w.origin(id(1)), Some(Origin::Own));
     // Once owned, every later copy is a duplicate, redelivered or not.
     assert_eq!(
         w.observe(id(1), Redelivered, 3),
@@ -144,10 +144,10 @@ fn unknown_ids_are_kept_and_redeliveries_checked() {
     let mut w = DedupWindow::new(1_000, 10);
     assert_eq!(w.observe(id(1), First, 0), Verdict::Keep);
     assert_eq!(w.observe(id(2), Redelivered, 0), Verdict::KeepIfNotStored);
-    assert_eq!(w.origin(&id(2)), Some(Origin::Own));
+    assert_eq!(w.origin(id(2)), Some(Origin::Own));
     // A claim never downgrades an id this relay holds.
     w.claim(id(1), 1);
-    assert_eq!(w.origin(&id(1)), Some(Origin::Own));
+    assert_eq!(w.origin(id(1)), Some(Origin::Own));
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn claims_count_against_the_bound() {
     w.claim(id(2), 1);
     w.claim(id(3), 2);
     assert_eq!(w.len(), 2);
-    assert!(!w.contains(&id(1)));
+    assert!(!w.contains(id(1)));
     let mut off = DedupWindow::new(1_000, 0);
     off.claim(id(1), 0);
     assert!(off.is_empty());

@@ -1,13 +1,14 @@
-//! The dedup window, the claims stream and the presence check.
+//! The dedup window and the presence check.
 
 use std::time::Duration;
 
 use crate::metrics::Metrics;
 
-use super::{failed, InternalEvent, Stage};
+use super::InternalEvent;
 
 /// Duplicates dropped, by the layer that caught them: `own` (this relay
-/// buffered or stored the id), `claim` (another relay announced it), or
+/// buffered or stored the id under its lease), `window` (the id was in the
+/// partition's stream window loaded when the lease was acquired), or
 /// `stored` (ClickHouse already holds it: a redelivery or a retried insert).
 pub struct DuplicatesDropped {
     pub layer: &'static str,
@@ -23,77 +24,6 @@ impl InternalEvent for DuplicatesDropped {
                 .get_or_create(&[("layer", self.layer)])
                 .inc_by(self.count as u64);
         }
-    }
-}
-
-/// At start, the claims stream was replayed into the dedup window.
-pub struct ClaimsReplayed<'a> {
-    pub ids: usize,
-    pub instance: &'a str,
-}
-
-impl InternalEvent for ClaimsReplayed<'_> {
-    fn emit(self, m: &Metrics) {
-        tracing::info!(
-            ids = self.ids,
-            instance = self.instance,
-            "dedup window rebuilt from the claims stream"
-        );
-        m.claims_received.inc_by(self.ids as u64);
-    }
-}
-
-/// Ids claimed by other relays arrived.
-pub struct ClaimsReceived {
-    pub ids: usize,
-}
-
-impl InternalEvent for ClaimsReceived {
-    fn emit(self, m: &Metrics) {
-        tracing::trace!(ids = self.ids, "claims received");
-        m.claims_received.inc_by(self.ids as u64);
-    }
-}
-
-/// This relay announced ids it buffered.
-pub struct ClaimsPublished<'a> {
-    pub ids: usize,
-    pub error: Option<&'a dyn std::fmt::Display>,
-}
-
-impl InternalEvent for ClaimsPublished<'_> {
-    fn emit(self, m: &Metrics) {
-        match self.error {
-            None => {
-                m.claims_published.inc_by(self.ids as u64);
-            }
-            Some(error) => {
-                tracing::warn!(
-                    error_type = "publish",
-                    stage = Stage::Claim.as_str(),
-                    ids = self.ids,
-                    %error,
-                    "could not announce buffered ids; other relays may store a copy"
-                );
-                m.error(Stage::Claim, "publish").inc();
-            }
-        }
-    }
-}
-
-/// Following the claims stream failed; the relay keeps its own window and
-/// keeps following.
-pub struct ClaimsFollowFailed<'a> {
-    /// `follow` (the subscription errored) or `undecodable` (a claim
-    /// message could not be read).
-    pub kind: &'static str,
-    pub error: &'a dyn std::fmt::Display,
-}
-
-impl InternalEvent for ClaimsFollowFailed<'_> {
-    fn emit(self, m: &Metrics) {
-        let what = "claims stream: continuing without this input";
-        failed(m, Stage::Claim, self.kind, self.error, what);
     }
 }
 

@@ -5,18 +5,21 @@
 //! Events carry only what they report; they must not make decisions or do
 //! I/O. Every failure names its [`Stage`] and an `error_type`, in its log
 //! line and in `spoor_relay_errors_total{stage, error_type}`. One file per
-//! part of the relay: `source`, `dedup`, `sink`, `debug`, `retention`.
+//! part of the relay: `source`, `ownership`, `dedup`, `sink`, `debug`,
+//! `retention`.
 
 use crate::metrics::Metrics;
 
 mod debug;
 mod dedup;
+mod ownership;
 mod retention;
 mod sink;
 mod source;
 
 pub use debug::*;
 pub use dedup::*;
+pub use ownership::*;
 pub use retention::*;
 pub use sink::*;
 pub use source::*;
@@ -31,8 +34,9 @@ pub enum Stage {
     Decode,
     /// Moving an undecodable frame to the dead-letter stream.
     DeadLetter,
-    /// Announcing or following the claims stream.
-    Claim,
+    /// Partition leases: renewing, acquiring, releasing, and rebuilding a
+    /// partition's dedup window.
+    Lease,
     /// Inserting rows into ClickHouse (including the presence check).
     Insert,
     /// Acking, progress-acking or NAKing messages.
@@ -53,7 +57,7 @@ impl Stage {
             Stage::Fetch => "fetch",
             Stage::Decode => "decode",
             Stage::DeadLetter => "dead_letter",
-            Stage::Claim => "claim",
+            Stage::Lease => "lease",
             Stage::Insert => "insert",
             Stage::Ack => "ack",
             Stage::Ring => "ring",

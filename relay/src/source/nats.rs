@@ -1,5 +1,7 @@
 //! The NATS JetStream source: connects, applies the `SPOOR_EVENTS` stream
-//! definition, binds the relay's durable pull consumer, and sends acks.
+//! definition, creates each partition's durable pull consumer, pulls the
+//! partitions this relay holds, rebuilds a partition's recent ids from the
+//! stream, and sends acks.
 //!
 //! It moves frames and acknowledgements and nothing else: no decoding, no
 //! buffering decisions. In particular it never acks on its own; the pipeline
@@ -15,7 +17,9 @@ use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, AckKind};
 
-use spoor_core::contract::EVENTS_FILTER;
+use futures_util::StreamExt;
+use spoor_core::contract::{partition_consumer, partition_filter};
+use tokio::sync::{mpsc, watch};
 
 use spoor_runtime::nats::{NatsConnectError, NatsEndpoint};
 
@@ -47,8 +51,10 @@ pub enum SourceError {
         #[source]
         source: async_nats::jetstream::stream::ConsumerError,
     },
-    #[error("cannot follow the claims stream: {0}")]
-    Follow(String),
+    #[error("partition leases in KV bucket {bucket}: {detail}")]
+    Leases { bucket: String, detail: String },
+    #[error("cannot read partition {partition}'s recent frames: {detail}")]
+    Window { partition: u32, detail: String },
     #[error("JetStream pull request failed: {0}")]
     Fetch(#[source] async_nats::jetstream::consumer::pull::BatchError),
 }
@@ -196,31 +202,44 @@ pub fn drifted_fields_from(
     Ok(drifted)
 }
 
-/// Creates the durable pull consumer, or updates it to this config.
-pub async fn ensure_consumer(
+/// Creates every partition's durable pull consumer, or updates them to
+/// this config: `<consumer>-p<p>` with filter `spoor.events.*.<p>` for `p`
+/// in `0..partitions`. Each relay does this at start, so a consumer exists
+/// (and its lag is visible) whether or not a relay holds the partition yet.
+pub async fn ensure_partition_consumers(
     js: &jetstream::Context,
     stream: &str,
     consumer: &str,
+    partitions: u32,
     ack_wait: Duration,
     max_ack_pending: i64,
-) -> Result<PullConsumer, SourceError> {
-    let config = pull::Config {
-        durable_name: Some(consumer.to_string()),
-        description: Some("spoor-relay: frames to ClickHouse".to_string()),
-        deliver_policy: DeliverPolicy::All,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait,
-        max_ack_pending,
-        filter_subject: EVENTS_FILTER.to_string(),
-        ..Default::default()
-    };
-    js.create_consumer_on_stream(config, stream)
-        .await
-        .map_err(|source| SourceError::Consumer {
-            stream: stream.to_string(),
-            consumer: consumer.to_string(),
-            source,
-        })
+) -> Result<Vec<PullConsumer>, SourceError> {
+    let mut consumers = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        let name = partition_consumer(consumer, partition);
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            description: Some(format!(
+                "spoor-relay: partition {partition}'s frames to ClickHouse"
+            )),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait,
+            max_ack_pending,
+            filter_subject: partition_filter(partition),
+            ..Default::default()
+        };
+        let created = js
+            .create_consumer_on_stream(config, stream)
+            .await
+            .map_err(|source| SourceError::Consumer {
+                stream: stream.to_string(),
+                consumer: name,
+                source,
+            })?;
+        consumers.push(created);
+    }
+    Ok(consumers)
 }
 
 /// One pull request: up to `max_messages`, waiting at most `expires` for
@@ -239,6 +258,160 @@ pub async fn fetch(
         .map_err(SourceError::Fetch)
 }
 
+/// A message pulled from a partition's consumer.
+pub struct Fetched {
+    pub partition: u32,
+    pub message: jetstream::Message,
+}
+
+/// Longest a pull request waits for messages. It bounds how long a puller
+/// takes to notice it must stop.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(1);
+
+/// Pulls one partition's consumer into `tx` until `stop` turns true (or
+/// the pipeline is gone), pausing while `paused` is true. A pull request in flight when it stops is
+/// finished and its messages NAKed, so the partition's next owner gets
+/// them at once. Failed pulls are reported through `failed` and retried
+/// after a backoff.
+pub async fn pull_partition(
+    client: async_nats::Client,
+    consumer: PullConsumer,
+    partition: u32,
+    max_messages: usize,
+    tx: mpsc::Sender<Fetched>,
+    mut paused: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    failed: impl Fn(&dyn std::fmt::Display),
+) {
+    let mut failures = 0u32;
+    while !*stop.borrow() {
+        // While the pipeline's inserts fail, pull nothing: JetStream keeps
+        // what arrives.
+        while *paused.borrow_and_update() {
+            tokio::select! {
+                r = paused.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+        let batch = tokio::select! {
+            r = fetch(&consumer, max_messages, MAX_FETCH_WAIT) => r,
+            _ = stop.changed() => break,
+        };
+        let mut batch = match batch {
+            Ok(batch) => std::pin::pin!(batch),
+            Err(e) => {
+                failed(&e);
+                failures = failures.saturating_add(1);
+                let delay = Duration::from_millis(100)
+                    .saturating_mul(1 << failures.min(5))
+                    .min(Duration::from_secs(5));
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        let mut handed_back = Vec::new();
+        while let Some(item) = batch.next().await {
+            match item {
+                Ok(message) if *stop.borrow() => handed_back.push(message),
+                Ok(message) => {
+                    // Waits while the pipeline flushes: that is the
+                    // back-pressure that bounds what is pulled.
+                    let permit = tokio::select! {
+                        p = tx.reserve() => p.ok(),
+                        _ = stop.changed() => None,
+                    };
+                    match permit {
+                        Some(permit) => permit.send(Fetched { partition, message }),
+                        None => handed_back.push(message),
+                    }
+                }
+                Err(e) => {
+                    failed(&e);
+                    break;
+                }
+            }
+        }
+        if !handed_back.is_empty() {
+            let acks: Vec<Acker> = handed_back.into_iter().map(|m| m.split().1).collect();
+            let _ = nak_all(&client, &acks).await;
+        }
+    }
+}
+
+/// The ids of the events a partition's consumer has delivered within the
+/// last `window`: what the partition's previous owners stored (or hold
+/// unacked, which comes back to the new owner as redeliveries). Read from
+/// the stream through an ephemeral ordered consumer, up to the durable
+/// consumer's last delivered message.
+pub async fn recent_ids(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    partition: u32,
+    window: Duration,
+    max_frame_bytes: usize,
+    mut each: impl FnMut(&str, uuid::Uuid),
+) -> Result<u64, SourceError> {
+    let err = |detail: String| SourceError::Window { partition, detail };
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let delivered = s
+        .consumer_info(partition_consumer(consumer, partition))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .delivered
+        .stream_sequence;
+    if delivered == 0 || window.is_zero() {
+        return Ok(0);
+    }
+    let start_time = time::OffsetDateTime::now_utc() - window;
+    let ordered = s
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            filter_subject: partition_filter(partition),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if ordered.cached_info().num_pending == 0 {
+        return Ok(0);
+    }
+    let mut messages = ordered.messages().await.map_err(|e| err(e.to_string()))?;
+    let mut frames = 0u64;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| err("the stream stopped answering".into()))?;
+        let message = match next {
+            None => return Ok(frames),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(err(e.to_string())),
+        };
+        let Ok(info) = message.info() else { continue };
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        if seq > delivered {
+            return Ok(frames);
+        }
+        frames += 1;
+        if let Ok(batches) = spoor_core::decode_message(&message.payload, max_frame_bytes) {
+            for batch in &batches {
+                for event in &batch.events {
+                    each(&batch.project_id, event.event_id);
+                }
+            }
+        }
+        if seq >= delivered || pending == 0 {
+            return Ok(frames);
+        }
+    }
+}
+
 /// Acks every message and flushes the client, so that when this returns
 /// `Ok(n)` the `n` acks have been written to the server's socket. A plain
 /// ack plus one flush, rather than a double ack per message, because a
@@ -254,19 +427,28 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// redelivery that `ack_wait` brings anyway, so shutdown waits briefly.
 pub const NAK_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub async fn ack_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
+pub async fn ack_all<'a>(
+    client: &async_nats::Client,
+    acks: impl IntoIterator<Item = &'a Acker>,
+) -> Result<usize, AckError> {
     send_all(client, acks, || AckKind::Ack, ACK_TIMEOUT).await
 }
 
 /// Tells JetStream the messages are still being worked on (an insert is
 /// being retried), resetting their ack_wait so they are not redelivered
 /// to another relay meanwhile.
-pub async fn progress_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
+pub async fn progress_all<'a>(
+    client: &async_nats::Client,
+    acks: impl IntoIterator<Item = &'a Acker>,
+) -> Result<usize, AckError> {
     send_all(client, acks, || AckKind::Progress, ACK_TIMEOUT).await
 }
 
 /// Hands messages back for prompt redelivery (shutdown gave up on them).
-pub async fn nak_all(client: &async_nats::Client, acks: &[Acker]) -> Result<usize, AckError> {
+pub async fn nak_all<'a>(
+    client: &async_nats::Client,
+    acks: impl IntoIterator<Item = &'a Acker>,
+) -> Result<usize, AckError> {
     send_all(client, acks, || AckKind::Nak(None), NAK_TIMEOUT).await
 }
 
@@ -284,9 +466,9 @@ pub enum AckError {
     Timeout(Duration),
 }
 
-async fn send_all(
+async fn send_all<'a>(
     client: &async_nats::Client,
-    acks: &[Acker],
+    acks: impl IntoIterator<Item = &'a Acker>,
     kind: impl Fn() -> AckKind,
     timeout: Duration,
 ) -> Result<usize, AckError> {
@@ -295,14 +477,16 @@ async fn send_all(
         .unwrap_or(Err(AckError::Timeout(timeout)))
 }
 
-async fn send_all_unbounded(
+async fn send_all_unbounded<'a>(
     client: &async_nats::Client,
-    acks: &[Acker],
+    acks: impl IntoIterator<Item = &'a Acker>,
     kind: impl Fn() -> AckKind,
 ) -> Result<usize, AckError> {
     let mut failed = 0;
+    let mut total = 0;
     let mut first = None;
     for acker in acks {
+        total += 1;
         if let Err(e) = acker.ack_with(kind()).await {
             failed += 1;
             first.get_or_insert(e);
@@ -312,10 +496,10 @@ async fn send_all_unbounded(
     match first {
         Some(first) => Err(AckError::Send {
             failed,
-            total: acks.len(),
+            total,
             first,
         }),
-        None => Ok(acks.len()),
+        None => Ok(total),
     }
 }
 

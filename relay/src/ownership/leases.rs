@@ -1,0 +1,430 @@
+//! The lease task: the KV side of partition ownership (see the module
+//! above for the design). Every `ttl / 3` it rewrites this relay's presence
+//! key, renews each lease it holds by compare-and-set, reads which
+//! partitions are leased and how many relays are alive, and takes or hands
+//! over partitions toward its share. It tells the pipeline through
+//! [`Ownership`] messages; the pipeline tells it when a handed-over
+//! partition is flushed, and only then is the key deleted.
+//!
+//! Every KV call is bounded by [`KV_TIMEOUT`], so an unreachable NATS only
+//! lets the leases' validity run out (the fence stops inserts) and never
+//! hangs the task.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use async_nats::jetstream::{self, stream::StorageType};
+use futures_util::TryStreamExt;
+use spoor_core::contract::{
+    lease_key, leases_bucket, relay_key, LeaseRecord, RelayRecord, LEASE_KEY_PREFIX,
+    RELAY_KEY_PREFIX,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::{plan, Fence, Held, LeaseTiming, Ownership, Step, View};
+use crate::internal_events::*;
+use crate::metrics::Metrics;
+use crate::source::nats::SourceError;
+
+/// Longest any one KV request may take.
+pub const KV_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A relay instance id: unique per process start (pid and start time).
+pub fn new_instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("relay-{}-{nanos:x}", std::process::id())
+}
+
+/// Opens the leases bucket of `stream`, creating it with `ttl` as its
+/// `max_age` if it does not exist, and returns it with the TTL in force.
+/// An existing bucket's `max_age` wins over `ttl`: every relay must fence
+/// on the clock the server expires keys by.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    stream: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<(kv::Store, Duration), SourceError> {
+    let bucket = leases_bucket(stream);
+    let lease_err = |detail: String| SourceError::Leases {
+        bucket: bucket.clone(),
+        detail,
+    };
+    let mut store = match js.get_key_value(&bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                description: "spoor-relay: partition leases and relay presence".into(),
+                history: 1,
+                max_age: ttl,
+                storage: StorageType::File,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| lease_err(e.to_string()))?,
+    };
+    let status = store.status().await.map_err(|e| lease_err(e.to_string()))?;
+    let in_force = status.info.config.max_age;
+    if in_force.is_zero() {
+        return Err(lease_err(
+            "the bucket has no max_age, so leases would never expire".into(),
+        ));
+    }
+    if in_force != ttl {
+        tracing::warn!(
+            bucket = %bucket,
+            configured_ms = ttl.as_millis() as u64,
+            in_force_ms = in_force.as_millis() as u64,
+            "the leases bucket's max_age differs from --lease-ttl-secs; using the bucket's"
+        );
+    }
+    // Keep the handle's copy of the stream fresh for later calls.
+    let _ = &mut store;
+    Ok((store, in_force))
+}
+
+/// What the pipeline reports back to the presence record.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub last_insert_ms: AtomicI64,
+    pub rows_inserted: AtomicU64,
+}
+
+impl Progress {
+    pub fn inserted(&self, rows: usize, at_ms: i64) {
+        self.last_insert_ms.store(at_ms, Ordering::Relaxed);
+        self.rows_inserted.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+}
+
+/// The lease task's state.
+pub struct Leases {
+    kv: kv::Store,
+    instance: String,
+    partitions: u32,
+    timing: LeaseTiming,
+    fence: Fence,
+    releasing: BTreeSet<u32>,
+    offset: u32,
+    host: String,
+    started_ms: i64,
+    progress: Arc<Progress>,
+    metrics: Arc<Metrics>,
+}
+
+impl Leases {
+    pub fn new(
+        kv: kv::Store,
+        instance: String,
+        partitions: u32,
+        timing: LeaseTiming,
+        fence: Fence,
+        progress: Arc<Progress>,
+        metrics: Arc<Metrics>,
+    ) -> Leases {
+        let offset =
+            (xxhash_rust::xxh3::xxh3_64(instance.as_bytes()) % u64::from(partitions.max(1))) as u32;
+        Leases {
+            kv,
+            instance,
+            partitions,
+            timing,
+            fence,
+            releasing: BTreeSet::new(),
+            offset,
+            host: hostname(),
+            started_ms: crate::debug::wall_ms(),
+            progress,
+            metrics,
+        }
+    }
+
+    /// Runs until `stop`, then deletes this relay's leases and presence key
+    /// so that the others take its partitions at once. `released` carries
+    /// the partitions the pipeline has finished handing over.
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<Ownership>,
+        mut released: mpsc::Receiver<u32>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.timing.renew_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = crate::stopped(&mut stop) => break,
+                Some(partition) = released.recv() => self.hand_over(partition).await,
+                _ = tick.tick() => self.tick(&tx).await,
+            }
+        }
+        for partition in self.fence.partitions() {
+            self.hand_over(partition).await;
+        }
+        let _ = tokio::time::timeout(KV_TIMEOUT, self.kv.delete(relay_key(&self.instance))).await;
+    }
+
+    /// One round: presence, renewals, expiries, then rebalancing.
+    pub async fn tick(&mut self, tx: &mpsc::Sender<Ownership>) {
+        self.write_presence().await;
+        self.renew(tx).await;
+        let Some(view) = self.view().await else {
+            return;
+        };
+        for step in plan(&view, self.offset) {
+            match step {
+                Step::Acquire(partition) => self.acquire(partition, tx).await,
+                Step::Release(partition) => {
+                    self.releasing.insert(partition);
+                    let _ = tx.send(Ownership::Release { partition }).await;
+                }
+            }
+        }
+    }
+
+    async fn write_presence(&self) {
+        let record = RelayRecord {
+            relay: self.instance.clone(),
+            host: self.host.clone(),
+            pid: std::process::id(),
+            started_ms: self.started_ms,
+            updated_ms: crate::debug::wall_ms(),
+            partitions: self.fence.partitions(),
+            last_insert_ms: match self.progress.last_insert_ms.load(Ordering::Relaxed) {
+                0 => None,
+                t => Some(t),
+            },
+            rows_inserted: self.progress.rows_inserted.load(Ordering::Relaxed),
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        let put = self.kv.put(relay_key(&self.instance), value.into());
+        match tokio::time::timeout(KV_TIMEOUT, put).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => LeaseOpFailed {
+                op: "presence",
+                error: &e,
+            }
+            .emit(&self.metrics),
+            Err(_) => LeaseOpFailed {
+                op: "presence",
+                error: &"timed out",
+            }
+            .emit(&self.metrics),
+        }
+    }
+
+    fn lease_value(&self) -> bytes::Bytes {
+        let record = LeaseRecord {
+            relay: self.instance.clone(),
+            acquired_ms: crate::debug::wall_ms(),
+        };
+        serde_json::to_vec(&record).unwrap_or_default().into()
+    }
+
+    /// Renews every lease held; one whose revision moved is lost at once,
+    /// one whose validity ran out (renewals failing) is lost too.
+    async fn renew(&mut self, tx: &mpsc::Sender<Ownership>) {
+        for partition in self.fence.partitions() {
+            let Some(held) = self.fence.get(partition) else {
+                continue;
+            };
+            let sent_at = Instant::now();
+            let update = self
+                .kv
+                .update(lease_key(partition), self.lease_value(), held.revision);
+            match tokio::time::timeout(KV_TIMEOUT, update).await {
+                Ok(Ok(revision)) => self.fence.set(
+                    partition,
+                    Held {
+                        revision,
+                        valid_until: self.timing.valid_until(sent_at),
+                        ..held
+                    },
+                ),
+                Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    self.lose(partition, held.epoch, "taken", tx).await;
+                }
+                Ok(Err(e)) => LeaseOpFailed {
+                    op: "renew",
+                    error: &e,
+                }
+                .emit(&self.metrics),
+                Err(_) => LeaseOpFailed {
+                    op: "renew",
+                    error: &"timed out",
+                }
+                .emit(&self.metrics),
+            }
+        }
+        let now = Instant::now();
+        for partition in self.fence.partitions() {
+            if let Some(held) = self.fence.get(partition) {
+                if held.valid_until <= now {
+                    self.lose(partition, held.epoch, "expired", tx).await;
+                }
+            }
+        }
+    }
+
+    async fn lose(
+        &mut self,
+        partition: u32,
+        epoch: u64,
+        why: &'static str,
+        tx: &mpsc::Sender<Ownership>,
+    ) {
+        self.fence.remove(partition);
+        self.releasing.remove(&partition);
+        LeaseLost {
+            partition,
+            epoch,
+            why,
+            owned: self.fence.partitions().len(),
+        }
+        .emit(&self.metrics);
+        let _ = tx.send(Ownership::Lost { partition }).await;
+    }
+
+    /// Which partitions are leased and how many relays are alive.
+    async fn view(&self) -> Option<View> {
+        let listed = async {
+            let keys: Vec<String> = self.kv.keys().await?.try_collect().await?;
+            Ok::<_, async_nats::Error>(keys)
+        };
+        let keys = match tokio::time::timeout(KV_TIMEOUT, listed).await {
+            Ok(Ok(keys)) => keys,
+            Ok(Err(e)) => {
+                LeaseOpFailed {
+                    op: "list",
+                    error: &e,
+                }
+                .emit(&self.metrics);
+                return None;
+            }
+            Err(_) => {
+                LeaseOpFailed {
+                    op: "list",
+                    error: &"timed out",
+                }
+                .emit(&self.metrics);
+                return None;
+            }
+        };
+        let mut view = View {
+            partitions: self.partitions,
+            relays: 0,
+            leased: BTreeSet::new(),
+            mine: self.fence.partitions().into_iter().collect(),
+            releasing: self.releasing.clone(),
+        };
+        let mut me_listed = false;
+        for key in keys {
+            if let Some(p) = key.strip_prefix(LEASE_KEY_PREFIX) {
+                if let Ok(p) = p.parse::<u32>() {
+                    view.leased.insert(p);
+                }
+            } else if let Some(relay) = key.strip_prefix(RELAY_KEY_PREFIX) {
+                view.relays += 1;
+                me_listed |= relay == self.instance;
+            }
+        }
+        if !me_listed {
+            view.relays += 1;
+        }
+        view.leased.extend(view.mine.iter().copied());
+        Some(view)
+    }
+
+    async fn acquire(&mut self, partition: u32, tx: &mpsc::Sender<Ownership>) {
+        let sent_at = Instant::now();
+        let create = self.kv.create(lease_key(partition), self.lease_value());
+        match tokio::time::timeout(KV_TIMEOUT, create).await {
+            Ok(Ok(revision)) => {
+                self.fence.set(
+                    partition,
+                    Held {
+                        epoch: revision,
+                        revision,
+                        valid_until: self.timing.valid_until(sent_at),
+                    },
+                );
+                PartitionAcquired {
+                    partition,
+                    epoch: revision,
+                    owned: self.fence.partitions().len(),
+                }
+                .emit(&self.metrics);
+                let _ = tx
+                    .send(Ownership::Acquired {
+                        partition,
+                        epoch: revision,
+                    })
+                    .await;
+            }
+            // Another relay created it first: not a failure.
+            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Ok(Err(e)) => LeaseOpFailed {
+                op: "acquire",
+                error: &e,
+            }
+            .emit(&self.metrics),
+            Err(_) => LeaseOpFailed {
+                op: "acquire",
+                error: &"timed out",
+            }
+            .emit(&self.metrics),
+        }
+    }
+
+    /// Deletes the lease of a partition the pipeline has flushed, if this
+    /// relay still holds it (under the same revision).
+    async fn hand_over(&mut self, partition: u32) {
+        self.releasing.remove(&partition);
+        let Some(held) = self.fence.remove(partition) else {
+            return;
+        };
+        let delete = self
+            .kv
+            .delete_expect_revision(lease_key(partition), Some(held.revision));
+        match tokio::time::timeout(KV_TIMEOUT, delete).await {
+            Ok(Ok(())) => {}
+            // The key then expires on its own within the TTL.
+            Ok(Err(e)) => LeaseOpFailed {
+                op: "release",
+                error: &e,
+            }
+            .emit(&self.metrics),
+            Err(_) => LeaseOpFailed {
+                op: "release",
+                error: &"timed out",
+            }
+            .emit(&self.metrics),
+        }
+        PartitionReleased {
+            partition,
+            owned: self.fence.partitions().len(),
+        }
+        .emit(&self.metrics);
+    }
+}
+
+/// The machine's host name, for `spoor relays` (empty if unknown).
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_default()
+}
