@@ -24,6 +24,9 @@ pub struct RelayConfig {
     /// JetStream stream to consume. The embedded stream definition is applied
     /// under this name.
     pub stream: String,
+    /// Replicas of every stream the relay applies (events, claims, dead
+    /// letters): 1 on a single nats-server, 3 on a three-node cluster.
+    pub stream_replicas: usize,
     /// Durable consumer name; relays sharing it share the work.
     pub consumer: String,
     pub batch: BatchLimits,
@@ -74,6 +77,7 @@ impl RelayConfig {
             nats: nats.into(),
             clickhouse,
             stream: DEFAULT_EVENTS_STREAM.to_string(),
+            stream_replicas: 1,
             consumer: DEFAULT_CONSUMER.to_string(),
             batch: BatchLimits {
                 max_rows: 50_000,
@@ -144,6 +148,12 @@ pub struct ConnectionArgs {
     /// JetStream stream name.
     #[arg(long, env = "SPOOR_STREAM", default_value = DEFAULT_EVENTS_STREAM)]
     pub stream: String,
+    /// Replicas of the streams the relay creates or updates (events,
+    /// claims, dead letters): 1 for a single nats-server, 3 for a
+    /// three-node cluster (deploy/nats/nats-server-r3.conf). Changing it
+    /// scales existing streams at the next start.
+    #[arg(long, env = "SPOOR_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 /// Flags of `spoor-relay run`.
@@ -236,6 +246,7 @@ impl ConnectionArgs {
     pub fn into_config(self) -> Result<RelayConfig, NatsConnectError> {
         let mut config = RelayConfig::new(self.nats.endpoint()?, self.clickhouse());
         config.stream = self.stream;
+        config.stream_replicas = usize::from(self.stream_replicas);
         Ok(config)
     }
 }
@@ -336,6 +347,15 @@ mod tests {
         assert_eq!(d.device_retention_days, 7);
         assert_eq!((d.retention_days, d.rollup_retention_days), (90, 400));
         assert_eq!(d.validate(), Ok(()));
+        assert_eq!(d.stream_replicas, 1);
+        let r3 = Flags::try_parse_from(["relay", "--stream-replicas", "3"])
+            .unwrap()
+            .run
+            .into_config()
+            .unwrap();
+        assert_eq!(r3.stream_replicas, 3);
+        assert!(Flags::try_parse_from(["relay", "--stream-replicas", "0"]).is_err());
+        assert!(Flags::try_parse_from(["relay", "--stream-replicas", "6"]).is_err());
         let r = Flags::try_parse_from([
             "relay",
             "--device-retention-days",

@@ -288,9 +288,7 @@ fn stopped_with(exit: Option<TaskExit<SourceError>>) -> Result<(), RelayError> {
 pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    source_nats::ensure_stream(&js, &config.stream).await?;
-    source::claims::ensure_stream(&js, &config.stream).await?;
-    source::dead_letter::ensure_stream(&js).await?;
+    source::streams::ensure_all(&js, &config.stream, config.stream_replicas).await?;
     schema::apply(&config.clickhouse).await?;
     let _ = client.flush().await;
     Ok(())
@@ -308,9 +306,7 @@ async fn setup(
     schema::check_identifier(&config.clickhouse.database)?;
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    source_nats::ensure_stream(&js, &config.stream).await?;
-    source::claims::ensure_stream(&js, &config.stream).await?;
-    source::dead_letter::ensure_stream(&js).await?;
+    source::streams::ensure_all(&js, &config.stream, config.stream_replicas).await?;
     let consumer = source_nats::ensure_consumer(
         &js,
         &config.stream,
