@@ -24,7 +24,12 @@ pub struct RelayConfig {
     /// JetStream stream to consume. The embedded stream definition is applied
     /// under this name.
     pub stream: String,
-    /// Durable consumer name; relays sharing it share the work.
+    /// Replicas of every stream the relay applies (events, dead letters)
+    /// and of its leases bucket: 1 on a single nats-server, 3 on a
+    /// three-node cluster.
+    pub stream_replicas: usize,
+    /// Consumer name: partition N is consumed through `<consumer>-pN`;
+    /// relays sharing it share the partitions.
     pub consumer: String,
     pub batch: BatchLimits,
     /// How long an `event_id` is remembered for dedup.
@@ -77,6 +82,7 @@ impl RelayConfig {
             nats: nats.into(),
             clickhouse,
             stream: DEFAULT_EVENTS_STREAM.to_string(),
+            stream_replicas: 1,
             consumer: DEFAULT_CONSUMER.to_string(),
             batch: BatchLimits {
                 max_rows: 50_000,
@@ -148,6 +154,12 @@ pub struct ConnectionArgs {
     /// JetStream stream name.
     #[arg(long, env = "SPOOR_STREAM", default_value = DEFAULT_EVENTS_STREAM)]
     pub stream: String,
+    /// Replicas of the streams the relay creates or updates (events, dead
+    /// letters) and of its leases bucket: 1 for a single nats-server, 3 for a
+    /// three-node cluster (deploy/nats/nats-server-r3.conf). Changing it
+    /// scales existing streams at the next start.
+    #[arg(long, env = "SPOOR_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 /// Flags of `spoor-relay run`.
@@ -246,6 +258,7 @@ impl ConnectionArgs {
     pub fn into_config(self) -> Result<RelayConfig, NatsConnectError> {
         let mut config = RelayConfig::new(self.nats.endpoint()?, self.clickhouse());
         config.stream = self.stream;
+        config.stream_replicas = usize::from(self.stream_replicas);
         Ok(config)
     }
 }
@@ -347,6 +360,15 @@ mod tests {
         assert_eq!(d.device_retention_days, 7);
         assert_eq!((d.retention_days, d.rollup_retention_days), (90, 400));
         assert_eq!(d.validate(), Ok(()));
+        assert_eq!(d.stream_replicas, 1);
+        let r3 = Flags::try_parse_from(["relay", "--stream-replicas", "3"])
+            .unwrap()
+            .run
+            .into_config()
+            .unwrap();
+        assert_eq!(r3.stream_replicas, 3);
+        assert!(Flags::try_parse_from(["relay", "--stream-replicas", "0"]).is_err());
+        assert!(Flags::try_parse_from(["relay", "--stream-replicas", "6"]).is_err());
         let r = Flags::try_parse_from([
             "relay",
             "--device-retention-days",

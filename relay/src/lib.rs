@@ -287,8 +287,7 @@ fn stopped_with(exit: Option<TaskExit<SourceError>>) -> Result<(), RelayError> {
 pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    source_nats::ensure_stream(&js, &config.stream).await?;
-    source::dead_letter::ensure_stream(&js).await?;
+    source::streams::ensure_all(&js, &config.stream, config.stream_replicas).await?;
     schema::apply(&config.clickhouse).await?;
     let _ = client.flush().await;
     Ok(())
@@ -306,8 +305,7 @@ async fn setup(config: &RelayConfig) -> Result<Ready, RelayError> {
     schema::check_identifier(&config.clickhouse.database)?;
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    source_nats::ensure_stream(&js, &config.stream).await?;
-    source::dead_letter::ensure_stream(&js).await?;
+    source::streams::ensure_all(&js, &config.stream, config.stream_replicas).await?;
     let consumers = source_nats::ensure_partition_consumers(
         &js,
         &config.stream,
@@ -317,8 +315,13 @@ async fn setup(config: &RelayConfig) -> Result<Ready, RelayError> {
         config.max_ack_pending(),
     )
     .await?;
-    let (kv, ttl) =
-        ownership::leases::open_bucket(&js, &config.stream, config.lease_ttl, 1).await?;
+    let (kv, ttl) = ownership::leases::open_bucket(
+        &js,
+        &config.stream,
+        config.lease_ttl,
+        config.stream_replicas,
+    )
+    .await?;
     schema::apply(&config.clickhouse).await?;
     Ok((client, consumers, kv, ttl))
 }

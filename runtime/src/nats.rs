@@ -21,8 +21,11 @@ pub const NKEY_FLAG: &str = "--nats-nkey-file / SPOOR_NATS_NKEY_FILE (or SPOOR_N
 /// A NATS server and the credentials to use on it.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct NatsEndpoint {
-    /// `nats://host:port` or `tls://host:port`. With TLS the certificate is
-    /// checked against this host name.
+    /// `nats://host:port` or `tls://host:port`, or several servers of one
+    /// cluster separated by commas (`tls://a:4222,tls://b:4222`): the client
+    /// connects to any of them and fails over among them (and the servers
+    /// the cluster advertises). With TLS the certificate is checked against
+    /// the host name of the server it reached.
     pub url: String,
     /// CA certificate (PEM) that signed the server's certificate. Setting it
     /// turns on TLS first (no plain-text byte before the handshake), which
@@ -73,6 +76,8 @@ pub enum NatsConnectError {
     },
     #[error("the NATS nkey seed is not a valid nkey seed (from {NKEY_FLAG}; `nk -gen user` or nsc makes one): {reason}")]
     BadSeed { reason: String },
+    #[error("no NATS server URL given (set {URL_FLAG})")]
+    NoUrl,
     #[error("cannot reach NATS at {url}: {source}; {hint}")]
     Connect {
         url: String,
@@ -114,10 +119,20 @@ impl NatsEndpoint {
         Ok(self.with_nkey_seed(seed.trim().to_string()))
     }
 
-    /// True when the connection will use TLS: a CA was given or the URL says
+    /// The servers `url` names: its comma-separated entries, trimmed, empty
+    /// ones left out.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// True when the connection will use TLS: a CA was given or a URL says
     /// `tls://`.
     pub fn uses_tls(&self) -> bool {
-        self.ca_file.is_some() || self.url.trim_start().starts_with("tls://")
+        self.ca_file.is_some() || self.servers().iter().any(|s| s.starts_with("tls://"))
     }
 
     /// async-nats options for this endpoint, after checking what can be
@@ -155,13 +170,18 @@ impl NatsEndpoint {
     }
 
     /// Connects once with `options` (from [`NatsEndpoint::options`], plus
-    /// whatever the caller added); a failure names what to fix.
+    /// whatever the caller added), trying each listed server (in random
+    /// order) until one answers; a failure names what to fix.
     pub async fn connect_with(
         &self,
         options: async_nats::ConnectOptions,
     ) -> Result<async_nats::Client, NatsConnectError> {
+        let servers = self.servers();
+        if servers.is_empty() {
+            return Err(NatsConnectError::NoUrl);
+        }
         options
-            .connect(self.url.as_str())
+            .connect(servers)
             .await
             .map_err(|source| NatsConnectError::Connect {
                 url: self.url.clone(),
@@ -226,7 +246,8 @@ impl NatsEndpoint {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS server URL (`nats://` or `tls://`; with TLS the host must be a
-    /// name in the server's certificate).
+    /// name in the server's certificate). Several servers of one cluster
+    /// are separated by commas; the client connects to any and fails over.
     #[arg(long, env = "SPOOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// CA certificate (PEM) that signed nats-server's certificate. Turns on
@@ -294,5 +315,27 @@ mod tests {
         assert!(!NatsEndpoint::new("nats://h:1").uses_tls());
         assert!(NatsEndpoint::new("tls://h:1").uses_tls());
         assert!(NatsEndpoint::new("nats://h:1").with_ca("ca.pem").uses_tls());
+        assert!(NatsEndpoint::new("nats://h:1, tls://h:2").uses_tls());
+    }
+
+    #[test]
+    fn a_url_may_list_several_servers() {
+        let e = NatsEndpoint::new(" tls://a:1,tls://b:2 ,, tls://c:3,");
+        assert_eq!(e.servers(), vec!["tls://a:1", "tls://b:2", "tls://c:3"]);
+        assert_eq!(
+            NatsEndpoint::new("nats://h:1").servers(),
+            vec!["nats://h:1"]
+        );
+        assert!(NatsEndpoint::new(" , ").servers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_empty_url_names_the_flag() {
+        let err = NatsEndpoint::new(" ,")
+            .connect("t", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NatsConnectError::NoUrl), "{err}");
+        assert!(err.to_string().contains("--nats-url"), "{err}");
     }
 }

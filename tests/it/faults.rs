@@ -13,8 +13,10 @@
 //!   ledger: accepted = inserted + deduped (+ dead-lettered frames), no id
 //!   missing, none stored twice.
 //!
-//! Each scenario has its own nats-server, edge and database; the ClickHouse
-//! outage scenario has its own clickhouse-server too.
+//! Each scenario has its own nats-server (or three-node cluster), edge and
+//! database; the ClickHouse outage scenario has its own clickhouse-server
+//! too. The cluster scenarios also check that every rollup counts what the
+//! raw table holds.
 
 use crate::support::nats_endpoint;
 use spoor_tests::nats::NatsRole;
@@ -25,11 +27,13 @@ use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
 use spoor_tests::metrics;
 use spoor_tests::nats::NatsServer;
+use spoor_tests::nats_cluster::NatsCluster;
 use spoor_tests::relay::{RelayProcess, RelayProcessConfig};
 
 use crate::support::sample_value;
 
 const WRITE_KEY: &str = "wk_faults";
+const STREAM: &str = spoor_core::contract::DEFAULT_EVENTS_STREAM;
 const PROJECT: &str = "faults";
 
 /// The ClickHouse a scenario uses: the shared server, or its own (to stop it).
@@ -48,9 +52,80 @@ impl std::ops::Deref for Ch {
     }
 }
 
+/// The NATS a scenario uses: one server, or a three-node cluster with R3
+/// streams.
+enum Nats {
+    Single(Box<NatsServer>),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// The single server (the scenarios that stop it).
+    fn single(&self) -> &NatsServer {
+        match self {
+            Nats::Single(s) => s,
+            Nats::Cluster(_) => panic!("this scenario runs on a single nats-server"),
+        }
+    }
+
+    fn cluster(&self) -> &NatsCluster {
+        match self {
+            Nats::Cluster(c) => c,
+            Nats::Single(_) => panic!("this scenario runs on a nats cluster"),
+        }
+    }
+
+    /// What `--nats-url` takes: the server, or every node of the cluster.
+    fn url(&self) -> String {
+        match self {
+            Nats::Single(s) => s.url(),
+            Nats::Cluster(c) => c.url(),
+        }
+    }
+
+    fn ca_pem_path(&self) -> std::path::PathBuf {
+        match self {
+            Nats::Single(s) => s.ca_pem_path().to_path_buf(),
+            Nats::Cluster(c) => c.ca_pem_path().to_path_buf(),
+        }
+    }
+
+    fn seed(&self, role: NatsRole) -> String {
+        match self {
+            Nats::Single(s) => s.seed(role),
+            Nats::Cluster(c) => c.seed(role),
+        }
+    }
+
+    fn seed_path(&self, role: NatsRole) -> std::path::PathBuf {
+        match self {
+            Nats::Single(s) => s.seed_path(role),
+            Nats::Cluster(c) => c.seed_path(role),
+        }
+    }
+
+    fn endpoint(&self, role: NatsRole) -> spoor_runtime::NatsEndpoint {
+        match self {
+            Nats::Single(s) => nats_endpoint(s, role),
+            Nats::Cluster(_) => spoor_runtime::NatsEndpoint::new(self.url())
+                .with_ca(self.ca_pem_path())
+                .with_nkey_seed(self.seed(role)),
+        }
+    }
+
+    async fn connect(&self, role: NatsRole) -> async_nats::Client {
+        match self {
+            Nats::Single(s) => s.connect(role).await.unwrap(),
+            Nats::Cluster(c) => c.connect(role).await.unwrap(),
+        }
+    }
+}
+
 /// One scenario's pipeline.
 struct Stack {
-    nats: NatsServer,
+    nats: Nats,
+    /// With a cluster: the node the edge publishes to.
+    edge_node: Option<usize>,
     ch: Ch,
     db: String,
     edge: Edge,
@@ -72,6 +147,10 @@ struct Setup<'a> {
     wrangler: bool,
     /// Extra edge vars.
     edge_vars: &'a [(&'a str, &'a str)],
+    /// A three-node NATS cluster with R3 streams (`--stream-replicas 3`,
+    /// relays given every node) instead of one server; the edge publishes
+    /// to a node that does not lead the events stream at the start.
+    cluster: bool,
 }
 
 impl Stack {
@@ -85,9 +164,14 @@ impl Stack {
             relay_args,
             wrangler,
             edge_vars,
+            cluster,
         } = setup;
         let started = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
-        let nats = NatsServer::start().unwrap();
+        let nats = if cluster {
+            Nats::Cluster(NatsCluster::start().unwrap())
+        } else {
+            Nats::Single(Box::new(NatsServer::start().unwrap()))
+        };
         let ch = if own_clickhouse {
             Ch::Own(ClickHouseServer::start().unwrap())
         } else {
@@ -105,10 +189,13 @@ impl Stack {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if cluster {
+            args.extend(["--stream-replicas".to_string(), "3".to_string()]);
+        }
         args.extend(relay_args.iter().map(|s| s.to_string()));
         let config = RelayProcessConfig {
             nats_url: nats.url(),
-            nats_ca: Some(nats.ca_pem_path().to_path_buf()),
+            nats_ca: Some(nats.ca_pem_path()),
             nats_nkey_file: Some(nats.seed_path(NatsRole::Relay)),
             clickhouse_url: ch.http_url(),
             database: db.clone(),
@@ -118,7 +205,17 @@ impl Stack {
         let relays = (0..relays.max(1))
             .map(|_| RelayProcess::start(config.clone()).unwrap())
             .collect();
-        let mut edge_config = EdgeConfig::for_nats(&nats)
+        let (edge_base, edge_node) = match &nats {
+            Nats::Single(s) => (EdgeConfig::for_nats(s), None),
+            Nats::Cluster(c) => {
+                let leader = tokio::runtime::Handle::current()
+                    .block_on(c.wait_stream_current(STREAM, 3, Duration::from_secs(60)))
+                    .unwrap();
+                let node = (leader + 1) % c.nodes().len();
+                (EdgeConfig::for_cluster_node(c, node), Some(node))
+            }
+        };
+        let mut edge_config = edge_base
             .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
             .var("REGION", "fault-region")
             .var("PARTITIONS", "8")
@@ -134,6 +231,7 @@ impl Stack {
         .unwrap();
         Stack {
             nats,
+            edge_node,
             ch,
             db,
             edge,
@@ -220,7 +318,7 @@ impl Stack {
         );
 
         let mut opts = spoor_cli::ReconcileOptions::new(
-            nats_endpoint(&self.nats, NatsRole::Ops),
+            self.nats.endpoint(NatsRole::Ops),
             spoor_cli::ClickHouseOptions {
                 url: self.ch.http_url(),
                 database: self.db.clone(),
@@ -251,6 +349,58 @@ impl Stack {
             report.render(5)
         );
         report
+    }
+}
+
+impl Stack {
+    /// Every rollup (minute, hour, day) counts, per event name, exactly the
+    /// rows and the users the raw table holds for the scenario's project.
+    fn assert_rollups_match_raw(&self) {
+        let raw = self.query(&format!(
+            "SELECT event, count(), uniqExact(if(user_id != '', user_id, anonymous_id)) \
+             FROM {}.events WHERE project_id = '{PROJECT}' GROUP BY event ORDER BY event FORMAT TSV",
+            self.db
+        ));
+        assert!(!raw.trim().is_empty(), "no raw rows to compare with");
+        for table in spoor_store::schema::ROLLUP_TABLES {
+            let rollup = self.query(&format!(
+                "SELECT event, countMerge(events), uniqExactMerge(users) \
+                 FROM {}.{table} WHERE project_id = '{PROJECT}' GROUP BY event ORDER BY event FORMAT TSV",
+                self.db
+            ));
+            assert_eq!(rollup, raw, "{table} against events (event, rows, users)");
+        }
+    }
+
+    /// The node leading the events stream, made to be another than the
+    /// edge's: a leader on the edge's node is asked to step down first.
+    async fn stream_leader_off_the_edge(&self) -> usize {
+        let cluster = self.nats.cluster();
+        for _ in 0..5 {
+            let leader = cluster
+                .wait_stream_current(STREAM, 3, Duration::from_secs(60))
+                .await
+                .unwrap();
+            if Some(leader) != self.edge_node {
+                return leader;
+            }
+            cluster.step_down(STREAM).await.unwrap();
+            sleep_secs(1.0).await;
+        }
+        panic!("the events stream keeps its leader on the edge's node");
+    }
+
+    /// Waits until the events stream has a leader on a running node while
+    /// `down` is down, and returns it.
+    async fn failover_leader(&self, down: usize) -> usize {
+        let leader = self
+            .nats
+            .cluster()
+            .wait_stream_current(STREAM, 2, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_ne!(leader, down, "the stopped node still leads the stream");
+        leader
     }
 }
 
@@ -501,7 +651,7 @@ async fn e_malformed_events_and_poison_messages_are_isolated() {
     opts.traffic.invalid_ratio = 0.01;
     let load = spawn_load(opts);
 
-    let client = stack.nats.connect(NatsRole::Admin).await.unwrap();
+    let client = stack.nats.connect(NatsRole::Admin).await;
     let js = async_nats::jetstream::new(client);
     let poison: Vec<_> = crate::dead_letters::poison()
         .into_iter()
@@ -585,9 +735,9 @@ async fn d_nats_down_for_30s_under_fast_acks_spills_and_replays() {
     });
     let load = spawn_load(stack.load(9_000, 250.0, 14));
     sleep_secs(5.0).await;
-    blocking(|| stack.nats.stop());
+    blocking(|| stack.nats.single().stop());
     sleep_secs(30.0).await;
-    blocking(|| stack.nats.restart()).unwrap();
+    blocking(|| stack.nats.single().restart()).unwrap();
     let summary = load.await.unwrap();
     assert_eq!(
         summary.failed_requests, 0,
@@ -718,7 +868,7 @@ async fn k_a_relay_stopped_with_nats_and_clickhouse_down_exits_within_its_drain_
     blocking(|| stack.ch.stop());
     let load = spawn_load(stack.load(2_000, 400.0, 21));
     sleep_secs(4.0).await;
-    blocking(|| stack.nats.stop());
+    blocking(|| stack.nats.single().stop());
     sleep_secs(2.0).await;
     let relay = &stack.relays[0];
     assert!(relay.is_running(), "{}", relay.log_tail(20));
@@ -732,4 +882,111 @@ async fn k_a_relay_stopped_with_nats_and_clickhouse_down_exits_within_its_drain_
         relay.log_tail(30)
     );
     load.abort();
+}
+
+/// (h) One node of a three-node JetStream cluster (R3 streams) is killed
+/// with SIGKILL under load, and started again 10 s later: the node leading
+/// the events stream (not the edge's), so the other two elect a new leader
+/// while the edge keeps its node and the relays fail over among the nodes.
+/// Durable acks: every 202 means two of the three nodes had the frame on
+/// disk, so losing an acknowledged event is a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h_a_nats_node_killed_under_load() {
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_nats_kill",
+            Setup {
+                relays: 2,
+                cluster: true,
+                edge_vars: &[("PUBLISH_TIMEOUT_MS", "2000")],
+                ..Default::default()
+            },
+        )
+    });
+    let mut opts = stack.load(10_000, 500.0, 18);
+    opts.ack = Some("durable".into());
+    opts.max_retries = 20;
+    let load = spawn_load(opts);
+    sleep_secs(4.0).await;
+    let victim = stack.stream_leader_off_the_edge().await;
+    let cluster = stack.nats.cluster();
+    blocking(|| cluster.node(victim).kill());
+    let killed = Instant::now();
+    let leader = stack.failover_leader(victim).await;
+    eprintln!(
+        "killed node {victim} (the stream's leader); node {leader} leads after {:?}",
+        killed.elapsed()
+    );
+    sleep_secs(10.0 - killed.elapsed().as_secs_f64().min(10.0)).await;
+    blocking(|| cluster.node(victim).start()).unwrap();
+    let summary = load.await.unwrap();
+    eprintln!(
+        "durable requests retried {} times, {} failed",
+        summary.retries, summary.failed_requests
+    );
+    stack.assert_exact(&summary, 0, 0).await;
+    blocking(|| stack.assert_rollups_match_raw());
+    cluster
+        .wait_stream_current(STREAM, 3, Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
+/// (i) The node leading the events stream (not the edge's) is stopped for
+/// 30 s under load, then started again: the other two nodes elect a leader
+/// and carry the stream meanwhile; the restarted node catches up. Fast acks
+/// (the default), with the edge under `wrangler dev` so that whatever the
+/// edge cannot publish during the election goes to the spill queue and is
+/// replayed, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i_the_stream_leaders_node_down_for_30s_under_load() {
+    let stack = blocking(|| {
+        Stack::start(
+            "fault_nats_leader",
+            Setup {
+                relays: 2,
+                cluster: true,
+                wrangler: true,
+                edge_vars: &[("PUBLISH_TIMEOUT_MS", "1000"), ("SPILL_RETRY_DELAY_S", "1")],
+                ..Default::default()
+            },
+        )
+    });
+    let load = spawn_load(stack.load(12_000, 300.0, 19));
+    sleep_secs(4.0).await;
+    let victim = stack.stream_leader_off_the_edge().await;
+    let cluster = stack.nats.cluster();
+    blocking(|| cluster.node(victim).stop());
+    let stopped = Instant::now();
+    let leader = stack.failover_leader(victim).await;
+    eprintln!(
+        "stopped node {victim} (the stream's leader); node {leader} leads after {:?}",
+        stopped.elapsed()
+    );
+    sleep_secs(30.0 - stopped.elapsed().as_secs_f64().min(30.0)).await;
+    blocking(|| cluster.node(victim).start()).unwrap();
+    let summary = load.await.unwrap();
+    assert_eq!(
+        summary.failed_requests, 0,
+        "fast acks answer through the outage"
+    );
+    stack.assert_exact(&summary, 0, 0).await;
+    blocking(|| {
+        stack.assert_rollups_match_raw();
+        let spilled = stack.edge_metric("spoor_edge_events_spilled_total");
+        let replayed = stack.edge_metric("spoor_edge_events_replayed_total");
+        eprintln!("the edge spilled {spilled} events and replayed {replayed}");
+        assert!(
+            replayed >= spilled,
+            "spilled {spilled}, replayed {replayed}"
+        );
+        assert_eq!(
+            stack.edge_metric("spoor_edge_spill_failed_events_total"),
+            0.0
+        );
+    });
+    cluster
+        .wait_stream_current(STREAM, 3, Duration::from_secs(60))
+        .await
+        .unwrap();
 }

@@ -17,6 +17,7 @@ mod edge_tls;
 mod faults;
 mod funnels;
 mod harness;
+mod nats_cluster;
 mod nats_security;
 mod ownership;
 mod reconcile;

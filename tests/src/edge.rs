@@ -57,6 +57,15 @@ impl EdgeConfig {
             .trust_ca(nats.ca_pem_path())
     }
 
+    /// A config whose edge publishes to node `node` of `cluster` (the edge
+    /// takes one server per region), secured as [`EdgeConfig::for_nats`].
+    pub fn for_cluster_node(cluster: &crate::nats_cluster::NatsCluster, node: usize) -> Self {
+        EdgeConfig::new(cluster.node(node).host_port())
+            .var("NATS_TLS", "on")
+            .var("NATS_NKEY_SEED", cluster.seed(crate::nats::NatsRole::Edge))
+            .trust_ca(cluster.ca_pem_path())
+    }
+
     /// Fails over to `nats` (a server sharing the home server's keys, see
     /// `NatsServer::start_sharing_keys_with`).
     pub fn secondary(self, nats: &crate::nats::NatsServer) -> Self {

@@ -11,6 +11,7 @@ pub mod edge;
 pub mod fixtures;
 pub mod metrics;
 pub mod nats;
+pub mod nats_cluster;
 pub mod pki;
 pub mod relay;
 pub mod tools;

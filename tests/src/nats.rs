@@ -414,7 +414,7 @@ fn without_authorization(config: &str) -> Result<String> {
 
 /// True when the monitoring endpoint answers `/healthz` with 200 (ureq
 /// turns any other status into an error).
-fn healthz_ok(monitor_port: u16) -> bool {
+pub(crate) fn healthz_ok(monitor_port: u16) -> bool {
     ureq::get(&format!("http://127.0.0.1:{monitor_port}/healthz"))
         .timeout(Duration::from_secs(2))
         .call()

@@ -104,7 +104,7 @@ pub enum Delivery {
     /// The message's first delivery: no relay can have inserted its rows.
     First,
     /// A redelivery: a relay may have inserted its rows and died before the
-    /// ack, so claims prove nothing and ClickHouse must be asked.
+    /// ack, so the window proves nothing and ClickHouse must be asked.
     Redelivered,
 }
 

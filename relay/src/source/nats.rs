@@ -146,15 +146,7 @@ pub async fn ensure_stream_config(
             })
         }
     };
-    let mut drifted = drifted_fields_from(definition, &stream.cached_info().config)?;
-    // A renamed definition carries its own subjects; judge those as given.
-    if stream.cached_info().config.subjects != config.subjects {
-        if !drifted.iter().any(|f| f == "subjects") {
-            drifted.push("subjects".to_string());
-        }
-    } else {
-        drifted.retain(|f| f != "subjects");
-    }
+    let drifted = drifted_from_config(definition, &config, &stream.cached_info().config)?;
     if drifted.is_empty() {
         tracing::info!(stream = name, "JetStream stream matches its definition");
         return Ok(());
@@ -200,6 +192,32 @@ pub fn drifted_fields_from(
         }
     }
     Ok(drifted)
+}
+
+/// The fields `definition` declares (other than `name`), and `subjects`,
+/// whose value in `want` (the definition as applied: renamed, with its own
+/// subjects and the operator's replica count) differs from `current`.
+pub fn drifted_from_config(
+    definition: &str,
+    want: &jetstream::stream::Config,
+    current: &jetstream::stream::Config,
+) -> Result<Vec<String>, SourceError> {
+    let declared: serde_json::Value =
+        serde_json::from_str(definition).map_err(SourceError::StreamDefinition)?;
+    let want = serde_json::to_value(want).map_err(SourceError::StreamDefinition)?;
+    let current = serde_json::to_value(current).map_err(SourceError::StreamDefinition)?;
+    let mut keys: Vec<&str> = declared
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    if !keys.contains(&"subjects") {
+        keys.push("subjects");
+    }
+    Ok(keys
+        .into_iter()
+        .filter(|key| *key != "name" && want.get(*key) != current.get(*key))
+        .map(str::to_string)
+        .collect())
 }
 
 /// Creates every partition's durable pull consumer, or updates them to
@@ -545,5 +563,23 @@ mod tests {
             super::drifted_fields(&c).unwrap(),
             vec!["max_age", "subjects"]
         );
+    }
+
+    #[test]
+    fn drift_is_judged_against_the_definition_as_applied() {
+        let json = super::STREAM_CONFIG_JSON;
+        let mut want = stream_config("OTHER").unwrap();
+        want.subjects = vec!["other.>".into()];
+        want.num_replicas = 3;
+        let mut current = want.clone();
+        current.allow_direct = true; // server-filled, not declared
+        assert!(super::drifted_from_config(json, &want, &current)
+            .unwrap()
+            .is_empty());
+        current.num_replicas = 1;
+        current.subjects = vec!["spoor.events.>".into()];
+        let mut drifted = super::drifted_from_config(json, &want, &current).unwrap();
+        drifted.sort();
+        assert_eq!(drifted, vec!["num_replicas", "subjects"]);
     }
 }
