@@ -16,6 +16,7 @@ pub mod batcher;
 pub mod config;
 pub mod debug;
 pub mod dedup;
+mod fullness;
 mod health;
 mod http;
 pub mod internal_events;
@@ -108,6 +109,18 @@ pub async fn run(
 
     let instance = source::claims::new_instance_id();
     let js = async_nats::jetstream::new(client.clone());
+    tasks.spawn_service(
+        "the stream fullness poller",
+        fullness::poll(
+            js.clone(),
+            config.stream.clone(),
+            config.lag_poll_interval,
+            config.stream_degraded_at,
+            health.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ),
+    );
 
     // The debug ring: its own task, fed by the pipeline without waiting,
     // rebuilt from the stream in the background, answering lookups over NATS.
@@ -288,7 +301,7 @@ fn stopped_with(exit: Option<TaskExit<SourceError>>) -> Result<(), RelayError> {
 pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    source_nats::ensure_stream(&js, &config.stream).await?;
+    source_nats::ensure_stream_sized(&js, &config.stream, &config.stream_limits).await?;
     source::claims::ensure_stream(&js, &config.stream).await?;
     source::dead_letter::ensure_stream(&js).await?;
     schema::apply(&config.clickhouse).await?;
@@ -308,7 +321,7 @@ async fn setup(
     schema::check_identifier(&config.clickhouse.database)?;
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    source_nats::ensure_stream(&js, &config.stream).await?;
+    source_nats::ensure_stream_sized(&js, &config.stream, &config.stream_limits).await?;
     source::claims::ensure_stream(&js, &config.stream).await?;
     source::dead_letter::ensure_stream(&js).await?;
     let consumer = source_nats::ensure_consumer(
