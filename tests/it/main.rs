@@ -24,5 +24,6 @@ mod relay_dedup;
 mod retention;
 mod rollups;
 mod sessions;
+mod stream_full;
 mod support;
 mod timeline;
