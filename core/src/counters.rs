@@ -28,6 +28,10 @@ impl Target {
     }
 }
 
+/// The reason of a publish JetStream refused because the stream (or the
+/// server's store) is full.
+pub const REFUSED_STREAM_FULL: &str = "stream_full";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EdgeCounters {
     /// Events accepted (answered 202 as accepted), by ack mode.
@@ -42,6 +46,9 @@ pub struct EdgeCounters {
     pub published: BTreeMap<Target, u64>,
     /// Failed publish attempts (a frame or a connection), by target region.
     pub publish_failures: BTreeMap<Target, u64>,
+    /// Frames JetStream refused, by target region and reason
+    /// ([`REFUSED_STREAM_FULL`]): each refusal of each attempt.
+    pub publish_refused: BTreeMap<(Target, &'static str), u64>,
     /// Events parked on the spill queue, and the queue messages carrying them.
     pub spilled_events: u64,
     pub spill_messages: u64,
@@ -130,6 +137,23 @@ impl EdgeCounters {
                 s,
                 "spoor_edge_publish_failures_total{{region=\"{r}\",target=\"{}\"}} {v}",
                 t.as_str()
+            );
+        }
+        family(
+            &mut s,
+            "spoor_edge_publish_refused_total",
+            "Frames JetStream refused (not stored), by target region and reason; stream_full: the stream or its server's store is full.",
+        );
+        let mut refused = self.publish_refused.clone();
+        for t in [Target::Home, Target::Secondary] {
+            refused.entry((t, REFUSED_STREAM_FULL)).or_default();
+        }
+        for ((t, reason), v) in &refused {
+            let _ = writeln!(
+                s,
+                "spoor_edge_publish_refused_total{{region=\"{r}\",target=\"{}\",reason=\"{}\"}} {v}",
+                t.as_str(),
+                escape(reason)
             );
         }
         let singles: [(&str, &str, u64); 12] = [
@@ -322,6 +346,9 @@ mod tests {
         *c.published.entry(Target::Secondary).or_default() += 3;
         c.spilled_events = 4;
         c.link_fallback_requests = 5;
+        *c.publish_refused
+            .entry((Target::Home, REFUSED_STREAM_FULL))
+            .or_default() += 6;
         let text = c.render("eu\"1");
         for line in [
             "spoor_edge_events_accepted_total{region=\"eu\\\"1\",ack=\"fast\"} 3",
@@ -333,6 +360,8 @@ mod tests {
             "spoor_edge_events_spilled_total{region=\"eu\\\"1\"} 4",
             "# TYPE spoor_edge_replay_retries_total counter",
             "spoor_edge_link_fallback_requests_total{region=\"eu\\\"1\"} 5",
+            "spoor_edge_publish_refused_total{region=\"eu\\\"1\",target=\"home\",reason=\"stream_full\"} 6",
+            "spoor_edge_publish_refused_total{region=\"eu\\\"1\",target=\"secondary\",reason=\"stream_full\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -16,6 +16,7 @@ pub mod debug;
 pub mod delivery;
 pub mod enrich;
 pub mod event;
+pub mod fullness;
 pub mod head;
 pub mod ingest;
 pub mod limits;

@@ -195,6 +195,10 @@ pub struct FrameResult {
     /// Why it was not stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// JetStream refused it because the stream (or the server's store) is
+    /// full: not stored, and retrying soon will not help.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream_full: bool,
 }
 
 impl FrameResult {
@@ -234,6 +238,12 @@ pub struct LinkHealth {
     /// storing) under the same id, without publishing them again.
     #[serde(default)]
     pub duplicate_frames: u64,
+    /// Frames JetStream refused because the stream was full (counted in
+    /// `failed_frames` too), and when that last happened.
+    #[serde(default)]
+    pub stream_full_frames: u64,
+    #[serde(default)]
+    pub last_stream_full_at_ms: Option<i64>,
 }
 
 /// The `Nats-Msg-Id` of a message coalescing frames with `ids`.

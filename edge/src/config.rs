@@ -3,7 +3,9 @@
 //! It only parses: every rule the values feed lives in spoor-core.
 
 use spoor_core::auth::WriteKeys;
+use spoor_core::contract::DEFAULT_EVENTS_STREAM;
 use spoor_core::delivery::{CriticalEvents, RetrySchedule};
+use spoor_core::fullness::{parse_threshold, DEFAULT_DEGRADED_AT};
 use spoor_core::link::Coalesce;
 use spoor_core::ratelimit::RateLimits;
 use spoor_core::route::valid_region;
@@ -74,6 +76,13 @@ pub struct EdgeConfig {
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
     pub limits: Limits,
+    /// The home region's events stream (`STREAM`), whose fullness
+    /// `/healthz` reports.
+    pub stream: String,
+    /// Fullness at which `/healthz` degrades (`STREAM_FULLNESS_DEGRADED`).
+    pub stream_degraded_at: f64,
+    /// How long an isolate keeps the stream's info (`STREAM_INFO_TTL_MS`).
+    pub stream_info_ttl_ms: u64,
 }
 
 fn get(env: &Env, name: &str) -> Option<String> {
@@ -189,6 +198,22 @@ impl EdgeConfig {
             get(env, "RATE_LIMIT_OVERRIDES").as_deref(),
         )
         .map_err(|e| e.to_string())?;
+        let stream = get(env, "STREAM")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| DEFAULT_EVENTS_STREAM.to_string());
+        if stream.is_empty()
+            || stream
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
+        {
+            return Err(format!(
+                "STREAM {stream:?} must be a JetStream stream name (no spaces, '.', '*' or '>')"
+            ));
+        }
+        let stream_degraded_at = match get(env, "STREAM_FULLNESS_DEGRADED") {
+            None => DEFAULT_DEGRADED_AT,
+            Some(v) => parse_threshold(&v).map_err(|e| format!("STREAM_FULLNESS_DEGRADED {e}"))?,
+        };
         Ok(EdgeConfig {
             write_keys,
             home,
@@ -212,6 +237,9 @@ impl EdgeConfig {
             spill_retry_delay_s: number(env, "SPILL_RETRY_DELAY_S", 10)?,
             metrics_token: get(env, "METRICS_TOKEN"),
             limits: Limits::default(),
+            stream,
+            stream_degraded_at,
+            stream_info_ttl_ms: number(env, "STREAM_INFO_TTL_MS", 5_000)?,
         })
     }
 

@@ -23,6 +23,7 @@ mod link;
 mod publish;
 mod spill;
 mod state;
+mod stream;
 
 use spoor_core::auth::write_key_from_headers;
 use spoor_core::delivery::{ack_mode, AckMode};
@@ -75,10 +76,21 @@ async fn route(
                     Err(e) => serde_json::json!({ "error": e }),
                 })
                 .collect();
+            // Degraded is still 200: the edge takes requests and stores or
+            // spills them; a probe that pulled it out of rotation would turn
+            // a filling stream into an outage of the whole edge.
+            let (reasons, stream) = stream::health(&cfg).await;
+            let status = if reasons.is_empty() { "ok" } else { "degraded" };
             json_response(
                 200,
-                &serde_json::json!({ "status": "ok", "region": cfg.region, "links": links })
-                    .to_string(),
+                &serde_json::json!({
+                    "status": status,
+                    "reasons": reasons,
+                    "region": cfg.region,
+                    "stream": stream,
+                    "links": links,
+                })
+                .to_string(),
             )
         }
         ("GET", "/metrics") => {
@@ -131,6 +143,9 @@ async fn route(
         ),
     }
 }
+
+/// `Retry-After` of a durable ack refused because the stream is full.
+const STREAM_FULL_RETRY_AFTER_S: &str = "10";
 
 /// A refused request: its counter and its JSON error answer.
 fn refuse(status: u16, code: &str, message: &str) -> Result<web_sys::Response> {
@@ -291,15 +306,22 @@ async fn handle(
         if !delivery.all_acked() {
             // Nothing of this request is acknowledged; batch ids are
             // deterministic, so the client's retry cannot double-store what
-            // did get through.
+            // did get through. A full stream is named: it makes room only as
+            // frames age out or its limits are raised, so the client is told
+            // to wait longer than for a blip.
             let e = delivery
                 .last_error
                 .unwrap_or_else(|| "no region acknowledged the batch".into());
+            let (code, retry_after) = if delivery.stream_full {
+                ("stream_full", STREAM_FULL_RETRY_AFTER_S)
+            } else {
+                ("unavailable", "1")
+            };
             let retry = Extra {
-                retry_after: "1",
+                retry_after,
                 ..Extra::default()
             };
-            return refuse_with(503, "unavailable", &e, retry);
+            return refuse_with(503, code, &e, retry);
         }
     }
     count_receipt(&ingested, mode);

@@ -134,6 +134,7 @@ impl DurableObject for Link {
                             .map(|_| FrameResult {
                                 seq: None,
                                 error: Some(format!("the link's configuration is invalid: {e}")),
+                                stream_full: false,
                             })
                             .collect();
                         return Response::from_json(&HandoffAnswer { results });
@@ -146,6 +147,7 @@ impl DurableObject for Link {
                         .map(|_| FrameResult {
                             seq: Some(0),
                             error: None,
+                            stream_full: false,
                         })
                         .collect();
                     return Response::from_json(&HandoffAnswer { results });
@@ -158,6 +160,7 @@ impl DurableObject for Link {
                     rx.await.unwrap_or_else(|_| FrameResult {
                         seq: None,
                         error: Some("the link dropped the frame".into()),
+                        stream_full: false,
                     })
                 }))
                 .await;
@@ -212,6 +215,7 @@ fn enqueue(
             let _ = tx.send(FrameResult {
                 seq: Some(seq),
                 error: None,
+                stream_full: false,
             });
             return rx;
         }
@@ -311,9 +315,14 @@ fn send(inner: Rc<RefCell<Inner>>, config: Rc<EdgeConfig>, subject: String, open
                     i.health.frames += frames;
                 }
                 Err(e) => {
+                    let now = Date::now().as_millis() as i64;
                     i.health.failed_frames += frames;
-                    i.health.last_error = Some(e.clone());
-                    i.health.last_error_at_ms = Some(Date::now().as_millis() as i64);
+                    i.health.last_error = Some(e.message.clone());
+                    i.health.last_error_at_ms = Some(now);
+                    if e.stream_full {
+                        i.health.stream_full_frames += frames;
+                        i.health.last_stream_full_at_ms = Some(now);
+                    }
                 }
             }
         }
@@ -322,29 +331,58 @@ fn send(inner: Rc<RefCell<Inner>>, config: Rc<EdgeConfig>, subject: String, open
                 Ok(seq) => FrameResult {
                     seq: Some(*seq),
                     error: None,
+                    stream_full: false,
                 },
                 Err(e) => FrameResult {
                     seq: None,
-                    error: Some(e.clone()),
+                    error: Some(e.message.clone()),
+                    stream_full: e.stream_full,
                 },
             });
         }
     });
 }
 
+/// Why a message was not stored.
+struct NotStored {
+    message: String,
+    /// JetStream refused it for lack of room (`NatsError::StreamFull`).
+    stream_full: bool,
+}
+
+impl From<String> for NotStored {
+    fn from(message: String) -> Self {
+        NotStored {
+            message,
+            stream_full: false,
+        }
+    }
+}
+
 /// One JetStream publish over the link's connection, with one retry on a
-/// fresh connection when the one it used had gone stale.
+/// fresh connection when the one it used had gone stale. A full stream's
+/// refusal is answered as such at once: the connection is fine, and the
+/// stream makes no room within a retry.
 async fn publish(
     inner: &Rc<RefCell<Inner>>,
     config: &EdgeConfig,
     msg: &PublishMsg,
-) -> std::result::Result<u64, String> {
+) -> std::result::Result<u64, NotStored> {
     let mut last = String::new();
     for attempt in 0..2 {
         let pipeline = pipeline(inner, config).await?;
         let connected_before = pipeline.published() > 0 || attempt > 0;
         match pipeline.publish(msg, config.publish_timeout_ms).await {
             Ok(ack) => return Ok(ack.seq),
+            Err(e @ NatsError::StreamFull { .. }) => {
+                return Err(NotStored {
+                    message: format!(
+                        "JetStream refused the message via {}:{}: {e}",
+                        config.home.host, config.home.port
+                    ),
+                    stream_full: true,
+                })
+            }
             Err(e) => {
                 let stale = matches!(e, NatsError::Closed | NatsError::Io(_));
                 if pipeline.is_closed() || matches!(e, NatsError::Timeout { .. }) {
@@ -366,7 +404,7 @@ async fn publish(
             }
         }
     }
-    Err(last)
+    Err(last.into())
 }
 
 /// The link's connection, opening it if there is none. Concurrent callers
@@ -523,7 +561,7 @@ async fn connect(
 
 /// A reply-inbox token unique among live connections: two links sharing
 /// one would read each other's PubAcks.
-fn inbox_token() -> String {
+pub(crate) fn inbox_token() -> String {
     let a = (js_sys::Math::random() * 4_294_967_296.0) as u64;
     let b = (js_sys::Math::random() * 4_294_967_296.0) as u64;
     format!("L{:016x}", (a << 32) | b)

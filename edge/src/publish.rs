@@ -6,20 +6,24 @@
 //! queue batch that opened them) serves the secondary, and home only when
 //! the link cannot be reached or links are off. It never decides what to do
 //! with frames that no region took: the caller answers 503 (durable) or
-//! spills (fast).
+//! spills (fast). A frame JetStream refused because its stream is full
+//! (`discard: new`) is not stored like any other failure, and is told
+//! apart: counted by reason (`spoor_edge_publish_refused_total{reason=
+//! "stream_full"}`), remembered for `/healthz` (`crate::stream`), and
+//! reported in [`Delivery::stream_full`] so a durable ack's 503 says so.
 
 use std::time::Duration;
 
 use spoor_core::delivery::RetrySchedule;
 use spoor_core::ingest::Outbound;
 use spoor_core::link::{encode_handoff_refs, FrameRef, HandoffAnswer};
-use spoor_edge_nats::{Client, ConnectOptions, PublishMsg};
+use spoor_edge_nats::{Client, ConnectOptions, NatsError, PublishMsg};
 use worker::{console_warn, Date, Delay, Env, SecureTransport, Socket};
 
 use crate::config::{EdgeConfig, NatsTarget};
 use crate::link::{LINK_BINDING, LINK_NAME_HEADER};
 use crate::state;
-use spoor_core::counters::Target;
+use spoor_core::counters::{Target, REFUSED_STREAM_FULL};
 
 fn sleep(ms: u64) -> Delay {
     Delay::from(Duration::from_millis(ms))
@@ -36,6 +40,15 @@ pub struct Frame {
 pub struct Delivery {
     pub acked: Vec<bool>,
     pub last_error: Option<String>,
+    /// Some attempt was refused because the stream was full.
+    pub stream_full: bool,
+}
+
+/// Why one frame was not stored by one attempt.
+pub struct FrameFailure {
+    pub message: String,
+    /// JetStream refused it for lack of room.
+    pub stream_full: bool,
 }
 
 impl Delivery {
@@ -71,8 +84,13 @@ pub async fn deliver_via_link(
 ) -> Delivery {
     let mut acked = vec![false; frames.len()];
     let mut last_error = None;
+    let mut stream_full = false;
     if frames.is_empty() {
-        return Delivery { acked, last_error };
+        return Delivery {
+            acked,
+            last_error,
+            stream_full,
+        };
     }
     let targets = cfg.targets();
     // A hung server costs a handshake timeout plus a PubAck timeout per target.
@@ -114,6 +132,7 @@ pub async fn deliver_via_link(
                 Ok(results) => {
                     let mut events_ok = 0;
                     let mut failed = 0;
+                    let mut full = 0;
                     for (i, r) in pending.iter().zip(results) {
                         match r {
                             Ok(()) => {
@@ -122,14 +141,26 @@ pub async fn deliver_via_link(
                             }
                             Err(e) => {
                                 failed += 1;
-                                last_error = Some(e);
+                                if e.stream_full {
+                                    full += 1;
+                                }
+                                last_error = Some(e.message);
                             }
                         }
+                    }
+                    if full > 0 {
+                        stream_full = true;
+                        crate::stream::refused_full(*role, full);
                     }
                     state::count(|c| {
                         *c.published.entry(*role).or_default() += events_ok;
                         if failed > 0 {
                             *c.publish_failures.entry(*role).or_default() += 1;
+                        }
+                        if full > 0 {
+                            *c.publish_refused
+                                .entry((*role, REFUSED_STREAM_FULL))
+                                .or_default() += full;
                         }
                     });
                 }
@@ -150,7 +181,11 @@ pub async fn deliver_via_link(
         }
         attempt += 1;
     }
-    Delivery { acked, last_error }
+    Delivery {
+        acked,
+        last_error,
+        stream_full,
+    }
 }
 
 /// Posts the `pending` frames to the link and reads its answer: a result
@@ -161,7 +196,7 @@ async fn hand_off(
     frames: &[Frame],
     pending: &[usize],
     alone: bool,
-) -> Result<Vec<Result<(), String>>, String> {
+) -> Result<Vec<Result<(), FrameFailure>>, String> {
     let refs: Vec<FrameRef<'_>> = pending
         .iter()
         .map(|i| {
@@ -203,7 +238,10 @@ async fn hand_off(
         .into_iter()
         .map(|r| match (r.seq, r.error) {
             (Some(_), _) => Ok(()),
-            (None, e) => Err(e.unwrap_or_else(|| "the link stored nothing".into())),
+            (None, e) => Err(FrameFailure {
+                message: e.unwrap_or_else(|| "the link stored nothing".into()),
+                stream_full: r.stream_full,
+            }),
         })
         .collect())
 }
@@ -215,7 +253,7 @@ async fn publish_to(
     target: &NatsTarget,
     frames: &[Frame],
     pending: &[usize],
-) -> Result<Vec<Result<(), String>>, String> {
+) -> Result<Vec<Result<(), FrameFailure>>, String> {
     let socket = Socket::builder()
         .secure_transport(if cfg.nats_tls {
             SecureTransport::On
@@ -247,8 +285,10 @@ async fn publish_to(
     Ok(results
         .into_iter()
         .map(|r| {
-            r.map(|_| ())
-                .map_err(|e| format!("JetStream did not acknowledge a frame: {e}"))
+            r.map(|_| ()).map_err(|e| FrameFailure {
+                stream_full: matches!(e, NatsError::StreamFull { .. }),
+                message: format!("JetStream did not acknowledge a frame: {e}"),
+            })
         })
         .collect())
 }

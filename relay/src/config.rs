@@ -12,6 +12,8 @@ use spoor_runtime::nats::{NatsArgs, NatsConnectError, NatsEndpoint};
 
 use crate::batcher::BatchLimits;
 use crate::ring::RingLimits;
+pub use crate::source::nats::StreamLimits;
+use spoor_core::fullness::{parse_threshold, DEFAULT_DEGRADED_AT};
 use spoor_store::retention::{self, Retention};
 
 /// Everything the relay needs besides its listener and shutdown signal.
@@ -70,6 +72,12 @@ pub struct RelayConfig {
     /// How long a partition lease lives without renewal: the longest a dead
     /// relay's partitions stay unowned (the leases bucket's `max_age`).
     pub lease_ttl: Duration,
+    /// The events stream's size limits where they differ from
+    /// `deploy/nats/events-stream.json` (applied by `run` and `migrate`).
+    pub stream_limits: StreamLimits,
+    /// Fullness of the events stream at which `/healthz` says "degraded"
+    /// (polled every `lag_poll_interval`).
+    pub stream_degraded_at: f64,
 }
 
 /// Where and as whom the relay writes.
@@ -105,6 +113,8 @@ impl RelayConfig {
             partitions: DEFAULT_PARTITIONS,
             debug_timeout: Duration::from_millis(300),
             lease_ttl: Duration::from_secs(15),
+            stream_limits: StreamLimits::default(),
+            stream_degraded_at: DEFAULT_DEGRADED_AT,
         }
     }
 
@@ -160,6 +170,14 @@ pub struct ConnectionArgs {
     /// scales existing streams at the next start.
     #[arg(long, env = "SPOOR_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
+    /// The events stream's max_bytes (e.g. 40GiB) instead of
+    /// deploy/nats/events-stream.json's; see deploy/README.md for sizing.
+    /// Never below what the stream holds (the relay refuses to start).
+    #[arg(long, env = "SPOOR_STREAM_MAX_BYTES", value_parser = parse_stream_bytes)]
+    pub stream_max_bytes: Option<i64>,
+    /// The events stream's max_msgs instead of the definition's.
+    #[arg(long, env = "SPOOR_STREAM_MAX_MSGS", value_parser = clap::value_parser!(i64).range(1..))]
+    pub stream_max_msgs: Option<i64>,
 }
 
 /// Flags of `spoor-relay run`.
@@ -241,6 +259,10 @@ pub struct RunArgs {
     /// the leases bucket with it; an existing bucket's value wins.
     #[arg(long, env = "SPOOR_LEASE_TTL_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl_secs: u64,
+    /// Fullness of the events stream (0-1, the nearer of bytes/max_bytes
+    /// and messages/max_msgs) at which /healthz says "degraded".
+    #[arg(long, env = "SPOOR_STREAM_FULLNESS_DEGRADED", default_value = "0.8", value_parser = parse_threshold)]
+    pub stream_fullness_degraded: f64,
 }
 
 impl ConnectionArgs {
@@ -259,6 +281,10 @@ impl ConnectionArgs {
         let mut config = RelayConfig::new(self.nats.endpoint()?, self.clickhouse());
         config.stream = self.stream;
         config.stream_replicas = usize::from(self.stream_replicas);
+        config.stream_limits = StreamLimits {
+            max_bytes: self.stream_max_bytes,
+            max_msgs: self.stream_max_msgs,
+        };
         Ok(config)
     }
 }
@@ -293,7 +319,18 @@ impl RunArgs {
         config.partitions = self.partitions;
         config.debug_timeout = Duration::from_millis(self.debug_timeout_ms);
         config.lease_ttl = Duration::from_secs(self.lease_ttl_secs);
+        config.stream_degraded_at = self.stream_fullness_degraded;
         Ok(config)
+    }
+}
+
+/// A stream's max_bytes: a byte size of at least 1 KiB (JetStream's
+/// limits are i64).
+fn parse_stream_bytes(s: &str) -> Result<i64, String> {
+    let n = parse_byte_size(s)?;
+    match i64::try_from(n) {
+        Ok(n) if n >= 1024 => Ok(n),
+        _ => Err(format!("`{s}` must be from 1KiB to 8EiB")),
     }
 }
 
@@ -422,6 +459,37 @@ mod tests {
         assert_eq!(r.partitions, 4);
         assert_eq!(d.ring, crate::ring::RingLimits::default());
         assert!(Flags::try_parse_from(["relay", "--partitions", "0"]).is_err());
+        assert_eq!(d.stream_limits, super::StreamLimits::default());
+        assert_eq!(d.stream_degraded_at, 0.8);
+        let s = Flags::try_parse_from([
+            "relay",
+            "--stream-max-bytes",
+            "64KiB",
+            "--stream-max-msgs",
+            "500",
+            "--stream-fullness-degraded",
+            "0.5",
+        ])
+        .unwrap()
+        .run
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            s.stream_limits,
+            super::StreamLimits {
+                max_bytes: Some(65_536),
+                max_msgs: Some(500)
+            }
+        );
+        assert_eq!(s.stream_degraded_at, 0.5);
+        for bad in [
+            ["relay", "--stream-max-bytes", "12"],
+            ["relay", "--stream-max-msgs", "0"],
+            ["relay", "--stream-fullness-degraded", "1.2"],
+            ["relay", "--stream-fullness-degraded", "0"],
+        ] {
+            assert!(Flags::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,13 @@
 //! What `/healthz` reports: whether the relay is set up, connected to NATS,
-//! and whether its last ClickHouse insert succeeded.
+//! and whether its last ClickHouse insert succeeded (failing: 503), and
+//! whether the events stream is filling up (degraded: still 200).
+//!
+//! Degraded is not failing: the relay works, and it is the process that
+//! empties the stream, so a liveness or readiness probe must not restart it
+//! or take it out of service for that. `/healthz` answers 200 with one
+//! `degraded: <reason>` line per reason (instead of `ok`), for alerting
+//! and for people; a failing relay answers 503 with its failure on the
+//! first line and any degradation after it.
 //!
 //! Shared state written by the pipeline and read by the HTTP server. It holds
 //! facts only; it must never block the pipeline (a short mutex on the error
@@ -13,6 +21,17 @@ pub struct Health {
     nats: OnceLock<async_nats::Client>,
     insert_failing: AtomicBool,
     last_insert_error: Mutex<Option<String>>,
+    /// Why the events stream degrades health (set by the fullness poller).
+    stream_degraded: Mutex<Option<String>>,
+}
+
+/// What `/healthz` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Why the relay is not working (503), if it is not.
+    pub failing: Option<String>,
+    /// Why it works but needs attention (200 unless failing too).
+    pub degraded: Vec<String>,
 }
 
 impl Health {
@@ -36,8 +55,30 @@ impl Health {
         self.insert_failing.store(true, Ordering::Relaxed);
     }
 
-    /// `Ok(())` when healthy, else a sentence saying why not.
-    pub fn check(&self) -> Result<(), String> {
+    /// The fullness poller's verdict: `Some(reason)` at or above the
+    /// threshold, `None` below it.
+    pub fn set_stream_degraded(&self, reason: Option<String>) {
+        if let Ok(mut r) = self.stream_degraded.lock() {
+            *r = reason;
+        }
+    }
+
+    /// Failing and degraded reasons together.
+    pub fn report(&self) -> Report {
+        Report {
+            failing: self.check().err(),
+            degraded: self
+                .stream_degraded
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// `Ok(())` when working, else a sentence saying why not.
+    fn check(&self) -> Result<(), String> {
         let Some(client) = self.nats.get() else {
             return Err(
                 "starting: NATS stream/consumer or ClickHouse schema not set up yet".into(),

@@ -66,18 +66,10 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes
         return debug_device(state, id, req.uri().query().unwrap_or("")).await;
     }
     match (req.method(), path) {
-        (&Method::GET, "/healthz") => match state.health.check() {
-            Ok(()) => text(
-                StatusCode::OK,
-                "ok\n".to_string(),
-                "text/plain; charset=utf-8",
-            ),
-            Err(reason) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{reason}\n"),
-                "text/plain; charset=utf-8",
-            ),
-        },
+        (&Method::GET, "/healthz") => {
+            let (status, body) = healthz_body(&state.health.report());
+            text(status, body, "text/plain; charset=utf-8")
+        }
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             state.metrics.encode(),
@@ -94,6 +86,30 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes
             "text/plain; charset=utf-8",
         ),
     }
+}
+
+/// `/healthz`: `ok` (200); a `degraded: <reason>` line per reason (200:
+/// working, needs attention); or the failure (503), with any degradation
+/// on the lines after it.
+fn healthz_body(report: &crate::health::Report) -> (StatusCode, String) {
+    let mut body = String::new();
+    let status = match &report.failing {
+        Some(reason) => {
+            body.push_str(reason);
+            body.push('\n');
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        None => StatusCode::OK,
+    };
+    for reason in &report.degraded {
+        body.push_str("degraded: ");
+        body.push_str(reason);
+        body.push('\n');
+    }
+    if body.is_empty() {
+        body.push_str("ok\n");
+    }
+    (status, body)
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
@@ -165,4 +181,39 @@ async fn debug_device(state: &HttpState, id: &str, query: &str) -> Response<Full
 fn json_error(status: StatusCode, error: &str, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": error, "message": message }).to_string();
     text(status, body, "application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::healthz_body;
+    use crate::health::Report;
+    use hyper::StatusCode;
+
+    #[test]
+    fn healthz_says_ok_degraded_or_failing() {
+        let ok = Report {
+            failing: None,
+            degraded: vec![],
+        };
+        assert_eq!(healthz_body(&ok), (StatusCode::OK, "ok\n".into()));
+        let degraded = Report {
+            failing: None,
+            degraded: vec!["stream S is 85.0% full".into()],
+        };
+        assert_eq!(
+            healthz_body(&degraded),
+            (StatusCode::OK, "degraded: stream S is 85.0% full\n".into())
+        );
+        let both = Report {
+            failing: Some("last ClickHouse insert failed: refused".into()),
+            ..degraded
+        };
+        assert_eq!(
+            healthz_body(&both),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "last ClickHouse insert failed: refused\ndegraded: stream S is 85.0% full\n".into()
+            )
+        );
+    }
 }

@@ -18,6 +18,7 @@ pub mod batcher;
 pub mod config;
 pub mod debug;
 pub mod dedup;
+mod fullness;
 mod health;
 mod http;
 pub mod internal_events;
@@ -111,6 +112,18 @@ pub async fn run(
 
     let instance = ownership::leases::new_instance_id();
     let js = async_nats::jetstream::new(client.clone());
+    tasks.spawn_service(
+        "the stream fullness poller",
+        fullness::poll(
+            js.clone(),
+            config.stream.clone(),
+            config.lag_poll_interval,
+            config.stream_degraded_at,
+            health.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ),
+    );
 
     // The debug ring: its own task, fed by the pipeline without waiting,
     // rebuilt from the stream in the background, answering lookups over NATS.
@@ -287,7 +300,13 @@ fn stopped_with(exit: Option<TaskExit<SourceError>>) -> Result<(), RelayError> {
 pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    source::streams::ensure_all(&js, &config.stream, config.stream_replicas).await?;
+    source::streams::ensure_all(
+        &js,
+        &config.stream,
+        config.stream_replicas,
+        &config.stream_limits,
+    )
+    .await?;
     schema::apply(&config.clickhouse).await?;
     let _ = client.flush().await;
     Ok(())
@@ -305,7 +324,13 @@ async fn setup(config: &RelayConfig) -> Result<Ready, RelayError> {
     schema::check_identifier(&config.clickhouse.database)?;
     let client = source_nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    source::streams::ensure_all(&js, &config.stream, config.stream_replicas).await?;
+    source::streams::ensure_all(
+        &js,
+        &config.stream,
+        config.stream_replicas,
+        &config.stream_limits,
+    )
+    .await?;
     let consumers = source_nats::ensure_partition_consumers(
         &js,
         &config.stream,

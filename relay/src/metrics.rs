@@ -17,6 +17,10 @@ use crate::internal_events::Stage;
 /// A counter family with one fixed label, e.g. `kind="bad_magic"`.
 pub type LabeledCounter = Family<[(&'static str, &'static str); 1], Counter>;
 
+/// A ratio gauge with one fixed label, e.g. `limit="bytes"`.
+pub type LabeledRatio =
+    Family<[(&'static str, &'static str); 1], Gauge<f64, std::sync::atomic::AtomicU64>>;
+
 /// The one error family, `spoor_relay_errors_total{stage, error_type}`.
 pub type ErrorCounter = Family<[(&'static str, &'static str); 2], Counter>;
 
@@ -47,6 +51,8 @@ pub struct Metrics {
     pub insert_batch_rows: Histogram,
     pub consumer_lag_messages: Gauge,
     pub consumer_ack_pending_messages: Gauge,
+    /// How full the events stream is, by limit (`bytes`, `messages`).
+    pub stream_fullness_ratio: LabeledRatio,
     pub buffer_rows: Gauge,
     pub buffer_bytes: Gauge,
     pub buffer_messages: Gauge,
@@ -98,6 +104,7 @@ impl Metrics {
             ),
             consumer_lag_messages: Gauge::default(),
             consumer_ack_pending_messages: Gauge::default(),
+            stream_fullness_ratio: LabeledRatio::default(),
             buffer_rows: Gauge::default(),
             buffer_bytes: Gauge::default(),
             buffer_messages: Gauge::default(),
@@ -213,6 +220,11 @@ impl Metrics {
             "consumer_ack_pending_messages",
             "Messages delivered but not yet acked (num_ack_pending)",
             m.consumer_ack_pending_messages.clone(),
+        );
+        r.register(
+            "stream_fullness_ratio",
+            "How full the events stream is: bytes stored / max_bytes (limit=\"bytes\") and messages / max_msgs (limit=\"messages\", when set); at 1 it refuses new frames (discard: new)",
+            m.stream_fullness_ratio.clone(),
         );
         r.register(
             "buffer_rows",

@@ -5,12 +5,13 @@
 //! edge role's inbox prefix. The client runs over TLS on tokio's
 //! `TcpStream` (TLS first, as the server requires), as it runs over workers'
 //! secure `Socket` on the edge. Set-up calls (stream creation) use the admin
-//! role; the edge role cannot reach the JetStream API.
+//! role; the edge role may only read the events stream's info.
 
 use crate::support::tls_socket;
 use serde_json::{json, Value};
 use spoor_edge_nats::{
-    check_api_response, Auth, Client, ConnectOptions, NatsError, PubAck, PublishMsg, Stage,
+    check_api_response, parse_stream_info, stream_info_subject, Auth, Client, ConnectOptions,
+    NatsError, PubAck, PublishMsg, Stage,
 };
 use spoor_tests::nats::{NatsRole, NatsServer};
 use spoor_tests::tools::workspace_root;
@@ -335,6 +336,57 @@ async fn jetstream_rejections_come_back_as_jetstream_errors() {
         other => panic!("expected a JetStream error, got {other:?}"),
     }
     assert_eq!(ack(&results[1]).seq, 1);
+}
+
+/// The deployed events stream shrunk to a few KB: with `discard: new` a
+/// publish that does not fit is refused as `StreamFull` (nats-server's
+/// 10077 "maximum bytes exceeded"), not stored, and the stream info the
+/// edge reads for its health says how full it is.
+#[tokio::test]
+async fn a_full_stream_refuses_with_stream_full_and_keeps_what_it_stored() {
+    let server = NatsServer::start().unwrap();
+    let mut client = connect(&server).await;
+    let path = workspace_root().join("deploy/nats/events-stream.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        config["discard"], "new",
+        "the deployed stream discards nothing it stored"
+    );
+    config["max_bytes"] = json!(4096);
+    let name = config["name"].as_str().unwrap().to_string();
+    js_api(
+        &mut client,
+        &format!("$JS.API.STREAM.CREATE.{name}"),
+        &config,
+    )
+    .await;
+    let payload = vec![7u8; 1000];
+    let batch: Vec<PublishMsg> = (0..8)
+        .map(|i| msg("spoor.events.1", &format!("full-{i}"), &payload))
+        .collect();
+    let results = client.publish_all(&batch, T).await;
+    let stored = results.iter().take_while(|r| r.is_ok()).count();
+    assert!((1..8).contains(&stored), "{results:?}");
+    for r in &results[stored..] {
+        match r {
+            Err(NatsError::StreamFull {
+                err_code,
+                description,
+            }) => assert_eq!(
+                (*err_code, description.as_str()),
+                (10077, "maximum bytes exceeded")
+            ),
+            other => panic!("expected StreamFull, got {other:?}"),
+        }
+    }
+    assert_eq!(stream_messages(&mut client, &name).await, stored as u64);
+    let reply = client
+        .request(&stream_info_subject(&name), b"", T)
+        .await
+        .unwrap();
+    let fill = parse_stream_info(&reply.payload).unwrap();
+    assert_eq!((fill.messages, fill.max_bytes), (stored as u64, 4096));
+    assert!(fill.bytes > 3000 && fill.bytes <= 4096, "{fill:?}");
 }
 
 #[tokio::test]

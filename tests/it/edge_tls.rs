@@ -47,6 +47,12 @@ fn post(edge: &Edge, durable: bool) -> Answer {
 
 /// Clients the server has authenticated since it started.
 fn authenticated_clients(nats: &NatsServer) -> u64 {
+    authenticated_named(nats, "")
+}
+
+/// Clients the server has authenticated since it started whose
+/// connection name starts with `prefix`.
+fn authenticated_named(nats: &NatsServer, prefix: &str) -> u64 {
     let url = format!(
         "http://127.0.0.1:{}/connz?state=all&auth=true",
         nats.monitor_port()
@@ -58,6 +64,7 @@ fn authenticated_clients(nats: &NatsServer) -> u64 {
         .map(|c| {
             c.iter()
                 .filter(|c| c["authorized_user"].is_string() || c["nkey"].is_string())
+                .filter(|c| c["name"].as_str().unwrap_or_default().starts_with(prefix))
                 .count() as u64
         })
         .unwrap_or(0)
@@ -71,7 +78,22 @@ fn an_untrusted_certificate_gets_durable_acks_503_in_workerd() {
     // No stream on this server: JetStream has no responder, so 503, but
     // only after the link connected and authenticated.
     assert_eq!(post(&edge, true).status, 503);
-    assert_eq!(authenticated_clients(&trusted), 1, "the control connected");
+    // The link's connection, and the ones /healthz opened to ask for the
+    // stream's fullness (the harness waits for /healthz).
+    assert_eq!(
+        authenticated_named(&trusted, "spoor-edge-link-"),
+        1,
+        "the control's link connected"
+    );
+    assert!(
+        authenticated_named(&trusted, "spoor-edge-health-") >= 1,
+        "the control's /healthz connected"
+    );
+    assert_eq!(
+        authenticated_clients(&trusted),
+        authenticated_named(&trusted, "spoor-edge-"),
+        "only the edge connected"
+    );
     drop(edge);
 
     let other_ca_dir = tempfile::tempdir().unwrap();

@@ -26,5 +26,6 @@ mod relay_dedup;
 mod retention;
 mod rollups;
 mod sessions;
+mod stream_full;
 mod support;
 mod timeline;

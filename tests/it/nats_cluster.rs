@@ -48,11 +48,11 @@ async fn an_r3_stream_keeps_acknowledged_messages_through_its_leaders_kill() {
 
     // The relay's streams, first as on a single node, then scaled to R3 in
     // place by the same definitions with --stream-replicas 3.
-    spoor_relay::source::streams::ensure_all(&js, DEFAULT_EVENTS_STREAM, 1)
+    spoor_relay::source::streams::ensure_all(&js, DEFAULT_EVENTS_STREAM, 1, &Default::default())
         .await
         .unwrap();
     publish_acked(&js, "r1", 50).await;
-    spoor_relay::source::streams::ensure_all(&js, DEFAULT_EVENTS_STREAM, 3)
+    spoor_relay::source::streams::ensure_all(&js, DEFAULT_EVENTS_STREAM, 3, &Default::default())
         .await
         .unwrap();
     for stream in [DEFAULT_EVENTS_STREAM, DEAD_STREAM] {
@@ -85,7 +85,7 @@ async fn an_r3_stream_keeps_acknowledged_messages_through_its_leaders_kill() {
     let info = cluster.stream_info(DEFAULT_EVENTS_STREAM).await.unwrap();
     assert_eq!(info.state.messages, 250, "{info:?}");
     // Applying the definitions again changes nothing.
-    spoor_relay::source::streams::ensure_all(&js, DEFAULT_EVENTS_STREAM, 3)
+    spoor_relay::source::streams::ensure_all(&js, DEFAULT_EVENTS_STREAM, 3, &Default::default())
         .await
         .unwrap();
     let again = cluster.stream_info(DEFAULT_EVENTS_STREAM).await.unwrap();

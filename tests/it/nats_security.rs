@@ -215,7 +215,7 @@ async fn a_wrong_ca_or_a_certificate_for_another_name_fails_closed() {
 }
 
 #[tokio::test]
-async fn the_edge_role_can_only_publish_events() {
+async fn the_edge_role_can_only_publish_events_and_read_their_stream_info() {
     let nats = NatsServer::start().unwrap();
     let js = events_stream(&nats).await;
 
@@ -234,12 +234,26 @@ async fn the_edge_role_can_only_publish_events() {
         )
         .await;
     assert_eq!(acked[0].as_ref().unwrap().stream, STREAM);
+    // Allowed: the events stream's info, which tells the edge's /healthz
+    // how full the stream is.
+    let info = edge
+        .request(&format!("$JS.API.STREAM.INFO.{STREAM}"), b"", T)
+        .await
+        .unwrap();
+    let fill = spoor_edge_nats::parse_stream_info(&info.payload).unwrap();
+    assert_eq!(fill.messages, 1);
 
-    // Refused: the JetStream API (deleting the stream), debug queries,
-    // partition leases and dead letters. The edge client treats `-ERR` as fatal, so
+    // Refused: the rest of the JetStream API (deleting, purging or changing
+    // the stream, other streams' info, consumers), debug queries, partition
+    // leases and dead letters. The edge client treats `-ERR` as fatal, so
     // each attempt gets its own connection.
     let refused = [
         format!("$JS.API.STREAM.DELETE.{STREAM}"),
+        format!("$JS.API.STREAM.PURGE.{STREAM}"),
+        format!("$JS.API.STREAM.UPDATE.{STREAM}"),
+        "$JS.API.STREAM.INFO.SPOOR_DEAD".to_string(),
+        format!("$JS.API.STREAM.MSG.GET.{STREAM}"),
+        format!("$JS.API.CONSUMER.INFO.{STREAM}.spoor-relay-p0"),
         format!("spoor.debug.{STREAM}.device"),
         format!("$KV.{STREAM}_LEASES.partition.0"),
         "spoor.dead.undecodable".to_string(),

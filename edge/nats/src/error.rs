@@ -78,8 +78,20 @@ pub enum NatsError {
     #[error("no responders for subject {subject:?}: no JetStream stream is bound to it")]
     NoResponders { subject: String },
 
-    /// JetStream refused the message (e.g. 503 / 10077 "maximum messages
-    /// exceeded", wrong expected stream). The message was not stored.
+    /// JetStream refused the message because the stream is at its
+    /// `max_bytes` / `max_msgs` (`discard: new`: err_code 10077 "maximum
+    /// bytes exceeded", "maximum messages exceeded") or the server's store
+    /// is out of room (10047). The message was not stored; the stream
+    /// frees room only as frames age out or its limits are raised, so a
+    /// retry on a new connection does not help, another region or a spill
+    /// may.
+    #[error(
+        "JetStream stream full (err_code {err_code}): {description}; the message was not stored"
+    )]
+    StreamFull { err_code: u32, description: String },
+
+    /// JetStream refused the message for another reason (e.g. a wrong
+    /// expected stream, a store failure). The message was not stored.
     #[error("JetStream error {code} (err_code {err_code}): {description}")]
     JetStream {
         code: u16,

@@ -27,7 +27,10 @@ mod wire;
 pub use client::{sign_nonce, Auth, Client, ConnectOptions, PublishMsg, DEFAULT_INBOX_PREFIX};
 pub use error::{NatsError, Stage};
 pub use headers::{parse_headers, Headers};
-pub use jetstream::{check_api_response, parse_pub_ack, PubAck};
+pub use jetstream::{
+    check_api_response, is_stream_full, parse_pub_ack, parse_stream_info, stream_info_subject,
+    PubAck, StreamFill,
+};
 pub use parser::{
     parse_op, Limits, Message, ProtocolError, ServerInfo, ServerOp, HARD_MAX_PAYLOAD,
 };

@@ -95,6 +95,49 @@ impl InternalEvent for ConsumerLagPolled {
     }
 }
 
+/// Stream info was polled: how full the events stream is.
+pub struct StreamFullnessPolled<'a> {
+    pub stream: &'a str,
+    pub usage: spoor_core::fullness::StreamUsage,
+    /// The health threshold, for the log line when it is crossed.
+    pub degraded_at: f64,
+}
+
+impl InternalEvent for StreamFullnessPolled<'_> {
+    fn emit(self, m: &Metrics) {
+        let ratio = self.usage.ratio();
+        if ratio >= self.degraded_at {
+            tracing::warn!(
+                stream = self.stream,
+                fullness = ratio,
+                bytes = self.usage.bytes,
+                max_bytes = self.usage.max_bytes,
+                messages = self.usage.messages,
+                max_msgs = self.usage.max_msgs,
+                degraded_at = self.degraded_at,
+                "events stream filling up: at 1 it refuses new frames"
+            );
+        } else {
+            tracing::trace!(stream = self.stream, fullness = ratio, "stream info polled");
+        }
+        for (limit, value) in [
+            ("bytes", self.usage.bytes_ratio()),
+            ("messages", self.usage.msgs_ratio()),
+        ] {
+            match value {
+                Some(v) => {
+                    m.stream_fullness_ratio
+                        .get_or_create(&[("limit", limit)])
+                        .set(v);
+                }
+                None => {
+                    m.stream_fullness_ratio.remove(&[("limit", limit)]);
+                }
+            }
+        }
+    }
+}
+
 /// A frame was stored in the dead-letter stream and acked off the main one.
 pub struct FrameDeadLettered {
     pub reason: &'static str,

@@ -55,6 +55,10 @@ pub enum SourceError {
     Leases { bucket: String, detail: String },
     #[error("cannot read partition {partition}'s recent frames: {detail}")]
     Window { partition: u32, detail: String },
+    #[error(
+        "refusing to lower stream {name}'s limits below what it holds ({detail}): JetStream would remove the oldest frames to fit, inserted or not; raise the limit (--stream-max-bytes / --stream-max-msgs) or wait until frames age out"
+    )]
+    WouldDrop { name: String, detail: String },
     #[error("JetStream pull request failed: {0}")]
     Fetch(#[source] async_nats::jetstream::consumer::pull::BatchError),
 }
@@ -64,6 +68,28 @@ pub enum SourceError {
 /// error so a misconfigured relay stops at once instead of looking alive.
 pub async fn connect(endpoint: &NatsEndpoint) -> Result<async_nats::Client, SourceError> {
     Ok(endpoint.connect("spoor-relay", None).await?)
+}
+
+/// Limits that replace the embedded definition's for one deployment
+/// (`--stream-max-bytes`, `--stream-max-msgs`): a bigger budget, or a tiny
+/// stream in a test. `None` keeps the definition's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub max_bytes: Option<i64>,
+    pub max_msgs: Option<i64>,
+}
+
+/// The embedded events stream definition with `limits` applied, as JSON.
+pub fn events_definition(limits: &StreamLimits) -> Result<String, SourceError> {
+    let mut definition: serde_json::Value =
+        serde_json::from_str(STREAM_CONFIG_JSON).map_err(SourceError::StreamDefinition)?;
+    if let Some(max) = limits.max_bytes {
+        definition["max_bytes"] = max.into();
+    }
+    if let Some(max) = limits.max_msgs {
+        definition["max_msgs"] = max.into();
+    }
+    Ok(definition.to_string())
 }
 
 /// The embedded events stream definition, renamed to `name`.
@@ -100,7 +126,17 @@ pub fn stream_config_from(
 /// Creates the events stream if missing, or updates it when a field the
 /// embedded definition declares differs from the server's.
 pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<(), SourceError> {
-    ensure_stream_config(js, stream_config(name)?, STREAM_CONFIG_JSON).await
+    ensure_stream_sized(js, name, &StreamLimits::default()).await
+}
+
+/// [`ensure_stream`] with `limits` in place of the definition's. A stream
+/// created before `discard: new` is updated to it here.
+pub async fn ensure_stream_sized(
+    js: &jetstream::Context,
+    name: &str,
+    limits: &StreamLimits,
+) -> Result<(), SourceError> {
+    ensure_stream_from(js, &events_definition(limits)?, name).await
 }
 
 /// [`ensure_stream`] for any embedded definition (`definition` is its JSON),
@@ -151,6 +187,13 @@ pub async fn ensure_stream_config(
         tracing::info!(stream = name, "JetStream stream matches its definition");
         return Ok(());
     }
+    let held = &stream.cached_info().state;
+    if let Some(detail) = would_drop(&config, held.bytes, held.messages) {
+        return Err(SourceError::WouldDrop {
+            name: name.to_string(),
+            detail,
+        });
+    }
     js.update_stream(&config)
         .await
         .map_err(|source| SourceError::Stream {
@@ -159,6 +202,26 @@ pub async fn ensure_stream_config(
         })?;
     tracing::info!(stream = name, fields = ?drifted, "JetStream stream updated to its definition");
     Ok(())
+}
+
+/// What a stream holding `state` has beyond `config`'s limits, if
+/// anything: JetStream enforces a lowered limit at once by removing the
+/// oldest messages, whatever the discard policy.
+fn would_drop(config: &jetstream::stream::Config, bytes: u64, messages: u64) -> Option<String> {
+    let mut over = Vec::new();
+    if config.max_bytes > 0 && bytes > config.max_bytes as u64 {
+        over.push(format!(
+            "{bytes} bytes stored, max_bytes {}",
+            config.max_bytes
+        ));
+    }
+    if config.max_messages > 0 && messages > config.max_messages as u64 {
+        over.push(format!(
+            "{messages} messages stored, max_msgs {}",
+            config.max_messages
+        ));
+    }
+    (!over.is_empty()).then(|| over.join(", "))
 }
 
 fn is_stream_not_found(err: &async_nats::jetstream::context::GetStreamError) -> bool {
@@ -537,16 +600,57 @@ mod tests {
         );
         assert_eq!(c.retention, RetentionPolicy::Limits);
         assert_eq!(c.storage, StorageType::File);
-        assert_eq!(c.discard, DiscardPolicy::Old);
+        // Nothing the stream acknowledged is discarded to make room: a
+        // full stream refuses new frames instead.
+        assert_eq!(c.discard, DiscardPolicy::New);
         assert_eq!(c.max_age, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.max_bytes, 10 * 1024 * 1024 * 1024);
         assert_eq!(c.max_messages_per_subject, -1);
         assert_eq!(c.max_message_size, 2 * 1024 * 1024);
-        assert_eq!(c.max_messages, -1);
+        assert_eq!(c.max_messages, 80_000_000);
         assert_eq!(c.duplicate_window, Duration::from_secs(600));
         assert_eq!(c.num_replicas, 1);
         let renamed = stream_config("OTHER").unwrap();
         assert_eq!(renamed.name, "OTHER");
+    }
+
+    #[test]
+    fn limits_override_the_definition_and_count_as_drift() {
+        use super::{events_definition, stream_config_from, StreamLimits};
+        let same = events_definition(&StreamLimits::default()).unwrap();
+        let c = stream_config_from(&same, "SPOOR_EVENTS").unwrap();
+        assert_eq!(c, stream_config("SPOOR_EVENTS").unwrap());
+        let small = events_definition(&StreamLimits {
+            max_bytes: Some(65_536),
+            max_msgs: Some(100),
+        })
+        .unwrap();
+        let s = stream_config_from(&small, "SPOOR_EVENTS").unwrap();
+        assert_eq!((s.max_bytes, s.max_messages), (65_536, 100));
+        assert_eq!(s.discard, DiscardPolicy::New);
+        assert_eq!(
+            super::drifted_fields_from(&small, &c).unwrap(),
+            vec!["max_bytes", "max_msgs"]
+        );
+    }
+
+    #[test]
+    fn lowering_limits_below_what_the_stream_holds_is_refused() {
+        let mut c = stream_config("S").unwrap();
+        c.max_bytes = 1_000;
+        c.max_messages = -1;
+        assert_eq!(super::would_drop(&c, 1_000, 10), None);
+        assert_eq!(
+            super::would_drop(&c, 1_001, 10).as_deref(),
+            Some("1001 bytes stored, max_bytes 1000")
+        );
+        c.max_messages = 5;
+        assert!(super::would_drop(&c, 10, 6)
+            .unwrap()
+            .contains("6 messages stored, max_msgs 5"));
+        c.max_bytes = -1;
+        c.max_messages = -1;
+        assert_eq!(super::would_drop(&c, u64::MAX, u64::MAX), None);
     }
 
     #[test]

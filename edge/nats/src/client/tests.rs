@@ -211,8 +211,7 @@ async fn publishes_with_split_reads_server_ping_and_out_of_order_replies() {
     assert!(
         matches!(
             &r[0],
-            Err(NatsError::JetStream {
-                code: 503,
+            Err(NatsError::StreamFull {
                 err_code: 10077,
                 ..
             })
