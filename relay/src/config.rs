@@ -11,6 +11,8 @@ use spoor_core::contract::{DEFAULT_CONSUMER, DEFAULT_EVENTS_STREAM, DEFAULT_PART
 use spoor_runtime::nats::{NatsArgs, NatsConnectError, NatsEndpoint};
 
 use crate::batcher::BatchLimits;
+use crate::refused::parse_projects;
+pub use crate::refused::Projects;
 use crate::ring::RingLimits;
 use spoor_store::retention::{self, Retention};
 
@@ -62,6 +64,10 @@ pub struct RelayConfig {
     /// How long a region-wide debug lookup (`GET /debug/device`) waits for
     /// the relays' answers.
     pub debug_timeout: Duration,
+    /// The projects whose rows are inserted; frames of others (and of an
+    /// empty project id, always) go to the dead letters as
+    /// `unknown_project`.
+    pub projects: Projects,
 }
 
 /// Where and as whom the relay writes.
@@ -95,6 +101,7 @@ impl RelayConfig {
             ring: RingLimits::default(),
             partitions: DEFAULT_PARTITIONS,
             debug_timeout: Duration::from_millis(300),
+            projects: Projects::AnyNonEmpty,
         }
     }
 
@@ -219,6 +226,12 @@ pub struct RunArgs {
     /// How long GET /debug/device waits for every relay's answer.
     #[arg(long, env = "SPOOR_DEBUG_TIMEOUT_MS", default_value_t = 300)]
     pub debug_timeout_ms: u64,
+    /// The projects this relay inserts, comma-separated (the projects of the
+    /// edge's WRITE_KEYS). Frames of any other project, and of an empty
+    /// project id, go to the dead letters as `unknown_project`. Unset: every
+    /// non-empty project id is inserted.
+    #[arg(long, env = "SPOOR_PROJECTS", value_parser = parse_projects)]
+    pub projects: Option<std::collections::BTreeSet<String>>,
 }
 
 impl ConnectionArgs {
@@ -269,6 +282,10 @@ impl RunArgs {
         };
         config.partitions = self.partitions;
         config.debug_timeout = Duration::from_millis(self.debug_timeout_ms);
+        config.projects = match self.projects {
+            Some(list) => Projects::Only(list),
+            None => Projects::AnyNonEmpty,
+        };
         Ok(config)
     }
 }
@@ -389,6 +406,18 @@ mod tests {
         assert_eq!(r.partitions, 4);
         assert_eq!(d.ring, crate::ring::RingLimits::default());
         assert!(Flags::try_parse_from(["relay", "--partitions", "0"]).is_err());
+        assert_eq!(d.projects, super::Projects::AnyNonEmpty);
+        let p = Flags::try_parse_from(["relay", "--projects", "shop,demo"])
+            .unwrap()
+            .run
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            p.projects,
+            super::Projects::Only(["demo".to_string(), "shop".to_string()].into())
+        );
+        assert!(Flags::try_parse_from(["relay", "--projects", ""]).is_err());
+        assert!(Flags::try_parse_from(["relay", "--projects", "a,,b"]).is_err());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! - **Ack only after insert.** A message's ack token sits in the `Batcher`
 //!   next to its rows and leaves only through `Batcher::take`, which runs
-//!   after `ClickHouseSink::insert` returned `Ok`.
+//!   after `ClickHouseSink::insert_isolating` returned `Ok` and the rows it
+//!   refused are in stored dead letters (see `refused`).
 //! - **Bounded memory.** The buffer is flushed as soon as a frame takes it
 //!   past a bound, so it exceeds `max_rows`/`max_bytes` by at most one frame.
 //!   While an insert fails, the loop retries it with backoff and does not
@@ -23,7 +24,8 @@
 //! deadline. If the drain times out, the remaining messages are NAKed so
 //! another relay gets them at once instead of after `ack_wait`.
 //!
-//! It never panics on input: a frame that fails to decode is counted and
+//! It never panics on input: a frame that fails to decode, a frame of a
+//! project not served and a row ClickHouse refuses are counted and
 //! dead-lettered, and every other failure is retried.
 
 use std::future::Future;
@@ -48,6 +50,7 @@ use crate::dedup::{DedupWindow, Delivery, Origin, Verdict};
 use crate::health::Health;
 use crate::internal_events::*;
 use crate::metrics::Metrics;
+use crate::refused::{self, FlushError, Refusals};
 use crate::sink::clickhouse::SinkError;
 use crate::sink::clickhouse::{ClickHouseSink, EventRow};
 use crate::source::claims::{ClaimPublisher, Claimed};
@@ -71,6 +74,9 @@ pub(crate) struct Pipeline {
     claims: Claims,
     /// The debug ring's feed: sends never wait.
     ring: RingFeed,
+    /// Frames of projects not served, and rows ClickHouse refuses: to the
+    /// dead letters (see `refused`).
+    refusals: Refusals,
     /// Ids of buffered rows that may already be in ClickHouse: rows of
     /// redelivered messages, and the whole buffer after a failed insert
     /// attempt (it may have succeeded on the server). Checked, and the
@@ -116,6 +122,7 @@ impl Pipeline {
         let batcher = Batcher::new(config.batch);
         let window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let dedup = DedupWindow::new(window_ms, config.dedup_max_ids);
+        let refusals = Refusals::new(config.projects.clone(), config.partitions);
         Pipeline {
             config,
             client,
@@ -125,6 +132,7 @@ impl Pipeline {
             dedup,
             claims,
             ring,
+            refusals,
             unverified: HashSet::new(),
             metrics,
             health,
@@ -301,6 +309,26 @@ impl Pipeline {
                     return;
                 }
             };
+        // Frames of projects this relay does not serve go to the dead letters
+        // before dedup sees their events.
+        let Some(batches) = self
+            .refusals
+            .screen(
+                batches,
+                &message,
+                &origin,
+                stream_at_ms,
+                &self.client,
+                &self.metrics,
+                &self.ring,
+            )
+            .await
+        else {
+            return;
+        };
+        // A replayed dead letter of rows: never stored, so not a duplicate
+        // of its own earlier copies; checked against ClickHouse instead.
+        let rows_replay = refused::is_rows_replay(&message);
         self.take_claims();
         let now = self.now_ms();
         let total: usize = batches.iter().map(|b| b.events.len()).sum();
@@ -320,7 +348,12 @@ impl Pipeline {
                 // Marked as this relay's as the row enters the buffer: the row
                 // then either reaches ClickHouse or stays buffered for retry, so
                 // dropping a later copy never loses the event.
-                match self.dedup.observe(event.event_id, delivery, now) {
+                let verdict = if rows_replay {
+                    Verdict::KeepIfNotStored
+                } else {
+                    self.dedup.observe(event.event_id, delivery, now)
+                };
+                match verdict {
                     Verdict::Duplicate(Origin::Own) => own += 1,
                     Verdict::Duplicate(Origin::Claimed) => claimed += 1,
                     verdict => {
@@ -455,7 +488,19 @@ impl Pipeline {
             let mut stopped_at = None;
             let insert = async {
                 self.drop_stored_rows().await?;
-                self.sink.insert(self.batcher.rows()).await
+                // Rows ClickHouse refuses are isolated, and dead-lettered
+                // before anything is acked.
+                let isolated = self.sink.insert_isolating(self.batcher.rows()).await?;
+                self.refusals
+                    .dead_letter_rejected(
+                        self.batcher.rows(),
+                        &isolated,
+                        &self.client,
+                        &self.metrics,
+                        &self.ring,
+                    )
+                    .await?;
+                Ok::<_, FlushError>(isolated)
             };
             let result = match drain_deadline {
                 Some(deadline) => tokio::time::timeout_at(deadline, insert).await.ok(),
@@ -478,7 +523,8 @@ impl Pipeline {
                 return Flushed::Abandoned;
             };
             match result {
-                Ok(()) => {
+                Ok(isolated) => {
+                    Refusals::drop_rejected(&mut self.batcher, &isolated);
                     let latency = started.elapsed();
                     let inserted: Vec<(String, Uuid)> = self
                         .batcher
@@ -493,6 +539,7 @@ impl Pipeline {
                         });
                     }
                     let drained = self.batcher.take();
+                    self.refusals.forget();
                     EventsInserted {
                         rows: drained.rows,
                         bytes: drained.bytes,
@@ -514,6 +561,7 @@ impl Pipeline {
                         .extend(self.batcher.rows().iter().map(|r| r.event_id));
                     let retry_in = backoff(attempt, self.config.max_retry_backoff);
                     InsertFailed {
+                        error_type: error.error_type(),
                         error: &error,
                         rows: self.batcher.row_count(),
                         attempt,

@@ -18,6 +18,7 @@ mod faults;
 mod funnels;
 mod harness;
 mod nats_security;
+mod poison;
 mod reconcile;
 mod relay;
 mod relay_dedup;

@@ -5,18 +5,21 @@
 //! Events carry only what they report; they must not make decisions or do
 //! I/O. Every failure names its [`Stage`] and an `error_type`, in its log
 //! line and in `spoor_relay_errors_total{stage, error_type}`. One file per
-//! part of the relay: `source`, `dedup`, `sink`, `debug`, `retention`.
+//! part of the relay: `source`, `dedup`, `sink`, `refused`, `debug`,
+//! `retention`.
 
 use crate::metrics::Metrics;
 
 mod debug;
 mod dedup;
+mod refused;
 mod retention;
 mod sink;
 mod source;
 
 pub use debug::*;
 pub use dedup::*;
+pub use refused::*;
 pub use retention::*;
 pub use sink::*;
 pub use source::*;
@@ -33,6 +36,8 @@ pub enum Stage {
     DeadLetter,
     /// Announcing or following the claims stream.
     Claim,
+    /// Checking what a decoded frame may insert (its project).
+    Validate,
     /// Inserting rows into ClickHouse (including the presence check).
     Insert,
     /// Acking, progress-acking or NAKing messages.
@@ -54,6 +59,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::DeadLetter => "dead_letter",
             Stage::Claim => "claim",
+            Stage::Validate => "validate",
             Stage::Insert => "insert",
             Stage::Ack => "ack",
             Stage::Ring => "ring",
