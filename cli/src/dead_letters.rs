@@ -9,7 +9,11 @@
 //! original id may still be inside JetStream's duplicate window (the copy
 //! would be dropped), and a deterministic id makes a replay repeated after a
 //! crash before the delete a JetStream duplicate. It never touches frames
-//! that are not dead letters.
+//! that are not dead letters. A dead letter of rows (`Spoor-Dead-Rows`)
+//! replays the same way, marked `Spoor-Replay-Of-Dead-Rows` instead of
+//! `Spoor-Replay-Of-Stream-Seq`: its original is not superseded (its other
+//! rows are stored), and the relay checks ClickHouse for its events rather
+//! than dropping them as duplicates of their first copies.
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -34,8 +38,12 @@ pub struct DeadLetter {
     pub original_msg_id: String,
     pub original_stream_seq: Option<u64>,
     pub original_time: String,
-    /// Payload bytes (the original frame).
+    /// Payload bytes (the original frame, or the rows re-encoded).
     pub size: usize,
+    /// Events it holds when it holds rows of a decoded frame, re-encoded
+    /// (`Spoor-Dead-Rows`: an unknown project, rows ClickHouse refused),
+    /// rather than the original bytes.
+    pub rows: Option<u64>,
     #[serde(skip)]
     pub payload: Bytes,
 }
@@ -65,6 +73,7 @@ impl DeadLetter {
                 .and_then(|s| s.trim().parse().ok()),
             original_time: text(header::ORIGINAL_TIME),
             size: m.payload.len(),
+            rows: m.header(header::ROWS).and_then(|s| s.trim().parse().ok()),
             payload: m.payload,
         }
     }
@@ -235,7 +244,12 @@ async fn replay_one(
     let msg_id = letter.replay_msg_id();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(header::NATS_MSG_ID, msg_id.as_str());
-    if let Some(seq) = letter.original_stream_seq {
+    if letter.rows.is_some() {
+        // Rows of a frame whose other rows are stored: the original is not
+        // superseded, and the relay must not take these events for
+        // duplicates of their first (never stored) copies.
+        headers.insert(header::REPLAY_OF_DEAD_ROWS, letter.seq.to_string().as_str());
+    } else if let Some(seq) = letter.original_stream_seq {
         // Lets `spoor reconcile` count the original frame as superseded.
         headers.insert(header::REPLAY_OF_STREAM_SEQ, seq.to_string().as_str());
     }

@@ -40,7 +40,9 @@ pub const DEAD_FILTER: &str = "spoor.dead.>";
 /// Header names on a dead letter. The relay writes them; `spoor
 /// dead-letters` and `spoor reconcile` read them back.
 pub mod dead_letter_header {
-    /// The `DecodeError::kind()` label, e.g. `bad_magic`.
+    /// The `DecodeError::kind()` label, e.g. `bad_magic`, or why rows of a
+    /// decoded frame were not inserted (`unknown_project`,
+    /// `rejected_by_clickhouse`).
     pub const REASON: &str = "Spoor-Dead-Reason";
     /// The decode error's text, for a person.
     pub const DETAIL: &str = "Spoor-Dead-Detail";
@@ -53,6 +55,17 @@ pub mod dead_letter_header {
     pub const ORIGINAL_TIME: &str = "Spoor-Original-Time";
     /// On a replayed frame: the events-stream sequence of the frame it replays.
     pub const REPLAY_OF_STREAM_SEQ: &str = "Spoor-Replay-Of-Stream-Seq";
+    /// On a dead letter that holds some events of the original message,
+    /// re-encoded as a frame (or a bundle) of the events stream's format,
+    /// rather than the original bytes: how many events it holds. The
+    /// relay writes it for rows it would not insert (`unknown_project`,
+    /// `rejected_by_clickhouse`); the rest of the original was inserted.
+    pub const ROWS: &str = "Spoor-Dead-Rows";
+    /// On a replayed rows dead letter (one with [`ROWS`]), instead of
+    /// [`REPLAY_OF_STREAM_SEQ`]: the dead letter's sequence. Its events were
+    /// never stored, so the relay does not drop them as duplicates of the
+    /// original's copies; it checks ClickHouse for them instead.
+    pub const REPLAY_OF_DEAD_ROWS: &str = "Spoor-Replay-Of-Dead-Rows";
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 }
 

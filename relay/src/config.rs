@@ -11,6 +11,8 @@ use spoor_core::contract::{DEFAULT_CONSUMER, DEFAULT_EVENTS_STREAM, DEFAULT_PART
 use spoor_runtime::nats::{NatsArgs, NatsConnectError, NatsEndpoint};
 
 use crate::batcher::BatchLimits;
+use crate::refused::parse_projects;
+pub use crate::refused::Projects;
 use crate::ring::RingLimits;
 pub use crate::source::nats::StreamLimits;
 use spoor_core::fullness::{parse_threshold, DEFAULT_DEGRADED_AT};
@@ -78,6 +80,10 @@ pub struct RelayConfig {
     /// Fullness of the events stream at which `/healthz` says "degraded"
     /// (polled every `lag_poll_interval`).
     pub stream_degraded_at: f64,
+    /// The projects whose rows are inserted; frames of others (and of an
+    /// empty project id, always) go to the dead letters as
+    /// `unknown_project`.
+    pub projects: Projects,
 }
 
 /// Where and as whom the relay writes.
@@ -115,6 +121,7 @@ impl RelayConfig {
             lease_ttl: Duration::from_secs(15),
             stream_limits: StreamLimits::default(),
             stream_degraded_at: DEFAULT_DEGRADED_AT,
+            projects: Projects::AnyNonEmpty,
         }
     }
 
@@ -263,6 +270,12 @@ pub struct RunArgs {
     /// and messages/max_msgs) at which /healthz says "degraded".
     #[arg(long, env = "SPOOR_STREAM_FULLNESS_DEGRADED", default_value = "0.8", value_parser = parse_threshold)]
     pub stream_fullness_degraded: f64,
+    /// The projects this relay inserts, comma-separated (the projects of the
+    /// edge's WRITE_KEYS). Frames of any other project, and of an empty
+    /// project id, go to the dead letters as `unknown_project`. Unset: every
+    /// non-empty project id is inserted.
+    #[arg(long, env = "SPOOR_PROJECTS", value_parser = parse_projects)]
+    pub projects: Option<std::collections::BTreeSet<String>>,
 }
 
 impl ConnectionArgs {
@@ -320,6 +333,10 @@ impl RunArgs {
         config.debug_timeout = Duration::from_millis(self.debug_timeout_ms);
         config.lease_ttl = Duration::from_secs(self.lease_ttl_secs);
         config.stream_degraded_at = self.stream_fullness_degraded;
+        config.projects = match self.projects {
+            Some(list) => Projects::Only(list),
+            None => Projects::AnyNonEmpty,
+        };
         Ok(config)
     }
 }
@@ -490,6 +507,18 @@ mod tests {
         ] {
             assert!(Flags::try_parse_from(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(d.projects, super::Projects::AnyNonEmpty);
+        let p = Flags::try_parse_from(["relay", "--projects", "shop,demo"])
+            .unwrap()
+            .run
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            p.projects,
+            super::Projects::Only(["demo".to_string(), "shop".to_string()].into())
+        );
+        assert!(Flags::try_parse_from(["relay", "--projects", ""]).is_err());
+        assert!(Flags::try_parse_from(["relay", "--projects", "a,,b"]).is_err());
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! The relay must never ack a message before every row decoded from it is
 //! in ClickHouse, never grow its buffer while inserts fail, and never panic
 //! on a frame's content. It does no event validation or enrichment of its
-//! own: that happened at the edge, in `spoor_core`.
+//! own (that happened at the edge, in `spoor_core`) beyond checking each
+//! frame's project against `--projects` (see [`refused`]).
 
 pub mod batcher;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod internal_events;
 pub mod metrics;
 pub mod ownership;
 mod pipeline;
+pub mod refused;
 pub mod ring;
 pub mod sink;
 pub mod source;
@@ -82,6 +84,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
     config.validate()?;
+    match &config.projects {
+        refused::Projects::AnyNonEmpty => {
+            tracing::info!("--projects is unset: rows of every non-empty project id are inserted")
+        }
+        refused::Projects::Only(list) => tracing::info!(
+            projects = %list.iter().cloned().collect::<Vec<_>>().join(","),
+            "inserting only these projects; others go to the dead letters"
+        ),
+    }
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(health::Health::default());
     let mut tasks = Supervisor::<SourceError>::new();

@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Every failure, by stage and error type: use [`Metrics::error`].
     pub errors: ErrorCounter,
     pub dead_lettered: LabeledCounter,
+    pub rows_dead_lettered: LabeledCounter,
+    pub rows_rejected: Counter,
+    pub isolation_inserts: Counter,
     pub events_deduped: Counter,
     pub deduped_by_layer: LabeledCounter,
     pub partitions_owned: Gauge,
@@ -82,6 +85,9 @@ impl Metrics {
             frames_decoded: Counter::default(),
             errors: ErrorCounter::default(),
             dead_lettered: LabeledCounter::default(),
+            rows_dead_lettered: LabeledCounter::default(),
+            rows_rejected: Counter::default(),
+            isolation_inserts: Counter::default(),
             events_deduped: Counter::default(),
             deduped_by_layer: LabeledCounter::default(),
             partitions_owned: Gauge::default(),
@@ -138,13 +144,28 @@ impl Metrics {
         );
         r.register(
             "errors",
-            "Failures, one per failed operation, by stage (fetch, decode, dead_letter, claim, insert, ack, ring, debug, retention, shutdown) and error type",
+            "Failures, one per failed operation, by stage (fetch, decode, validate, dead_letter, claim, insert, ack, ring, debug, retention, shutdown) and error type",
             m.errors.clone(),
         );
         r.register(
             "dead_lettered",
-            "Frames moved to the dead-letter stream (PubAck received, original acked), by reason",
+            "Dead letters stored (PubAck received), by reason: undecodable frames (the original acked at once) and rows the relay would not insert (the original acked with its other rows)",
             m.dead_lettered.clone(),
+        );
+        r.register(
+            "rows_dead_lettered",
+            "Events of decoded frames moved to the dead-letter stream, by reason (unknown_project, rejected_by_clickhouse)",
+            m.rows_dead_lettered.clone(),
+        );
+        r.register(
+            "rows_rejected",
+            "Rows ClickHouse refused for what they hold, found by splitting the refused insert",
+            m.rows_rejected.clone(),
+        );
+        r.register(
+            "isolation_inserts",
+            "Inserts made while isolating refused rows (the refused insert included)",
+            m.isolation_inserts.clone(),
         );
         r.register(
             "events_deduped",

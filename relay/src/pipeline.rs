@@ -6,7 +6,8 @@
 //!
 //! - **Ack only after insert.** A message's ack token sits in the `Batcher`
 //!   next to its rows and leaves only through `Batcher::take`, which runs
-//!   after `ClickHouseSink::insert` returned `Ok`.
+//!   after `ClickHouseSink::insert_isolating` returned `Ok` and the rows it
+//!   refused are in stored dead letters (see `refused`).
 //! - **Insert only under a valid lease.** Rows are buffered by partition,
 //!   and before and during every presence check and insert the pipeline
 //!   checks each buffered partition's lease (`ownership::Fence`): a
@@ -40,7 +41,8 @@
 //! remaining messages are NAKed so another relay gets them at once instead
 //! of after `ack_wait`.
 //!
-//! It never panics on input: a frame that fails to decode is counted and
+//! It never panics on input: a frame that fails to decode, a frame of a
+//! project not served and a row ClickHouse refuses are counted and
 //! dead-lettered, and every other failure is retried.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -64,6 +66,7 @@ use crate::internal_events::*;
 use crate::metrics::Metrics;
 use crate::ownership::leases::Progress;
 use crate::ownership::{Fence, Ownership};
+use crate::refused::{self, FlushError, Refusals};
 use crate::sink::clickhouse::SinkError;
 use crate::sink::clickhouse::{ClickHouseSink, EventRow};
 use crate::source::dead_letter;
@@ -98,6 +101,9 @@ pub(crate) struct Pipeline {
     progress: Arc<Progress>,
     /// The debug ring's feed: sends never wait.
     ring: RingFeed,
+    /// Frames of projects not served, and rows ClickHouse refuses: to the
+    /// dead letters (see `refused`).
+    refusals: Refusals,
     /// Keys of buffered rows that may already be in ClickHouse: rows of
     /// redelivered messages, and the whole buffer after a failed insert
     /// attempt (it may have succeeded on the server). Checked, and the
@@ -179,6 +185,7 @@ impl Pipeline {
         let sink = ClickHouseSink::new(&config.clickhouse, config.ack_wait);
         let batcher = Batcher::new(config.batch);
         let (fetched_tx, fetched) = mpsc::channel(config.fetch_max_messages.max(1));
+        let refusals = Refusals::new(config.projects.clone(), config.partitions);
         Pipeline {
             js: async_nats::jetstream::new(client.clone()),
             config,
@@ -196,6 +203,7 @@ impl Pipeline {
             fence,
             progress,
             ring,
+            refusals,
             unverified: HashSet::new(),
             metrics,
             health,
@@ -507,6 +515,29 @@ impl Pipeline {
                     return;
                 }
             };
+        if !self.windows.contains_key(&partition) {
+            return;
+        }
+        // Frames of projects this relay does not serve go to the dead letters
+        // before dedup sees their events.
+        let Some(batches) = self
+            .refusals
+            .screen(
+                batches,
+                &message,
+                &origin,
+                stream_at_ms,
+                &self.client,
+                &self.metrics,
+                &self.ring,
+            )
+            .await
+        else {
+            return;
+        };
+        // A replayed dead letter of rows: never stored, so not a duplicate
+        // of its own earlier copies; checked against ClickHouse instead.
+        let rows_replay = refused::is_rows_replay(&message);
         let now = self.now_ms();
         let Some(window) = self.windows.get_mut(&partition) else {
             return;
@@ -528,7 +559,12 @@ impl Pipeline {
                 // Marked as this relay's as the row enters the buffer: the row
                 // then either reaches ClickHouse or stays buffered for retry, so
                 // dropping a later copy never loses the event.
-                match window.observe(key, delivery, now) {
+                let verdict = if rows_replay {
+                    Verdict::KeepIfNotStored
+                } else {
+                    window.observe(key, delivery, now)
+                };
+                match verdict {
                     Verdict::Duplicate(Origin::Own) => own += 1,
                     Verdict::Duplicate(Origin::Claimed) => recent += 1,
                     verdict => {
@@ -763,21 +799,28 @@ impl Pipeline {
                         self.drop_stored_rows(n, stored, started);
                     }
                     let inserted = Instant::now();
-                    match self
-                        .race(
-                            self.sink.insert(self.batcher.rows()),
-                            &epochs,
-                            &mut deadline,
-                            shutdown,
-                        )
-                        .await
-                    {
-                        Raced::Done(r) => Raced::Done(r.map(|()| inserted)),
+                    // Rows ClickHouse refuses are isolated, and dead-lettered
+                    // before anything is acked.
+                    let insert = async {
+                        let isolated = self.sink.insert_isolating(self.batcher.rows()).await?;
+                        self.refusals
+                            .dead_letter_rejected(
+                                self.batcher.rows(),
+                                &isolated,
+                                &self.client,
+                                &self.metrics,
+                                &self.ring,
+                            )
+                            .await?;
+                        Ok::<_, FlushError>(isolated)
+                    };
+                    match self.race(insert, &epochs, &mut deadline, shutdown).await {
+                        Raced::Done(r) => Raced::Done(r.map(|isolated| (isolated, inserted))),
                         Raced::Fenced => Raced::Fenced,
                         Raced::Abandoned => Raced::Abandoned,
                     }
                 }
-                Raced::Done(Err(e)) => Raced::Done(Err(e)),
+                Raced::Done(Err(e)) => Raced::Done(Err(FlushError::from(e))),
                 Raced::Fenced => Raced::Fenced,
                 Raced::Abandoned => Raced::Abandoned,
             };
@@ -792,7 +835,8 @@ impl Pipeline {
                     self.mark_buffer_unverified();
                     continue;
                 }
-                Raced::Done(Ok(inserted)) => {
+                Raced::Done(Ok((isolated, inserted))) => {
+                    Refusals::drop_rejected(&mut self.batcher, &isolated);
                     self.inserted(reason, attempt, inserted.elapsed()).await;
                     return Flushed::Inserted;
                 }
@@ -805,6 +849,7 @@ impl Pipeline {
             self.paused.send_replace(true);
             let retry_in = backoff(attempt, self.config.max_retry_backoff);
             InsertFailed {
+                error_type: error.error_type(),
                 error: &error,
                 rows: self.batcher.row_count(),
                 attempt,
@@ -866,6 +911,7 @@ impl Pipeline {
             });
         }
         let drained = self.batcher.take();
+        self.refusals.forget();
         EventsInserted {
             rows: drained.rows,
             bytes: drained.bytes,

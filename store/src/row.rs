@@ -17,7 +17,7 @@
 //! Pure: no I/O, no clock.
 
 use serde::{Deserialize, Serialize};
-use spoor_core::{Event, WireBatch};
+use spoor_core::{Context, Device, Event, Geo, WireBatch};
 
 use crate::date::{event_date, event_time};
 
@@ -182,6 +182,67 @@ impl EventRow {
         }
     }
 
+    /// The event this row was made from: [`EventRow::new`]'s inverse for
+    /// the event's own fields (`event_date` and `event_time` are derived
+    /// from `ts_ms` and come back the same).
+    pub fn to_event(&self) -> Event {
+        Event {
+            event_id: self.event_id,
+            event_id_derived: self.event_id_derived != 0,
+            event: self.event.clone(),
+            user_id: self.user_id.clone(),
+            anonymous_id: self.anonymous_id.clone(),
+            session_id: self.session_id.clone(),
+            client_ts_ms: self.client_ts_ms,
+            ts_ms: self.ts_ms,
+            properties: self.properties.clone(),
+            context: Context {
+                page_url: self.page_url.clone(),
+                page_path: self.page_path.clone(),
+                page_referrer: self.page_referrer.clone(),
+                page_title: self.page_title.clone(),
+                app_name: self.app_name.clone(),
+                app_version: self.app_version.clone(),
+                library_name: self.library_name.clone(),
+                library_version: self.library_version.clone(),
+                locale: self.locale.clone(),
+                screen_width: self.screen_width,
+                screen_height: self.screen_height,
+            },
+        }
+    }
+
+    /// The request-level half of the batch this row came from, without
+    /// events: everything [`EventRow::new`] copied from the batch.
+    pub fn batch_header(&self) -> WireBatch {
+        WireBatch {
+            batch_id: self.batch_id.clone(),
+            project_id: self.project_id.clone(),
+            region: self.edge_region.clone(),
+            received_at_ms: self.received_at_ms,
+            sent_at_ms: self.sent_at_ms,
+            geo: Geo {
+                country: self.country.clone(),
+                region: self.region.clone(),
+                city: self.city.clone(),
+                timezone: self.timezone.clone(),
+                continent: self.continent.clone(),
+                colo: self.colo.clone(),
+                asn: self.asn,
+            },
+            device: Device {
+                browser: self.browser.clone(),
+                browser_version: self.browser_version.clone(),
+                os: self.os.clone(),
+                os_version: self.os_version.clone(),
+                device_type: self.device_type.clone(),
+                is_bot: self.is_bot != 0,
+            },
+            ip_prefix: self.ip_prefix.clone(),
+            events: Vec::new(),
+        }
+    }
+
     /// Roughly the row's RowBinary size: string bytes plus their length
     /// prefixes plus the fixed-width columns. Used for the byte bound only.
     pub fn estimated_size(&self) -> usize {
@@ -223,6 +284,33 @@ impl EventRow {
     }
 }
 
+/// The batches `rows` were made from, rebuilt: rows of one batch (same
+/// header, see [`EventRow::batch_header`]) become one `WireBatch` holding
+/// their events in the rows' order; batches come in order of their first
+/// row. Encoded with `spoor_core::encode_batch`, these are frames the relay
+/// reads back as the same rows (how rows it will not insert become a
+/// replayable dead letter).
+pub fn batches_of<'a>(rows: impl IntoIterator<Item = &'a EventRow>) -> Vec<WireBatch> {
+    // Headers (events empty) beside their batches, so a lookup compares
+    // headers only.
+    let mut headers: Vec<WireBatch> = Vec::new();
+    let mut batches: Vec<WireBatch> = Vec::new();
+    for row in rows {
+        let header = row.batch_header();
+        let event = row.to_event();
+        match headers.iter().position(|h| *h == header) {
+            Some(i) => batches[i].events.push(event),
+            None => {
+                let mut batch = header.clone();
+                batch.events.push(event);
+                headers.push(header);
+                batches.push(batch);
+            }
+        }
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use clickhouse::Row as _;
@@ -249,6 +337,92 @@ mod tests {
 
     fn list(columns: &str) -> Vec<String> {
         columns.split(',').map(|c| c.trim().to_string()).collect()
+    }
+
+    #[test]
+    fn rows_give_back_the_batches_they_were_made_from() {
+        use spoor_core::{Context, Device, Event, Geo, WireBatch};
+        let event = |n: u128, ctx: Context| Event {
+            event_id: uuid::Uuid::from_u128(n),
+            event_id_derived: n.is_multiple_of(2),
+            event: format!("e{n}"),
+            user_id: "u".into(),
+            anonymous_id: format!("a{n}"),
+            session_id: "s".into(),
+            client_ts_ms: if n == 1 {
+                None
+            } else {
+                Some(1_700_000_000_000)
+            },
+            ts_ms: 1_700_000_000_123 + n as i64,
+            properties: r#"{"k":1}"#.into(),
+            context: ctx,
+        };
+        let a = WireBatch {
+            batch_id: "b-a".into(),
+            project_id: "shop".into(),
+            region: "eu-west".into(),
+            received_at_ms: 1_700_000_000_500,
+            sent_at_ms: Some(1_700_000_000_400),
+            geo: Geo {
+                country: "DE".into(),
+                region: "BE".into(),
+                city: "Berlin".into(),
+                timezone: "Europe/Berlin".into(),
+                continent: "EU".into(),
+                colo: "TXL".into(),
+                asn: 3320,
+            },
+            device: Device {
+                browser: "Firefox".into(),
+                browser_version: "120".into(),
+                os: "Linux".into(),
+                os_version: "6".into(),
+                device_type: "desktop".into(),
+                is_bot: true,
+            },
+            ip_prefix: "10.1.2.0/24".into(),
+            events: vec![
+                event(1, Context::default()),
+                event(
+                    2,
+                    Context {
+                        page_url: "https://x/y".into(),
+                        page_path: "/y".into(),
+                        page_referrer: "r".into(),
+                        page_title: "t".into(),
+                        app_name: "an".into(),
+                        app_version: "av".into(),
+                        library_name: "ln".into(),
+                        library_version: "lv".into(),
+                        locale: "de".into(),
+                        screen_width: 1920,
+                        screen_height: 1080,
+                    },
+                ),
+            ],
+        };
+        let b = WireBatch {
+            batch_id: "b-b".into(),
+            sent_at_ms: None,
+            events: vec![event(3, Context::default())],
+            ..a.clone()
+        };
+        let rows_of = |batch: &WireBatch| -> Vec<EventRow> {
+            batch
+                .events
+                .iter()
+                .map(|e| EventRow::new(batch, e.clone()))
+                .collect()
+        };
+        let (ra, rb) = (rows_of(&a), rows_of(&b));
+        // Interleaved rows still group by batch, in order of first row.
+        let rows = [ra[0].clone(), rb[0].clone(), ra[1].clone()];
+        assert_eq!(super::batches_of(&rows), vec![a.clone(), b]);
+        // Through the frame and back, the rows are the same rows.
+        let frame = spoor_core::encode_batch(&super::batches_of(&ra)[0]).unwrap();
+        let decoded = spoor_core::decode_batch(&frame, 1 << 20).unwrap();
+        assert_eq!(rows_of(&decoded), ra);
     }
 
     #[test]

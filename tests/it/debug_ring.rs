@@ -424,6 +424,8 @@ async fn a_killed_relay_rebuilds_its_ring_from_the_stream() {
         nats_nkey_file: Some(nats.seed_path(NatsRole::Relay)),
         clickhouse_url: ch.http_url(),
         database: db.clone(),
+        // The fixtures' project, which every frame here carries.
+        projects: vec![spoor_tests::fixtures::batch("p", vec![]).project_id],
         args,
     };
     let r1 = RelayProcess::start(process_config.clone()).unwrap();

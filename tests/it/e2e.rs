@@ -48,6 +48,8 @@ fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConf
     );
     config.batch.flush_interval_ms = 200;
     config.lag_poll_interval = Duration::from_millis(200);
+    // The edge's one project (its WRITE_KEYS), as a deployment would list it.
+    config.projects = spoor_relay::config::Projects::Only([PROJECT.to_string()].into());
     config
 }
 

@@ -199,6 +199,7 @@ impl Stack {
             nats_nkey_file: Some(nats.seed_path(NatsRole::Relay)),
             clickhouse_url: ch.http_url(),
             database: db.clone(),
+            projects: vec![PROJECT.to_string()],
             args,
         };
         // The first relay creates the stream the edge publishes to.

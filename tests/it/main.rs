@@ -20,6 +20,7 @@ mod harness;
 mod nats_cluster;
 mod nats_security;
 mod ownership;
+mod poison;
 mod reconcile;
 mod relay;
 mod relay_dedup;

@@ -33,6 +33,11 @@ pub struct RelayProcessConfig {
     pub nats_nkey_file: Option<PathBuf>,
     pub clickhouse_url: String,
     pub database: String,
+    /// `--projects`: the projects the relay inserts (those of the edge's
+    /// `WRITE_KEYS`, or of the frames a test publishes); frames of others
+    /// are dead-lettered. Empty: the flag is left out, and every non-empty
+    /// project is inserted.
+    pub projects: Vec<String>,
     /// Extra flags for `spoor-relay run`, e.g. `["--flush-interval-ms", "200"]`.
     pub args: Vec<String>,
 }
@@ -99,6 +104,12 @@ impl RelayProcess {
             .args(["--clickhouse-url", &config.clickhouse_url])
             .args(["--clickhouse-db", &config.database])
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(
+                (!config.projects.is_empty())
+                    .then(|| ["--projects".to_string(), config.projects.join(",")])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&config.args)
             .env("RUST_LOG", "info")
             .tied_to_parent(Signal::SIGKILL)

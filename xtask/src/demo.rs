@@ -353,6 +353,9 @@ fn start_relay(
     ])
     .args(["--clickhouse-db", DB])
     .args(["--listen", &format!("127.0.0.1:{relay_port}")])
+    // The edge's one project (WRITE_KEYS in wrangler.toml): frames of any
+    // other go to the dead letters.
+    .args(["--projects", PROJECT])
     // Its log goes to a file: no ANSI colours (tracing-subscriber honours NO_COLOR).
     .env("NO_COLOR", "1");
     let s = services.push(Service::start("spoor-relay", cmd, &dir.join("relay.log"))?);

@@ -23,15 +23,27 @@ use crate::stream_read::{self, ReadError};
 /// the 256 KiB `max_query_size` default.
 const IDS_PER_QUERY: usize = 2_000;
 
-/// Dead letters of `stream`'s frames, by original sequence: (reason, bytes).
-/// A frame is dead-lettered after it was stored, so reading from `since` on
-/// finds every dead letter of a frame stored in the window.
+/// What `SPOOR_DEAD` says about `stream`'s frames.
+#[derive(Debug, Default)]
+pub(super) struct DeadLetters {
+    /// Dead letters of whole frames, by original sequence: (reason, bytes).
+    pub frames: HashMap<u64, (String, u64)>,
+    /// Events of dead letters of rows (`Spoor-Dead-Rows`), by id: reason.
+    pub events: HashMap<Uuid, String>,
+}
+
+/// Dead letters of `stream`'s frames. A frame (or rows of it) is
+/// dead-lettered after it was stored, so reading from `since` on finds
+/// every dead letter of a frame stored in the window. A dead letter of
+/// rows that does not decode (up to `max_frame_bytes`) counts as one of
+/// its whole frame.
 pub(super) async fn dead_letters_of(
     js: &jetstream::Context,
     stream: &str,
     since: OffsetDateTime,
-) -> Result<HashMap<u64, (String, u64)>, ReconcileError> {
-    let mut dead = HashMap::new();
+    max_frame_bytes: usize,
+) -> Result<DeadLetters, ReconcileError> {
+    let mut dead = DeadLetters::default();
     let read = stream_read::read(js, DEAD_STREAM, Some(since), None, |m| {
         let of_stream = m
             .header(header::ORIGINAL_STREAM)
@@ -41,7 +53,19 @@ pub(super) async fn dead_letters_of(
             .and_then(|s| s.trim().parse::<u64>().ok());
         if let (true, Some(seq)) = (of_stream, seq) {
             let reason = m.header(header::REASON).unwrap_or("unknown").to_string();
-            dead.insert(seq, (reason, m.payload.len() as u64));
+            let rows = m
+                .header(header::ROWS)
+                .and_then(|_| spoor_core::decode_message(&m.payload, max_frame_bytes).ok());
+            match rows {
+                Some(batches) => {
+                    for event in batches.iter().flat_map(|b| &b.events) {
+                        dead.events.insert(event.event_id, reason.clone());
+                    }
+                }
+                None => {
+                    dead.frames.insert(seq, (reason, m.payload.len() as u64));
+                }
+            }
         }
     })
     .await;

@@ -31,8 +31,13 @@ pub struct Ledger {
     pub other_project_frames: u64,
     pub undecodable: Vec<UndecodableFrame>,
     pub accepted_events: u64,
-    /// Every accepted event id, where it belongs and its first frame.
+    /// Every accepted event id, where it belongs and its first frame;
+    /// without the dead-lettered ones.
     pub unique: HashMap<Uuid, Expected>,
+    /// Ids of accepted events held by dead letters of rows (not expected in
+    /// ClickHouse until replayed).
+    pub dead_events: HashSet<Uuid>,
+    pub dead_events_by_reason: BTreeMap<String, u64>,
 }
 
 impl Ledger {
@@ -46,6 +51,22 @@ impl Ledger {
         frames: impl IntoIterator<Item = (u64, P)>,
         superseded: &HashSet<u64>,
         dead: &HashMap<u64, (String, u64)>,
+        project: Option<&str>,
+        max_frame_bytes: usize,
+    ) -> Ledger {
+        let none = HashMap::new();
+        Ledger::build_with_rows(frames, superseded, dead, &none, project, max_frame_bytes)
+    }
+
+    /// [`Ledger::build`], where `dead_events` (event id -> reason) are the
+    /// events of dead letters of rows (`Spoor-Dead-Rows`: rows of a frame
+    /// that decoded, the rest of which was inserted): such an event counts
+    /// as dead-lettered, not as expected in ClickHouse.
+    pub fn build_with_rows<P: AsRef<[u8]>>(
+        frames: impl IntoIterator<Item = (u64, P)>,
+        superseded: &HashSet<u64>,
+        dead: &HashMap<u64, (String, u64)>,
+        dead_events: &HashMap<Uuid, String>,
         project: Option<&str>,
         max_frame_bytes: usize,
     ) -> Ledger {
@@ -86,6 +107,15 @@ impl Ledger {
                 ledger.frames_decoded += 1;
                 for event in batch.events {
                     ledger.accepted_events += 1;
+                    if let Some(reason) = dead_events.get(&event.event_id) {
+                        if ledger.dead_events.insert(event.event_id) {
+                            *ledger
+                                .dead_events_by_reason
+                                .entry(reason.clone())
+                                .or_default() += 1;
+                        }
+                        continue;
+                    }
                     ledger
                         .unique
                         .entry(event.event_id)

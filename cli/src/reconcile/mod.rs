@@ -12,7 +12,9 @@
 //! accepted events (with duplicates), the rest of the unique ids are
 //! in-stream duplicates (`deduped`). A frame with a dead letter in
 //! `SPOOR_DEAD` is dead-lettered (its events are unknown: frames and bytes
-//! are reported); a frame that a replay supersedes (`Spoor-Replay-Of-Stream-Seq`)
+//! are reported); the events of a dead letter of rows (`Spoor-Dead-Rows`:
+//! rows of a decoded frame the relay would not insert) are known and count
+//! as dead-lettered events, the rest of their frame as usual; a frame that a replay supersedes (`Spoor-Replay-Of-Stream-Seq`)
 //! is counted as replayed, its replay carries its events. ClickHouse is then
 //! asked which unique ids it stores and how often, pruned by project and by
 //! each event's own `event_date` (the relay's rule), in chunks.
@@ -156,8 +158,13 @@ pub struct ReconcileReport {
     pub undecodable: Vec<UndecodableFrame>,
     /// Events in decoded frames, duplicates included.
     pub accepted_events: u64,
+    /// Unique events held by dead letters of rows (an unknown project, rows
+    /// ClickHouse refused), not expected in ClickHouse until replayed.
+    pub dead_lettered_events: u64,
+    pub dead_lettered_events_by_reason: BTreeMap<String, u64>,
     pub unique_events: u64,
-    /// In-stream duplicates: `accepted_events - unique_events`.
+    /// In-stream duplicates: `accepted_events - unique_events -
+    /// dead_lettered_events`.
     pub deduped: u64,
     /// Unique ids found in ClickHouse.
     pub inserted: u64,
@@ -177,12 +184,13 @@ pub async fn reconcile(opts: &ReconcileOptions) -> Result<ReconcileReport, Recon
     let client = connect::nats(&opts.nats).await?;
     let js = jetstream::new(client);
 
-    let dead = io::dead_letters_of(&js, &opts.stream, opts.since).await?;
+    let dead = io::dead_letters_of(&js, &opts.stream, opts.since, opts.max_frame_bytes).await?;
     let (frames, superseded) = io::read_frames(&js, opts, until).await?;
-    let ledger = Ledger::build(
+    let ledger = Ledger::build_with_rows(
         frames,
         &superseded,
-        &dead,
+        &dead.frames,
+        &dead.events,
         opts.project.as_deref(),
         opts.max_frame_bytes,
     );
@@ -208,8 +216,10 @@ pub async fn reconcile(opts: &ReconcileOptions) -> Result<ReconcileReport, Recon
         other_project_frames: ledger.other_project_frames,
         undecodable: ledger.undecodable,
         accepted_events: ledger.accepted_events,
+        dead_lettered_events: ledger.dead_events.len() as u64,
+        dead_lettered_events_by_reason: ledger.dead_events_by_reason,
         unique_events,
-        deduped: ledger.accepted_events - unique_events,
+        deduped: ledger.accepted_events - unique_events - ledger.dead_events.len() as u64,
         inserted: stored.len() as u64,
         stored_rows: stored.values().sum(),
         missing,

@@ -62,15 +62,26 @@ impl ReconcileReport {
             self.dead_lettered_frames,
             self.dead_lettered_bytes
         ));
+        if self.dead_lettered_events > 0 {
+            o.push_str(&format!(
+                " + dead-lettered rows {}",
+                self.dead_lettered_events
+            ));
+        }
         if !self.missing.is_empty() {
             o.push_str(&format!(" + MISSING {}", self.missing.len()));
         }
         o.push('\n');
-        if !self.dead_lettered_by_reason.is_empty() {
+        if !self.dead_lettered_by_reason.is_empty() || self.dead_lettered_events > 0 {
             let reasons: Vec<String> = self
                 .dead_lettered_by_reason
                 .iter()
                 .map(|(r, n)| format!("{r}={n}"))
+                .chain(
+                    self.dead_lettered_events_by_reason
+                        .iter()
+                        .map(|(r, n)| format!("{r}={n} rows")),
+                )
                 .collect();
             o.push_str(&format!("dead     {}\n", reasons.join(" ")));
         }

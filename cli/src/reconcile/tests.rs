@@ -53,6 +53,8 @@ fn report() -> ReconcileReport {
         other_project_frames: 0,
         undecodable: vec![],
         accepted_events: 10,
+        dead_lettered_events: 0,
+        dead_lettered_events_by_reason: BTreeMap::new(),
         unique_events: 8,
         deduped: 2,
         inserted: 8,
@@ -76,6 +78,22 @@ fn an_exact_report_says_so_with_its_numbers() {
     assert!(text.contains("events   accepted 10 = inserted 8 + deduped 2 + dead-lettered (1 frame(s), 25 bytes, events unknown)\n"), "{text}");
     assert!(text.contains("dead     bad_magic=1\n"), "{text}");
     assert!(text.ends_with("result   EXACT\n"), "{text}");
+}
+
+#[test]
+fn dead_lettered_rows_are_part_of_the_balance() {
+    let r = ReconcileReport {
+        accepted_events: 12,
+        dead_lettered_events: 2,
+        dead_lettered_events_by_reason: BTreeMap::from([("rejected_by_clickhouse".to_string(), 2)]),
+        ..report()
+    };
+    let text = r.render(20);
+    assert!(text.contains("events   accepted 12 = inserted 8 + deduped 2 + dead-lettered (1 frame(s), 25 bytes, events unknown) + dead-lettered rows 2\n"), "{text}");
+    assert!(
+        text.contains("dead     bad_magic=1 rejected_by_clickhouse=2 rows\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -207,6 +225,34 @@ mod ledger {
         let two = &l.unique[&Uuid::from_u128(2)];
         assert_eq!((two.stream_seq, two.event_date), (1, 19_783));
         assert_eq!(l.by_partition()[&("shop", 19_783)].len(), 4);
+    }
+
+    #[test]
+    fn events_of_dead_lettered_rows_are_not_expected_and_the_rest_of_their_frame_is() {
+        let frames = vec![
+            (1, frame("shop", &[1, 2, 3])),
+            (2, frame("shop", &[3])), // a resend of the refused event
+        ];
+        let dead_events =
+            HashMap::from([(Uuid::from_u128(3), "rejected_by_clickhouse".to_string())]);
+        let l = Ledger::build_with_rows(
+            frames,
+            &HashSet::new(),
+            &HashMap::new(),
+            &dead_events,
+            None,
+            MAX,
+        );
+        assert_eq!((l.frames_decoded, l.dead_lettered_frames), (2, 0));
+        assert_eq!(l.accepted_events, 4);
+        let mut ids: Vec<u128> = l.unique.keys().map(|id| id.as_u128()).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(l.dead_events, HashSet::from([Uuid::from_u128(3)]));
+        assert_eq!(
+            l.dead_events_by_reason.get("rejected_by_clickhouse"),
+            Some(&1)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Events carry only what they report; they must not make decisions or do
 //! I/O. Every failure names its [`Stage`] and an `error_type`, in its log
 //! line and in `spoor_relay_errors_total{stage, error_type}`. One file per
-//! part of the relay: `source`, `ownership`, `dedup`, `sink`, `debug`,
+//! part of the relay: `source`, `ownership`, `dedup`, `sink`, `refused`, `debug`,
 //! `retention`.
 
 use crate::metrics::Metrics;
@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 mod debug;
 mod dedup;
 mod ownership;
+mod refused;
 mod retention;
 mod sink;
 mod source;
@@ -20,6 +21,7 @@ mod source;
 pub use debug::*;
 pub use dedup::*;
 pub use ownership::*;
+pub use refused::*;
 pub use retention::*;
 pub use sink::*;
 pub use source::*;
@@ -37,6 +39,8 @@ pub enum Stage {
     /// Partition leases: renewing, acquiring, releasing, and rebuilding a
     /// partition's dedup window.
     Lease,
+    /// Checking what a decoded frame may insert (its project).
+    Validate,
     /// Inserting rows into ClickHouse (including the presence check).
     Insert,
     /// Acking, progress-acking or NAKing messages.
@@ -58,6 +62,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::DeadLetter => "dead_letter",
             Stage::Lease => "lease",
+            Stage::Validate => "validate",
             Stage::Insert => "insert",
             Stage::Ack => "ack",
             Stage::Ring => "ring",

@@ -48,8 +48,12 @@ impl InternalEvent for EventsInserted {
     }
 }
 
-/// An insert attempt failed; the buffer is kept and retried.
+/// An insert attempt failed (or the dead letters of the rows it refused
+/// could not be stored); the buffer is kept and retried.
 pub struct InsertFailed<'a> {
+    /// `clickhouse`, or `dead_letter` when the refused rows' dead letters
+    /// failed.
+    pub error_type: &'static str,
     pub error: &'a dyn std::error::Error,
     pub rows: usize,
     pub attempt: u32,
@@ -59,7 +63,7 @@ pub struct InsertFailed<'a> {
 impl InternalEvent for InsertFailed<'_> {
     fn emit(self, m: &Metrics) {
         tracing::warn!(
-            error_type = "clickhouse",
+            error_type = self.error_type,
             stage = Stage::Insert.as_str(),
             rows = self.rows,
             attempt = self.attempt,
@@ -67,7 +71,7 @@ impl InternalEvent for InsertFailed<'_> {
             error = %self.error,
             "ClickHouse insert failed; keeping the buffer and retrying (fetching paused)"
         );
-        m.error(Stage::Insert, "clickhouse").inc();
+        m.error(Stage::Insert, self.error_type).inc();
     }
 }
 

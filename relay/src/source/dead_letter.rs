@@ -2,7 +2,10 @@
 //! decode, has an unknown format version, is oversized, or inflates past the
 //! limit) from the events stream to the `SPOOR_DEAD` stream, with the reason
 //! and the frame's origin in headers, so it can be inspected and replayed
-//! (`spoor dead-letters`).
+//! (`spoor dead-letters`). Rows of a decoded frame that the relay will not
+//! insert (an unknown project, rows ClickHouse refuses) go the same way as
+//! a [`RowsLetter`]: re-encoded as a frame, published, and the original
+//! acked with its other rows (see `crate::refused`).
 //!
 //! The one rule: **nothing leaves the main stream undecoded without a
 //! dead-letter PubAck.** The original is acked only after JetStream has
@@ -20,7 +23,9 @@ use time::format_description::well_known::Rfc3339;
 use spoor_core::contract::{dead_letter_header as header, DEAD_STREAM, DEAD_SUBJECT_PREFIX};
 
 use super::nats::{self as source_nats, SourceError};
-use crate::internal_events::{DeadLetterFailed, FrameDeadLettered, InternalEvent};
+use crate::internal_events::{
+    DeadLetterFailed, FrameDeadLettered, InternalEvent, RowsDeadLettered,
+};
 use crate::metrics::Metrics;
 
 /// The dead-letter stream definition, in the JetStream API's JSON form.
@@ -84,6 +89,8 @@ pub enum DeadLetterError {
     },
     #[error("the dead letter is stored but the original could not be acked: {0}")]
     Ack(#[source] source_nats::AckError),
+    #[error("the rows could not be encoded as a frame: {0}")]
+    Encode(#[source] spoor_core::codec::EncodeError),
 }
 
 /// The headers of a dead letter for `message`. Pure, so it is unit-tested.
@@ -95,19 +102,34 @@ pub fn headers(message: &async_nats::Message, origin: &Origin, reason: Reason<'_
         .headers
         .as_ref()
         .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-        .map(|v| v.as_str());
+        .map(|v| v.as_str())
+        .unwrap_or_default();
+    let mut h = common_headers(
+        message.subject.as_str(),
+        original_id,
+        origin,
+        reason.kind,
+        &reason.error.to_string(),
+    );
+    if let Some(id) = origin.dead_letter_msg_id() {
+        h.insert(header::NATS_MSG_ID, header_value(&id).as_str());
+    }
+    h
+}
+
+/// What every dead letter says about itself and its original.
+fn common_headers(
+    subject: &str,
+    original_id: &str,
+    origin: &Origin,
+    reason: &str,
+    detail: &str,
+) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(header::REASON, reason.kind);
-    h.insert(
-        header::DETAIL,
-        header_value(&reason.error.to_string()).as_str(),
-    );
-    h.insert(
-        header::ORIGINAL_SUBJECT,
-        header_value(message.subject.as_str()).as_str(),
-    );
-    let original_id = original_id.map(header_value).unwrap_or_default();
-    h.insert(header::ORIGINAL_MSG_ID, original_id.as_str());
+    h.insert(header::REASON, reason);
+    h.insert(header::DETAIL, header_value(detail).as_str());
+    h.insert(header::ORIGINAL_SUBJECT, header_value(subject).as_str());
+    h.insert(header::ORIGINAL_MSG_ID, header_value(original_id).as_str());
     if let Some(stream) = &origin.stream {
         h.insert(header::ORIGINAL_STREAM, header_value(stream).as_str());
     }
@@ -117,10 +139,96 @@ pub fn headers(message: &async_nats::Message, origin: &Origin, reason: Reason<'_
     if let Some(published) = &origin.published {
         h.insert(header::ORIGINAL_TIME, published.as_str());
     }
-    if let Some(id) = origin.dead_letter_msg_id() {
-        h.insert(header::NATS_MSG_ID, header_value(&id).as_str());
-    }
     h
+}
+
+/// A dead letter holding some events of a message that decoded, re-encoded
+/// as a frame (or a bundle) of the events stream's format: rows the relay
+/// will not insert while the rest of the message is inserted. It replays
+/// like any dead letter (`spoor dead-letters replay`) to the original's
+/// subject.
+#[derive(Debug, Clone)]
+pub struct RowsLetter<'a> {
+    /// The original message's subject and `Nats-Msg-Id` (empty if none).
+    pub subject: &'a str,
+    pub original_msg_id: &'a str,
+    pub origin: &'a Origin,
+    /// A subject token and a metric label, e.g. `unknown_project`.
+    pub reason: &'static str,
+    /// For a person: the server's exception, the refused project.
+    pub detail: &'a str,
+    /// The events it holds, by id (they name its `Nats-Msg-Id`).
+    pub event_ids: &'a [uuid::Uuid],
+    pub payload: bytes::Bytes,
+}
+
+impl RowsLetter<'_> {
+    /// `dead:<stream>:<seq>:<reason>:<hash of the event ids>`: the same rows
+    /// of the same original, refused for the same reason, always get the same
+    /// id, so dead-lettering them again after a redelivery stores nothing new.
+    pub fn msg_id(&self) -> Option<String> {
+        let base = self.origin.dead_letter_msg_id()?;
+        let mut ids = self.event_ids.to_vec();
+        ids.sort_unstable();
+        let hash = spoor_core::route::batch_id(self.reason, 0, &ids);
+        Some(format!("{base}:{}:{hash}", self.reason))
+    }
+
+    /// Its headers. Pure, so it is unit-tested.
+    pub fn headers(&self) -> HeaderMap {
+        let mut h = common_headers(
+            self.subject,
+            self.original_msg_id,
+            self.origin,
+            self.reason,
+            self.detail,
+        );
+        h.insert(header::ROWS, self.event_ids.len().to_string().as_str());
+        if let Some(id) = self.msg_id() {
+            h.insert(header::NATS_MSG_ID, header_value(&id).as_str());
+        }
+        h
+    }
+}
+
+/// Publishes a rows dead letter and waits for its PubAck. The original is
+/// not acked here: it carries other rows, and is acked with them.
+pub async fn publish_rows(
+    client: &async_nats::Client,
+    letter: &RowsLetter<'_>,
+    metrics: &Metrics,
+) -> Result<(), DeadLetterError> {
+    let subject = format!("{DEAD_SUBJECT_PREFIX}{}", letter.reason);
+    let js = jetstream::new(client.clone());
+    let publish = |source| DeadLetterError::Publish {
+        subject: subject.clone(),
+        source,
+    };
+    let result = async {
+        js.publish_with_headers(subject.clone(), letter.headers(), letter.payload.clone())
+            .await
+            .map_err(publish)?
+            .await
+            .map_err(publish)
+    }
+    .await;
+    match &result {
+        Ok(ack) => RowsDeadLettered {
+            reason: letter.reason,
+            rows: letter.event_ids.len(),
+            stream_sequence: letter.origin.stream_sequence,
+            dead_sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        }
+        .emit(metrics),
+        Err(error) => DeadLetterFailed {
+            reason: letter.reason,
+            stream_sequence: letter.origin.stream_sequence,
+            error,
+        }
+        .emit(metrics),
+    }
+    result.map(|_| ())
 }
 
 /// A header value NATS accepts: no CR/LF or other control characters, and

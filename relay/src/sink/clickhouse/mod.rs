@@ -5,9 +5,13 @@
 //! success or failure of one insert and never retries, buffers or acks by
 //! itself: the pipeline decides what a failure means, so the "ack only
 //! after insert" rule lives in one place. The row, the table, the schema
-//! and the client come from `spoor_store`; [`retention`] is the relay's
-//! periodic retention task.
+//! and the client come from `spoor_store`; [`failure`] tells a refusal of
+//! the rows from an outage, [`isolate`] finds the rows ClickHouse refuses
+//! and inserts the rest; [`retention`] is the relay's periodic retention
+//! task.
 
+pub mod failure;
+pub mod isolate;
 pub mod retention;
 
 use std::collections::{BTreeSet, HashSet};
@@ -40,6 +44,8 @@ pub enum SinkError {
     Presence(#[source] clickhouse::error::Error),
     #[error("checking {EVENTS_TABLE} for already stored event ids timed out")]
     PresenceTimeout,
+    #[error("isolating the rows ClickHouse refuses ran out of time after {inserts} inserts ({rejected} rows refused so far); resuming with the rows not yet stored")]
+    IsolationOutOfTime { rejected: usize, inserts: u32 },
 }
 
 /// Most ids asked about in one presence query; keeps the SQL text (about
@@ -52,6 +58,8 @@ pub struct ClickHouseSink {
     client: Client,
     send_timeout: Duration,
     end_timeout: Duration,
+    /// How long bisecting a refused insert may go on starting inserts.
+    isolation_budget: Duration,
     /// Same server and database, uncompressed: 18.16's LZ4 responses break
     /// the crate, so reads never use the insert client.
     reader: Client,
@@ -71,6 +79,9 @@ impl ClickHouseSink {
             reader,
             send_timeout: SEND_TIMEOUT.min(ack_wait.mul_f64(0.3)),
             end_timeout: END_TIMEOUT.min(ack_wait.mul_f64(0.4)),
+            // Started inserts end within send + end timeouts (70% of
+            // ack_wait), so one started before 25% is over by 95%.
+            isolation_budget: ack_wait.mul_f64(0.25),
         }
     }
 
@@ -79,7 +90,20 @@ impl ClickHouseSink {
     /// (a retry after a lost response may duplicate rows; the table's
     /// ReplacingMergeTree on `event_id` collapses them).
     pub async fn insert(&self, rows: &[EventRow]) -> Result<(), SinkError> {
-        if rows.is_empty() {
+        self.insert_all(rows.iter(), rows.len()).await
+    }
+
+    /// [`ClickHouseSink::insert`] of borrowed rows (a part of the buffer).
+    pub async fn insert_refs(&self, rows: &[&EventRow]) -> Result<(), SinkError> {
+        self.insert_all(rows.iter().copied(), rows.len()).await
+    }
+
+    async fn insert_all<'a>(
+        &self,
+        rows: impl Iterator<Item = &'a EventRow>,
+        len: usize,
+    ) -> Result<(), SinkError> {
+        if len == 0 {
             return Ok(());
         }
         let mut insert = self

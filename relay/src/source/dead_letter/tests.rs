@@ -104,3 +104,58 @@ fn the_definition_declares_the_contract_names() {
         serde_json::json!([spoor_core::contract::DEAD_FILTER])
     );
 }
+
+#[test]
+fn a_rows_letter_names_its_original_and_an_id_from_its_rows() {
+    let origin = Origin {
+        stream: Some("SPOOR_EVENTS".into()),
+        stream_sequence: Some(42),
+        published: Some("2026-11-22T10:00:00.5Z".into()),
+    };
+    let ids = [uuid::Uuid::from_u128(2), uuid::Uuid::from_u128(1)];
+    let letter = super::RowsLetter {
+        subject: "spoor.events.eu-west.3",
+        original_msg_id: "b-1",
+        origin: &origin,
+        reason: "rejected_by_clickhouse",
+        detail: "Code: 469. DB::Exception: Constraint `c`\nis violated",
+        event_ids: &ids,
+        payload: bytes::Bytes::from_static(b"frame"),
+    };
+    let h = letter.headers();
+    assert_eq!(get(&h, header::REASON), Some("rejected_by_clickhouse"));
+    assert_eq!(
+        get(&h, header::DETAIL),
+        Some("Code: 469. DB::Exception: Constraint `c` is violated")
+    );
+    assert_eq!(get(&h, header::ROWS), Some("2"));
+    assert_eq!(get(&h, header::ORIGINAL_MSG_ID), Some("b-1"));
+    assert_eq!(get(&h, header::ORIGINAL_STREAM_SEQ), Some("42"));
+    let id = get(&h, header::NATS_MSG_ID).unwrap().to_string();
+    assert!(
+        id.starts_with("dead:SPOOR_EVENTS:42:rejected_by_clickhouse:"),
+        "{id}"
+    );
+    // The same rows in any order give the same id; other rows another.
+    let swapped = [ids[1], ids[0]];
+    let same = super::RowsLetter {
+        event_ids: &swapped,
+        ..letter.clone()
+    };
+    assert_eq!(same.msg_id().as_deref(), Some(id.as_str()));
+    let other = super::RowsLetter {
+        event_ids: &ids[..1],
+        ..letter.clone()
+    };
+    assert_ne!(other.msg_id().as_deref(), Some(id.as_str()));
+    // Not the undecodable frame's id: both can come from one message.
+    assert_ne!(Some(id), origin.dead_letter_msg_id());
+    // Without metadata there is no dedup id.
+    let bare = Origin::default();
+    let none = super::RowsLetter {
+        origin: &bare,
+        ..letter
+    };
+    assert_eq!(none.msg_id(), None);
+    assert_eq!(get(&none.headers(), header::NATS_MSG_ID), None);
+}
