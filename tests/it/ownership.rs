@@ -52,6 +52,8 @@ fn relay(nats: &NatsServer, ch: &ClickHouseServer, db: &str, extra: &[&str]) -> 
         nats_nkey_file: Some(nats.seed_path(NatsRole::Relay)),
         clickhouse_url: ch.http_url(),
         database: db.to_string(),
+        // The fixtures' project.
+        projects: vec![batch("p", Vec::new()).project_id],
         args,
     })
     .unwrap()
