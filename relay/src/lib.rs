@@ -250,7 +250,7 @@ pub async fn run(
     tasks.spawn_service(
         "the consumer lag poller",
         poll_consumer_lag(
-            consumers.clone(),
+            consumers.consumers.clone(),
             config.lag_poll_interval,
             metrics.clone(),
             stop_rx,
@@ -326,7 +326,7 @@ pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
 /// What `setup` hands to `run`.
 type Ready = (
     async_nats::Client,
-    Vec<async_nats::jetstream::consumer::PullConsumer>,
+    source_nats::PartitionConsumers,
     async_nats::jetstream::kv::Store,
     std::time::Duration,
 );

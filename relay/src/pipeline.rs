@@ -82,6 +82,9 @@ pub(crate) struct Pipeline {
     js: async_nats::jetstream::Context,
     /// Every partition's consumer, by partition.
     consumers: Vec<PullConsumer>,
+    /// Frames up to this stream sequence were delivered by the single
+    /// consumer of relays before partition ownership: maybe stored.
+    legacy_delivered: u64,
     sink: ClickHouseSink,
     batcher: Batcher<EventRow, Acker>,
     /// The dedup window of each partition being pulled.
@@ -174,7 +177,7 @@ impl Pipeline {
     pub(crate) fn new(
         config: RelayConfig,
         client: async_nats::Client,
-        consumers: Vec<PullConsumer>,
+        consumers: source::PartitionConsumers,
         ownership: OwnershipLink,
         fence: Fence,
         progress: Arc<Progress>,
@@ -190,7 +193,8 @@ impl Pipeline {
             js: async_nats::jetstream::new(client.clone()),
             config,
             client,
-            consumers,
+            consumers: consumers.consumers,
+            legacy_delivered: consumers.legacy_delivered,
             sink,
             batcher,
             windows: HashMap::new(),
@@ -463,8 +467,10 @@ impl Pipeline {
             h.get(spoor_core::contract::dead_letter_header::REPLAY_OF_STREAM_SEQ)
                 .is_some()
         });
+        // So is a frame the pre-ownership consumer delivered (an upgrade).
+        let legacy = stream_sequence.is_some_and(|seq| seq <= self.legacy_delivered);
         let delivery = match message.info().ok().map(|i| i.delivered) {
-            _ if replayed => Delivery::Redelivered,
+            _ if replayed || legacy => Delivery::Redelivered,
             Some(n) if n > 1 => Delivery::Redelivered,
             // A message without metadata cannot be told apart; treat it as
             // possibly stored.

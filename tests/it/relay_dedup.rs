@@ -40,6 +40,7 @@ async fn rows_a_crashed_relay_inserted_are_not_inserted_again_on_redelivery() {
     )
     .await
     .unwrap()
+    .consumers
     .swap_remove(0);
     assert_eq!(consumer.cached_info().name, CONSUMER);
 
@@ -164,4 +165,97 @@ async fn the_dedup_window_holds_across_relays_and_restarts() {
         2.0
     );
     c.shutdown().await;
+}
+
+/// Relays before partition ownership shared one consumer, `spoor-relay`.
+/// A relay of this version started beside it must not deliver again what
+/// that consumer took: it starts the partition consumers after its ack
+/// floor and checks the frames it delivered above the floor in ClickHouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_from_the_single_shared_consumer_stores_nothing_twice() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_upgrade");
+    let cfg = config(&nats, ch.http_url(), &db);
+    spoor_relay::migrate(&cfg).await.unwrap();
+    let publisher = Publisher::connect(&nats).await;
+    let old = publisher
+        .js
+        .create_consumer_on_stream(
+            pull::Config {
+                durable_name: Some("spoor-relay".into()),
+                ack_policy: AckPolicy::Explicit,
+                filter_subject: spoor_core::contract::EVENTS_FILTER.into(),
+                ..Default::default()
+            },
+            STREAM,
+        )
+        .await
+        .unwrap();
+    let frames: Vec<_> = (0..3u128)
+        .map(|f| batch(&format!("old-{f}"), events(f * 10 + 1..f * 10 + 6)))
+        .collect();
+    for frame in &frames {
+        publisher.publish_batch(frame).await;
+    }
+    // The old relay stored all three frames and acked the first and the
+    // third; it died before acking the second.
+    let mut pulled = old
+        .batch()
+        .max_messages(3)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    while let Some(message) = pulled.next().await {
+        held.push(message.unwrap());
+    }
+    assert_eq!(held.len(), 3);
+    let sink = ClickHouseSink::new(&cfg.clickhouse, cfg.ack_wait);
+    let rows: Vec<EventRow> = frames
+        .iter()
+        .flat_map(|b| b.events.iter().map(|e| EventRow::new(b, e.clone())))
+        .collect();
+    sink.insert(&rows).await.unwrap();
+    held[0].double_ack().await.unwrap();
+    held[2].double_ack().await.unwrap();
+    let info = publisher
+        .js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .consumer_info("spoor-relay")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence
+        ),
+        (1, 3)
+    );
+    drop(held);
+    // A new frame arrives, then the new relay starts.
+    publisher
+        .publish_batch(&batch("new-0", events(100..105)))
+        .await;
+    let relay = Relay::start(cfg).await;
+    eventually("the new frame stored", || async {
+        (count(ch, &db).await >= 20).then_some(())
+    })
+    .await;
+    publisher.drained(4).await;
+    let stats = stats(ch, &db).await;
+    assert_eq!(stats.trim(), "20\t20", "every event exactly once");
+    // Frames 2 and 3 came again (above the old floor) and were found stored.
+    assert_eq!(
+        relay
+            .metric("spoor_relay_events_deduped_by_layer_total{layer=\"stored\"}")
+            .await,
+        10.0
+    );
+    assert_eq!(relay.metric("spoor_relay_rows_inserted_total").await, 5.0);
+    relay.shutdown().await;
 }

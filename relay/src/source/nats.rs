@@ -283,10 +283,27 @@ pub fn drifted_from_config(
         .collect())
 }
 
+/// The partition consumers, and where the consumer they replace stopped.
+pub struct PartitionConsumers {
+    /// Every partition's consumer, by partition.
+    pub consumers: Vec<PullConsumer>,
+    /// The last stream sequence the single consumer of relays before
+    /// partition ownership delivered (0 when there is none). Frames up to
+    /// it may already be stored, so they are treated as redeliveries.
+    pub legacy_delivered: u64,
+}
+
 /// Creates every partition's durable pull consumer, or updates them to
 /// this config: `<consumer>-p<p>` with filter `spoor.events.*.<p>` for `p`
 /// in `0..partitions`. Each relay does this at start, so a consumer exists
 /// (and its lag is visible) whether or not a relay holds the partition yet.
+///
+/// Upgrading from relays that shared the single consumer `<consumer>`: a
+/// partition consumer created while that one exists starts just after its
+/// ack floor (everything at or below it is stored), not at the start of
+/// the stream, and the frames between its ack floor and its last delivery
+/// are reported in `legacy_delivered` so the pipeline checks them against
+/// ClickHouse. Delete the old consumer once every partition is past it.
 pub async fn ensure_partition_consumers(
     js: &jetstream::Context,
     stream: &str,
@@ -294,16 +311,39 @@ pub async fn ensure_partition_consumers(
     partitions: u32,
     ack_wait: Duration,
     max_ack_pending: i64,
-) -> Result<Vec<PullConsumer>, SourceError> {
+) -> Result<PartitionConsumers, SourceError> {
+    let info_err = |source| SourceError::StreamInfo {
+        name: stream.to_string(),
+        source,
+    };
+    let events = js.get_stream(stream).await.map_err(info_err)?;
+    let legacy = events.consumer_info(consumer).await.ok().map(|info| {
+        (
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence,
+        )
+    });
     let mut consumers = Vec::with_capacity(partitions as usize);
     for partition in 0..partitions {
         let name = partition_consumer(consumer, partition);
+        // An existing consumer keeps where it started (it cannot change);
+        // a new one starts at the stream's start, or after the old
+        // consumer's ack floor.
+        let deliver_policy = match events.consumer_info(&name).await {
+            Ok(existing) => existing.config.deliver_policy,
+            Err(_) => match legacy {
+                Some((floor, _)) => DeliverPolicy::ByStartSequence {
+                    start_sequence: floor + 1,
+                },
+                None => DeliverPolicy::All,
+            },
+        };
         let config = pull::Config {
             durable_name: Some(name.clone()),
             description: Some(format!(
                 "spoor-relay: partition {partition}'s frames to ClickHouse"
             )),
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy,
             ack_policy: AckPolicy::Explicit,
             ack_wait,
             max_ack_pending,
@@ -320,7 +360,20 @@ pub async fn ensure_partition_consumers(
             })?;
         consumers.push(created);
     }
-    Ok(consumers)
+    if let Some((floor, delivered)) = legacy {
+        tracing::warn!(
+            consumer,
+            ack_floor = floor,
+            delivered,
+            "the single consumer of relays before partition ownership still exists: \
+             partition consumers start after its ack floor; delete it once `spoor relays` \
+             shows every partition past it"
+        );
+    }
+    Ok(PartitionConsumers {
+        consumers,
+        legacy_delivered: legacy.map_or(0, |(_, delivered)| delivered),
+    })
 }
 
 /// One pull request: up to `max_messages`, waiting at most `expires` for
