@@ -57,7 +57,7 @@ pub async fn open_bucket(
         bucket: bucket.clone(),
         detail,
     };
-    let mut store = match js.get_key_value(&bucket).await {
+    let store = match js.get_key_value(&bucket).await {
         Ok(store) => store,
         Err(_) => js
             .create_key_value(kv::Config {
@@ -87,8 +87,6 @@ pub async fn open_bucket(
             "the leases bucket's max_age differs from --lease-ttl-secs; using the bucket's"
         );
     }
-    // Keep the handle's copy of the stream fresh for later calls.
-    let _ = &mut store;
     Ok((store, in_force))
 }
 
