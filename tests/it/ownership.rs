@@ -6,7 +6,9 @@
 //!   relay's partitions move to the survivor within the lease, with every
 //!   event stored once and the rollups equal to the raw table;
 //! - a relay frozen past its lease (SIGSTOP) does not insert what it held
-//!   when it wakes: the next owner stored it, once (fencing).
+//!   when it wakes: the next owner stored it, once (fencing);
+//! - copies of events in different frames, before and after a handover,
+//!   are stored once, and the rollups equal the raw table.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -277,4 +279,60 @@ async fn a_relay_frozen_past_its_lease_does_not_insert_what_it_held() {
     assert_eq!(counts(ch, &db).await, "5\t5\t5\t5\t5");
     b.stop();
     a.stop();
+}
+
+/// Copies of events in different frames (an SDK resend, a republish under
+/// a new `Nats-Msg-Id` that JetStream cannot collapse), before and after
+/// the partition changes hands, are stored once: the raw table and every
+/// rollup count them once, without FINAL and without a merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_across_a_handover_leave_the_rollups_equal_to_the_raw_table() {
+    use crate::relay::config;
+    use crate::support::{eventually, Relay};
+    use spoor_tests::fixtures::events;
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("ownership_copies");
+    let cfg = config(&nats, ch.http_url(), &db);
+    let publisher = Publisher::connect(&nats).await;
+    let recent = |mut b: WireBatch| {
+        let now = now_ms();
+        b.received_at_ms = now;
+        for e in &mut b.events {
+            e.ts_ms = now - 120_000;
+            e.client_ts_ms = Some(e.ts_ms);
+        }
+        b
+    };
+
+    let a = Relay::start(cfg.clone()).await;
+    let first = recent(batch("first", events(1..11)));
+    publisher.publish_batch(&first).await;
+    // The same frame again under another message id, and a resend of some
+    // of its events with new ones.
+    publisher
+        .publish("republished", encode_batch(&first).unwrap())
+        .await;
+    publisher
+        .publish_batch(&recent(batch("resend-1", events(5..16))))
+        .await;
+    eventually("the first relay's rows", || async {
+        (stats(ch, &db).await.trim() == "15\t15").then_some(())
+    })
+    .await;
+    // The partition moves: a second relay starts, the first hands over.
+    let b = Relay::start(cfg).await;
+    a.shutdown().await;
+    let last = publisher
+        .publish_batch(&recent(batch("resend-2", events(1..21))))
+        .await;
+    publisher.drained(last).await;
+    assert_eq!(counts(ch, &db).await, "20\t20\t20\t20\t20");
+    assert_eq!(
+        b.metric("spoor_relay_events_deduped_by_layer_total{layer=\"window\"}")
+            .await,
+        15.0,
+        "the new owner knew the first owner's events from the stream"
+    );
+    b.shutdown().await;
 }
