@@ -32,6 +32,8 @@ use crate::source::nats::SourceError;
 
 /// Longest any one KV request may take.
 pub const KV_TIMEOUT: Duration = Duration::from_secs(2);
+/// How soon a round follows one in which a KV request failed.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// A relay instance id: unique per process start (pid and start time).
 pub fn new_instance_id() -> String {
@@ -155,13 +157,22 @@ impl Leases {
         mut released: mpsc::Receiver<u32>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(self.timing.renew_every());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = Instant::now();
         loop {
             tokio::select! {
                 () = crate::stopped(&mut stop) => break,
                 Some(partition) = released.recv() => self.hand_over(partition).await,
-                _ = tick.tick() => self.tick(&tx).await,
+                () = tokio::time::sleep_until(next) => {
+                    // After a failed round, try again within a second: a
+                    // NATS leader election takes seconds, and a lease
+                    // renewed before its validity runs out is not lost.
+                    let wait = if self.tick(&tx).await {
+                        self.timing.renew_every()
+                    } else {
+                        self.timing.renew_every().min(RETRY_EVERY)
+                    };
+                    next = Instant::now() + wait;
+                }
             }
         }
         for partition in self.fence.partitions() {
@@ -170,12 +181,13 @@ impl Leases {
         let _ = tokio::time::timeout(KV_TIMEOUT, self.kv.delete(relay_key(&self.instance))).await;
     }
 
-    /// One round: presence, renewals, expiries, then rebalancing.
-    pub async fn tick(&mut self, tx: &mpsc::Sender<Ownership>) {
-        self.write_presence().await;
-        self.renew(tx).await;
+    /// One round: presence, renewals, expiries, then rebalancing. Returns
+    /// whether every KV request of the round was answered.
+    pub async fn tick(&mut self, tx: &mpsc::Sender<Ownership>) -> bool {
+        let mut answered = self.write_presence().await;
+        answered &= self.renew(tx).await;
         let Some(view) = self.view().await else {
-            return;
+            return false;
         };
         for step in plan(&view, self.offset) {
             match step {
@@ -186,9 +198,10 @@ impl Leases {
                 }
             }
         }
+        answered
     }
 
-    async fn write_presence(&self) {
+    async fn write_presence(&self) -> bool {
         let record = RelayRecord {
             relay: self.instance.clone(),
             host: self.host.clone(),
@@ -205,7 +218,7 @@ impl Leases {
         let value = serde_json::to_vec(&record).unwrap_or_default();
         let put = self.kv.put(relay_key(&self.instance), value.into());
         match tokio::time::timeout(KV_TIMEOUT, put).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => return true,
             Ok(Err(e)) => LeaseOpFailed {
                 op: "presence",
                 error: &e,
@@ -217,6 +230,7 @@ impl Leases {
             }
             .emit(&self.metrics),
         }
+        false
     }
 
     fn lease_value(&self) -> bytes::Bytes {
@@ -229,16 +243,27 @@ impl Leases {
 
     /// Renews every lease held; one whose revision moved is lost at once,
     /// one whose validity ran out (renewals failing) is lost too.
-    async fn renew(&mut self, tx: &mpsc::Sender<Ownership>) {
-        for partition in self.fence.partitions() {
-            let Some(held) = self.fence.get(partition) else {
-                continue;
-            };
-            let sent_at = Instant::now();
+    async fn renew(&mut self, tx: &mpsc::Sender<Ownership>) -> bool {
+        let mut answered = true;
+        // All at once: one slow answer must not hold the others past their
+        // validity.
+        let value = self.lease_value();
+        let held: Vec<(u32, Held)> = self
+            .fence
+            .partitions()
+            .into_iter()
+            .filter_map(|p| self.fence.get(p).map(|h| (p, h)))
+            .collect();
+        let sent_at = Instant::now();
+        let renewals = held.iter().map(|&(partition, h)| {
             let update = self
                 .kv
-                .update(lease_key(partition), self.lease_value(), held.revision);
-            match tokio::time::timeout(KV_TIMEOUT, update).await {
+                .update(lease_key(partition), value.clone(), h.revision);
+            tokio::time::timeout(KV_TIMEOUT, update)
+        });
+        let results = futures_util::future::join_all(renewals).await;
+        for (&(partition, held), result) in held.iter().zip(results) {
+            match result {
                 Ok(Ok(revision)) => self.fence.set(
                     partition,
                     Held {
@@ -250,16 +275,22 @@ impl Leases {
                 Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                     self.lose(partition, held.epoch, "taken", tx).await;
                 }
-                Ok(Err(e)) => LeaseOpFailed {
-                    op: "renew",
-                    error: &e,
+                Ok(Err(e)) => {
+                    answered = false;
+                    LeaseOpFailed {
+                        op: "renew",
+                        error: &e,
+                    }
+                    .emit(&self.metrics)
                 }
-                .emit(&self.metrics),
-                Err(_) => LeaseOpFailed {
-                    op: "renew",
-                    error: &"timed out",
+                Err(_) => {
+                    answered = false;
+                    LeaseOpFailed {
+                        op: "renew",
+                        error: &"timed out",
+                    }
+                    .emit(&self.metrics)
                 }
-                .emit(&self.metrics),
             }
         }
         let now = Instant::now();
@@ -270,6 +301,7 @@ impl Leases {
                 }
             }
         }
+        answered
     }
 
     async fn lose(
