@@ -283,6 +283,9 @@ impl Pipeline {
         match change {
             Ownership::Acquired { partition, epoch } => {
                 let _ = self.stop_pulling(partition);
+                // Rows still buffered from an earlier lease on it were
+                // pulled under another epoch: never insert them under this one.
+                self.give_back(partition).await;
                 self.held.insert(
                     partition,
                     Holding {
