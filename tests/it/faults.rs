@@ -15,8 +15,8 @@
 //!
 //! Each scenario has its own nats-server (or three-node cluster), edge and
 //! database; the ClickHouse outage scenario has its own clickhouse-server
-//! too. The cluster scenarios also check that every rollup counts what the
-//! raw table holds.
+//! too. The cluster scenarios and the scaling one also check that every
+//! rollup counts what the raw table holds.
 
 use crate::support::nats_endpoint;
 use spoor_tests::nats::NatsRole;
@@ -130,6 +130,8 @@ struct Stack {
     db: String,
     edge: Edge,
     relays: Vec<RelayProcess>,
+    /// How the stack's relays are started, for [`Stack::add_relay`].
+    relay_config: RelayProcessConfig,
     started: time::OffsetDateTime,
 }
 
@@ -206,6 +208,7 @@ impl Stack {
         let relays = (0..relays.max(1))
             .map(|_| RelayProcess::start(config.clone()).unwrap())
             .collect();
+        let relay_config = config;
         let (edge_base, edge_node) = match &nats {
             Nats::Single(s) => (EdgeConfig::for_nats(s), None),
             Nats::Cluster(c) => {
@@ -237,8 +240,17 @@ impl Stack {
             db,
             edge,
             relays,
+            relay_config,
             started,
         }
+    }
+
+    /// Starts one more relay, like the stack's others, while the stack
+    /// runs; it is `relays[relays.len() - 1]` from then on.
+    fn add_relay(&mut self) -> &RelayProcess {
+        let relay = RelayProcess::start(self.relay_config.clone()).unwrap();
+        self.relays.push(relay);
+        self.relays.last().unwrap()
     }
 
     /// Load options: `events` unique events at `rate` events/s.
@@ -990,4 +1002,201 @@ async fn i_the_stream_leaders_node_down_for_30s_under_load() {
         .wait_stream_current(STREAM, 3, Duration::from_secs(60))
         .await
         .unwrap();
+}
+
+/// `spoor relays`, as the ops role runs it, sampled in the background
+/// every 200 ms while a scenario moves partitions between relays. Every
+/// sample is kept, so that the scenario can check that none of them shows
+/// a partition held by two relays.
+struct RelaysWatch {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<spoor_cli::relays::RelaysReport>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RelaysWatch {
+    async fn start(stack: &Stack) -> RelaysWatch {
+        use std::sync::atomic::Ordering;
+        let client = stack.nats.connect(NatsRole::Ops).await;
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (samples, stop) = (samples.clone(), stop.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let partitions = spoor_core::contract::DEFAULT_PARTITIONS;
+                    if let Ok(report) =
+                        spoor_cli::relays::relays(&client, STREAM, "spoor-relay", partitions).await
+                    {
+                        samples.lock().unwrap().push(report);
+                    }
+                    sleep_secs(0.2).await;
+                }
+            }
+        });
+        RelaysWatch {
+            samples,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits (up to a minute) for a sample taken from now on that `want`s,
+    /// and returns it.
+    async fn wait_for(
+        &self,
+        what: &str,
+        want: impl Fn(&spoor_cli::relays::RelaysReport) -> bool,
+    ) -> spoor_cli::relays::RelaysReport {
+        let from = self.samples.lock().unwrap().len();
+        let asked = Instant::now();
+        loop {
+            {
+                let samples = self.samples.lock().unwrap();
+                if let Some(found) = samples[from.min(samples.len())..].iter().find(|r| want(r)) {
+                    eprintln!("{what} after {:?}", asked.elapsed());
+                    return found.clone();
+                }
+                if asked.elapsed() > Duration::from_secs(60) {
+                    let last = samples
+                        .last()
+                        .map(|r| spoor_cli::relays::render(r, crate::support::now_ms()))
+                        .unwrap_or_default();
+                    panic!("timed out waiting for {what}; the last sample:\n{last}");
+                }
+            }
+            sleep_secs(0.1).await;
+        }
+    }
+
+    /// Stops sampling and returns every sample taken.
+    async fn finish(self) -> Vec<spoor_cli::relays::RelaysReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+/// The partitions two or more relays list as theirs in one sample.
+fn held_twice(report: &spoor_cli::relays::RelaysReport) -> std::collections::BTreeSet<u32> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut twice = std::collections::BTreeSet::new();
+    for relay in &report.relays {
+        for p in &relay.record.partitions {
+            if !seen.insert(*p) {
+                twice.insert(*p);
+            }
+        }
+    }
+    twice
+}
+
+/// Whether the relays hold `shares` partitions (in ascending order), every
+/// partition once, none unowned.
+fn split_as(report: &spoor_cli::relays::RelaysReport, shares: &[usize]) -> bool {
+    let mut held: Vec<usize> = report
+        .relays
+        .iter()
+        .map(|r| r.record.partitions.len())
+        .collect();
+    held.sort_unstable();
+    let every: std::collections::BTreeSet<u32> = report
+        .relays
+        .iter()
+        .flat_map(|r| r.record.partitions.iter().copied())
+        .collect();
+    held == shares
+        && report.unowned().is_empty()
+        && every.len() == spoor_core::contract::DEFAULT_PARTITIONS as usize
+        && held_twice(report).is_empty()
+}
+
+/// (j) Relays are added under load, from one to three, and taken away
+/// again. A second relay joins the one holding all 16 partitions (8/8),
+/// then a third (6/6/4, none unowned, as `spoor relays` shows); the third
+/// is stopped with SIGTERM (it inserts and acks what it holds and hands
+/// its partitions over) and the second is killed with SIGKILL (its leases
+/// run out after their 3 s TTL and its unacked frames are redelivered),
+/// back to the first relay holding all 16. No sample of `spoor relays`
+/// ever shows a partition held by two relays, the first relay counts its
+/// handovers, and every event lands once, in the rollups too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j_relays_scaled_from_one_to_three_and_back_under_load() {
+    let mut stack = blocking(|| {
+        Stack::start(
+            "fault_scale",
+            Setup {
+                relays: 1,
+                relay_args: &["--lease-ttl-secs", "3"],
+                // Traffic on every partition the relays share.
+                edge_vars: &[("PARTITIONS", "16")],
+                ..Default::default()
+            },
+        )
+    });
+    let watch = RelaysWatch::start(&stack).await;
+    watch
+        .wait_for("one relay holding all 16 partitions", |r| {
+            split_as(r, &[16])
+        })
+        .await;
+    let load = spawn_load(stack.load(16_000, 400.0, 22));
+    sleep_secs(3.0).await;
+
+    blocking(|| stack.add_relay());
+    watch
+        .wait_for("two relays holding 8 each", |r| split_as(r, &[8, 8]))
+        .await;
+    blocking(|| stack.add_relay());
+    let spread = watch
+        .wait_for("three relays holding 6/6/4", |r| split_as(r, &[4, 6, 6]))
+        .await;
+    eprintln!(
+        "{}",
+        spoor_cli::relays::render(&spread, crate::support::now_ms())
+    );
+    // The three share the traffic for a while.
+    sleep_secs(3.0).await;
+
+    let stopping = Instant::now();
+    blocking(|| stack.relays[2].stop());
+    eprintln!(
+        "the third relay exited {:?} after SIGTERM",
+        stopping.elapsed()
+    );
+    watch
+        .wait_for("two relays holding 8 each again", |r| split_as(r, &[8, 8]))
+        .await;
+    blocking(|| stack.relays[1].kill9());
+    watch
+        .wait_for("the first relay holding all 16 again", |r| {
+            split_as(r, &[16])
+        })
+        .await;
+
+    let summary = load.await.unwrap();
+    let samples = watch.finish().await;
+    eprintln!("{} samples of `spoor relays`", samples.len());
+    for sample in &samples {
+        assert!(
+            held_twice(sample).is_empty(),
+            "partitions {:?} held by two relays at once:\n{}",
+            held_twice(sample),
+            spoor_cli::relays::render(sample, crate::support::now_ms())
+        );
+    }
+    let first = blocking(|| stack.relays[0].metrics().unwrap());
+    let released = sample_value(&first, r#"spoor_relay_rebalances_total{change="released"}"#);
+    let acquired = sample_value(&first, r#"spoor_relay_rebalances_total{change="acquired"}"#);
+    // 16 → 8 → 6 by handover, then 6 → 8 → 16 by taking partitions back.
+    assert_eq!(released, 10.0, "partitions the first relay handed over");
+    assert_eq!(acquired - released, 16.0, "acquired {acquired}");
+    assert_eq!(sample_value(&first, "spoor_relay_partitions_owned"), 16.0);
+    assert_eq!(
+        sample_value(&first, "spoor_relay_lease_losses_total"),
+        0.0,
+        "the first relay lost a lease"
+    );
+    stack.assert_exact(&summary, 0, 0).await;
+    blocking(|| stack.assert_rollups_match_raw());
 }

@@ -21,6 +21,7 @@ mod nats_cluster;
 mod nats_security;
 mod ownership;
 mod poison;
+mod progress;
 mod reconcile;
 mod relay;
 mod relay_dedup;
