@@ -240,7 +240,13 @@ impl Pipeline {
                 biased;
                 () = shutdown.as_mut() => self.begin_shutdown(),
                 Some(change) = self.ownership.changes.recv() => {
-                    self.on_ownership(change, &ready_tx, &mut shutdown).await;
+                    // Take every change already queued: handovers decided
+                    // in one round are done together.
+                    let mut changes = vec![change];
+                    while let Ok(more) = self.ownership.changes.try_recv() {
+                        changes.push(more);
+                    }
+                    self.on_ownership(changes, &ready_tx, &mut shutdown).await;
                 }
                 Some(ready) = ready_rx.recv() => self.on_window(ready),
                 Some(fetched) = self.fetched.recv() => self.on_fetched(fetched).await,
@@ -274,12 +280,63 @@ impl Pipeline {
         }
     }
 
+    /// Applies ownership changes in order; consecutive handovers are done
+    /// together (their pullers stopped at once, one flush).
     async fn on_ownership<S: Future<Output = ()>>(
         &mut self,
-        change: Ownership,
+        changes: Vec<Ownership>,
         ready: &mpsc::Sender<WindowReady>,
         shutdown: &mut Pin<&mut S>,
     ) {
+        let mut releasing = Vec::new();
+        for change in changes {
+            if let Ownership::Release { partition } = change {
+                releasing.push(partition);
+                continue;
+            }
+            self.hand_over(std::mem::take(&mut releasing), shutdown)
+                .await;
+            self.on_change(change, ready).await;
+        }
+        self.hand_over(releasing, shutdown).await;
+    }
+
+    /// Hands partitions over: their pulls in flight end (NAKing what they
+    /// bring) before the leases go, so nothing of them is delivered here
+    /// afterwards; what is buffered of them is inserted and acked; then the
+    /// lease task may delete their leases.
+    async fn hand_over<S: Future<Output = ()>>(
+        &mut self,
+        partitions: Vec<u32>,
+        shutdown: &mut Pin<&mut S>,
+    ) {
+        if partitions.is_empty() {
+            return;
+        }
+        let stopping: Vec<_> = partitions
+            .iter()
+            .filter_map(|&p| self.stop_pulling(p))
+            .collect();
+        let _ = tokio::time::timeout(
+            PULLER_STOP_TIMEOUT,
+            futures_util::future::join_all(stopping),
+        )
+        .await;
+        let groups = self.batcher.groups();
+        if partitions.iter().any(|p| groups.contains(p)) {
+            self.flush(FlushReason::Handover, shutdown).await;
+        }
+        for partition in partitions {
+            self.held.remove(&partition);
+            self.windows.remove(&partition);
+            // Whatever is still buffered of it (a flush abandoned by
+            // shutdown) goes back to the stream for the next owner.
+            self.give_back(partition).await;
+            let _ = self.ownership.released.send(partition).await;
+        }
+    }
+
+    async fn on_change(&mut self, change: Ownership, ready: &mpsc::Sender<WindowReady>) {
         match change {
             Ownership::Acquired { partition, epoch } => {
                 let _ = self.stop_pulling(partition);
@@ -301,22 +358,8 @@ impl Pipeline {
                 self.windows.remove(&partition);
                 self.give_back(partition).await;
             }
-            Ownership::Release { partition } => {
-                // Its pull in flight ends (NAKing what it brings) before the
-                // lease goes, so nothing of it is delivered here afterwards.
-                if let Some(task) = self.stop_pulling(partition) {
-                    let _ = tokio::time::timeout(PULLER_STOP_TIMEOUT, task).await;
-                }
-                if self.batcher.groups().contains(&partition) {
-                    self.flush(FlushReason::Handover, shutdown).await;
-                }
-                self.held.remove(&partition);
-                self.windows.remove(&partition);
-                // Whatever is still buffered of it (a flush abandoned by
-                // shutdown) goes back to the stream for the next owner.
-                self.give_back(partition).await;
-                let _ = self.ownership.released.send(partition).await;
-            }
+            // Batched by `on_ownership`.
+            Ownership::Release { .. } => {}
         }
     }
 
