@@ -21,6 +21,10 @@ pub type LabeledCounter = Family<[(&'static str, &'static str); 1], Counter>;
 pub type LabeledRatio =
     Family<[(&'static str, &'static str); 1], Gauge<f64, std::sync::atomic::AtomicU64>>;
 
+/// A seconds counter with one fixed label, e.g. `stage="insert"`.
+pub type LabeledSeconds =
+    Family<[(&'static str, &'static str); 1], Counter<f64, std::sync::atomic::AtomicU64>>;
+
 /// The one error family, `spoor_relay_errors_total{stage, error_type}`.
 pub type ErrorCounter = Family<[(&'static str, &'static str); 2], Counter>;
 
@@ -52,6 +56,10 @@ pub struct Metrics {
     pub messages_acked: Counter,
     pub insert_duration_seconds: Histogram,
     pub insert_batch_rows: Histogram,
+    /// The pipeline loop's time, by what it was doing (`receive`, `insert`,
+    /// `acknowledge`; `decode` is part of `receive`); the rest of its wall
+    /// time it waited for frames.
+    pub pipeline_seconds: LabeledSeconds,
     pub consumer_lag_messages: Gauge,
     pub consumer_ack_pending_messages: Gauge,
     /// How full the events stream is, by limit (`bytes`, `messages`).
@@ -108,6 +116,7 @@ impl Metrics {
             insert_batch_rows: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 10),
             ),
+            pipeline_seconds: LabeledSeconds::default(),
             consumer_lag_messages: Gauge::default(),
             consumer_ack_pending_messages: Gauge::default(),
             stream_fullness_ratio: LabeledRatio::default(),
@@ -231,6 +240,11 @@ impl Metrics {
             "insert_batch_rows",
             "Rows per successful ClickHouse insert",
             m.insert_batch_rows.clone(),
+        );
+        r.register(
+            "pipeline_seconds",
+            "Time the pipeline loop spent, by stage: receive (handling fetched frames: decoding, dedup, building and buffering rows), decode (the part of receive that decodes frames), insert (the ClickHouse insert of a flush), acknowledge (after an insert: telling the debug ring, releasing the rows, acking the messages); the loop does one thing at a time, so its wall time less receive, insert and acknowledge is time it waited for frames",
+            m.pipeline_seconds.clone(),
         );
         r.register(
             "consumer_lag_messages",

@@ -249,7 +249,11 @@ impl Pipeline {
                     self.on_ownership(changes, &ready_tx, &mut shutdown).await;
                 }
                 Some(ready) = ready_rx.recv() => self.on_window(ready),
-                Some(fetched) = self.fetched.recv() => self.on_fetched(fetched).await,
+                Some(fetched) = self.fetched.recv() => {
+                    let started = Instant::now();
+                    self.on_fetched(fetched).await;
+                    self.timed("receive", started);
+                }
                 () = tokio::time::sleep(wake) => {}
             }
         }
@@ -526,9 +530,13 @@ impl Pipeline {
         let (message, acker) = message.split();
         // One message holds one frame or a bundle of frames an edge link
         // coalesced; all of them are buffered under the message's one ack.
+        let decoding = Instant::now();
         let batches =
             match spoor_core::decode_message(&message.payload, self.config.max_frame_bytes) {
-                Ok(batches) => batches,
+                Ok(batches) => {
+                    self.timed("decode", decoding);
+                    batches
+                }
                 Err(error) => {
                     FrameDecodeFailed {
                         kind: error.kind(),
@@ -866,7 +874,9 @@ impl Pipeline {
                             .await?;
                         Ok::<_, FlushError>(isolated)
                     };
-                    match self.race(insert, &epochs, &mut deadline, shutdown).await {
+                    let raced = self.race(insert, &epochs, &mut deadline, shutdown).await;
+                    self.timed("insert", inserted);
+                    match raced {
                         Raced::Done(r) => Raced::Done(r.map(|isolated| (isolated, inserted))),
                         Raced::Fenced => Raced::Fenced,
                         Raced::Abandoned => Raced::Abandoned,
@@ -889,7 +899,9 @@ impl Pipeline {
                 }
                 Raced::Done(Ok((isolated, inserted))) => {
                     Refusals::drop_rejected(&mut self.batcher, &isolated);
+                    let acknowledging = Instant::now();
                     self.inserted(reason, attempt, inserted.elapsed()).await;
+                    self.timed("acknowledge", acknowledging);
                     return Flushed::Inserted;
                 }
                 Raced::Done(Err(error)) => error,
@@ -1030,6 +1042,15 @@ impl Pipeline {
             }
             .emit(&self.metrics),
         }
+    }
+
+    /// Counts the loop's time in `stage` since `started`.
+    fn timed(&self, stage: &'static str, started: Instant) {
+        PipelineStageTimed {
+            stage,
+            elapsed: started.elapsed(),
+        }
+        .emit(&self.metrics);
     }
 
     fn report_buffer(&self) {

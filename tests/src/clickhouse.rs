@@ -134,6 +134,11 @@ impl ClickHouseServer {
         self.process.is_running()
     }
 
+    /// The server's pid while it runs (for its CPU time in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Runs one statement over HTTP as the default user and returns the body
     /// (TabSeparated unless the SQL says `FORMAT`). Errors carry the server's message.
     pub fn query(&self, sql: &str) -> Result<String> {

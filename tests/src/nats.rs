@@ -294,6 +294,11 @@ impl NatsServer {
         self.process.is_running()
     }
 
+    /// The server's pid while it runs (for its CPU time in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Stops the server cleanly (SIGTERM; SIGKILL after 10 s) and reaps it.
     /// The ports and the store stay reserved for `restart`. A no-op when
     /// already stopped.

@@ -142,6 +142,11 @@ impl RelayProcess {
         self.process.is_running()
     }
 
+    /// The relay's pid while it runs (for its CPU time in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// `/metrics` as text.
     pub fn metrics(&self) -> Result<String> {
         crate::metrics::fetch(&self.url())

@@ -48,6 +48,23 @@ impl InternalEvent for EventsInserted {
     }
 }
 
+/// The pipeline loop finished a piece of work: `stage` is `receive` (one
+/// fetched message), `decode` (its frame decode, part of `receive`),
+/// `insert` (one insert attempt) or `acknowledge` (what follows a
+/// successful insert).
+pub struct PipelineStageTimed {
+    pub stage: &'static str,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for PipelineStageTimed {
+    fn emit(self, m: &Metrics) {
+        m.pipeline_seconds
+            .get_or_create(&[("stage", self.stage)])
+            .inc_by(self.elapsed.as_secs_f64());
+    }
+}
+
 /// An insert attempt failed (or the dead letters of the rows it refused
 /// could not be stored); the buffer is kept and retried.
 pub struct InsertFailed<'a> {
@@ -144,5 +161,31 @@ impl InternalEvent for DrainAbandoned {
             messages = self.messages,
             "drain timed out; leaving messages unacked for redelivery"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_time_adds_up_by_stage() {
+        let m = Metrics::new();
+        for (stage, ms) in [("insert", 1_500), ("receive", 250), ("insert", 500)] {
+            PipelineStageTimed {
+                stage,
+                elapsed: Duration::from_millis(ms),
+            }
+            .emit(&m);
+        }
+        let page = spoor_core::prometheus::Metrics::parse(&m.encode()).unwrap();
+        let seconds = |stage: &str| {
+            page.get(&format!(
+                "spoor_relay_pipeline_seconds_total{{stage=\"{stage}\"}}"
+            ))
+        };
+        assert_eq!(seconds("insert"), Some(2.0));
+        assert_eq!(seconds("receive"), Some(0.25));
+        assert_eq!(seconds("acknowledge"), None);
     }
 }

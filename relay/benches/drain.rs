@@ -1,0 +1,644 @@
+//! The relay's drain rate against raw ClickHouse inserts of the same rows,
+//! in one run, on a private nats-server and clickhouse-server.
+//!
+//! 1. Fill: `--events` realistic events (`spoor_core::sample::batch_body`,
+//!    one device per 50-event request, ingested by `spoor_core::ingest` as
+//!    the edge does: one frame per request on its device's partition,
+//!    `spoor.events.eu.<p>` of 16, `Nats-Msg-Id` = batch id) are published
+//!    to `SPOOR_EVENTS` with no relay running. The frames are kept in
+//!    memory for the raw inserts.
+//! 2. Phases, in `--phases` order, `--rounds` times, each into a fresh
+//!    database that is dropped afterwards:
+//!    - `raw-views`: the rows of the same frames (decoded, `EventRow::new`,
+//!      untimed) inserted in `--batch-rows` chunks through the `clickhouse`
+//!      crate as the relay's sink does (RowBinary, LZ4, `spoor_store`'s
+//!      client) into the full schema, five materialized views on; rate =
+//!      rows / time inside the inserts;
+//!    - `raw-bare`: the same into a database holding only `events`;
+//!    - `relay:K`: K release relays as processes (`$SPOOR_RELAY_BIN`) on a
+//!      fresh durable consumer name, so they read the whole stream as a
+//!      backlog; rate = rows / (the first relay ready → `count()` = N and
+//!      every partition consumer's pending and ack-pending = 0);
+//!    - `relay-b:K`: the same with `$SPOOR_RELAY_BIN_B` (a second build,
+//!      for before/after figures in one run).
+//!
+//!    CPU seconds per 100K events from `/proc/<pid>/stat` over each phase:
+//!    the relays', clickhouse-server's and nats-server's.
+//! 3. The ratios: one relay ÷ raw with views, two relays ÷ one relay.
+//!
+//! Not a test: nothing is asserted beyond every phase storing N rows; the
+//! figures go to BENCHMARKS.md ("Relay drain vs raw ClickHouse inserts").
+//! Run (needs the tools of `cargo xtask setup`):
+//!
+//! ```sh
+//! cargo build --release -p spoor-relay
+//! SPOOR_RELAY_BIN=$CARGO_TARGET_DIR/release/spoor-relay \
+//!   cargo bench -p spoor-relay --bench drain -- --events 5000000
+//! ```
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use spoor_core::contract::partition_consumer;
+use spoor_core::{sample, Endpoint, Limits};
+use spoor_relay::source::nats::StreamLimits;
+use spoor_store::schema::{self, EVENTS_TABLE, SCHEMA_FILES};
+use spoor_store::{ClickHouseConfig, EventRow};
+use spoor_tests::bench::process_cpu_secs;
+use spoor_tests::clickhouse::ClickHouseServer;
+use spoor_tests::metrics::{sample_value, sum};
+use spoor_tests::nats::{NatsRole, NatsServer};
+use spoor_tests::relay::{RelayProcess, RelayProcessConfig};
+
+const EVENTS_PER_FRAME: usize = 50;
+const PARTITIONS: u32 = 16;
+const STREAM: &str = "SPOOR_EVENTS";
+const PROJECT: &str = "shop";
+/// PubAcks awaited at once while filling.
+const FILL_IN_FLIGHT: usize = 256;
+/// How often a relay phase checks whether everything is stored and acked.
+const POLL: Duration = Duration::from_millis(200);
+/// Longest a relay phase may take before the bench gives up on it.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(1800);
+
+#[derive(Debug, Clone)]
+struct Args {
+    events: u64,
+    batch_rows: usize,
+    rounds: usize,
+    phases: Vec<String>,
+    /// `--ring-window-secs` of the relays: 1 keeps the debug ring's start-up
+    /// replay of the stream (the whole backlog, at 3600) out of the drain.
+    ring_window_secs: u64,
+    /// Extra `spoor-relay run` flags, e.g. `--relay-arg=--flush-interval-ms=2000`.
+    relay_args: Vec<String>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        events: 5_000_000,
+        batch_rows: 50_000,
+        rounds: 1,
+        phases: ["raw-views", "relay:1", "relay:2", "raw-bare"]
+            .map(String::from)
+            .to_vec(),
+        ring_window_secs: 1,
+        relay_args: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            // cargo bench passes --bench to harness = false targets.
+            "--bench" => {}
+            "--events" => args.events = value().parse().expect("--events N"),
+            "--batch-rows" => args.batch_rows = value().parse().expect("--batch-rows N"),
+            "--rounds" => args.rounds = value().parse().expect("--rounds N"),
+            "--phases" => args.phases = value().split(',').map(String::from).collect(),
+            "--ring-window-secs" => {
+                args.ring_window_secs = value().parse().expect("--ring-window-secs N")
+            }
+            "--relay-arg" => args.relay_args.push(value()),
+            other => panic!(
+                "unknown argument {other}; flags: --events N --batch-rows N --rounds N \
+                 --phases raw-views,relay:1,relay:2,raw-bare[,relay-b:1,...] \
+                 --ring-window-secs N --relay-arg=--flag=value"
+            ),
+        }
+    }
+    let frames = args.events / EVENTS_PER_FRAME as u64;
+    assert!(frames > 0, "--events must be at least {EVENTS_PER_FRAME}");
+    args.events = frames * EVENTS_PER_FRAME as u64;
+    args
+}
+
+/// One phase's figures.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    phase: String,
+    load: String,
+    secs: f64,
+    rows_per_sec: f64,
+    relay_cpu: f64,
+    clickhouse_cpu: f64,
+    nats_cpu: f64,
+    /// The bench's own CPU inside the raw inserts (serialising the rows).
+    client_cpu: f64,
+    notes: String,
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("ms fit i64")
+}
+
+fn pid_cpu(pid: Option<u32>) -> f64 {
+    pid.map_or(0.0, process_cpu_secs)
+}
+
+/// Generates the frames as the edge would and publishes them, `FILL_IN_FLIGHT`
+/// PubAcks outstanding. Returns the frames.
+async fn fill(js: &jetstream::Context, frames: usize, at_ms: i64) -> Vec<Bytes> {
+    let meta = sample::request_meta(at_ms);
+    let limits = Limits::default();
+    let mut out = Vec::with_capacity(frames);
+    let mut acks = VecDeque::with_capacity(FILL_IN_FLIGHT);
+    let started = Instant::now();
+    for i in 0..frames {
+        let tag = format!("{i:08x}");
+        let body = sample::batch_body(EVENTS_PER_FRAME, at_ms, &tag);
+        let ingested = spoor_core::ingest(Endpoint::Batch, body.as_bytes(), &meta, &limits)
+            .expect("the sample batch ingests");
+        assert_eq!(
+            ingested.receipt.accepted, EVENTS_PER_FRAME,
+            "every event accepted"
+        );
+        assert_eq!(ingested.messages.len(), 1, "one device, one frame");
+        let message = ingested.messages.into_iter().next().expect("one frame");
+        let frame = Bytes::from(message.frame);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", message.msg_id.as_str());
+        if acks.len() == FILL_IN_FLIGHT {
+            let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("full");
+            ack.await.expect("PubAck");
+        }
+        acks.push_back(
+            js.publish_with_headers(message.subject, headers, frame.clone())
+                .await
+                .expect("publish"),
+        );
+        out.push(frame);
+        if (i + 1) % 20_000 == 0 {
+            eprintln!(
+                "filled {} / {frames} frames ({:.0} frames/s)",
+                i + 1,
+                (i + 1) as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    for ack in acks {
+        ack.await.expect("PubAck");
+    }
+    out
+}
+
+/// The rows of `frames`, as the relay builds them.
+fn rows_of(frames: &[Bytes]) -> Vec<EventRow> {
+    let max = Limits::default().max_frame_bytes;
+    let mut rows = Vec::with_capacity(frames.len() * EVENTS_PER_FRAME);
+    for frame in frames {
+        for mut batch in spoor_core::decode_message(frame, max).expect("our own frame decodes") {
+            let events = std::mem::take(&mut batch.events);
+            rows.extend(events.into_iter().map(|e| EventRow::new(&batch, e)));
+        }
+    }
+    rows
+}
+
+/// Only the events table (no views) in `config`'s (existing) database.
+async fn bare_events_table(config: &ClickHouseConfig) {
+    let (file, sql) = SCHEMA_FILES[0];
+    assert_eq!(file, "001_events.sql");
+    let client = config.client();
+    for statement in schema::split_statements(sql) {
+        client
+            .query(&statement)
+            .execute()
+            .await
+            .expect("events table");
+    }
+}
+
+fn count(ch: &ClickHouseServer, db: &str) -> u64 {
+    ch.query(&format!("SELECT count() FROM {db}.{EVENTS_TABLE}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Active parts of `db`'s tables at the end of a phase: how far
+/// ClickHouse's background merges got.
+fn active_parts(ch: &ClickHouseServer, db: &str) -> String {
+    ch.query(&format!(
+        "SELECT count() FROM system.parts WHERE database = '{db}' AND active"
+    ))
+    .map(|s| s.trim().to_string())
+    .unwrap_or_default()
+}
+
+/// Inserts the frames' rows in chunks of `batch_rows`, timing only the inserts.
+async fn raw_phase(
+    name: &str,
+    ch: &ClickHouseServer,
+    nats: &NatsServer,
+    with_views: bool,
+    frames: &[Bytes],
+    batch_rows: usize,
+) -> Figures {
+    let db = ch.fresh_database(&format!("drain_{}", name.replace('-', "_")));
+    let config = ClickHouseConfig {
+        url: ch.http_url(),
+        database: db.clone(),
+        user: None,
+        password: None,
+    };
+    if with_views {
+        schema::apply(&config).await.expect("schema");
+    } else {
+        bare_events_table(&config).await;
+    }
+    // The relay's insert client: RowBinary over HTTP, LZ4 request bodies.
+    let client = config
+        .client()
+        .with_compression(clickhouse::Compression::Lz4);
+    let load = load_average();
+    let me = std::process::id();
+    let (ch0, nats0) = (pid_cpu(ch.pid()), pid_cpu(nats.pid()));
+    let (mut inside, mut client_cpu, mut rows_total) = (Duration::ZERO, 0.0, 0u64);
+    let per_chunk = (batch_rows / EVENTS_PER_FRAME).max(1);
+    let mut inserts = 0u32;
+    for chunk in frames.chunks(per_chunk) {
+        let rows = rows_of(chunk);
+        let (t, c) = (Instant::now(), process_cpu_secs(me));
+        let mut insert = client
+            .insert::<EventRow>(EVENTS_TABLE)
+            .await
+            .expect("insert");
+        for row in &rows {
+            insert.write(row).await.expect("write row");
+        }
+        insert.end().await.expect("insert end");
+        inside += t.elapsed();
+        client_cpu += process_cpu_secs(me) - c;
+        rows_total += rows.len() as u64;
+        inserts += 1;
+    }
+    let (ch_cpu, nats_cpu) = (pid_cpu(ch.pid()) - ch0, pid_cpu(nats.pid()) - nats0);
+    let stored = count(ch, &db);
+    assert_eq!(stored, rows_total, "{name}: every row stored");
+    let parts = active_parts(ch, &db);
+    ch.query(&format!("DROP DATABASE {db}")).expect("drop");
+    let secs = inside.as_secs_f64();
+    Figures {
+        phase: name.to_string(),
+        load,
+        secs,
+        rows_per_sec: rows_total as f64 / secs,
+        relay_cpu: 0.0,
+        clickhouse_cpu: ch_cpu,
+        nats_cpu,
+        client_cpu,
+        notes: format!(
+            "{inserts} inserts of {} rows, {:.0} ms each on average; {parts} active parts at the end",
+            rows_total / u64::from(inserts.max(1)),
+            secs * 1000.0 / f64::from(inserts.max(1))
+        ),
+    }
+}
+
+/// Sum of `name` over every relay's page.
+fn total(pages: &[String], name: &str) -> f64 {
+    pages.iter().map(|p| sum(p, name)).sum()
+}
+
+/// Every partition consumer's pending + ack-pending, or None if one cannot be read.
+async fn unfinished(js: &jetstream::Context, consumer: &str) -> Option<u64> {
+    let stream = js.get_stream(STREAM).await.ok()?;
+    let mut left = 0;
+    for p in 0..PARTITIONS {
+        let info = stream
+            .consumer_info(partition_consumer(consumer, p))
+            .await
+            .ok()?;
+        left += info.num_pending + info.num_ack_pending as u64;
+    }
+    Some(left)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_phase(
+    name: &str,
+    relays: usize,
+    consumer: &str,
+    ch: &ClickHouseServer,
+    nats: &NatsServer,
+    js: &jetstream::Context,
+    expected: u64,
+    relay_flags: &[String],
+) -> Figures {
+    let db = ch.fresh_database(&format!("drain_{consumer}").replace('-', "_"));
+    let config = ClickHouseConfig {
+        url: ch.http_url(),
+        database: db.clone(),
+        user: None,
+        password: None,
+    };
+    // The schema first, so the relays' own (idempotent) apply is quick.
+    schema::apply(&config).await.expect("schema");
+    let mut args = vec!["--consumer".to_string(), consumer.to_string()];
+    args.extend(relay_flags.iter().cloned());
+    let process_config = RelayProcessConfig {
+        nats_url: nats.url(),
+        nats_ca: Some(nats.ca_pem_path().to_path_buf()),
+        nats_nkey_file: Some(nats.seed_path(NatsRole::Relay)),
+        clickhouse_url: ch.http_url(),
+        database: db.clone(),
+        projects: vec![PROJECT.to_string()],
+        args,
+    };
+    let load = load_average();
+    let (ch0, nats0) = (pid_cpu(ch.pid()), pid_cpu(nats.pid()));
+    let started = Instant::now();
+    // Started together, so the second does not find the first's partitions
+    // already busy.
+    let handles: Vec<_> = (0..relays)
+        .map(|_| {
+            let c = process_config.clone();
+            std::thread::spawn(move || {
+                let r = RelayProcess::start(c).expect("relay starts");
+                (r, Instant::now())
+            })
+        })
+        .collect();
+    let mut procs = Vec::new();
+    let mut first_ready: Option<Instant> = None;
+    for h in handles {
+        let (r, ready) = h.join().expect("relay start thread");
+        first_ready = Some(first_ready.map_or(ready, |f: Instant| f.min(ready)));
+        procs.push(r);
+    }
+    let first_ready = first_ready.expect("at least one relay");
+    let ready_secs = (first_ready - started).as_secs_f64();
+    // CPU from spawn; the start-up (schema no-op, consumers, leases) is small.
+    let mut first_row: Option<Instant> = None;
+    let done = loop {
+        tokio::time::sleep(POLL).await;
+        let stored = count(ch, &db);
+        if stored > 0 && first_row.is_none() {
+            first_row = Some(Instant::now());
+        }
+        if stored >= expected && unfinished(js, consumer).await == Some(0) {
+            break Instant::now();
+        }
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "{name}: {stored} of {expected} rows after {PHASE_TIMEOUT:?}"
+        );
+        for r in &procs {
+            assert!(r.is_running(), "{name}: a relay died: {}", r.log_tail(30));
+        }
+    };
+    let relay_cpu: f64 = procs.iter().map(|r| pid_cpu(r.pid())).sum();
+    let (ch_cpu, nats_cpu) = (pid_cpu(ch.pid()) - ch0, pid_cpu(nats.pid()) - nats0);
+    let pages: Vec<String> = procs
+        .iter()
+        .map(|r| r.metrics().expect("relay metrics"))
+        .collect();
+    let parts = active_parts(ch, &db);
+    for r in &procs {
+        r.stop();
+    }
+    let stored = count(ch, &db);
+    let unique: u64 = ch
+        .query(&format!(
+            "SELECT uniqExact(event_id) FROM {db}.{EVENTS_TABLE}"
+        ))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    ch.query(&format!("DROP DATABASE {db}")).expect("drop");
+    let inserts = total(&pages, "spoor_relay_insert_duration_seconds_count");
+    let insert_secs = total(&pages, "spoor_relay_insert_duration_seconds_sum");
+    let secs = (done - first_ready).as_secs_f64();
+    let batch_rows = total(&pages, "spoor_relay_insert_batch_rows_sum");
+    let stage = |name: &str| -> f64 {
+        let selector = format!("spoor_relay_pipeline_seconds_total{{stage=\"{name}\"}}");
+        let spent: f64 = pages.iter().map(|p| sample_value(p, &selector)).sum();
+        100.0 * spent / (secs * relays as f64)
+    };
+    let (receive, decode, inserting, acknowledge) = (
+        stage("receive"),
+        stage("decode"),
+        stage("insert"),
+        stage("acknowledge"),
+    );
+    let errors = total(&pages, "spoor_relay_errors_total");
+    let deduped = total(&pages, "spoor_relay_events_deduped_total");
+    Figures {
+        phase: name.to_string(),
+        load,
+        secs,
+        rows_per_sec: expected as f64 / secs,
+        relay_cpu,
+        clickhouse_cpu: ch_cpu,
+        nats_cpu,
+        client_cpu: 0.0,
+        notes: format!(
+            "ready {ready_secs:.1} s, first row {:.1} s after; {inserts:.0} inserts of {:.0} rows, \
+             {:.0} ms each; loop time per relay: receive {receive:.0}% (decode {decode:.0}%), \
+             insert {inserting:.0}%, acknowledge {acknowledge:.0}%, waiting {:.0}%; {parts} active \
+             parts at the end; stored {stored} ({unique} unique); {deduped:.0} deduped, \
+             {errors:.0} errors",
+            first_row.map_or(f64::NAN, |f| (f - first_ready).as_secs_f64()),
+            batch_rows / inserts.max(1.0),
+            insert_secs * 1000.0 / inserts.max(1.0),
+            100.0 - receive - inserting - acknowledge,
+        ),
+    }
+}
+
+fn per_100k(cpu: f64, events: u64) -> f64 {
+    cpu * 100_000.0 / events as f64
+}
+
+fn main() {
+    let args = parse_args();
+    let frames_n = usize::try_from(args.events / EVENTS_PER_FRAME as u64).expect("fits");
+    let nats = NatsServer::start().expect("nats-server (install with `cargo xtask setup`)");
+    let ch =
+        ClickHouseServer::start().expect("clickhouse-server (install with `cargo xtask setup`)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // 32 KB a frame at most (they are about a tenth of that), and never
+    // below the deployed 10 GiB.
+    let max_bytes = (frames_n as i64 * 32_768).max(10 << 30);
+    let mut relay_flags = vec![
+        "--batch-max-rows".to_string(),
+        args.batch_rows.to_string(),
+        "--stream-max-bytes".to_string(),
+        max_bytes.to_string(),
+        "--ring-window-secs".to_string(),
+        args.ring_window_secs.to_string(),
+    ];
+    relay_flags.extend(args.relay_args.iter().cloned());
+    let version = ch.query("SELECT version()").unwrap_or_default();
+    eprintln!(
+        "events {} ({frames_n} frames of {EVENTS_PER_FRAME}), batches of {} rows, relay flags {relay_flags:?}, \
+         ClickHouse {}, load {}",
+        args.events,
+        args.batch_rows,
+        version.trim(),
+        load_average()
+    );
+
+    let (admin, frames) = rt.block_on(async {
+        let admin = jetstream::new(nats.connect(NatsRole::Admin).await.expect("admin"));
+        spoor_relay::source::streams::ensure_all(
+            &admin,
+            STREAM,
+            1,
+            &StreamLimits {
+                max_bytes: Some(max_bytes),
+                max_msgs: None,
+            },
+        )
+        .await
+        .expect("stream");
+        let edge = jetstream::new(nats.connect(NatsRole::Edge).await.expect("edge"));
+        let started = Instant::now();
+        let load = load_average();
+        let frames = fill(&edge, frames_n, now_ms()).await;
+        let bytes: usize = frames.iter().map(|f| f.len()).sum();
+        eprintln!(
+            "fill: {frames_n} frames, {bytes} bytes ({:.0} bytes/frame) in {:.1} s (load {load})",
+            bytes as f64 / frames_n as f64,
+            started.elapsed().as_secs_f64()
+        );
+        (admin, frames)
+    });
+
+    let binaries: std::collections::HashMap<&str, Option<std::ffi::OsString>> =
+        ["SPOOR_RELAY_BIN", "SPOOR_RELAY_BIN_B"]
+            .into_iter()
+            .map(|v| (v, std::env::var_os(v)))
+            .collect();
+    let mut results: Vec<(usize, Figures)> = Vec::new();
+    for round in 0..args.rounds {
+        for phase in &args.phases {
+            eprintln!("round {round}: {phase} (load {})", load_average());
+            let figures = match phase.as_str() {
+                "raw-views" => {
+                    rt.block_on(raw_phase(phase, &ch, &nats, true, &frames, args.batch_rows))
+                }
+                "raw-bare" => rt.block_on(raw_phase(
+                    phase,
+                    &ch,
+                    &nats,
+                    false,
+                    &frames,
+                    args.batch_rows,
+                )),
+                other => {
+                    let (bin, relays) = other.split_once(':').unwrap_or_else(|| {
+                        panic!("unknown phase {other}: raw-views, raw-bare, relay:K, relay-b:K")
+                    });
+                    let relays: usize = relays.parse().expect("relay:K");
+                    let var = match bin {
+                        "relay" => "SPOOR_RELAY_BIN",
+                        "relay-b" => "SPOOR_RELAY_BIN_B",
+                        _ => panic!("unknown phase {other}"),
+                    };
+                    let path = binaries.get(var).cloned().flatten().unwrap_or_else(|| {
+                        panic!("{other} needs {var} (a release build of spoor-relay)")
+                    });
+                    // RelayProcess reads SPOOR_RELAY_BIN; no other thread
+                    // runs here.
+                    std::env::set_var("SPOOR_RELAY_BIN", &path);
+                    let consumer = format!("bench-r{round}-{}", other.replace(':', "-"));
+                    let f = rt.block_on(relay_phase(
+                        other,
+                        relays,
+                        &consumer,
+                        &ch,
+                        &nats,
+                        &admin,
+                        args.events,
+                        &relay_flags,
+                    ));
+                    f
+                }
+            };
+            eprintln!(
+                "  {:.0} rows/s over {:.1} s; {}",
+                figures.rows_per_sec, figures.secs, figures.notes
+            );
+            results.push((round, figures));
+            // Let the dropped database's files go and the box settle.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    println!(
+        "\nevents {} in {frames_n} frames; batches of {} rows; relay flags {}",
+        args.events,
+        args.batch_rows,
+        relay_flags.join(" ")
+    );
+    println!("| round | phase | load (1/5/15 min) | rows/s | seconds | relay CPU s/100K | ClickHouse CPU s/100K | nats-server CPU s/100K | inserting client CPU s/100K | notes |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (round, f) in &results {
+        println!(
+            "| {round} | {} | {} | {:.0} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            f.phase,
+            f.load,
+            f.rows_per_sec,
+            f.secs,
+            per_100k(f.relay_cpu, args.events),
+            per_100k(f.clickhouse_cpu, args.events),
+            per_100k(f.nats_cpu, args.events),
+            per_100k(f.client_cpu, args.events),
+            f.notes
+        );
+    }
+    println!();
+    for round in 0..args.rounds {
+        let rate = |phase: &str| {
+            results
+                .iter()
+                .find(|(r, f)| *r == round && f.phase == phase)
+                .map(|(_, f)| f.rows_per_sec)
+        };
+        let ratio = |a: &str, b: &str| match (rate(a), rate(b)) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        println!(
+            "round {round}: relay:1 / raw-views {} (goal >= 0.6); relay:2 / relay:1 {} (goal >= 1.6 \
+             where ClickHouse is not the bottleneck); raw-bare / raw-views {}; \
+             relay-b:1 / raw-views {}; relay-b:2 / relay-b:1 {}; relay-b:1 / relay:1 {}",
+            ratio("relay:1", "raw-views"),
+            ratio("relay:2", "relay:1"),
+            ratio("raw-bare", "raw-views"),
+            ratio("relay-b:1", "raw-views"),
+            ratio("relay-b:2", "relay-b:1"),
+            ratio("relay-b:1", "relay:1"),
+        );
+    }
+}
