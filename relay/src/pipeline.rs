@@ -17,8 +17,9 @@
 //! - **Bounded memory.** The buffer is flushed as soon as a frame takes it
 //!   past a bound, so it exceeds `max_rows`/`max_bytes` by at most one frame.
 //!   While an insert fails, the loop retries it with backoff and takes no
-//!   frames, so the buffer cannot grow; the partition pullers block on
-//!   their channel and JetStream holds the rest (`max_ack_pending` caps what
+//!   frames, so the buffer cannot grow; the partition pullers issue no new
+//!   pull request (those in flight end within `MAX_FETCH_WAIT`) and
+//!   JetStream holds the rest (`max_ack_pending` caps what
 //!   is delivered but unacked per partition).
 //! - **Progress while working.** While a presence check or an insert runs,
 //!   and while a failed insert waits to be retried, the buffered messages

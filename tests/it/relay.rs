@@ -537,8 +537,12 @@ async fn nothing_is_acked_until_clickhouse_has_the_rows() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("ClickHouse insert failed"), "{body}");
 
-    // While inserts fail the relay does not fetch: a message published now
-    // stays with JetStream, not in the relay's memory.
+    // While inserts fail the relay does not fetch: once the partitions'
+    // pull requests in flight when the first insert failed have ended
+    // (`MAX_FETCH_WAIT`, 1 s), a message published stays with JetStream,
+    // not in the relay's memory.
+    tokio::time::sleep(spoor_relay::source::nats::MAX_FETCH_WAIT + Duration::from_millis(500))
+        .await;
     publisher
         .publish_batch(&batch("during-outage", events(100..102)))
         .await;
