@@ -63,60 +63,37 @@ const POLL: Duration = Duration::from_millis(200);
 /// Longest a relay phase may take before the bench gives up on it.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(1800);
 
-#[derive(Debug, Clone)]
+/// The bench's flags (`cargo bench -p spoor-relay --bench drain -- ...`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = "Relay drain rate against raw ClickHouse inserts of the same rows")]
 struct Args {
+    /// Events to fill the stream with (rounded down to whole 50-event frames).
+    #[arg(long, default_value_t = 5_000_000)]
     events: u64,
+    /// Rows per insert, for the relays (`--batch-max-rows`) and the raw inserts.
+    #[arg(long, default_value_t = 50_000)]
     batch_rows: usize,
+    /// How many times to run the phases.
+    #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Phases in order: raw-views, raw-bare, relay:K, relay-b:K (the build
+    /// in SPOOR_RELAY_BIN_B).
+    #[arg(long, value_delimiter = ',', default_value = "raw-views,relay:1,relay:2,raw-bare")]
     phases: Vec<String>,
     /// `--ring-window-secs` of the relays: 1 keeps the debug ring's start-up
     /// replay of the stream (the whole backlog, at 3600) out of the drain.
+    #[arg(long, default_value_t = 1)]
     ring_window_secs: u64,
     /// Extra `spoor-relay run` flags, e.g. `--relay-arg=--flush-interval-ms=2000`.
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
     relay_args: Vec<String>,
+    /// Passed by `cargo bench` to `harness = false` targets; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        events: 5_000_000,
-        batch_rows: 50_000,
-        rounds: 1,
-        phases: ["raw-views", "relay:1", "relay:2", "raw-bare"]
-            .map(String::from)
-            .to_vec(),
-        ring_window_secs: 1,
-        relay_args: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            // cargo bench passes --bench to harness = false targets.
-            "--bench" => {}
-            "--events" => args.events = value().parse().expect("--events N"),
-            "--batch-rows" => args.batch_rows = value().parse().expect("--batch-rows N"),
-            "--rounds" => args.rounds = value().parse().expect("--rounds N"),
-            "--phases" => args.phases = value().split(',').map(String::from).collect(),
-            "--ring-window-secs" => {
-                args.ring_window_secs = value().parse().expect("--ring-window-secs N")
-            }
-            "--relay-arg" => args.relay_args.push(value()),
-            other => panic!(
-                "unknown argument {other}; flags: --events N --batch-rows N --rounds N \
-                 --phases raw-views,relay:1,relay:2,raw-bare[,relay-b:1,...] \
-                 --ring-window-secs N --relay-arg=--flag=value"
-            ),
-        }
-    }
+    let mut args = <Args as clap::Parser>::parse();
     let frames = args.events / EVENTS_PER_FRAME as u64;
     assert!(frames > 0, "--events must be at least {EVENTS_PER_FRAME}");
     args.events = frames * EVENTS_PER_FRAME as u64;
