@@ -78,7 +78,11 @@ struct Args {
     rounds: usize,
     /// Phases in order: raw-views, raw-bare, relay:K, relay-b:K (the build
     /// in SPOOR_RELAY_BIN_B).
-    #[arg(long, value_delimiter = ',', default_value = "raw-views,relay:1,relay:2,raw-bare")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raw-views,relay:1,relay:2,raw-bare"
+    )]
     phases: Vec<String>,
     /// `--ring-window-secs` of the relays: 1 keeps the debug ring's start-up
     /// replay of the stream (the whole backlog, at 3600) out of the drain.

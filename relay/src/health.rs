@@ -21,7 +21,7 @@ pub struct Health {
     nats: OnceLock<async_nats::Client>,
     insert_failing: AtomicBool,
     last_insert_error: Mutex<Option<String>>,
-    /// Why the events stream degrades health (set by the fullness poller).
+    /// Why the events stream degrades health (set by the stream poller, `fullness`).
     stream_degraded: Mutex<Option<String>>,
 }
 
@@ -55,7 +55,7 @@ impl Health {
         self.insert_failing.store(true, Ordering::Relaxed);
     }
 
-    /// The fullness poller's verdict: `Some(reason)` at or above the
+    /// The stream poller's verdict: `Some(reason)` at or above the
     /// threshold, `None` below it.
     pub fn set_stream_degraded(&self, reason: Option<String>) {
         if let Ok(mut r) = self.stream_degraded.lock() {

@@ -36,12 +36,11 @@ use std::sync::Arc;
 
 use spoor_runtime::{Supervisor, TaskExit};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use config::{ClickHouseConfig, RelayConfig};
 pub use spoor_runtime::{NatsConnectError, NatsEndpoint};
 
-use internal_events::{ConsumerLagPolled, InternalEvent};
+use internal_events::InternalEvent;
 use metrics::Metrics;
 use sink::clickhouse::SinkError;
 use source::nats::{self as source_nats, SourceError};
@@ -74,7 +73,7 @@ pub enum RelayError {
 /// ([`RelayConfig::validate`]) returns one before anything starts. After
 /// that it relays until shutdown; see the `pipeline` module for the drain.
 /// The relay's tasks (HTTP, the debug ring and its responder, the leases,
-/// retention, the lag poller) run under one [`Supervisor`]: one that fails
+/// retention, the stream poller) run under one [`Supervisor`]: one that fails
 /// or panics, or a service that ends, stops the relay like a shutdown, and
 /// `run` returns why.
 /// `listener` serves `/healthz` and `/metrics`; bind it to port 0 in tests.
@@ -124,10 +123,11 @@ pub async fn run(
     let instance = ownership::leases::new_instance_id();
     let js = async_nats::jetstream::new(client.clone());
     tasks.spawn_service(
-        "the stream fullness poller",
+        "the stream poller",
         fullness::poll(
             js.clone(),
             config.stream.clone(),
+            consumers.consumers.clone(),
             config.lag_poll_interval,
             config.stream_degraded_at,
             health.clone(),
@@ -247,15 +247,6 @@ pub async fn run(
             metrics.clone(),
         ),
     );
-    tasks.spawn_service(
-        "the consumer lag poller",
-        poll_consumer_lag(
-            consumers.consumers.clone(),
-            config.lag_poll_interval,
-            metrics.clone(),
-            stop_rx,
-        ),
-    );
     let mut exit = None;
     pipeline::Pipeline::new(
         config,
@@ -363,42 +354,3 @@ async fn setup(config: &RelayConfig) -> Result<Ready, RelayError> {
 }
 
 pub(crate) use spoor_runtime::supervise::stopped;
-
-/// Polls every partition consumer's info for the lag gauges (summed over
-/// the region's partitions) until `stop`.
-async fn poll_consumer_lag(
-    mut consumers: Vec<async_nats::jetstream::consumer::PullConsumer>,
-    every: std::time::Duration,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stopped(&mut stop) => return,
-            _ = tick.tick() => {}
-        }
-        let (mut pending, mut ack_pending, mut complete) = (0u64, 0usize, true);
-        for consumer in &mut consumers {
-            match consumer.info().await {
-                Ok(info) => {
-                    pending += info.num_pending;
-                    ack_pending += info.num_ack_pending;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "consumer info poll failed");
-                    complete = false;
-                    break;
-                }
-            }
-        }
-        if complete {
-            ConsumerLagPolled {
-                pending,
-                ack_pending,
-            }
-            .emit(&metrics);
-        }
-    }
-}
