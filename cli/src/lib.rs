@@ -22,8 +22,8 @@ pub mod dead_letters;
 pub mod debug;
 pub mod reconcile;
 pub mod relays;
-mod stream_read;
-pub mod window;
+/// Time arguments, shared with `spoor-loadtest record`.
+pub use spoor_runtime::window;
 
 pub use connect::ClickHouseOptions;
 pub use reconcile::{reconcile, ReconcileError, ReconcileOptions, ReconcileReport};

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::ledger::{date_text, Ledger};
 use super::{ReconcileError, ReconcileOptions, RelayCounters};
 use crate::clickhouse::{quote, ClickHouse, ClickHouseError};
-use crate::stream_read::{self, ReadError};
+use spoor_runtime::stream_read::{self, ReadError};
 
 /// Ids per ClickHouse query: about 40 bytes each keeps a query well under
 /// the 256 KiB `max_query_size` default.

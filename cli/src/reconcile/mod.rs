@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::connect::{self, ClickHouseOptions, NatsEndpoint, NatsUnreachable};
-use crate::stream_read::ReadError;
+use spoor_runtime::stream_read::ReadError;
 use crate::window::format_time;
 
 mod io;

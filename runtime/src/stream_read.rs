@@ -1,7 +1,10 @@
 //! Reads a stretch of a JetStream stream in sequence order through an
 //! ephemeral ordered consumer: no acks, no durable state, so the relays'
-//! durable consumer never notices. It stops at the stream's last sequence
+//! durable consumers never notice. It stops at the stream's last sequence
 //! as of the start, or at the first message stored at or after `until`.
+//! The `spoor` CLI (reconcile, dead letters) and `spoor-loadtest record`
+//! read the streams through it; it must never bind to or ack on a durable
+//! consumer.
 
 use std::time::Duration;
 
@@ -19,7 +22,7 @@ const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(2);
 /// Once messages flow, a silence this long is a stalled read.
 const STALL: Duration = Duration::from_secs(15);
 
-pub(crate) struct StoredMessage {
+pub struct StoredMessage {
     pub seq: u64,
     pub published: OffsetDateTime,
     pub subject: String,
@@ -50,7 +53,7 @@ pub enum ReadError {
     Stalled { stream: String, after_seq: u64 },
 }
 
-pub(crate) async fn get_stream(
+pub async fn get_stream(
     js: &jetstream::Context,
     name: &str,
 ) -> Result<jetstream::stream::Stream, ReadError> {
@@ -69,7 +72,7 @@ pub(crate) async fn get_stream(
 
 /// Calls `each` for every message stored in `[start, until)` (an absent
 /// bound is open), in sequence order.
-pub(crate) async fn read(
+pub async fn read(
     js: &jetstream::Context,
     name: &str,
     start: Option<OffsetDateTime>,
