@@ -21,8 +21,8 @@ use serde::Serialize;
 use spoor_core::contract::{dead_letter_header as header, DEAD_STREAM, DEAD_SUBJECT_PREFIX};
 
 use crate::connect::{self, NatsEndpoint, NatsUnreachable};
-use spoor_runtime::stream_read::{self, ReadError, StoredMessage};
 use crate::window::format_time;
+use spoor_runtime::stream_read::{self, ReadError, StoredMessage};
 
 /// One message of `SPOOR_DEAD`, as its headers describe it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -36,8 +36,8 @@ use uuid::Uuid;
 
 use crate::clickhouse::{ClickHouse, ClickHouseError};
 use crate::connect::{self, ClickHouseOptions, NatsEndpoint, NatsUnreachable};
-use spoor_runtime::stream_read::ReadError;
 use crate::window::format_time;
+use spoor_runtime::stream_read::ReadError;
 
 mod io;
 pub mod ledger;
