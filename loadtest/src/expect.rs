@@ -144,6 +144,7 @@ mod tests {
                     kind: InvalidKind::NotAnObject,
                 },
             ],
+            headers: Vec::new(),
         }
     }
 

@@ -7,11 +7,20 @@
 //! (`verify`). `run` is the whole thing as a library call, so end-to-end
 //! tests drive it directly; the binary only parses flags and prints.
 //!
-//! The model is pure; everything that touches the network, the clock or OS
-//! randomness lives in `send`, `verify` and `run`.
+//! Real traffic can be played instead: `record` saves a time range of the
+//! events stream as a `recording` (JSON lines of requests with their
+//! arrival offsets) and `replay` sends it again at a chosen speed, through
+//! the same `send` and `verify`.
+//!
+//! The model and the recording format are pure; everything that touches
+//! the network, the clock or OS randomness lives in `send`, `verify`,
+//! `record`, `replay` and `run`.
 
 pub mod expect;
 pub mod model;
+pub mod record;
+pub mod recording;
+pub mod replay;
 pub mod send;
 pub mod verify;
 
@@ -26,6 +35,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use model::{generate, ModelConfig, Plan};
+pub use record::{record, RecordConfig, Recorded};
+pub use replay::{replay, ReplayInfo, ReplayOptions};
 
 /// The traffic to generate (shared by `run` and `generate`).
 #[derive(Debug, Clone, PartialEq, clap::Args)]
@@ -205,6 +216,9 @@ pub struct Summary {
     pub mismatch_count: usize,
     /// The first mismatches (receipts, HTTP failures, then storage).
     pub mismatches: Vec<String>,
+    /// Set for a replay of a recording (then `seed` and `resends` are 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayInfo>,
 }
 
 /// Generates, sends and (with ClickHouse configured) verifies one run.
@@ -233,6 +247,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Summary> {
             max_retries: opts.max_retries,
             progress: opts.progress,
             ack: opts.ack.clone(),
+            schedule: None,
         },
     )
     .await?;
@@ -256,7 +271,32 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Summary> {
             Some(verify::verify(&cfg, run_id, &must, &may, stats.finished_at).await)
         }
     };
+    let summary = summarize(
+        run_id,
+        opts.traffic.seed,
+        plan.resends(),
+        &stats,
+        must.len(),
+        verification,
+        None,
+    );
+    if let Some(path) = &opts.json_summary {
+        let text = serde_json::to_string_pretty(&summary)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(summary)
+}
 
+/// The summary of a send and its verification (`run` and `replay`).
+pub(crate) fn summarize(
+    run_id: Uuid,
+    seed: u64,
+    resends: usize,
+    stats: &send::SendStats,
+    unique_valid: usize,
+    verification: Option<verify::Verification>,
+    replay: Option<ReplayInfo>,
+) -> Summary {
     let ms = |us: u64| us as f64 / 1000.0;
     let h = &stats.latency_us;
     let secs = stats.elapsed.as_secs_f64().max(1e-9);
@@ -266,11 +306,11 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Summary> {
         mismatch_count += v.problems.len();
         mismatches.extend(v.problems.iter().cloned());
     }
-    let summary = Summary {
+    Summary {
         run_id,
-        seed: opts.traffic.seed,
+        seed,
         requests: stats.requests,
-        resends: plan.resends(),
+        resends,
         retries: stats.retries,
         throttled: stats.throttled,
         failed_requests: stats.failed_requests,
@@ -278,7 +318,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Summary> {
         accepted: stats.accepted,
         rejected: stats.rejected,
         rejected_by_reason: stats.rejected_by_reason.clone(),
-        unique_valid: must.len(),
+        unique_valid,
         stored: verification.as_ref().map(|v| v.stored),
         stored_unique: verification.as_ref().map(|v| v.stored_unique),
         p50_ack_ms: ms(h.value_at_quantile(0.50)),
@@ -299,17 +339,30 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Summary> {
         ok: mismatch_count == 0,
         mismatch_count,
         mismatches,
-    };
-    if let Some(path) = &opts.json_summary {
-        let text = serde_json::to_string_pretty(&summary)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        replay,
     }
-    Ok(summary)
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "spoor-loadtest run {} (seed {})", self.run_id, self.seed)?;
+        match &self.replay {
+            None => writeln!(f, "spoor-loadtest run {} (seed {})", self.run_id, self.seed)?,
+            Some(r) => writeln!(
+                f,
+                "spoor-loadtest replay {} at {}x ({} ids{}; {:.1} s recorded{}), replay {}",
+                r.file,
+                r.speed,
+                r.ids,
+                if r.shift_time { ", times shifted" } else { "" },
+                r.recorded_span_ms as f64 / 1000.0,
+                if r.skipped_lines > 0 {
+                    format!(", {} bad lines skipped", r.skipped_lines)
+                } else {
+                    String::new()
+                },
+                self.run_id
+            )?,
+        }
         writeln!(
             f,
             "  requests    {} ({} resends), {} retries, {} throttled, {} failed",

@@ -1,14 +1,18 @@
 //! `spoor-loadtest run …` sends a seeded clickstream to the edge and checks
 //! receipts and storage; `spoor-loadtest generate …` prints the request
-//! bodies instead (one JSON line each), for other load tools.
+//! bodies instead (one JSON line each), for other load tools;
+//! `spoor-loadtest record …` saves real traffic from the events stream and
+//! `spoor-loadtest replay …` sends it again.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use spoor_loadtest::{generate, RunOptions, TrafficArgs};
+use spoor_loadtest::{generate, RecordConfig, ReplayOptions, RunOptions, TrafficArgs};
+use spoor_runtime::{window, NatsArgs};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -35,6 +39,34 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Save a time range of the events stream as a recording (JSON lines).
+    Record(RecordArgs),
+    /// Send a recording again, at its recorded pace scaled by --speed.
+    Replay(ReplayOptions),
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The events stream.
+    #[arg(long, env = "SPOOR_STREAM", default_value = spoor_core::contract::DEFAULT_EVENTS_STREAM)]
+    stream: String,
+    /// Start: RFC 3339, or a span back from now (90s, 15m, 2h, 1d).
+    #[arg(long)]
+    since: String,
+    /// End (default: the stream's last message as of the start).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this project's requests.
+    #[arg(long)]
+    project: Option<String>,
+    /// Largest uncompressed frame decoded (the relays' --max-frame-bytes).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    max_frame_bytes: usize,
+    /// The recording to write.
+    #[arg(long, short)]
+    out: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +84,11 @@ fn main() -> ExitCode {
             run(&opts)
         }
         Command::Generate { traffic, out } => write_plan(&traffic, out).map(|()| true),
+        Command::Record(args) => record(&args).map(|()| true),
+        Command::Replay(mut opts) => {
+            opts.progress = std::io::stderr().is_terminal();
+            replay(&opts)
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -68,6 +105,40 @@ fn run(opts: &RunOptions) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
     let summary = rt.block_on(spoor_loadtest::run(opts))?;
+    println!("{summary}");
+    Ok(summary.ok)
+}
+
+fn record(args: &RecordArgs) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    let cfg = RecordConfig {
+        nats: args.nats.endpoint()?,
+        stream: args.stream.clone(),
+        since: Some(window::parse_time(&args.since, now).context("--since")?),
+        until: args
+            .until
+            .as_deref()
+            .map(|u| window::parse_time(u, now))
+            .transpose()
+            .context("--until")?,
+        project: args.project.clone(),
+        max_frame_bytes: args.max_frame_bytes,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let recorded = rt.block_on(spoor_loadtest::record(&cfg))?;
+    recorded.write(&args.out)?;
+    println!("{recorded}");
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn replay(opts: &ReplayOptions) -> anyhow::Result<bool> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = rt.block_on(spoor_loadtest::replay(opts))?;
     println!("{summary}");
     Ok(summary.ok)
 }

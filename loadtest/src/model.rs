@@ -108,6 +108,10 @@ pub struct Batch {
     pub valid_ids: Vec<Uuid>,
     /// The events the edge must reject, by index.
     pub rejections: Vec<ExpectedRejection>,
+    /// Headers sent with this batch besides (or instead of) the run's: a
+    /// replayed request's recorded headers and its project's write key.
+    /// Empty for generated traffic.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A rejection the edge must report: same index, same reason code, and the
@@ -965,6 +969,7 @@ impl<'c> Generator<'c> {
                     events: c.range.len(),
                     valid_ids,
                     rejections,
+                    headers: Vec::new(),
                 }
             })
             .collect();

@@ -1,6 +1,6 @@
 //! The sender: replays a plan's requests against the edge with a pool of
-//! workers, optionally paced to a target event rate, and checks every answer
-//! against the plan.
+//! workers, optionally paced to a target event rate or to a schedule of due
+//! times (a recording's arrivals), and checks every answer against the plan.
 //!
 //! Latency is measured per attempt, from the moment the request is handed to
 //! the HTTP client to the moment the 202 and its receipt have been read.
@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use reqwest::header::{
-    HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
 };
 use tokio::time::Instant;
 
@@ -47,6 +47,9 @@ pub struct SendConfig {
     pub progress: bool,
     /// Sent as `X-Spoor-Ack` when set (`durable` or `fast`).
     pub ack: Option<String>,
+    /// When each request is due, from the start (a replay's recorded
+    /// arrivals, scaled); overrides `rate`.
+    pub schedule: Option<Vec<Duration>>,
 }
 
 /// What sending observed.
@@ -86,6 +89,8 @@ pub struct SendStats {
 struct Shared {
     plan: Arc<Plan>,
     bodies: Vec<Bytes>,
+    /// Per batch: its full header set when it has headers of its own.
+    batch_headers: Vec<Option<HeaderMap>>,
     /// Due time of each request relative to the start, when paced.
     due: Option<Vec<Duration>>,
     next: AtomicUsize,
@@ -148,16 +153,26 @@ pub async fn send(plan: Arc<Plan>, cfg: SendConfig) -> anyhow::Result<SendStats>
             }
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let due = (cfg.rate > 0.0).then(|| {
-        let mut sum = 0usize;
-        plan.requests
-            .iter()
-            .map(|r| {
-                let at = Duration::from_secs_f64(sum as f64 / cfg.rate);
-                sum += plan.batches[r.batch].events;
-                at
-            })
-            .collect()
+    if let Some(schedule) = &cfg.schedule {
+        anyhow::ensure!(
+            schedule.len() == plan.requests.len(),
+            "the schedule has {} due times for {} requests",
+            schedule.len(),
+            plan.requests.len()
+        );
+    }
+    let due = cfg.schedule.clone().or_else(|| {
+        (cfg.rate > 0.0).then(|| {
+            let mut sum = 0usize;
+            plan.requests
+                .iter()
+                .map(|r| {
+                    let at = Duration::from_secs_f64(sum as f64 / cfg.rate);
+                    sum += plan.batches[r.batch].events;
+                    at
+                })
+                .collect()
+        })
     });
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(cfg.concurrency)
@@ -166,11 +181,14 @@ pub async fn send(plan: Arc<Plan>, cfg: SendConfig) -> anyhow::Result<SendStats>
         .context("building the HTTP client")?;
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        "X-Spoor-Write-Key",
-        HeaderValue::from_str(&cfg.write_key)
-            .context("the write key is not a valid header value")?,
-    );
+    // Empty when every batch carries its own (a replay with a keys file).
+    if !cfg.write_key.is_empty() {
+        headers.insert(
+            "X-Spoor-Write-Key",
+            HeaderValue::from_str(&cfg.write_key)
+                .context("the write key is not a valid header value")?,
+        );
+    }
     if cfg.gzip {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
@@ -180,6 +198,25 @@ pub async fn send(plan: Arc<Plan>, cfg: SendConfig) -> anyhow::Result<SendStats>
             HeaderValue::from_str(ack).context("--ack is not a valid header value")?,
         );
     }
+    let batch_headers = plan
+        .batches
+        .iter()
+        .enumerate()
+        .map(|(b, batch)| {
+            if batch.headers.is_empty() {
+                return Ok(None);
+            }
+            let mut all = headers.clone();
+            for (name, value) in &batch.headers {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .with_context(|| format!("batch {b}: header name {name:?}"))?;
+                let value = HeaderValue::from_str(value)
+                    .with_context(|| format!("batch {b}: header {name}'s value"))?;
+                all.insert(name, value);
+            }
+            Ok(Some(all))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let progress = if cfg.progress {
         let pb = ProgressBar::new(plan.requests.len() as u64);
         let style = ProgressStyle::with_template(
@@ -198,6 +235,7 @@ pub async fn send(plan: Arc<Plan>, cfg: SendConfig) -> anyhow::Result<SendStats>
     let shared = Arc::new(Shared {
         plan,
         bodies,
+        batch_headers,
         due,
         next: AtomicUsize::new(0),
         client,
@@ -320,11 +358,13 @@ async fn send_one(shared: &Shared, i: usize, b: usize, resend: bool, stats: &mut
         stats.attempts += 1;
         stats.events_sent += batch.events;
         let started = Instant::now();
-        let res = shared
-            .client
-            .post(&shared.url)
-            .headers(shared.headers.clone())
-            .header(USER_AGENT, batch.user_agent)
+        let mut request = shared.client.post(&shared.url);
+        if !batch.user_agent.is_empty() {
+            request = request.header(USER_AGENT, batch.user_agent);
+        }
+        let headers = shared.batch_headers[b].as_ref().unwrap_or(&shared.headers);
+        let res = request
+            .headers(headers.clone())
             .body(shared.bodies[b].clone())
             .send()
             .await;

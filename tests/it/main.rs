@@ -25,6 +25,7 @@ mod progress;
 mod reconcile;
 mod relay;
 mod relay_dedup;
+mod replay;
 mod retention;
 mod rollups;
 mod sessions;
