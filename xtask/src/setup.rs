@@ -226,8 +226,11 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     let stamp_path = root.join(".spoor/npm-installed.stamp");
     let wanted = npm_stamp(&root)?;
     let stamp = std::fs::read_to_string(&stamp_path).unwrap_or_default();
+    // The web SDK's build imports esbuild's JS API, not just its binary.
+    let esbuild_api = root.join("node_modules/esbuild/package.json");
     let present = tools.wrangler.is_file()
         && tools.workerd.is_file()
+        && esbuild_api.is_file()
         && tools.playwright_core.join("package.json").is_file();
     if present && stamp == wanted {
         ok(
@@ -264,7 +267,7 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     let why = if present {
         "package.json or package-lock.json changed since the last install"
     } else {
-        "wrangler, workerd or playwright-core missing from node_modules"
+        "wrangler, workerd, esbuild or playwright-core missing from node_modules"
     };
     installing(
         "npm packages (wrangler, workerd, esbuild, playwright-core)",
@@ -283,6 +286,7 @@ fn npm_packages(tools: &Tools) -> Result<()> {
         (&tools.wrangler, "wrangler"),
         (&tools.workerd, "workerd"),
         (&playwright, "playwright-core"),
+        (&esbuild_api, "esbuild"),
     ] {
         require(path, what).context("npm finished but did not install it")?;
     }
