@@ -31,3 +31,4 @@ mod sessions;
 mod stream_full;
 mod support;
 mod timeline;
+mod web_sdk;
