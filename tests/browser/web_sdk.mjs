@@ -45,13 +45,13 @@ const posts = [];
 const isBatch = (r) => r.method() === 'POST' && r.url().startsWith(`${args.edge}/v1/batch`);
 page.on('request', (r) => { if (isBatch(r)) posts.push({ at: Date.now(), request: r }); });
 const answers = [];
-page.on('response', async (r) => {
-  if (!isBatch(r.request())) return;
-  const at = Date.now();
-  answers.push({ at, status: r.status(), retryAfter: await r.headerValue('retry-after') });
+page.on('response', (r) => {
+  if (isBatch(r.request())) answers.push({ at: Date.now(), status: r.status(), retryAfter: r.headers()['retry-after'] });
 });
 
-const open = (options, file = 'index.html') => page.goto(`${args.site}/${file}#${encodeURIComponent(JSON.stringify({
+// A query that differs each time, so a new document loads (the server ignores it).
+let loads = 0;
+const open = (options, file = 'index.html') => page.goto(`${args.site}/${file}?${++loads}#${encodeURIComponent(JSON.stringify({
   writeKey: args.write_key, host: args.edge, ...options,
 }))}`);
 const stats = () => page.evaluate(() => spoor.stats());
@@ -134,9 +134,23 @@ async function pagehide() {
 async function storm() {
   // The ES module build, in a browser without crypto.randomUUID.
   await context.addInitScript(() => { delete Crypto.prototype.randomUUID; });
-  await open({ flushAt: 10, flushInterval: 500 }, 'esm.html');
+  // First an unknown write key: the 401 is final, the batch dropped and counted, never retried.
+  await open({ writeKey: 'wk_unknown', flushAt: 10, flushInterval: 500 }, 'esm.html');
   await page.waitForFunction(() => window.spoor);
   check(await page.evaluate(() => typeof crypto.randomUUID) === 'undefined', 'no crypto.randomUUID in this page');
+  for (let i = 0; i < 2; i++) absent.push((await rec((s) => s.track('unknown_key'))).event_id);
+  await page.evaluate(() => spoor.flush());
+  await drained();
+  await page.waitForTimeout(1500);
+  check(answers.length === 1 && answers[0].status === 401 && posts.length === 1, 'a 401 is not retried', answers);
+  check((await stats()).rejected === 2, 'the refused events are counted as rejected');
+  posts.length = 0;
+  answers.length = 0;
+
+  await open({ flushAt: 10, flushInterval: 500 }, 'esm.html');
+  await page.waitForFunction(() => window.spoor);
+  // An invalid event is rejected on its own in a 202 and not sent again.
+  absent.push((await rec((s) => s.track('9 bad name'))).event_id);
   const events = await page.evaluate(() => Array.from({ length: 200 }, (_, i) => rec(spoor.track('storm', { i }))));
   stored.push(...events);
   const v4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -144,14 +158,15 @@ async function storm() {
   check(new Set(events.map((e) => e.event_id)).size === events.length, 'every event id differs');
   await drained();
   const limited = answers.filter((a) => a.status === 429);
-  check(limited.length >= 1 && limited.every((a) => Number(a.retryAfter) >= 1), 'the edge answered 429 with Retry-After', answers);
+  check(limited.length >= 2 && limited.every((a) => Number(a.retryAfter) >= 1), 'the edge answered 429s with Retry-After', answers);
   // After each 429, the next attempt waits at least Retry-After.
   for (const a of limited) {
     const next = posts.find((p) => p.at > a.at);
     check(next && next.at - a.at >= Number(a.retryAfter) * 1000 - 200, 'Retry-After is honoured',
       { answered: a.at, retry_after: a.retryAfter, next: next && next.at });
   }
-  check(answers.at(-1).status === 202, 'the last answer accepted', answers.at(-1));
+  check(answers.some((a) => a.status === 202 && a.at > limited.at(-1).at), 'accepted after the last 429');
+  check((await stats()).rejected === 1, 'the invalid event is counted as rejected, once');
   log('answers:', answers.map((a) => a.status).join(' '));
 }
 

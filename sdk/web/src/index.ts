@@ -44,7 +44,7 @@ interface Event {
 
 const SESSION_MS = 30 * 60_000;
 const MAX_EVENTS = 100;
-/** A batch's JSON stays well under the edge's 512 KB. */
+/** A batch's JSON, in UTF-8 bytes, stays well under the edge's 512 KB. */
 const MAX_BYTES = 400_000;
 /** Browsers cap the bodies of keepalive requests in flight at 64 KB. */
 const KEEPALIVE_BYTES = 60_000;
@@ -187,8 +187,10 @@ function retry(after: string | null): void {
 }
 
 /**
- * Sends what waits now. On page unload (`unload`), sends the events not
- * already on their way in a keepalive request, even while a retry waits.
+ * Sends what waits now; the promise settles with that request's answer (at
+ * once when a request is already on its way or a retry is waiting). On
+ * page unload (`unload`), sends the events not already on their way in a
+ * keepalive request, even while a retry waits.
  */
 export function flush(unload?: boolean): Promise<void> {
   const o = opts;
@@ -197,7 +199,7 @@ export function flush(unload?: boolean): Promise<void> {
   let bytes = 0;
   for (const e of events()) {
     if (sending.has(e.event_id)) continue;
-    const n = JSON.stringify(e).length;
+    const n = new TextEncoder().encode(JSON.stringify(e)).length;
     if (batch.length && (batch.length >= MAX_EVENTS || bytes + n > (unload ? KEEPALIVE_BYTES : MAX_BYTES))) break;
     batch.push(e);
     bytes += n;
