@@ -6,8 +6,9 @@
 // module build) and both builds; each page defines `rec(id)`, which reads an
 // event back from the SDK's localStorage queue.
 // The script checks what the page can see (queue, drops, requests, answers),
-// then prints one line `spoor-web-sdk: expect {stored: [event], absent: [id]}`
-// (event: {event_id, event, user_id, anonymous_id, session_id, properties})
+// then prints one line `spoor-web-sdk: expect {stored: [event], absent: [id], skew_ms}`
+// (event: {event_id, event, user_id, anonymous_id, session_id, properties};
+// skew_ms: how far the page's clock was off)
 // and keeps the browser open until the test answers `checked` on stdin: a
 // request the browser still carries after the page closed must not be cut.
 // Any failed check throws: exit status 1 with the reason.
@@ -61,6 +62,8 @@ const rec = (call, arg) => page.evaluate(([c, a]) => rec(new Function('spoor', '
 
 const stored = [];
 const absent = [];
+/** How far the page's clock is off. */
+let skew = 0;
 
 async function offline() {
   await open({ flushAt: 5, flushInterval: 1000, maxQueue: 8 });
@@ -107,6 +110,9 @@ async function offline() {
 }
 
 async function pagehide() {
+  // This browser's clock is two hours slow: the edge corrects it with sent_at.
+  skew = -2 * 3600_000;
+  await context.addInitScript((skew) => { const now = Date.now; Date.now = () => now() + skew; }, skew);
   // Nothing is sent on a timer or by count: only leaving the page sends.
   await open({ flushAt: 1000, flushInterval: 600_000 });
   stored.push(await rec((s) => s.track('view_item', { sku: 's-9' })));
@@ -151,7 +157,7 @@ async function storm() {
   await page.waitForFunction(() => window.spoor);
   // An invalid event is rejected on its own in a 202 and not sent again.
   absent.push((await rec((s) => s.track('9 bad name'))).event_id);
-  const events = await page.evaluate(() => Array.from({ length: 200 }, (_, i) => rec(spoor.track('storm', { i }))));
+  const events = await page.evaluate(() => Array.from({ length: 400 }, (_, i) => rec(spoor.track('storm', { i }))));
   stored.push(...events);
   const v4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
   check(events.every((e) => v4.test(e.event_id)), 'the fallback makes v4 UUIDs');
@@ -172,7 +178,7 @@ async function storm() {
 
 try {
   await ({ offline, pagehide, storm })[args.scenario]();
-  console.log(`spoor-web-sdk: expect ${JSON.stringify({ stored, absent })}`);
+  console.log(`spoor-web-sdk: expect ${JSON.stringify({ stored, absent, skew_ms: skew })}`);
   const answer = await lines.next();
   check(answer.value === 'checked', 'the test checked the store', answer.value);
 } finally {
