@@ -67,6 +67,13 @@ let skew = 0;
 
 async function offline() {
   await open({ flushAt: 5, flushInterval: 1000, maxQueue: 8 });
+  // What else may sit under the SDK's key is ignored, not sent or thrown over.
+  await page.evaluate(() => localStorage.setItem('spoor.q', '[1, null, "x", [], {"event": "no_id"}]'));
+  await page.reload();
+  check((await stats()).queued === 0, 'junk in the stored queue is ignored');
+  await page.evaluate(() => localStorage.setItem('spoor.q', '{not json'));
+  await page.reload();
+  check((await stats()).queued === 0, 'an unreadable stored queue is ignored');
   stored.push(await rec((s) => s.page({ section: 'home' })));
   stored.push(await rec((s) => s.track('signup')));
   stored.push(await rec((s) => s.track('add_to_cart', { sku: 's-1', price: 9.5 })));
@@ -144,7 +151,9 @@ async function storm() {
   await open({ writeKey: 'wk_unknown', flushAt: 10, flushInterval: 500 }, 'esm.html');
   await page.waitForFunction(() => window.spoor);
   check(await page.evaluate(() => typeof crypto.randomUUID) === 'undefined', 'no crypto.randomUUID in this page');
-  for (let i = 0; i < 2; i++) absent.push((await rec((s) => s.track('unknown_key'))).event_id);
+  // Both at once, so they go in one batch whichever flush takes them.
+  const refused = await page.evaluate(() => [rec(spoor.track('unknown_key')), rec(spoor.track('unknown_key'))]);
+  absent.push(...refused.map((e) => e.event_id));
   await page.evaluate(() => spoor.flush());
   await drained();
   await page.waitForTimeout(1500);

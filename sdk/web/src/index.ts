@@ -97,7 +97,8 @@ function events(): Event[] {
     } catch {
       queue = [];
     }
-    if (!Array.isArray(queue)) queue = [];
+    // Whatever else storage holds under our key is not an event of ours.
+    queue = Array.isArray(queue) ? queue.filter((e) => e && typeof e.event_id == 'string') : [];
   }
   return queue;
 }
@@ -243,6 +244,7 @@ export function flush(unload?: boolean): Promise<void> {
 /** Starts sending: call once per page, before or after the first events. */
 export function init(options: InitOptions): void {
   if (opts) return;
+  if (!options || !options.writeKey || !options.host) throw new Error('spoor.init needs writeKey and host');
   opts = { flushAt: 20, flushInterval: 5000, maxQueue: 1000, ...options };
   setInterval(() => flush(), opts.flushInterval);
   const away = () => flush(true);
