@@ -119,7 +119,7 @@ function save(): void {
 }
 
 /** A random (v4) UUID, from `crypto.randomUUID` where the browser has it. */
-export function uuid(): string {
+function uuid(): string {
   const c = globalThis.crypto;
   if (c && c.randomUUID) return c.randomUUID();
   const b = new Uint8Array(16);
