@@ -52,13 +52,13 @@ page.on('response', (r) => {
 
 // A query that differs each time, so a new document loads (the server ignores it).
 let loads = 0;
-const open = (options, file = 'index.html') => page.goto(`${args.site}/${file}?${++loads}#${encodeURIComponent(JSON.stringify({
+const open = (options, file = 'index.html', tab = page) => tab.goto(`${args.site}/${file}?${++loads}#${encodeURIComponent(JSON.stringify({
   writeKey: args.write_key, host: args.edge, ...options,
 }))}`);
 const stats = () => page.evaluate(() => spoor.stats());
 const drained = () => page.waitForFunction(() => spoor.stats().queued === 0, null, { timeout: 60_000 });
 /** Runs `call` (a function of the page's `spoor`) in the page and records the event it queued. */
-const rec = (call, arg) => page.evaluate(([c, a]) => rec(new Function('spoor', 'a', `return (${c})(spoor, a)`)(spoor, a)), [call.toString(), arg]);
+const rec = (call, arg, tab = page) => tab.evaluate(([c, a]) => rec(new Function('spoor', 'a', `return (${c})(spoor, a)`)(spoor, a)), [call.toString(), arg]);
 
 const stored = [];
 const absent = [];
@@ -121,7 +121,11 @@ async function pagehide() {
   skew = -2 * 3600_000;
   await context.addInitScript((skew) => { const now = Date.now; Date.now = () => now() + skew; }, skew);
   // Nothing is sent on a timer or by count: only leaving the page sends.
-  await open({ flushAt: 1000, flushInterval: 600_000 });
+  const quiet = { flushAt: 1000, flushInterval: 600_000 };
+  await open(quiet);
+  // A second tab of the same site, open from the start.
+  const other = await context.newPage();
+  await open(quiet, 'index.html', other);
   stored.push(await rec((s) => s.track('view_item', { sku: 's-9' })));
   // 31 minutes without an event: the next one starts a new session.
   await page.evaluate(() => localStorage.setItem('spoor.last', String(Date.now() - 31 * 60_000)));
@@ -139,7 +143,15 @@ async function pagehide() {
   check(al.properties.previous_id === 'u-42', 'alias names the previous id', al.properties);
   check(r.anonymous_id !== a.anonymous_id && !r.user_id && r.session_id !== pv.session_id,
     'reset: a new anonymous id and session, no user', r);
-  check(posts.length === 0, 'nothing sent before the page closes', posts.length);
+  // The other tab's write keeps this tab's events in the shared queue.
+  const theirs = await rec((s) => s.track('other_tab'), undefined, other);
+  const shared = await page.evaluate(() => JSON.parse(localStorage.getItem('spoor.q')).map((e) => e.event_id));
+  const want = [...stored, theirs].map((e) => e.event_id);
+  check(want.every((id) => shared.includes(id)) && shared.length === want.length,
+    "a tab's write keeps the other tab's events in storage", { shared, want });
+  stored.push(theirs);
+  check(posts.length === 0, 'nothing sent before the pages close', posts.length);
+  await other.close();
   // What the closing page sends, playwright no longer sees: the store tells.
   await page.close();
 }

@@ -8,8 +8,9 @@
 //!   queue survives, its oldest events are dropped and counted when full,
 //!   and the dropped ones are indeed not stored);
 //! - when the page is closed right after tracking (the pagehide path, a
-//!   keepalive request), with sessions, identify, alias and reset as stored
-//!   and a page clock two hours slow put right by `sent_at`;
+//!   keepalive request), with sessions, identify, alias and reset as stored,
+//!   a page clock two hours slow put right by `sent_at`, and a second tab
+//!   whose writes keep the first tab's events in the shared queue;
 //! - through a 429 storm from a low rate limit, waited out by Retry-After
 //!   (and a 401 and an invalid event, which are final and counted),
 //!   with the ES module build and the UUID fallback.

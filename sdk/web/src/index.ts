@@ -55,6 +55,8 @@ let opts: Required<InitOptions> | undefined;
 let queue: Event[] | undefined;
 /** Ids of the events in a request still waiting for its answer. */
 const sending = new Set<string>();
+/** Ids of the events this page settled or dropped: gone from storage too. */
+const gone = new Set<string>();
 let attempt = 0;
 let retryAt = 0;
 let rejected = 0;
@@ -90,17 +92,19 @@ function set(key: string, value: string | null): boolean {
   }
 }
 
-function events(): Event[] {
-  if (!queue) {
-    try {
-      queue = JSON.parse(get('q') || '[]');
-    } catch {
-      queue = [];
-    }
-    // Whatever else storage holds under our key is not an event of ours.
-    queue = Array.isArray(queue) ? queue.filter((e) => e && typeof e.event_id == 'string') : [];
+/** The queue as storage holds it now, ignoring anything that is not an event of ours. */
+function stored(): Event[] {
+  let q: unknown;
+  try {
+    q = JSON.parse(get('q') || '[]');
+  } catch {
+    q = [];
   }
-  return queue;
+  return Array.isArray(q) ? q.filter((e) => e && typeof e.event_id == 'string') : [];
+}
+
+function events(): Event[] {
+  return queue || (queue = stored());
 }
 
 function dropped(): number {
@@ -108,14 +112,23 @@ function dropped(): number {
 }
 
 function drop(n: number): void {
-  events().splice(0, n);
+  events()
+    .splice(0, n)
+    .forEach((e) => gone.add(e.event_id));
   set('dropped', String(dropped() + n));
 }
 
-/** Writes the queue, dropping the oldest quarter while storage is full. */
+/**
+ * Writes the queue, dropping the oldest quarter while storage is full.
+ * Other tabs of the origin write the same key: their events there (neither
+ * ours nor settled or dropped here) are kept, so a tab that dies leaves
+ * its events for the next page load instead of losing them to our write.
+ */
 function save(): void {
   const q = events();
-  while (!set('q', JSON.stringify(q)) && q.length) drop(Math.ceil(q.length / 4));
+  const mine = new Set(q.map((e) => e.event_id));
+  const others = stored().filter((e) => !mine.has(e.event_id) && !gone.has(e.event_id));
+  while (!set('q', JSON.stringify(others.concat(q))) && q.length) drop(Math.ceil(q.length / 4));
 }
 
 /** A random (v4) UUID, from `crypto.randomUUID` where the browser has it. */
@@ -209,7 +222,10 @@ export function flush(unload?: boolean): Promise<void> {
   const ids = new Set(batch.map((e) => e.event_id));
   ids.forEach((id) => sending.add(id));
   const settle = (done: boolean) => {
-    ids.forEach((id) => sending.delete(id));
+    ids.forEach((id) => {
+      sending.delete(id);
+      if (done) gone.add(id);
+    });
     if (done) {
       queue = events().filter((e) => !ids.has(e.event_id));
       save();
