@@ -234,7 +234,7 @@ fn npm_packages(tools: &Tools) -> Result<()> {
         && tools.playwright_core.join("package.json").is_file();
     if present && stamp == wanted {
         ok(
-            "wrangler + workerd + playwright-core (npm)",
+            "wrangler + workerd + esbuild + playwright-core (npm)",
             tools.wrangler.display(),
         );
         return Ok(());
@@ -249,13 +249,13 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     {
         if present {
             ok(
-                "wrangler + workerd + playwright-core (npm, symlinked node_modules)",
+                "wrangler + workerd + esbuild + playwright-core (npm, symlinked node_modules)",
                 tools.wrangler.display(),
             );
             return Ok(());
         }
         anyhow::bail!(
-            "{} is a symlink and lacks wrangler/workerd/playwright-core; install there, or replace the \
+            "{} is a symlink and lacks wrangler/workerd/esbuild/playwright-core; install there, or replace the \
              symlink with a directory and rerun",
             node_modules.display()
         );
