@@ -32,3 +32,4 @@ mod sessions;
 mod stream_full;
 mod support;
 mod timeline;
+mod web_sdk;

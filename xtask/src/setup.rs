@@ -226,12 +226,15 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     let stamp_path = root.join(".spoor/npm-installed.stamp");
     let wanted = npm_stamp(&root)?;
     let stamp = std::fs::read_to_string(&stamp_path).unwrap_or_default();
+    // The web SDK's build imports esbuild's JS API, not just its binary.
+    let esbuild_api = root.join("node_modules/esbuild/package.json");
     let present = tools.wrangler.is_file()
         && tools.workerd.is_file()
+        && esbuild_api.is_file()
         && tools.playwright_core.join("package.json").is_file();
     if present && stamp == wanted {
         ok(
-            "wrangler + workerd + playwright-core (npm)",
+            "wrangler + workerd + esbuild + playwright-core (npm)",
             tools.wrangler.display(),
         );
         return Ok(());
@@ -246,13 +249,13 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     {
         if present {
             ok(
-                "wrangler + workerd + playwright-core (npm, symlinked node_modules)",
+                "wrangler + workerd + esbuild + playwright-core (npm, symlinked node_modules)",
                 tools.wrangler.display(),
             );
             return Ok(());
         }
         anyhow::bail!(
-            "{} is a symlink and lacks wrangler/workerd/playwright-core; install there, or replace the \
+            "{} is a symlink and lacks wrangler/workerd/esbuild/playwright-core; install there, or replace the \
              symlink with a directory and rerun",
             node_modules.display()
         );
@@ -264,7 +267,7 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     let why = if present {
         "package.json or package-lock.json changed since the last install"
     } else {
-        "wrangler, workerd or playwright-core missing from node_modules"
+        "wrangler, workerd, esbuild or playwright-core missing from node_modules"
     };
     installing(
         "npm packages (wrangler, workerd, esbuild, playwright-core)",
@@ -283,6 +286,7 @@ fn npm_packages(tools: &Tools) -> Result<()> {
         (&tools.wrangler, "wrangler"),
         (&tools.workerd, "workerd"),
         (&playwright, "playwright-core"),
+        (&esbuild_api, "esbuild"),
     ] {
         require(path, what).context("npm finished but did not install it")?;
     }
