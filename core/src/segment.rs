@@ -592,7 +592,7 @@ fn time_of(v: &Value) -> Result<i64, String> {
 
 /// Moves what Spoor has columns for out of Segment's `context` into a
 /// Spoor context (`page`, `app`, `library`, `locale`, `screen`) and a
-/// device (from `userAgent`, else from `os` and `device`); what stays in
+/// device (from `os` and `device`, else from `userAgent`); what stays in
 /// `context` is kept in `$segment.context`. `ip` stays only as its /24 or
 /// /48 prefix: the full address is never stored.
 fn map_context(ctx: &mut Map<String, Value>) -> (Map<String, Value>, Option<Device>) {
@@ -646,14 +646,20 @@ fn map_context(ctx: &mut Map<String, Value>) -> (Map<String, Value>, Option<Devi
         let prefix = truncate_ip(ip);
         ctx.insert("ip".into(), Value::String(prefix));
     }
+    // A mobile SDK's own description of the device beats its HTTP
+    // client's User-Agent (Android's `Dalvik/…` says nothing of phone or
+    // tablet); a browser's context has no `os` or `device`.
+    let described = device_of(ctx);
     let device = match ctx.remove("userAgent") {
-        Some(Value::String(ua)) if !ua.trim().is_empty() => Some(Device::from_user_agent(&ua)),
-        Some(other) if !other.is_null() => {
-            // Not a string: kept as it came, the request's device stands.
-            ctx.insert("userAgent".into(), other);
-            device_of(ctx)
+        Some(Value::String(ua)) if !ua.trim().is_empty() => {
+            described.or_else(|| Some(Device::from_user_agent(&ua)))
         }
-        _ => device_of(ctx),
+        Some(other) if !other.is_null() => {
+            // Not a string: kept as it came.
+            ctx.insert("userAgent".into(), other);
+            described
+        }
+        _ => described,
     };
     (out, device)
 }

@@ -27,6 +27,7 @@ mod relay;
 mod relay_dedup;
 mod retention;
 mod rollups;
+mod segment;
 mod sessions;
 mod stream_full;
 mod support;
