@@ -9,7 +9,9 @@
 //! (`link`), a Durable Object per (region, colo, shard) that owns one
 //! long-lived NATS connection and coalesces frames; what the link cannot
 //! store fails over to per-request sockets (home, secondary), then the
-//! spill queue (fast) or a 503 (durable). It holds no validation,
+//! spill queue (fast) or a 503 (durable). Segment's Tracking API paths
+//! go the same way through `spoor_core::segment` (read, key, translate),
+//! answered Segment's way (200 `{"success": true}`). It holds no validation,
 //! enrichment or delivery rule of its own. Its only state is per isolate:
 //! counters and rate-limit buckets (`state`), the parsed config (`config`)
 //! and fast acks' frames on their way (`gather`); an isolate's own sockets
