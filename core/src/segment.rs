@@ -205,6 +205,8 @@ struct BatchTop<'a> {
 struct SingleTop {
     #[serde(rename = "writeKey", default)]
     write_key: Option<Value>,
+    #[serde(rename = "sentAt", default)]
+    sent_at: Option<Value>,
 }
 
 /// Checks the content type, undoes gzip (Segment's 500 KB counted after
@@ -253,7 +255,7 @@ pub fn read(
             Ok(SegmentRequest {
                 call,
                 write_key: key_of(top.write_key),
-                sent_at: None,
+                sent_at: top.sent_at,
                 context: Map::new(),
                 integrations: Map::new(),
                 messages: vec![whole.get().to_string()],

@@ -306,6 +306,19 @@ fn segment_clock_rule() {
     assert_eq!(receipt.rejected[0].reason, "invalid_timestamp");
     assert!(receipt.rejected[0].message.contains("originalTimestamp"));
     assert_eq!(batches[0].sent_at_ms, Some(NOW + 2 * h));
+
+    // A single call (analytics.js's /v1/t) carries sentAt in the message.
+    let (_, batches) = run(
+        Call::Track,
+        &json!({"event": "f", "userId": "u", "messageId": "m6",
+                "originalTimestamp": fast(NOW - 10_000), "sentAt": fast(NOW)}),
+    );
+    assert_eq!(batches[0].events[0].ts_ms, NOW - 10_000);
+    assert_eq!(
+        batches[0].events[0].client_ts_ms,
+        Some(NOW - 10_000 + 2 * h)
+    );
+    assert_eq!(batches[0].sent_at_ms, Some(NOW + 2 * h));
 }
 
 #[test]
