@@ -509,3 +509,62 @@ fn success_body_is_segments_with_the_receipt() {
     assert_eq!(v["accepted"], 2);
     assert_eq!(v["rejected"][0]["reason"], "invalid_type");
 }
+
+/// A JSON value of a few levels, to build messages from.
+fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        "[a-zA-Z0-9 :./_-]{0,12}".prop_map(Value::String),
+        Just(Value::String("2026-11-22T09:00:00Z".into())),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("type".to_string()),
+                    Just("event".to_string()),
+                    Just("userId".to_string()),
+                    Just("anonymousId".to_string()),
+                    Just("messageId".to_string()),
+                    Just("timestamp".to_string()),
+                    Just("context".to_string()),
+                    Just("properties".to_string()),
+                    Just("traits".to_string()),
+                    "[a-z]{1,6}",
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_bodies_never_panic(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        path in 0usize..8,
+    ) {
+        let paths = ["/v1/b", "/v1/t", "/v1/i", "/v1/p", "/v1/s", "/v1/g", "/v1/a", "/b"];
+        let call = Call::from_path(paths[path]).unwrap();
+        if let Ok(req) = read(call, &body, Some("text/plain"), None) {
+            let _ = ingest(&req, &meta("ua"), &Limits::default());
+        }
+    }
+
+    /// Any batch of message-like objects: every message answered exactly
+    /// once, whatever it holds.
+    #[test]
+    fn every_message_is_answered_once(messages in proptest::collection::vec(json_value(), 0..6)) {
+        let body = json!({"batch": messages}).to_string();
+        let req = read(Call::Batch, body.as_bytes(), Some("text/plain"), None).unwrap();
+        let ing = ingest(&req, &meta("ua"), &Limits::default()).unwrap();
+        let r = &ing.receipt;
+        proptest::prop_assert_eq!(r.accepted + r.rejected.len() + r.duplicates.len(), messages.len());
+    }
+}
