@@ -62,6 +62,28 @@ pub fn write_key_from_headers<'a>(
     }
 }
 
+/// The write key of HTTP Basic auth, as Segment's SDKs send it: the key is
+/// the user name (`Authorization: Basic base64("<key>:")`); the password
+/// is ignored.
+pub fn write_key_from_basic(authorization: Option<&str>) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, rest) = authorization?.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let rest = rest.trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(rest))
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let user = text
+        .split_once(':')
+        .map_or(text.as_str(), |(u, _)| u)
+        .trim();
+    Some(user.to_string()).filter(|k| !k.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +110,31 @@ mod tests {
         );
         assert_eq!(write_key_from_headers(None, Some("Basic abc")), None);
         assert_eq!(write_key_from_headers(Some("  "), None), None);
+    }
+
+    #[test]
+    fn basic_auth_user_is_the_key() {
+        // base64("wk_seg:") and base64("wk_seg:ignored"), and unpadded.
+        assert_eq!(
+            write_key_from_basic(Some("Basic d2tfc2VnOg==")).as_deref(),
+            Some("wk_seg")
+        );
+        assert_eq!(
+            write_key_from_basic(Some("basic d2tfc2VnOmlnbm9yZWQ=")).as_deref(),
+            Some("wk_seg")
+        );
+        assert_eq!(
+            write_key_from_basic(Some("Basic d2tfc2VnOg")).as_deref(),
+            Some("wk_seg")
+        );
+        // No colon: the whole text is the user name.
+        assert_eq!(
+            write_key_from_basic(Some("Basic d2tfc2Vn")).as_deref(),
+            Some("wk_seg")
+        );
+        assert_eq!(write_key_from_basic(Some("Basic Og==")), None, "empty user");
+        assert_eq!(write_key_from_basic(Some("Basic %%%")), None, "not base64");
+        assert_eq!(write_key_from_basic(Some("Bearer d2tfc2VnOg==")), None);
+        assert_eq!(write_key_from_basic(None), None);
     }
 }

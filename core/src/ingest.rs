@@ -245,35 +245,15 @@ fn build(
         },
     };
 
-    let mut by_partition: BTreeMap<u32, Vec<EventRef<'_>>> = BTreeMap::new();
-    let mut event_names = BTreeSet::new();
-    // The accepted ids of this request (client or derived) and where each
-    // first came: a second event with one of them is a duplicate.
-    let mut first_of: HashMap<Uuid, usize> = HashMap::new();
+    let mut assembly = Assembly::new(meta);
     for (index, raw) in events.iter().enumerate() {
         match parse_event(raw, meta, sent_at_ms, limits) {
-            Ok(ev) => {
-                if let Some(&duplicate_of) = first_of.get(&ev.event_id) {
-                    receipt.duplicates.push(Duplicate {
-                        index,
-                        event_id: ev.event_id.to_string(),
-                        duplicate_of,
-                    });
-                    continue;
-                }
-                first_of.insert(ev.event_id, index);
-                if !event_names.contains(ev.event.as_ref()) {
-                    event_names.insert(ev.event.to_string());
-                }
-                let p = route::partition_of(ev.device_key(), meta.partitions);
-                by_partition.entry(p).or_default().push(ev);
-                receipt.accepted += 1;
-            }
+            Ok(ev) => assembly.accept(index, ev, 0),
             Err(inv) => {
                 if strict && serde_json::from_str::<serde::de::IgnoredAny>(raw).is_err() {
                     return None;
                 }
-                receipt.rejected.push(Rejection {
+                assembly.reject(Rejection {
                     index,
                     event_id: probe_event_id(raw),
                     reason: inv.reason.to_string(),
@@ -282,43 +262,111 @@ fn build(
             }
         }
     }
-
-    let device = Device::from_user_agent(meta.user_agent);
-    let ip_prefix = truncate_ip(meta.ip);
-    let mut messages = Vec::with_capacity(by_partition.len());
-    for (partition, events) in by_partition {
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let batch_id = route::batch_id(meta.project_id, partition, &ids);
-        let batch = BatchRef {
-            batch_id: &batch_id,
-            project_id: meta.project_id,
-            region: meta.region,
-            received_at_ms: meta.received_at_ms,
-            sent_at_ms,
-            geo: &meta.geo,
-            device: &device,
-            ip_prefix: &ip_prefix,
-            events: &events,
-        };
-        let frame = match encode_batch_ref(&batch) {
-            Ok(f) => f,
-            Err(e) => return Some(Err(RequestError::Internal(e.to_string()))),
-        };
-        messages.push(Outbound {
-            subject: route::subject(meta.region, partition),
-            msg_id: batch_id,
-            frame,
-            events: events.len(),
-        });
-    }
-    Some(Ok(Ingested {
-        receipt,
-        messages,
-        event_names,
-    }))
+    assembly.receipt.warnings = receipt.warnings;
+    Some(assembly.finish(meta, sent_at_ms))
 }
 
-fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {
+/// A request's accepted events on their way into frames: one frame per
+/// partition and device (the request's own User-Agent is device 0; a
+/// Segment event may name its own), with the request's receipt.
+pub(crate) struct Assembly<'a> {
+    pub(crate) receipt: Receipt,
+    by_frame: BTreeMap<(u32, usize), Vec<EventRef<'a>>>,
+    devices: Vec<Device>,
+    event_names: BTreeSet<String>,
+    // The accepted ids of this request (client or derived) and where each
+    // first came: a second event with one of them is a duplicate.
+    first_of: HashMap<Uuid, usize>,
+    partitions: u32,
+}
+
+impl<'a> Assembly<'a> {
+    pub(crate) fn new(meta: &RequestMeta<'_>) -> Self {
+        Assembly {
+            receipt: Receipt::default(),
+            by_frame: BTreeMap::new(),
+            devices: vec![Device::from_user_agent(meta.user_agent)],
+            event_names: BTreeSet::new(),
+            first_of: HashMap::new(),
+            partitions: meta.partitions,
+        }
+    }
+
+    /// The index of `device` among this request's devices, added if new.
+    pub(crate) fn device(&mut self, device: Device) -> usize {
+        match self.devices.iter().position(|d| *d == device) {
+            Some(i) => i,
+            None => {
+                self.devices.push(device);
+                self.devices.len() - 1
+            }
+        }
+    }
+
+    /// Accepts the event at `index`, or lists it as a duplicate of an
+    /// earlier event of the request with the same id.
+    pub(crate) fn accept(&mut self, index: usize, ev: EventRef<'a>, device: usize) {
+        if let Some(&duplicate_of) = self.first_of.get(&ev.event_id) {
+            self.receipt.duplicates.push(Duplicate {
+                index,
+                event_id: ev.event_id.to_string(),
+                duplicate_of,
+            });
+            return;
+        }
+        self.first_of.insert(ev.event_id, index);
+        if !self.event_names.contains(ev.event.as_ref()) {
+            self.event_names.insert(ev.event.to_string());
+        }
+        let p = route::partition_of(ev.device_key(), self.partitions);
+        self.by_frame.entry((p, device)).or_default().push(ev);
+        self.receipt.accepted += 1;
+    }
+
+    pub(crate) fn reject(&mut self, rejection: Rejection) {
+        self.receipt.rejected.push(rejection);
+    }
+
+    /// Encodes the accepted events, one frame per partition and device.
+    pub(crate) fn finish(
+        self,
+        meta: &RequestMeta<'_>,
+        sent_at_ms: Option<i64>,
+    ) -> Result<Ingested, RequestError> {
+        let ip_prefix = truncate_ip(meta.ip);
+        let mut messages = Vec::with_capacity(self.by_frame.len());
+        for ((partition, device), events) in self.by_frame {
+            let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+            let batch_id = route::batch_id(meta.project_id, partition, &ids);
+            let batch = BatchRef {
+                batch_id: &batch_id,
+                project_id: meta.project_id,
+                region: meta.region,
+                received_at_ms: meta.received_at_ms,
+                sent_at_ms,
+                geo: &meta.geo,
+                device: &self.devices[device],
+                ip_prefix: &ip_prefix,
+                events: &events,
+            };
+            let frame =
+                encode_batch_ref(&batch).map_err(|e| RequestError::Internal(e.to_string()))?;
+            messages.push(Outbound {
+                subject: route::subject(meta.region, partition),
+                msg_id: batch_id,
+                frame,
+                events: events.len(),
+            });
+        }
+        Ok(Ingested {
+            receipt: self.receipt,
+            messages,
+            event_names: self.event_names,
+        })
+    }
+}
+
+pub(crate) fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {
     let ct = ct.unwrap_or("");
     let mime = ct
         .split(';')
@@ -334,7 +382,7 @@ fn check_content_type(ct: Option<&str>) -> Result<(), RequestError> {
 
 /// Undoes `Content-Encoding`, enforcing the body limit on the decompressed size
 /// without ever inflating more than one byte past it.
-fn decode_body<'b>(
+pub(crate) fn decode_body<'b>(
     encoding: Option<&str>,
     body: &'b [u8],
     limits: &Limits,
@@ -383,7 +431,7 @@ struct TrackEnvelope<'a> {
 
 type Envelope<'a> = (Option<&'a RawValue>, Vec<&'a RawValue>);
 
-fn json_error(e: serde_json::Error) -> RequestError {
+pub(crate) fn json_error(e: serde_json::Error) -> RequestError {
     RequestError::InvalidJson {
         line: e.line(),
         column: e.column(),
@@ -547,7 +595,7 @@ struct RawScreen {
     height: Option<u32>,
 }
 
-fn parse_event<'a>(
+pub(crate) fn parse_event<'a>(
     text: &'a str,
     meta: &RequestMeta<'_>,
     sent_at_ms: Option<i64>,

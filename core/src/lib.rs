@@ -25,6 +25,7 @@ pub mod prometheus;
 pub mod ratelimit;
 pub mod route;
 pub mod sample;
+pub mod segment;
 pub mod spill;
 pub mod timestamp;
 mod validate;

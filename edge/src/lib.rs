@@ -9,7 +9,9 @@
 //! (`link`), a Durable Object per (region, colo, shard) that owns one
 //! long-lived NATS connection and coalesces frames; what the link cannot
 //! store fails over to per-request sockets (home, secondary), then the
-//! spill queue (fast) or a 503 (durable). It holds no validation,
+//! spill queue (fast) or a 503 (durable). Segment's Tracking API paths
+//! go the same way through `spoor_core::segment` (read, key, translate),
+//! answered Segment's way (200 `{"success": true}`). It holds no validation,
 //! enrichment or delivery rule of its own. Its only state is per isolate:
 //! counters and rate-limit buckets (`state`), the parsed config (`config`)
 //! and fast acks' frames on their way (`gather`); an isolate's own sockets
@@ -25,10 +27,11 @@ mod spill;
 mod state;
 mod stream;
 
-use spoor_core::auth::write_key_from_headers;
+use spoor_core::auth::{write_key_from_basic, write_key_from_headers};
 use spoor_core::delivery::{ack_mode, AckMode};
 use spoor_core::ingest::{error_body, ingest, Endpoint, Ingested, RequestMeta};
 use spoor_core::ratelimit::Verdict;
+use spoor_core::segment::{self, Call};
 use spoor_core::spill::SpillMessage;
 use spoor_core::Geo;
 use worker::{event, web_sys, Context, Date, Env, MessageBatch, Request, Result};
@@ -60,6 +63,16 @@ async fn route(
     env: &Env,
     ctx: &Context,
 ) -> Result<web_sys::Response> {
+    if head.method == "POST" {
+        let call = Call::for_request(
+            &head.path,
+            head.write_key.as_deref(),
+            head.authorization.as_deref(),
+        );
+        if let Some(call) = call {
+            return handle(req, head, env, ctx, Api::Segment(call)).await;
+        }
+    }
     match (head.method.as_str(), head.path.as_str()) {
         ("OPTIONS", _) => respond(204, None, "", Extra::default()),
         ("GET", "/healthz") => {
@@ -125,20 +138,27 @@ async fn route(
                 Extra::default(),
             )
         }
-        ("POST", "/v1/batch") => handle(req, head, env, ctx, Endpoint::Batch).await,
-        ("POST", "/v1/track") => handle(req, head, env, ctx, Endpoint::Track).await,
-        (_, "/v1/batch" | "/v1/track" | "/healthz" | "/metrics") => json_response(
+        ("POST", "/v1/batch") => handle(req, head, env, ctx, Api::Spoor(Endpoint::Batch)).await,
+        ("POST", "/v1/track") => handle(req, head, env, ctx, Api::Spoor(Endpoint::Track)).await,
+        (_, "/healthz" | "/metrics") => json_response(
             405,
             &error_body(
                 "method_not_allowed",
-                "use POST for /v1/batch and /v1/track, GET for /healthz and /metrics",
+                "use POST for /v1/batch, /v1/track and Segment's paths, GET for /healthz and /metrics",
+            ),
+        ),
+        (_, path) if Call::from_path(path).is_some() => json_response(
+            405,
+            &error_body(
+                "method_not_allowed",
+                "use POST for /v1/batch, /v1/track and Segment's paths, GET for /healthz and /metrics",
             ),
         ),
         _ => json_response(
             404,
             &error_body(
                 "not_found",
-                "endpoints: POST /v1/batch, POST /v1/track, GET /healthz, GET /metrics",
+                "endpoints: POST /v1/batch, POST /v1/track, Segment's POST /v1/{track,identify,page,screen,group,alias,batch} (and /v1/t … /v1/b, /b), GET /healthz, GET /metrics",
             ),
         ),
     }
@@ -167,30 +187,56 @@ fn refuse_with(
     )
 }
 
+/// The protocol a request speaks: Spoor's own, or Segment's Tracking API
+/// (`segment::Call::for_request` tells them apart).
+#[derive(Clone, Copy)]
+enum Api {
+    Spoor(Endpoint),
+    Segment(Call),
+}
+
+/// A request's body as far as it is read before the write key is known.
+enum Read {
+    Spoor(Endpoint),
+    Segment(segment::SegmentRequest),
+}
+
 async fn handle(
     mut req: Request,
     head: &RequestHead,
     env: &Env,
     ctx: &Context,
-    endpoint: Endpoint,
+    api: Api,
 ) -> Result<web_sys::Response> {
     let received_at_ms = Date::now().as_millis() as i64;
     let cfg = match EdgeConfig::cached(env) {
         Ok(c) => c,
         Err(e) => return refuse(500, "misconfigured", &e),
     };
-    let Some(key) =
-        write_key_from_headers(head.write_key.as_deref(), head.authorization.as_deref())
-    else {
+    // Spoor's key comes in a header; Segment's as Basic auth or, read
+    // with the body below, as `writeKey` in it.
+    let header_key = match api {
+        Api::Spoor(_) => {
+            write_key_from_headers(head.write_key.as_deref(), head.authorization.as_deref())
+                .map(str::to_owned)
+        }
+        Api::Segment(_) => write_key_from_basic(head.authorization.as_deref()).or_else(|| {
+            write_key_from_headers(head.write_key.as_deref(), head.authorization.as_deref())
+                .map(str::to_owned)
+        }),
+    };
+    if let (Api::Spoor(_), None) = (api, &header_key) {
         return refuse(
             401,
             "missing_write_key",
             "send your write key in the X-Spoor-Write-Key header",
         );
-    };
-    let Some(project_id) = cfg.write_keys.project_for(key).map(str::to_owned) else {
-        return refuse(401, "invalid_write_key", "the write key is not known");
-    };
+    }
+    if let Some(key) = &header_key {
+        if cfg.write_keys.project_for(key).is_none() {
+            return refuse(401, "invalid_write_key", "the write key is not known");
+        }
+    }
 
     // Refuse obviously oversized bodies before reading them.
     let declared_len = head
@@ -207,7 +253,6 @@ async fn handle(
         }
     }
     let user_agent = head.user_agent.as_deref().unwrap_or_default();
-    let key = key.to_string();
     let (geo, ip) = request_origin(head, &cfg);
     // A body with a Content-Length within the limit (checked above; the
     // runtime holds the body to its declared length) is read in one call.
@@ -229,6 +274,32 @@ async fn handle(
     };
     let colo = geo.colo.clone();
 
+    let read = match api {
+        Api::Spoor(endpoint) => Read::Spoor(endpoint),
+        Api::Segment(call) => match segment::read(
+            call,
+            &body,
+            head.content_type.as_deref(),
+            head.content_encoding.as_deref(),
+        ) {
+            Ok(r) => Read::Segment(r),
+            Err(e) => return refuse(segment::status(&e), e.code(), &e.to_string()),
+        },
+    };
+    let body_key = match &read {
+        Read::Segment(r) => r.write_key.clone(),
+        Read::Spoor(_) => None,
+    };
+    let Some(key) = header_key.or(body_key) else {
+        return refuse(
+            401,
+            "missing_write_key",
+            "send your write key as the user name of HTTP Basic auth, or as `writeKey` in the body",
+        );
+    };
+    let Some(project_id) = cfg.write_keys.project_for(&key).map(str::to_owned) else {
+        return refuse(401, "invalid_write_key", "the write key is not known");
+    };
     let meta = RequestMeta {
         project_id: &project_id,
         region: &cfg.region,
@@ -240,9 +311,17 @@ async fn handle(
         ip: &ip,
         geo,
     };
-    let ingested = match ingest(endpoint, &body, &meta, &cfg.limits) {
+    let ingested = match &read {
+        Read::Spoor(endpoint) => {
+            ingest(*endpoint, &body, &meta, &cfg.limits).map_err(|e| (e.status(), e))
+        }
+        Read::Segment(r) => {
+            segment::ingest(r, &meta, &cfg.limits).map_err(|e| (segment::status(&e), e))
+        }
+    };
+    let ingested = match ingested {
         Ok(i) => i,
-        Err(e) => return refuse(e.status(), e.code(), &e.to_string()),
+        Err((status, e)) => return refuse(status, e.code(), &e.to_string()),
     };
 
     // Every event in the request costs a token, valid or not: a client
@@ -283,13 +362,12 @@ async fn handle(
     if cfg.discard_frames {
         // Benchmarks only: the isolate's work without any publishing.
         count_receipt(&ingested, mode);
-        let body = serde_json::to_string(&ingested.receipt)
-            .map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let (status, body) = answer(api, &ingested)?;
         let ack = Extra {
             ack: mode.as_str(),
             ..Extra::default()
         };
-        return respond(202, Some(&body), "application/json", ack);
+        return respond(status, Some(&body), "application/json", ack);
     }
     // One link per request, chosen by its first partition, so one
     // partition's frames meet (and coalesce) in one link.
@@ -326,8 +404,7 @@ async fn handle(
     }
     count_receipt(&ingested, mode);
     let ack_ms = Date::now().as_millis() as i64 - received_at_ms;
-    let body = serde_json::to_string(&ingested.receipt)
-        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let (status, body) = answer(api, &ingested)?;
     if mode == AckMode::Fast && !ingested.messages.is_empty() {
         // Publishing after the answer: gathered with other requests' frames
         // for the same link, delivered by whichever request leads (`gather`).
@@ -343,7 +420,18 @@ async fn handle(
         ack_ms: &ack_ms,
         ..Extra::default()
     };
-    respond(202, Some(&body), "application/json", extra)
+    respond(status, Some(&body), "application/json", extra)
+}
+
+/// A valid request's answer: Spoor's 202 with the receipt, or Segment's
+/// 200 `{"success": true}` with the receipt beside it.
+fn answer(api: Api, ingested: &Ingested) -> Result<(u16, String)> {
+    match api {
+        Api::Spoor(_) => serde_json::to_string(&ingested.receipt)
+            .map(|b| (202, b))
+            .map_err(|e| worker::Error::RustError(e.to_string())),
+        Api::Segment(_) => Ok((200, segment::success_body(&ingested.receipt))),
+    }
 }
 
 fn count_receipt(ingested: &Ingested, mode: AckMode) {

@@ -28,6 +28,7 @@ mod relay_dedup;
 mod replay;
 mod retention;
 mod rollups;
+mod segment;
 mod sessions;
 mod stream_full;
 mod support;

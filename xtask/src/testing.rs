@@ -109,11 +109,12 @@ fn target_dir() -> std::path::PathBuf {
 }
 
 /// The fuzz targets in fuzz/fuzz_targets/, each run briefly on every CI run.
-pub const FUZZ_TARGETS: [&str; 4] = [
+pub const FUZZ_TARGETS: [&str; 5] = [
     "decode_frame",
     "ingest_body",
     "nats_server_ops",
     "recording_lines",
+    "segment_body",
 ];
 /// Seconds each target runs in `cargo xtask test`: long enough to catch a
 /// shallow regression from the committed seeds, short enough for CI.
