@@ -16,6 +16,9 @@
 //!   lease runs out is abandoned.
 //! - **Bounded memory.** The buffer is flushed as soon as a frame takes it
 //!   past a bound, so it exceeds `max_rows`/`max_bytes` by at most one frame.
+//!   The partition pullers decode frames ahead of the loop, so the next
+//!   batch is decoded while this one is inserted, within a budget of
+//!   `max_rows` rows (`source::nats::Lookahead`): about two batches in all.
 //!   While an insert fails, the loop retries it with backoff and takes no
 //!   frames, so the buffer cannot grow; the partition pullers issue no new
 //!   pull request (those in flight end within `MAX_FETCH_WAIT`) and
@@ -93,6 +96,8 @@ pub(crate) struct Pipeline {
     /// The partitions held, with the epoch of their lease and their puller
     /// (none while the window is rebuilt, or while handing over).
     held: BTreeMap<u32, Holding>,
+    /// The rows the pullers may decode ahead of the loop.
+    lookahead: source::Lookahead,
     fetched_tx: mpsc::Sender<Fetched>,
     fetched: mpsc::Receiver<Fetched>,
     /// True while inserts fail: the pullers stop pulling, so JetStream, not
@@ -188,7 +193,11 @@ impl Pipeline {
     ) -> Self {
         let sink = ClickHouseSink::new(&config.clickhouse, config.ack_wait);
         let batcher = Batcher::new(config.batch);
-        let (fetched_tx, fetched) = mpsc::channel(config.fetch_max_messages.max(1));
+        // Every message waiting in the channel holds at least one row of
+        // the lookahead budget, so the budget, not the channel, is the bound.
+        let lookahead = source::Lookahead::new(config.batch.max_rows, config.max_frame_bytes);
+        let (fetched_tx, fetched) =
+            mpsc::channel(config.batch.max_rows.max(config.fetch_max_messages).max(1));
         let refusals = Refusals::new(config.projects.clone(), config.partitions);
         Pipeline {
             js: async_nats::jetstream::new(client.clone()),
@@ -200,6 +209,7 @@ impl Pipeline {
             batcher,
             windows: HashMap::new(),
             held: BTreeMap::new(),
+            lookahead,
             fetched_tx,
             fetched,
             paused: watch::channel(false).0,
@@ -473,16 +483,17 @@ impl Pipeline {
         };
         let (stop, stop_rx) = watch::channel(false);
         let metrics = self.metrics.clone();
-        let task = tokio::spawn(source::pull_partition(
-            self.client.clone(),
+        let task = tokio::spawn(source::pull_partition(source::Pull {
+            client: self.client.clone(),
             consumer,
             partition,
-            self.config.fetch_max_messages,
-            self.fetched_tx.clone(),
-            self.paused.subscribe(),
-            stop_rx,
-            move |e| FetchFailed { error: e }.emit(&metrics),
-        ));
+            max_messages: self.config.fetch_max_messages,
+            lookahead: self.lookahead.clone(),
+            tx: self.fetched_tx.clone(),
+            paused: self.paused.subscribe(),
+            stop: stop_rx,
+            failed: move |e: &dyn std::fmt::Display| FetchFailed { error: e }.emit(&metrics),
+        }));
         holding.puller = Some(Puller { stop, task });
     }
 
@@ -498,12 +509,24 @@ impl Pipeline {
             return;
         }
         MessagesReceived { count: 1 }.emit(&self.metrics);
-        self.accept(fetched.partition, fetched.message).await;
+        // Decoded by the puller, beside the loop.
+        PipelineStageTimed {
+            stage: "decode",
+            elapsed: fetched.decoding,
+        }
+        .emit(&self.metrics);
+        self.accept(fetched.partition, fetched.message, fetched.frames)
+            .await;
         self.report_buffer();
     }
 
     /// Decodes one message and buffers its new events (or dead-letters it).
-    async fn accept(&mut self, partition: u32, message: async_nats::jetstream::Message) {
+    async fn accept(
+        &mut self,
+        partition: u32,
+        message: async_nats::jetstream::Message,
+        frames: Result<Vec<spoor_core::WireBatch>, spoor_core::DecodeError>,
+    ) {
         let origin = dead_letter::Origin::of(&message);
         let stream_sequence = origin.stream_sequence;
         let stream_at_ms = message
@@ -531,51 +554,46 @@ impl Pipeline {
         let (message, acker) = message.split();
         // One message holds one frame or a bundle of frames an edge link
         // coalesced; all of them are buffered under the message's one ack.
-        let decoding = Instant::now();
-        let batches =
-            match spoor_core::decode_message(&message.payload, self.config.max_frame_bytes) {
-                Ok(batches) => {
-                    self.timed("decode", decoding);
-                    batches
+        let batches = match frames {
+            Ok(batches) => batches,
+            Err(error) => {
+                FrameDecodeFailed {
+                    kind: error.kind(),
+                    error: &error,
+                    subject: message.subject.as_str(),
+                    stream_sequence,
+                    bytes: message.payload.len(),
                 }
-                Err(error) => {
-                    FrameDecodeFailed {
-                        kind: error.kind(),
-                        error: &error,
-                        subject: message.subject.as_str(),
-                        stream_sequence,
-                        bytes: message.payload.len(),
-                    }
-                    .emit(&self.metrics);
-                    let reason = dead_letter::Reason {
-                        kind: error.kind(),
-                        error: &error,
-                    };
-                    // Acked only after the dead letter's PubAck; on failure
-                    // (already logged and counted) it is redelivered.
-                    if dead_letter::dead_letter(
-                        &self.client,
-                        &acker,
-                        &message,
-                        &origin,
-                        reason,
-                        &self.metrics,
-                    )
-                    .await
-                    .is_ok()
-                    {
-                        MessagesAcked { count: 1 }.emit(&self.metrics);
-                        self.ring
-                            .send(RingUpdate::Dead(spoor_core::debug::DeadFrame {
-                                subject: message.subject.to_string(),
-                                stream_seq: stream_sequence.unwrap_or(0),
-                                reason: error.kind().to_string(),
-                                stream_at_ms,
-                            }));
-                    }
-                    return;
+                .emit(&self.metrics);
+                let reason = dead_letter::Reason {
+                    kind: error.kind(),
+                    error: &error,
+                };
+                // Acked only after the dead letter's PubAck; on failure
+                // (already logged and counted) it is redelivered.
+                if dead_letter::dead_letter(
+                    &self.client,
+                    &acker,
+                    &message,
+                    &origin,
+                    reason,
+                    &self.metrics,
+                )
+                .await
+                .is_ok()
+                {
+                    MessagesAcked { count: 1 }.emit(&self.metrics);
+                    self.ring
+                        .send(RingUpdate::Dead(spoor_core::debug::DeadFrame {
+                            subject: message.subject.to_string(),
+                            stream_seq: stream_sequence.unwrap_or(0),
+                            reason: error.kind().to_string(),
+                            stream_at_ms,
+                        }));
                 }
-            };
+                return;
+            }
+        };
         if !self.windows.contains_key(&partition) {
             return;
         }

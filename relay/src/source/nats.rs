@@ -3,12 +3,17 @@
 //! partitions this relay holds, rebuilds a partition's recent ids from the
 //! stream, and sends acks.
 //!
-//! It moves frames and acknowledgements and nothing else: no decoding, no
-//! buffering decisions. In particular it never acks on its own; the pipeline
-//! calls [`ack_all`] only after the rows of those messages were inserted;
-//! frames that can never be inserted go through `source::dead_letter`.
+//! It moves frames and acknowledgements and makes no buffering decisions.
+//! A puller decodes each message's frames as it pulls them ([`Fetched`]
+//! carries the result, failures included), so decoding runs beside the
+//! pipeline's loop, and during its inserts, instead of inside it; a
+//! [`Lookahead`] budget bounds the rows decoded but not yet taken. It never
+//! acks on its own; the pipeline calls [`ack_all`] only after the rows of
+//! those messages were inserted; frames that can never be inserted go
+//! through `source::dead_letter`.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::{self, Batch};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
@@ -19,7 +24,8 @@ use async_nats::jetstream::{self, AckKind};
 
 use futures_util::StreamExt;
 use spoor_core::contract::{partition_consumer, partition_filter};
-use tokio::sync::{mpsc, watch};
+use spoor_core::{DecodeError, WireBatch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use spoor_runtime::nats::{NatsConnectError, NatsEndpoint};
 
@@ -392,31 +398,125 @@ pub async fn fetch(
         .map_err(SourceError::Fetch)
 }
 
-/// A message pulled from a partition's consumer.
+/// A message pulled from a partition's consumer, with its frames decoded.
 pub struct Fetched {
     pub partition: u32,
     pub message: jetstream::Message,
+    /// The message's frames, or why they do not decode (the pipeline
+    /// dead-letters those).
+    pub frames: Result<Vec<WireBatch>, DecodeError>,
+    /// Time spent decoding, in the puller.
+    pub decoding: Duration,
+    /// The message's share of the [`Lookahead`] budget, given back when
+    /// the pipeline drops it.
+    pub _budget: OwnedSemaphorePermit,
+}
+
+/// The budget of rows the pullers may decode ahead of the pipeline's loop,
+/// shared by every puller: about one batch, so that the next batch is
+/// decoded while the current one is inserted, and decoded rows waiting for
+/// the loop never exceed `max_rows` plus one message per puller.
+#[derive(Clone)]
+pub struct Lookahead {
+    rows: Arc<Semaphore>,
+    max_rows: u32,
+    max_frame_bytes: usize,
+}
+
+impl Lookahead {
+    pub fn new(max_rows: usize, max_frame_bytes: usize) -> Self {
+        let max_rows = u32::try_from(max_rows.max(1))
+            .unwrap_or(u32::MAX)
+            .min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
+        Lookahead {
+            rows: Arc::new(Semaphore::new(max_rows as usize)),
+            max_rows,
+            max_frame_bytes,
+        }
+    }
+
+    /// Decodes `message`'s frames (what budget share they need is their
+    /// row count: one for a message that does not decode, and at most the
+    /// whole budget).
+    fn decode(&self, partition: u32, message: jetstream::Message) -> Decoded {
+        let started = Instant::now();
+        let frames = spoor_core::decode_message(&message.payload, self.max_frame_bytes);
+        let decoding = started.elapsed();
+        let rows = frames
+            .as_ref()
+            .map(|batches| batches.iter().map(|b| b.events.len()).sum::<usize>())
+            .unwrap_or(1);
+        Decoded {
+            partition,
+            message,
+            frames,
+            decoding,
+            share: u32::try_from(rows)
+                .unwrap_or(u32::MAX)
+                .clamp(1, self.max_rows),
+        }
+    }
+}
+
+/// A decoded message waiting for its share of the lookahead budget.
+struct Decoded {
+    partition: u32,
+    message: jetstream::Message,
+    frames: Result<Vec<WireBatch>, DecodeError>,
+    decoding: Duration,
+    share: u32,
+}
+
+impl Decoded {
+    fn with(self, budget: OwnedSemaphorePermit) -> Fetched {
+        Fetched {
+            partition: self.partition,
+            message: self.message,
+            frames: self.frames,
+            decoding: self.decoding,
+            _budget: budget,
+        }
+    }
 }
 
 /// Longest a pull request waits for messages. It bounds how long a puller
 /// takes to notice it must stop.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(1);
 
+/// What a partition's puller needs.
+pub struct Pull<F> {
+    pub client: async_nats::Client,
+    pub consumer: PullConsumer,
+    pub partition: u32,
+    /// Messages per pull request.
+    pub max_messages: usize,
+    pub lookahead: Lookahead,
+    pub tx: mpsc::Sender<Fetched>,
+    /// True while the pipeline's inserts fail: nothing is pulled.
+    pub paused: watch::Receiver<bool>,
+    pub stop: watch::Receiver<bool>,
+    /// Told of each failed pull.
+    pub failed: F,
+}
+
 /// Pulls one partition's consumer into `tx` until `stop` turns true (or
-/// the pipeline is gone), pausing while `paused` is true. A pull request in flight when it stops is
-/// finished and its messages NAKed, so the partition's next owner gets
-/// them at once. Failed pulls are reported through `failed` and retried
-/// after a backoff.
-pub async fn pull_partition(
-    client: async_nats::Client,
-    consumer: PullConsumer,
-    partition: u32,
-    max_messages: usize,
-    tx: mpsc::Sender<Fetched>,
-    mut paused: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-    failed: impl Fn(&dyn std::fmt::Display),
-) {
+/// the pipeline is gone), pausing while `paused` is true, and decodes each
+/// message as it comes (see [`Lookahead`]). A pull request in flight when
+/// it stops is finished and its messages NAKed, so the partition's next
+/// owner gets them at once. Failed pulls are reported through `failed` and
+/// retried after a backoff.
+pub async fn pull_partition<F: Fn(&dyn std::fmt::Display)>(pull: Pull<F>) {
+    let Pull {
+        client,
+        consumer,
+        partition,
+        max_messages,
+        lookahead,
+        tx,
+        mut paused,
+        mut stop,
+        failed,
+    } = pull;
     let mut failures = 0u32;
     while !*stop.borrow() {
         // While the pipeline's inserts fail, pull nothing: JetStream keeps
@@ -452,15 +552,25 @@ pub async fn pull_partition(
             match item {
                 Ok(message) if *stop.borrow() => handed_back.push(message),
                 Ok(message) => {
-                    // Waits while the pipeline flushes: that is the
-                    // back-pressure that bounds what is pulled.
+                    // Waits for the lookahead budget and the channel while
+                    // the pipeline flushes: that is the back-pressure that
+                    // bounds what is pulled and decoded.
+                    let decoded = lookahead.decode(partition, message);
+                    let budget = tokio::select! {
+                        b = lookahead.rows.clone().acquire_many_owned(decoded.share) => b.ok(),
+                        _ = stop.changed() => None,
+                    };
+                    let Some(budget) = budget else {
+                        handed_back.push(decoded.message);
+                        continue;
+                    };
                     let permit = tokio::select! {
                         p = tx.reserve() => p.ok(),
                         _ = stop.changed() => None,
                     };
                     match permit {
-                        Some(permit) => permit.send(Fetched { partition, message }),
-                        None => handed_back.push(message),
+                        Some(permit) => permit.send(decoded.with(budget)),
+                        None => handed_back.push(decoded.message),
                     }
                 }
                 Err(e) => {
