@@ -34,6 +34,8 @@ use crate::event::{BatchRef, WireBatch};
 
 mod cbor;
 pub(crate) use cbor::write_batch as write_cbor;
+#[doc(hidden)]
+pub use cbor::read_batch as read_cbor_batch;
 
 pub const MAGIC: [u8; 4] = *b"SPR\0";
 pub const FORMAT_VERSION: u8 = 1;
@@ -176,8 +178,13 @@ pub fn decode_batch(frame: &[u8], max_uncompressed: usize) -> Result<WireBatch, 
             actual: cbor.len(),
         });
     }
-    let batch: WireBatch =
-        ciborium::from_reader(cbor.as_slice()).map_err(|e| DecodeError::Cbor(e.to_string()))?;
+    // The edge's exact shape is read directly; anything else (an older
+    // writer's field order, say) goes through ciborium, the reference.
+    let batch: WireBatch = match cbor::read_batch(&cbor) {
+        Some(batch) => batch,
+        None => ciborium::from_reader(cbor.as_slice())
+            .map_err(|e| DecodeError::Cbor(e.to_string()))?,
+    };
     if batch.events.len() != header.event_count as usize {
         return Err(DecodeError::CountMismatch {
             declared: header.event_count,

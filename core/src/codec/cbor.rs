@@ -5,10 +5,17 @@
 //! `ciborium::into_writer` makes of the equivalent `WireBatch` (definite
 //! lengths, shortest integer heads, struct fields as a text-keyed map in
 //! declaration order, a UUID as a 16-byte string, `None` as null); the
-//! tests hold it to that, and the relay decodes it with ciborium.
+//! tests hold it to that.
+//!
+//! [`read_batch`] is the writer's mirror for the relay: it reads exactly
+//! that shape (the same keys in the same order, definite lengths) straight
+//! into a `WireBatch`, each string allocated once at its size, and answers
+//! `None` for anything else, which the caller then hands to ciborium, the
+//! reference decoder. Whatever it accepts, ciborium decodes to the same
+//! batch: the tests and the `decode_frame` fuzz target hold it to that.
 
 use crate::enrich::{Device, Geo};
-use crate::event::{BatchRef, ContextRef, EventRef};
+use crate::event::{BatchRef, Context, ContextRef, Event, EventRef, WireBatch};
 
 const UINT: u8 = 0;
 const NINT: u8 = 1;
@@ -155,5 +162,226 @@ impl Writer<'_> {
         self.head(UINT, c.screen_width.into());
         self.key("screen_height");
         self.head(UINT, c.screen_height.into());
+    }
+}
+
+/// Reads a batch in exactly the shape [`write_batch`] writes, or `None`
+/// (the caller falls back to ciborium). All of `bytes` must be the batch.
+pub fn read_batch(bytes: &[u8]) -> Option<WireBatch> {
+    let mut r = Reader { bytes, pos: 0 };
+    let batch = r.batch()?;
+    (r.pos == bytes.len()).then_some(batch)
+}
+
+struct Reader<'b> {
+    bytes: &'b [u8],
+    pos: usize,
+}
+
+impl<'b> Reader<'b> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let slice = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(slice)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    /// A head of `major` with a definite argument.
+    fn head(&mut self, major: u8) -> Option<u64> {
+        let initial = self.byte()?;
+        if initial >> 5 != major {
+            return None;
+        }
+        let n = match initial & 0x1f {
+            n @ 0..=23 => u64::from(n),
+            24 => u64::from(self.byte()?),
+            25 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)),
+            26 => u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)),
+            27 => u64::from_be_bytes(self.take(8)?.try_into().ok()?),
+            _ => return None,
+        };
+        Some(n)
+    }
+
+    fn str(&mut self) -> Option<&'b str> {
+        let len = usize::try_from(self.head(TEXT)?).ok()?;
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    fn key(&mut self, k: &str) -> Option<()> {
+        (self.str()? == k).then_some(())
+    }
+
+    fn text(&mut self, k: &str) -> Option<String> {
+        self.key(k)?;
+        self.str().map(str::to_owned)
+    }
+
+    fn map(&mut self, fields: u64) -> Option<()> {
+        (self.head(MAP)? == fields).then_some(())
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        match self.peek()? >> 5 {
+            UINT => i64::try_from(self.head(UINT)?).ok(),
+            NINT => Some(-1 - i64::try_from(self.head(NINT)?).ok()?),
+            _ => None,
+        }
+    }
+
+    fn opt_int(&mut self) -> Option<Option<i64>> {
+        if self.peek()? == NULL {
+            self.pos += 1;
+            return Some(None);
+        }
+        self.int().map(Some)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        u32::try_from(self.head(UINT)?).ok()
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        match self.byte()? {
+            TRUE => Some(true),
+            FALSE => Some(false),
+            _ => None,
+        }
+    }
+
+    fn batch(&mut self) -> Option<WireBatch> {
+        self.map(9)?;
+        let batch_id = self.text("batch_id")?;
+        let project_id = self.text("project_id")?;
+        let region = self.text("region")?;
+        self.key("received_at_ms")?;
+        let received_at_ms = self.int()?;
+        self.key("sent_at_ms")?;
+        let sent_at_ms = self.opt_int()?;
+        self.key("geo")?;
+        let geo = self.geo()?;
+        self.key("device")?;
+        let device = self.device()?;
+        let ip_prefix = self.text("ip_prefix")?;
+        self.key("events")?;
+        let count = usize::try_from(self.head(ARRAY)?).ok()?;
+        // Each event takes well over 64 bytes: a count the bytes cannot
+        // hold is refused before anything is reserved for it.
+        if count > self.bytes.len() / 64 + 1 {
+            return None;
+        }
+        let mut events = Vec::with_capacity(count);
+        for _ in 0..count {
+            events.push(self.event()?);
+        }
+        Some(WireBatch {
+            batch_id,
+            project_id,
+            region,
+            received_at_ms,
+            sent_at_ms,
+            geo,
+            device,
+            ip_prefix,
+            events,
+        })
+    }
+
+    fn geo(&mut self) -> Option<Geo> {
+        self.map(7)?;
+        Some(Geo {
+            country: self.text("country")?,
+            region: self.text("region")?,
+            city: self.text("city")?,
+            timezone: self.text("timezone")?,
+            continent: self.text("continent")?,
+            colo: self.text("colo")?,
+            asn: {
+                self.key("asn")?;
+                self.u32()?
+            },
+        })
+    }
+
+    fn device(&mut self) -> Option<Device> {
+        self.map(6)?;
+        Some(Device {
+            browser: self.text("browser")?,
+            browser_version: self.text("browser_version")?,
+            os: self.text("os")?,
+            os_version: self.text("os_version")?,
+            device_type: self.text("device_type")?,
+            is_bot: {
+                self.key("is_bot")?;
+                self.bool()?
+            },
+        })
+    }
+
+    fn event(&mut self) -> Option<Event> {
+        self.map(10)?;
+        self.key("event_id")?;
+        if self.head(BYTES)? != 16 {
+            return None;
+        }
+        let event_id = uuid::Uuid::from_slice(self.take(16)?).ok()?;
+        self.key("event_id_derived")?;
+        let event_id_derived = self.bool()?;
+        let event = self.text("event")?;
+        let user_id = self.text("user_id")?;
+        let anonymous_id = self.text("anonymous_id")?;
+        let session_id = self.text("session_id")?;
+        self.key("client_ts_ms")?;
+        let client_ts_ms = self.opt_int()?;
+        self.key("ts_ms")?;
+        let ts_ms = self.int()?;
+        let properties = self.text("properties")?;
+        self.key("context")?;
+        let context = self.context()?;
+        Some(Event {
+            event_id,
+            event_id_derived,
+            event,
+            user_id,
+            anonymous_id,
+            session_id,
+            client_ts_ms,
+            ts_ms,
+            properties,
+            context,
+        })
+    }
+
+    fn context(&mut self) -> Option<Context> {
+        self.map(11)?;
+        Some(Context {
+            page_url: self.text("page_url")?,
+            page_path: self.text("page_path")?,
+            page_referrer: self.text("page_referrer")?,
+            page_title: self.text("page_title")?,
+            app_name: self.text("app_name")?,
+            app_version: self.text("app_version")?,
+            library_name: self.text("library_name")?,
+            library_version: self.text("library_version")?,
+            locale: self.text("locale")?,
+            screen_width: {
+                self.key("screen_width")?;
+                self.u32()?
+            },
+            screen_height: {
+                self.key("screen_height")?;
+                self.u32()?
+            },
+        })
     }
 }

@@ -304,3 +304,89 @@ proptest! {
         prop_assert_eq!(frame_cbor(&encode_batch(&b).unwrap()), ciborium_cbor(&b));
     }
 }
+
+/// ciborium's reading of `cbor`: the reference the direct reader must agree with.
+fn ciborium_read(cbor: &[u8]) -> Option<WireBatch> {
+    ciborium::from_reader(cbor).ok()
+}
+
+#[test]
+fn the_direct_reader_reads_what_the_writer_writes() {
+    for n in [0, 1, 23, 24, 300] {
+        let b = sample(n);
+        let cbor = frame_cbor(&encode_batch(&b).unwrap());
+        assert_eq!(cbor::read_batch(&cbor), Some(b), "{n} events");
+    }
+}
+
+#[test]
+fn another_shape_is_left_to_ciborium_and_still_decodes() {
+    // The same batch with its map keys in another order and one field
+    // missing (`sent_at_ms`: an Option, so ciborium reads it as None).
+    let b = WireBatch {
+        sent_at_ms: None,
+        ..sample(2)
+    };
+    let mut value = ciborium::Value::serialized(&b).unwrap();
+    if let ciborium::Value::Map(fields) = &mut value {
+        fields.retain(|(k, _)| k.as_text() != Some("sent_at_ms"));
+        fields.reverse();
+    }
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&value, &mut cbor).unwrap();
+    assert_eq!(cbor::read_batch(&cbor), None);
+    assert_eq!(ciborium_read(&cbor), Some(b.clone()));
+    // Through the whole frame decoder: the fallback decodes it.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&MAGIC);
+    frame.extend_from_slice(&[FORMAT_VERSION, 1, 0, 0]);
+    frame.extend_from_slice(&(b.events.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&(cbor.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&lz4_flex::block::compress(&cbor));
+    assert_eq!(decode_batch(&frame, MAX).unwrap(), b);
+}
+
+#[test]
+fn trailing_bytes_and_truncations_are_not_read_directly() {
+    let cbor = frame_cbor(&encode_batch(&sample(3)).unwrap());
+    let mut longer = cbor.clone();
+    longer.push(0);
+    assert_eq!(cbor::read_batch(&longer), None);
+    for cut in 0..cbor.len() {
+        assert_eq!(cbor::read_batch(&cbor[..cut]), None, "cut at {cut}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_direct_reader_agrees_with_ciborium_on_any_batch(
+        events in proptest::collection::vec(arb_event(), 0..30), project in arb_string(),
+        recv in any::<i64>(), sent in proptest::option::of(any::<i64>()), asn in any::<u32>(),
+        city in arb_string(), bot in any::<bool>(), props in prop_oneof![Just("{}".to_string()), ".{0,300}"]) {
+        let mut events = events;
+        for e in &mut events {
+            e.properties = props.clone();
+        }
+        let b = WireBatch {
+            batch_id: "x".into(), project_id: project, region: "r".into(),
+            received_at_ms: recv, sent_at_ms: sent,
+            geo: Geo { asn, city, ..Geo::default() },
+            device: Device { is_bot: bot, ..Device::default() },
+            ip_prefix: String::new(), events,
+        };
+        let cbor = frame_cbor(&encode_batch(&b).unwrap());
+        prop_assert_eq!(cbor::read_batch(&cbor), Some(b.clone()));
+        prop_assert_eq!(ciborium_read(&cbor), Some(b));
+    }
+
+    #[test]
+    fn whatever_the_direct_reader_accepts_ciborium_reads_the_same(
+        pos in any::<prop::sample::Index>(), val in any::<u8>(), n in 0usize..4) {
+        let mut cbor = frame_cbor(&encode_batch(&sample(n)).unwrap());
+        let i = pos.index(cbor.len());
+        cbor[i] = val;
+        if let Some(direct) = cbor::read_batch(&cbor) {
+            prop_assert_eq!(ciborium_read(&cbor), Some(direct));
+        }
+    }
+}
