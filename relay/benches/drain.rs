@@ -522,7 +522,7 @@ fn main() {
             .collect();
     let mut results: Vec<(usize, Figures)> = Vec::new();
     for round in 0..args.rounds {
-        for phase in &args.phases {
+        for (index, phase) in args.phases.iter().enumerate() {
             eprintln!("round {round}: {phase} (load {})", load_average());
             let figures = match phase.as_str() {
                 "raw-views" => {
@@ -552,7 +552,10 @@ fn main() {
                     // RelayProcess reads SPOOR_RELAY_BIN; no other thread
                     // runs here.
                     std::env::set_var("SPOOR_RELAY_BIN", &path);
-                    let consumer = format!("bench-r{round}-{}", other.replace(':', "-"));
+                    // A fresh consumer per phase, even for a phase named twice
+                    // in a round: a used one has nothing left to deliver.
+                    let consumer =
+                        format!("bench-r{round}-{index}-{}", other.replace(':', "-"));
                     let f = rt.block_on(relay_phase(
                         other,
                         relays,
