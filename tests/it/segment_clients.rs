@@ -108,7 +108,7 @@ impl Stack {
     }
 
     /// Waits until `n` rows are stored, then gives them by event id, failing
-    /// if any id is stored twice.
+    /// if any id is stored twice or the relay inserted more than `n` rows.
     async fn stored(&self, n: usize) -> BTreeMap<String, Value> {
         eventually(&format!("{n} rows stored"), || async {
             (self.rows().len() >= n).then_some(())
@@ -125,6 +125,14 @@ impl Stack {
             }
         }
         assert_eq!(by_id.len(), n, "stored: {by_id:#?}");
+        // Inserted once each, too: a second copy merged away by the
+        // ReplacingMergeTree would not show in the rows.
+        let relay = self.relay.as_ref().unwrap();
+        assert_eq!(
+            relay.metric("spoor_relay_rows_inserted_total").await,
+            n as f64,
+            "rows the relay inserted"
+        );
         by_id
     }
 
