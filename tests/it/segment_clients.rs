@@ -13,7 +13,10 @@
 //!   the edge and the CDN's settings passed to `load` (nothing is fetched
 //!   from Segment): its page, identify and track calls are answered `200`
 //!   and stored with the page's url, title and the browser from its
-//!   User-Agent.
+//!   User-Agent, posted one by one (`/v1/p`, `/v1/i`, `/v1/t`) or as one
+//!   batch (`/v1/b`, its batching delivery strategy); and calls the edge's
+//!   rate limit refuses with 429 are retried (with `X-Retry-Count`, which
+//!   the edge's CORS answer must allow) and stored once each.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -467,19 +470,46 @@ fn run_analytics_next(stack: &Stack, scenario: &str) -> Value {
 async fn analytics_next_in_chromium_stores_page_identify_and_track() {
     let stack = Stack::start("segment_clients_next", &[]).await;
     let sent = run_analytics_next(&stack, "calls");
+    // Each call on its own path, one message each.
+    let stored =
+        assert_page_identify_track(&stack, &sent, &[("/v1/i", 1), ("/v1/p", 1), ("/v1/t", 1)])
+            .await;
+    let p = &stored[&event_id_of(&sent["calls"]["page"])];
+    assert_eq!(p["user_id"], "", "the page was sent before identify");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_next_batching_posts_one_batch_to_b_and_it_is_stored() {
+    let stack = Stack::start("segment_clients_batching", &[]).await;
+    let sent = run_analytics_next(&stack, "batching");
+    assert_page_identify_track(&stack, &sent, &[("/v1/b", 3)]).await;
+}
+
+/// The edge answered `paths` (each with its accepted count) and stored
+/// the page, identify and track calls of `sent` with their fields; gives
+/// the stored rows by event id.
+async fn assert_page_identify_track(
+    stack: &Stack,
+    sent: &Value,
+    paths: &[(&str, u64)],
+) -> BTreeMap<String, Value> {
     let (started, finished) = (
         sent["started_ms"].as_i64().unwrap(),
         sent["finished_ms"].as_i64().unwrap(),
     );
     let answers = sent["answers"].as_array().unwrap();
-    let mut paths: Vec<&str> = answers
+    let mut answered: Vec<(&str, &Value, &Value)> = answers
         .iter()
-        .map(|a| a["path"].as_str().unwrap())
+        .map(|a| (a["path"].as_str().unwrap(), &a["status"], &a["body"]))
         .collect();
-    paths.sort();
-    assert_eq!(paths, ["/v1/i", "/v1/p", "/v1/t"], "{answers:#?}");
-    for a in answers {
-        assert_answer(&a["status"], &a["body"], 1);
+    answered.sort_by_key(|a| a.0);
+    assert_eq!(
+        answered.iter().map(|a| a.0).collect::<Vec<_>>(),
+        paths.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "{answers:#?}"
+    );
+    for ((_, status, body), (_, n)) in answered.iter().zip(paths) {
+        assert_answer(status, body, *n);
     }
 
     let calls = &sent["calls"];
@@ -527,7 +557,11 @@ async fn analytics_next_in_chromium_stores_page_identify_and_track() {
     }
     let p = row("page");
     assert_eq!(p["event"], "page_view");
-    assert_eq!(p["user_id"], "", "before identify");
+    assert_eq!(
+        p["user_id"],
+        calls["page"]["userId"].as_str().unwrap_or(""),
+        "the page's user, as sent"
+    );
     assert_eq!(
         (
             &p["properties"]["name"],
@@ -550,8 +584,7 @@ async fn analytics_next_in_chromium_stores_page_identify_and_track() {
         (&t["properties"]["plan"], &t["properties"]["seats"]),
         (&json!("pro"), &json!(3))
     );
-
-    stack.stop().await;
+    stored
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

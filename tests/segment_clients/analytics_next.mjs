@@ -1,12 +1,13 @@
 // Loads Segment's browser library, @segment/analytics-next (bundled for the
 // page by tests/it/segment_clients.rs with esbuild), in headless chromium
 // (Debian's, through playwright-core) and makes a page, an identify and a
-// track call (scenario `calls`), or three tracks of which the edge's rate
-// limit refuses two at first (`retry`), with
+// track call, each posted on its own (scenario `calls`) or together in one
+// batch (`batching`), or three tracks of which the edge's rate limit
+// refuses two at first (`retry`), with
 // `integrations["Segment.io"].apiHost` pointed at a Spoor edge. The settings Segment's CDN would serve are passed to `load` as
 // `cdnSettings`, so the page asks nothing of cdn.segment.com. Run with one
 // JSON argument:
-//   {scenario: "calls" | "retry", site, api_host, write_key, chromium}
+//   {scenario: "calls" | "batching" | "retry", site, api_host, write_key, chromium}
 // `site` serves index.html, which defines `AnalyticsBrowser`.
 // It waits for the edge's answer to each call, then prints one line
 // `segment-clients: sent {calls, answers, page, started_ms, finished_ms}`:
@@ -48,13 +49,16 @@ try {
     const url = r.url();
     if (!url.startsWith(args.site) && !url.startsWith(edge) && !url.startsWith('data:')) foreign.push(url);
     if (url.startsWith(edge) && r.method() === 'POST') {
-      if (!/\/v1\/[tpi]$/.test(url)) others.push(url);
+      if (!/\/v1\/[tpib]$/.test(url)) others.push(url);
       const body = JSON.parse(r.postData());
-      const key = body.type === 'track' && args.scenario === 'retry' ? `track ${body.properties.n}` : body.type;
-      calls[key] = body;
+      for (const m of body.batch ?? [body]) {
+        const key = m.type === 'track' && args.scenario === 'retry' ? `track ${m.properties.n}` : m.type;
+        calls[key] = m;
+      }
       const retry = r.headers()['x-retry-count'];
       if (retry !== undefined) retried.push(retry);
-      log('posted', url, key, retry === undefined ? '' : `X-Retry-Count: ${retry}`);
+      log('posted', url, (body.batch ?? [body]).map((m) => m.type).join(' '),
+        retry === undefined ? '' : `X-Retry-Count: ${retry}`);
     }
   });
   page.on('requestfailed', (r) => log('request failed:', r.method(), r.url(), r.failure()?.errorText));
@@ -67,7 +71,7 @@ try {
   });
 
   await page.goto(`${args.site}/index.html?utm_source=newsletter`);
-  const loaded = await page.evaluate(async ([writeKey, apiHost]) => {
+  const loaded = await page.evaluate(async ([writeKey, apiHost, batching]) => {
     const [analytics] = await AnalyticsBrowser.load(
       {
         writeKey,
@@ -76,11 +80,14 @@ try {
         // sampleRate keeps the library's own telemetry (`{apiHost}/m`) off.
         cdnSettings: { integrations: { 'Segment.io': { apiKey: writeKey } }, metrics: { sampleRate: 0 } },
       },
-      { integrations: { 'Segment.io': { apiHost, protocol: 'http' } } },
+      { integrations: { 'Segment.io': { apiHost, protocol: 'http', ...(batching ? {
+        // The three calls go in one batch, sent when it holds three.
+        deliveryStrategy: { strategy: 'batching', config: { size: 3, timeout: 10_000 } },
+      } : {}) } } },
     );
     window.analytics = analytics;
     return { anonymousId: analytics.user().anonymousId() };
-  }, [args.write_key, args.api_host]);
+  }, [args.write_key, args.api_host, args.scenario === 'batching']);
   log('loaded', loaded);
 
   const accepted = () => answers.filter((a) => a.status === 200).length;
@@ -88,13 +95,22 @@ try {
   const waitFor = async (n) => {
     while (accepted() < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   };
-  if (args.scenario === 'calls') {
-    await page.evaluate(() => analytics.page('Catalog', 'Shoes', { section: 'winter' }));
-    await page.evaluate(() => analytics.identify('u-next', { email: 'next@example.com', plan: 'pro' }));
-    await page.evaluate(() => analytics.track('Signed Up', { plan: 'pro', seats: 3 }));
-    // Each call is posted on its own (`/p`, `/i`, `/t`); wait for every answer.
-    await waitFor(3);
-    check(answers.length === 3, 'the edge answered the three calls', answers);
+  if (args.scenario === 'calls' || args.scenario === 'batching') {
+    const n = args.scenario === 'calls' ? 3 : 1;
+    // One after the other, so the page is sent before identify; batched
+    // calls resolve only once their batch is sent, so those start at once.
+    await page.evaluate(async (oneByOne) => {
+      const calls = [
+        () => analytics.page('Catalog', 'Shoes', { section: 'winter' }),
+        () => analytics.identify('u-next', { email: 'next@example.com', plan: 'pro' }),
+        () => analytics.track('Signed Up', { plan: 'pro', seats: 3 }),
+      ];
+      if (oneByOne) for (const call of calls) await call();
+      else await Promise.all(calls.map((call) => call()));
+    }, n === 3);
+    // Each call posted on its own (`/p`, `/i`, `/t`), or one batch (`/b`).
+    await waitFor(n);
+    check(answers.length === n, `the edge answered ${n} request(s)`, answers);
     check(answers.every((a) => a.status === 200), 'every answer is 200', answers);
   } else {
     // retry: three tracks at once against a bucket of one event; the edge
