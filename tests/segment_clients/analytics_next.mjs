@@ -3,10 +3,10 @@
 // (Debian's, through playwright-core) and makes a page, an identify and a
 // track call, each posted on its own (scenario `calls`) or together in one
 // batch (`batching`), or three tracks of which the edge's rate limit
-// refuses two at first (`retry`), with
-// `integrations["Segment.io"].apiHost` pointed at a Spoor edge. The settings Segment's CDN would serve are passed to `load` as
-// `cdnSettings`, so the page asks nothing of cdn.segment.com. Run with one
-// JSON argument:
+// refuses two at first (`retry`), with `integrations["Segment.io"].apiHost`
+// pointed at a Spoor edge. The settings Segment's CDN would serve are passed
+// to `load` as `cdnSettings`, so the page asks nothing of cdn.segment.com.
+// Run with one JSON argument:
 //   {scenario: "calls" | "batching" | "retry", site, api_host, write_key, chromium}
 // `site` serves index.html, which defines `AnalyticsBrowser`.
 // It waits for the edge's answer to each call, then prints one line
