@@ -17,6 +17,14 @@ pub const HEADERS: [&str; 11] = [
     "X-Spoor-Test-Ip",
 ];
 
+/// The request headers a page may send cross-origin, as a preflight's
+/// `Access-Control-Allow-Headers`: Spoor's own, and those Segment's
+/// analytics.js sends (`Authorization` with the write key, and
+/// `X-Retry-Count` on every retry: without it a retried event's preflight
+/// fails and the browser never sends it).
+pub const CORS_ALLOW_HEADERS: &str =
+    "Content-Type, Content-Encoding, X-Spoor-Write-Key, X-Spoor-Ack, Authorization, X-Retry-Count";
+
 /// What the edge reads of a request besides its body.
 #[derive(Debug, Default)]
 pub struct RequestHead {
@@ -113,5 +121,29 @@ mod tests {
         assert_eq!(h.write_key.as_deref(), Some(""));
         assert_eq!(h.authorization.as_deref(), Some("Basic x"));
         assert_eq!(h.cf_json, None);
+    }
+
+    #[test]
+    fn cors_allows_every_header_a_browser_client_sends() {
+        let allowed: Vec<String> = CORS_ALLOW_HEADERS
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        // The web SDK's and analytics.js's requests, retries included
+        // (analytics-next adds X-Retry-Count from its second attempt on).
+        for sent in [
+            "Content-Type",
+            "Content-Encoding",
+            "X-Spoor-Write-Key",
+            "X-Spoor-Ack",
+            "Authorization",
+            "X-Retry-Count",
+        ] {
+            assert!(
+                allowed.contains(&sent.to_ascii_lowercase()),
+                "{sent} is not in {CORS_ALLOW_HEADERS:?}"
+            );
+        }
+        assert!(allowed.iter().all(|h| !h.is_empty() && !h.contains(' ')));
     }
 }

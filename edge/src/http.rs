@@ -40,13 +40,13 @@ export async function spoor_link_call(env, binding, name, nameHeader, path, body
   const resp = await stub.fetch("https://link" + path, init);
   return [resp.status, await resp.text()];
 }
-export function spoor_cors(response, origin, preflight) {
+export function spoor_cors(response, origin, allowHeaders) {
   const h = response.headers;
   h.set("Access-Control-Allow-Origin", origin || "*");
   h.set("Vary", "Origin");
-  if (preflight) {
+  if (allowHeaders) {
     h.set("Access-Control-Allow-Methods", "POST, GET, OPTIONS");
-    h.set("Access-Control-Allow-Headers", "Content-Type, Content-Encoding, X-Spoor-Write-Key, X-Spoor-Ack, Authorization");
+    h.set("Access-Control-Allow-Headers", allowHeaders);
     h.set("Access-Control-Max-Age", "86400");
   } else {
     h.set("Access-Control-Expose-Headers", "X-Spoor-Ack, X-Spoor-Ack-Ms, Retry-After");
@@ -80,7 +80,7 @@ extern "C" {
     fn spoor_cors(
         response: &web_sys::Response,
         origin: &str,
-        preflight: bool,
+        allow_headers: &str,
     ) -> std::result::Result<(), wasm_bindgen::JsValue>;
 }
 
@@ -121,7 +121,14 @@ pub fn json_response(status: u16, body: &str) -> Result<web_sys::Response> {
 /// client but a browser reads them, and each header costs the isolate.
 pub fn cors(resp: &web_sys::Response, origin: Option<&str>, preflight: bool) -> Result<()> {
     if origin.is_some() || preflight {
-        spoor_cors(resp, origin.unwrap_or(""), preflight).map_err(worker::Error::from)?;
+        // A preflight names the allowed headers (core's list); other
+        // answers pass "" and copy nothing across the boundary.
+        let allow_headers = if preflight {
+            spoor_core::head::CORS_ALLOW_HEADERS
+        } else {
+            ""
+        };
+        spoor_cors(resp, origin.unwrap_or(""), allow_headers).map_err(worker::Error::from)?;
     }
     Ok(())
 }

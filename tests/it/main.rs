@@ -29,6 +29,7 @@ mod replay;
 mod retention;
 mod rollups;
 mod segment;
+mod segment_clients;
 mod sessions;
 mod stream_full;
 mod support;

@@ -140,7 +140,7 @@ fn site_files() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 /// A static HTTP server on 127.0.0.1 for the test's pages: a thread per
 /// connection (chromium opens idle sockets ahead of need), one answer per
 /// connection, no caching. Stopped on drop.
-struct Site {
+pub(crate) struct Site {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -149,7 +149,7 @@ struct Site {
 type Files = Arc<Vec<(&'static str, &'static str, Vec<u8>)>>;
 
 impl Site {
-    fn serve(files: Vec<(&'static str, &'static str, Vec<u8>)>) -> Site {
+    pub(crate) fn serve(files: Vec<(&'static str, &'static str, Vec<u8>)>) -> Site {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -173,7 +173,7 @@ impl Site {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }

@@ -176,10 +176,16 @@ pub fn edge_build_dir() -> Result<PathBuf> {
 /// The workspace's `node_modules/playwright-core` (installed from
 /// package.json by `cargo xtask setup`), which browser-test scripts import.
 pub fn playwright_core_dir() -> Result<PathBuf> {
-    let dir = workspace_root().join("node_modules/playwright-core");
+    npm_package_dir("playwright-core")
+}
+
+/// The workspace's `node_modules/<name>` (an npm package from package.json,
+/// installed by `cargo xtask setup`), which test scripts import.
+pub fn npm_package_dir(name: &str) -> Result<PathBuf> {
+    let dir = workspace_root().join("node_modules").join(name);
     if !dir.join("package.json").is_file() {
         bail!(
-            "playwright-core is missing ({} has no package.json); {SETUP_HINT}",
+            "{name} is missing ({} has no package.json); {SETUP_HINT}",
             dir.display()
         );
     }

@@ -28,8 +28,6 @@ pub struct Tools {
     pub esbuild: PathBuf,
     pub wrangler: PathBuf,
     pub workerd: PathBuf,
-    /// playwright-core's package directory (the browser tests import it).
-    pub playwright_core: PathBuf,
     /// Debian's chromium, which the browser tests drive headless.
     pub chromium: PathBuf,
     pub nats_server: PathBuf,
@@ -59,7 +57,6 @@ impl Tools {
             esbuild,
             wrangler: node.join(".bin/wrangler"),
             workerd: node.join("@cloudflare/workerd-linux-64/bin/workerd"),
-            playwright_core: node.join("playwright-core"),
             chromium: first_existing("chromium", &["/usr/bin"]),
             nats_server: root.join(".spoor/tools/nats/bin/nats-server"),
             chdb: root.join(".spoor/tools/chdb"),
@@ -221,22 +218,45 @@ fn lock_versions(lock: &str, name: &str) -> Vec<String> {
     out
 }
 
+/// npm packages whose JavaScript the builds and tests import (wrangler and
+/// workerd are checked by their binaries): esbuild's API builds the web
+/// SDK and bundles analytics-next for its page; playwright-core drives
+/// chromium; Segment's own libraries are the clients of
+/// tests/it/segment_clients.rs.
+const NPM_MODULES: [&str; 4] = [
+    "esbuild",
+    "playwright-core",
+    "@segment/analytics-node",
+    "@segment/analytics-next",
+];
+
+/// What `npm_packages` checks, for its messages.
+const NPM_WHAT: &str =
+    "wrangler + workerd + esbuild + playwright-core + @segment/analytics-{node,next}";
+
+fn npm_modules_missing(root: &Path) -> Vec<&'static str> {
+    NPM_MODULES
+        .into_iter()
+        .filter(|m| {
+            !root
+                .join("node_modules")
+                .join(m)
+                .join("package.json")
+                .is_file()
+        })
+        .collect()
+}
+
 fn npm_packages(tools: &Tools) -> Result<()> {
     let root = sh::root();
     let stamp_path = root.join(".spoor/npm-installed.stamp");
     let wanted = npm_stamp(&root)?;
     let stamp = std::fs::read_to_string(&stamp_path).unwrap_or_default();
-    // The web SDK's build imports esbuild's JS API, not just its binary.
-    let esbuild_api = root.join("node_modules/esbuild/package.json");
     let present = tools.wrangler.is_file()
         && tools.workerd.is_file()
-        && esbuild_api.is_file()
-        && tools.playwright_core.join("package.json").is_file();
+        && npm_modules_missing(&root).is_empty();
     if present && stamp == wanted {
-        ok(
-            "wrangler + workerd + esbuild + playwright-core (npm)",
-            tools.wrangler.display(),
-        );
+        ok(&format!("{NPM_WHAT} (npm)"), tools.wrangler.display());
         return Ok(());
     }
     // `npm ci` removes node_modules first, through a symlink too: a tree
@@ -249,13 +269,13 @@ fn npm_packages(tools: &Tools) -> Result<()> {
     {
         if present {
             ok(
-                "wrangler + workerd + esbuild + playwright-core (npm, symlinked node_modules)",
+                &format!("{NPM_WHAT} (npm, symlinked node_modules)"),
                 tools.wrangler.display(),
             );
             return Ok(());
         }
         anyhow::bail!(
-            "{} is a symlink and lacks wrangler/workerd/esbuild/playwright-core; install there, or replace the \
+            "{} is a symlink and lacks some of {NPM_WHAT}; install there, or replace the \
              symlink with a directory and rerun",
             node_modules.display()
         );
@@ -265,14 +285,11 @@ fn npm_packages(tools: &Tools) -> Result<()> {
         apt_install(&["nodejs", "npm"])?;
     }
     let why = if present {
-        "package.json or package-lock.json changed since the last install"
+        "package.json or package-lock.json changed since the last install".to_owned()
     } else {
-        "wrangler, workerd, esbuild or playwright-core missing from node_modules"
+        format!("some of {NPM_WHAT} missing from node_modules")
     };
-    installing(
-        "npm packages (wrangler, workerd, esbuild, playwright-core)",
-        why,
-    );
+    installing(&format!("npm packages ({NPM_WHAT})"), &why);
     let mut npm = Command::new("npm");
     npm.current_dir(&root).env("WRANGLER_SEND_METRICS", "false");
     if root.join("package-lock.json").is_file() {
@@ -281,14 +298,11 @@ fn npm_packages(tools: &Tools) -> Result<()> {
         npm.args(["install", "--no-audit", "--no-fund"]);
     }
     sh::run(&mut npm)?;
-    let playwright = tools.playwright_core.join("package.json");
-    for (path, what) in [
-        (&tools.wrangler, "wrangler"),
-        (&tools.workerd, "workerd"),
-        (&playwright, "playwright-core"),
-        (&esbuild_api, "esbuild"),
-    ] {
+    for (path, what) in [(&tools.wrangler, "wrangler"), (&tools.workerd, "workerd")] {
         require(path, what).context("npm finished but did not install it")?;
+    }
+    if let missing @ [_, ..] = npm_modules_missing(&root).as_slice() {
+        bail!("npm finished but did not install {}", missing.join(", "));
     }
     std::fs::create_dir_all(root.join(".spoor"))?;
     // Recomputed: `npm install` writes package-lock.json.
@@ -507,6 +521,22 @@ version = "0.2.99"
             vec!["0.2.130".to_owned()]
         );
         assert_eq!(lock_versions(lock, "nope"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_npm_module_counts_only_with_its_package_json() {
+        let dir = std::env::temp_dir().join(format!("xtask-npm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(npm_modules_missing(&dir), NPM_MODULES.to_vec());
+        for m in NPM_MODULES {
+            let pkg = dir.join("node_modules").join(m);
+            std::fs::create_dir_all(&pkg).unwrap();
+            assert!(npm_modules_missing(&dir).contains(&m), "{m}: a bare folder");
+            std::fs::write(pkg.join("package.json"), "{}").unwrap();
+            assert!(!npm_modules_missing(&dir).contains(&m), "{m}");
+        }
+        assert!(npm_modules_missing(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
