@@ -511,15 +511,19 @@ fn translate(
     }
     match kind.as_str() {
         "identify" | "group" => {
-            if let Some(traits) = msg.remove("traits").filter(|t| !t.is_null()) {
-                if !traits.is_object() {
-                    return Err(Invalid::new(
-                        "invalid_traits",
-                        "`traits` must be a JSON object",
-                    ));
-                }
-                segment.insert("traits".into(), traits);
+            // Always written (`{}` when absent), so the first `"traits":`
+            // of the text is never one inside the context.
+            let traits = msg
+                .remove("traits")
+                .filter(|t| !t.is_null())
+                .unwrap_or_else(|| Value::Object(Map::new()));
+            if !traits.is_object() {
+                return Err(Invalid::new(
+                    "invalid_traits",
+                    "`traits` must be a JSON object",
+                ));
             }
+            segment.insert("traits".into(), traits);
         }
         _ => {}
     }

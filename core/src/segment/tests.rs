@@ -278,11 +278,12 @@ fn identity_fields_come_first_in_the_stored_text() {
          "context": ctx, "traits": {"groupId": "t-g", "traits": {"n": 1}}},
         {"type": "alias", "userId": "u-1", "previousId": "a-1", "messageId": "m-3",
          "context": ctx},
+        {"type": "identify", "userId": "u-2", "messageId": "m-5", "context": ctx},
         {"type": "track", "event": "Bought", "userId": "u-1", "messageId": "m-4",
          "properties": {"$segment": "mine", "a": 1, "Z": 2}}
     ]});
     let (receipt, batches) = run(Call::Batch, &body);
-    assert_eq!(receipt.accepted, 4, "{receipt:?}");
+    assert_eq!(receipt.accepted, 5, "{receipt:?}");
     let text = |n: &str| {
         events(&batches)
             .into_iter()
@@ -299,6 +300,13 @@ fn identity_fields_come_first_in_the_stored_text() {
             .unwrap_or_else(|| panic!("no {key} in {text}"));
         text[at + needle.len()..].to_string()
     };
+    let bare = events(&batches)
+        .into_iter()
+        .find(|e| e.user_id == "u-2")
+        .unwrap()
+        .properties
+        .clone();
+    assert!(after(&bare, "traits").starts_with("{},"), "{bare}");
     let identify = text("identify");
     assert!(
         identify.starts_with(r#"{"$segment":{"type":"identify","messageId":"m-1","traits":{"groupId":"t-g","plan":"pro"},"context":"#),
