@@ -27,7 +27,12 @@ use spoor_tests::edge::{Edge, EdgeConfig};
 use spoor_tests::nats::{NatsRole, NatsServer};
 use std::time::Duration;
 
+use spoor_store::date::{date_string, event_date};
+use spoor_store::schema;
+
+use crate::device_table::{ch_config, device_event, insert};
 use crate::e2e::{send, uuid};
+use crate::relay::query as query_text;
 use crate::support::{eventually, nats_endpoint, now_ms, Relay};
 
 const WRITE_KEY: &str = "wk_identity";
@@ -310,4 +315,75 @@ async fn identify_alias_and_group_fill_the_identity_tables_and_stitch_the_user_t
     assert_eq!(page.events.len(), 2, "{:?}", page.events);
 
     relay.shutdown().await;
+}
+
+/// An existing deployment (the schema before `004_identity.sql`, with
+/// events stored) takes the identity schema at the next migration: the
+/// views then feed the tables from the inserts after it, and the backfill
+/// of deploy/README.md (each view's SELECT over an older day, run twice)
+/// fills in the earlier days without changing an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_schema_applies_to_an_existing_deployment() {
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("identity_upgrade");
+    let cfg = ch_config(ch, &db);
+    let client = cfg.client();
+    let (old, new) = schema::SCHEMA_FILES.split_at(3);
+    assert_eq!(new[0].0, "004_identity.sql");
+    for (_, sql) in old {
+        for statement in schema::split_statements(sql) {
+            client.query(&statement).execute().await.unwrap();
+        }
+    }
+    let day = 86_400_000;
+    let t0 = (now_ms() / day - 2) * day + 3_600_000;
+    let identify = |n: u128, user: &str, ts: i64, plan: &str| {
+        let mut e = device_event(n, "dev-up", user, ts);
+        e.event = "identify".into();
+        e.properties = format!(r#"{{"plan":"{plan}"}}"#);
+        e
+    };
+    insert(&cfg, vec![identify(1, "u-up", t0, "old")]).await;
+
+    schema::apply(&cfg).await.unwrap();
+    insert(&cfg, vec![identify(2, "u-up", t0 + day, "new")]).await;
+    let links = || async {
+        query_text(
+            ch,
+            format!(
+                "SELECT user_id, anonymous_id, minMerge(first_seen_ms), maxMerge(last_seen_ms) \
+                 FROM {db}.identity_links GROUP BY user_id, anonymous_id"
+            ),
+        )
+        .await
+    };
+    assert_eq!(
+        links().await,
+        format!("u-up\tdev-up\t{}\t{}\n", t0 + day, t0 + day)
+    );
+
+    // The backfill: the view's own SELECT over the day before the upgrade.
+    let view = schema::split_statements(new[0].1)
+        .into_iter()
+        .find(|s| s.starts_with("CREATE MATERIALIZED VIEW IF NOT EXISTS identity_links_mv"))
+        .unwrap();
+    let select = &view[view.find("SELECT").unwrap()..];
+    let backfill = format!(
+        "INSERT INTO identity_links {}",
+        select.replacen(
+            "WHERE ",
+            &format!(
+                "WHERE event_date = toDate('{}') AND ",
+                date_string(event_date(t0))
+            ),
+            1
+        )
+    );
+    for _ in 0..2 {
+        client.query(&backfill).execute().await.unwrap();
+    }
+    assert_eq!(
+        links().await,
+        format!("u-up\tdev-up\t{}\t{}\n", t0, t0 + day)
+    );
 }
