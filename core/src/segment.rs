@@ -511,15 +511,19 @@ fn translate(
     }
     match kind.as_str() {
         "identify" | "group" => {
-            if let Some(traits) = msg.remove("traits").filter(|t| !t.is_null()) {
-                if !traits.is_object() {
-                    return Err(Invalid::new(
-                        "invalid_traits",
-                        "`traits` must be a JSON object",
-                    ));
-                }
-                segment.insert("traits".into(), traits);
+            // Always written (`{}` when absent), so the first `"traits":`
+            // of the text is never one inside the context.
+            let traits = msg
+                .remove("traits")
+                .filter(|t| !t.is_null())
+                .unwrap_or_else(|| Value::Object(Map::new()));
+            if !traits.is_object() {
+                return Err(Invalid::new(
+                    "invalid_traits",
+                    "`traits` must be a JSON object",
+                ));
             }
+            segment.insert("traits".into(), traits);
         }
         _ => {}
     }
@@ -554,15 +558,72 @@ fn translate(
     if !integrations.is_empty() {
         segment.insert("integrations".into(), Value::Object(integrations));
     }
-    properties.insert(SEGMENT_PROPERTY.into(), Value::Object(segment));
-    event.insert("properties".into(), Value::Object(properties));
+    properties.remove(SEGMENT_PROPERTY);
 
     Ok(Translated {
-        json: Value::Object(event).to_string(),
+        json: event_json(event, &segment, &properties),
         id_derived,
         client_ts_ms: original.or(timestamp),
         device,
     })
+}
+
+/// The keys of `$segment` in the order they are written: the identity
+/// fields before `context` and `integrations`, whose contents are the
+/// client's. ClickHouse 18.16 reads JSON only with its flat extractors
+/// (`visitParamExtract*`), which take the first `"key":` anywhere in the
+/// text; written in this order, the first `"traits":`, `"groupId":` and
+/// `"previousId":` of an identify, group or alias event's `properties` are
+/// `$segment`'s own (nothing before them can hold an unescaped key), which
+/// the identity views (`deploy/clickhouse/004_identity.sql`) rely on.
+pub const SEGMENT_KEY_ORDER: [&str; 7] = [
+    "type",
+    "messageId",
+    "groupId",
+    "previousId",
+    "traits",
+    "context",
+    "integrations",
+];
+
+/// The event's JSON text with `properties` written as `{"$segment": {..},
+/// ..}`: `$segment` first, its keys in [`SEGMENT_KEY_ORDER`], then the
+/// message's own properties. serde_json's maps sort their keys, so the
+/// text is written here rather than left to the map.
+fn event_json(
+    mut event: Map<String, Value>,
+    segment: &Map<String, Value>,
+    properties: &Map<String, Value>,
+) -> String {
+    event.remove("properties");
+    let mut text = Value::Object(event).to_string();
+    // An object's text ends in `}`; `event` always holds `event`, so the
+    // properties follow a comma.
+    text.pop();
+    text.push_str(",\"properties\":{");
+    text.push_str(&Value::String(SEGMENT_PROPERTY.into()).to_string());
+    text.push_str(":{");
+    let mut first = true;
+    for key in SEGMENT_KEY_ORDER {
+        if let Some(value) = segment.get(key) {
+            if !first {
+                text.push(',');
+            }
+            first = false;
+            text.push_str(&Value::String(key.into()).to_string());
+            text.push(':');
+            text.push_str(&value.to_string());
+        }
+    }
+    text.push('}');
+    for (key, value) in properties {
+        text.push(',');
+        text.push_str(&Value::String(key.clone()).to_string());
+        text.push(':');
+        text.push_str(&value.to_string());
+    }
+    text.push_str("}}");
+    text
 }
 
 /// Segment's event time: `timestamp` when the message has one, else

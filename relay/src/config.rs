@@ -237,8 +237,10 @@ pub struct RunArgs {
     /// 0 keeps it forever.
     #[arg(long, env = "SPOOR_RETENTION_DAYS", default_value_t = retention::DEFAULT_RETENTION_DAYS)]
     pub retention_days: u32,
-    /// Days `events_by_device` and `device_users` keep (whole UTC days,
-    /// dropped hourly by partition); 0 keeps them forever.
+    /// Days the device tables (`events_by_device`, `device_users`) and the
+    /// identity tables (`identity_links`, `user_traits`, `group_traits`)
+    /// keep (whole UTC days, dropped hourly by partition); 0 keeps them
+    /// forever.
     #[arg(long, env = "SPOOR_DEVICE_RETENTION_DAYS", default_value_t = retention::DEFAULT_DEVICE_RETENTION_DAYS)]
     pub device_retention_days: u32,
     /// Days the rollup tables keep (whole months, dropped once the month

@@ -4,7 +4,7 @@
 //! | family  | tables                                        | partition | flag (default)                  |
 //! |---------|-----------------------------------------------|-----------|---------------------------------|
 //! | raw     | `events`                                      | UTC day   | `--retention-days` (90)         |
-//! | device  | `events_by_device`, `device_users`            | UTC day   | `--device-retention-days` (7)   |
+//! | device  | `events_by_device`, `device_users`, and the identity tables `identity_links`, `user_traits`, `group_traits` | UTC day | `--device-retention-days` (7) |
 //! | rollups | `events_rollup_minute`, `_hour`, `_day`       | month     | `--rollup-retention-days` (400) |
 //!
 //! 0 days turns a family's retention off (kept forever). Rollups summarize
@@ -49,8 +49,9 @@ use serde::Deserialize;
 
 use crate::date::{date_string, event_date, MS_PER_DAY, UNIX_EPOCH_JULIAN_DAY};
 use crate::schema::{
-    self, SchemaError, DEVICE_TABLE, DEVICE_USERS_TABLE, EVENTS_TABLE, ROLLUP_DAY_TABLE,
-    ROLLUP_HOUR_TABLE, ROLLUP_MINUTE_TABLE,
+    self, SchemaError, DEVICE_TABLE, DEVICE_USERS_TABLE, EVENTS_TABLE, GROUP_TRAITS_TABLE,
+    IDENTITY_LINKS_TABLE, ROLLUP_DAY_TABLE, ROLLUP_HOUR_TABLE, ROLLUP_MINUTE_TABLE,
+    USER_TRAITS_TABLE,
 };
 pub use crate::schema::{DEVICE_TABLES, ROLLUP_TABLES};
 use crate::ClickHouseConfig;
@@ -70,6 +71,21 @@ pub const RETAINED_TABLES: &[RetainedTable] = &[
     },
     RetainedTable {
         name: DEVICE_USERS_TABLE,
+        family: Family::Device,
+        granularity: Granularity::Day,
+    },
+    RetainedTable {
+        name: IDENTITY_LINKS_TABLE,
+        family: Family::Device,
+        granularity: Granularity::Day,
+    },
+    RetainedTable {
+        name: USER_TRAITS_TABLE,
+        family: Family::Device,
+        granularity: Granularity::Day,
+    },
+    RetainedTable {
+        name: GROUP_TRAITS_TABLE,
         family: Family::Device,
         granularity: Granularity::Day,
     },
@@ -727,7 +743,7 @@ mod tests {
                 count(Family::Device),
                 count(Family::Rollup)
             ),
-            (1, 2, 3)
+            (1, 5, 3)
         );
     }
 }

@@ -35,6 +35,20 @@ pub const ROLLUP_DAY_TABLE: &str = "events_rollup_day";
 pub const ROLLUP_TABLES: &[&str] = &[ROLLUP_MINUTE_TABLE, ROLLUP_HOUR_TABLE, ROLLUP_DAY_TABLE];
 /// The device tables.
 pub const DEVICE_TABLES: &[&str] = &[DEVICE_TABLE, DEVICE_USERS_TABLE];
+/// Every (project, user, anonymous id) pair an identify or alias linked,
+/// with first and last seen (`004_identity.sql`), fed from `events` by
+/// `identity_links_mv` and `identity_aliases_mv`: AggregatingMergeTree
+/// (`minState`/`maxState` of `ts_ms`), `ORDER BY (project_id, user_id,
+/// anonymous_id)`, `PARTITION BY event_date`.
+pub const IDENTITY_LINKS_TABLE: &str = "identity_links";
+/// The latest traits per user (`004_identity.sql`, `user_traits_mv`):
+/// `argMaxState(traits, ts_ms)`, `ORDER BY (project_id, user_id)`.
+pub const USER_TRAITS_TABLE: &str = "user_traits";
+/// The latest traits per group (`004_identity.sql`, `group_traits_mv`):
+/// `ORDER BY (project_id, group_id)`.
+pub const GROUP_TRAITS_TABLE: &str = "group_traits";
+/// The identity tables, kept as long as the device tables.
+pub const IDENTITY_TABLES: &[&str] = &[IDENTITY_LINKS_TABLE, USER_TRAITS_TABLE, GROUP_TRAITS_TABLE];
 
 /// The schema files, in the order they are applied. Add new files here.
 pub const SCHEMA_FILES: &[(&str, &str)] = &[
@@ -49,6 +63,10 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (
         "003_rollups.sql",
         include_str!("../../deploy/clickhouse/003_rollups.sql"),
+    ),
+    (
+        "004_identity.sql",
+        include_str!("../../deploy/clickhouse/004_identity.sql"),
     ),
 ];
 

@@ -10,7 +10,9 @@
 //! non-empty where there is data: metrics from each rollup and the raw
 //! table (group-bys, filters, sums, averages, Asia/Kolkata and a DST
 //! change), funnels with a breakdown and property filters, device and user
-//! timelines with a cursor, sessions in a timezone, the freshness query, the
+//! timelines with a cursor (and a user's through an identity link), what the
+//! identity views made of Segment's and the web SDK's identify, alias and
+//! group events, sessions in a timezone, the freshness query, the
 //! relay's device lookups and its retention listing and partition drops.
 //!
 //! A missing chdb-core fails the test with the set-up command to run; it is
@@ -191,6 +193,67 @@ fn data_set() -> Vec<(String, Vec<EventRow>)> {
             }
             main.push(r);
         }
+    }
+    // Identity calls for the identity views: Segment's (with a decoy
+    // `traits` in the context) and the web SDK's identify and alias, and
+    // Segment's groups. The alias of `u-stitch` comes after the timelines'
+    // window, so only `identity_links` links d12 to that user.
+    for (device, ts, name, user, properties) in [
+        (
+            3,
+            T0 + HOUR,
+            "identify",
+            "u-seg",
+            r#"{"$segment":{"type":"identify","messageId":"m-1","traits":{"plan":"free"},"context":{"traits":{"plan":"ctx"}}}}"#,
+        ),
+        (
+            3,
+            T0 + 2 * HOUR,
+            "identify",
+            "u-seg",
+            r#"{"$segment":{"type":"identify","messageId":"m-2","traits":{"plan":"pro"},"context":{"traits":{"plan":"ctx"}}}}"#,
+        ),
+        (
+            3,
+            T0 + 3 * HOUR,
+            "identify",
+            "u-seg",
+            r#"{"$segment":{"type":"identify","messageId":"m-3","traits":{},"context":{"traits":{"plan":"ctx"}}}}"#,
+        ),
+        (6, T0 + 3 * HOUR, "identify", "u-web", r#"{"plan":"x"}"#),
+        (
+            6,
+            T0 + 4 * HOUR,
+            "alias",
+            "u-web2",
+            r#"{"previous_id":"u-web"}"#,
+        ),
+        (
+            12,
+            NOW + HOUR,
+            "alias",
+            "u-stitch",
+            r#"{"$segment":{"type":"alias","messageId":"m-4","previousId":"d12"}}"#,
+        ),
+        (
+            3,
+            T0 + HOUR,
+            "group",
+            "u-seg",
+            r#"{"$segment":{"type":"group","messageId":"m-5","groupId":"acme","traits":{"name":"Acme"}}}"#,
+        ),
+        (
+            3,
+            T0 + 5 * HOUR,
+            "group",
+            "u-seg",
+            r#"{"$segment":{"type":"group","messageId":"m-6","groupId":42,"traits":{"name":"Forty-two"}}}"#,
+        ),
+    ] {
+        let mut r = event_row(&mut rng, device, ts, name, "");
+        r.user_id = user.into();
+        r.properties = properties.into();
+        main.push(r);
     }
     shuffle(&mut rng, &mut main);
     let per_insert = main.len().div_ceil(MAIN_INSERTS);
@@ -435,6 +498,13 @@ fn statements(db_1816: &str) -> Vec<Statement> {
         "SELECT countMerge(events), uniqExactMerge(users), maxMerge(last_received_ms) FROM events_rollup_minute",
         "SELECT countMerge(events), uniqExactMerge(users) FROM events_rollup_hour",
         "SELECT countMerge(events), uniqExactMerge(users) FROM events_rollup_day",
+        "SELECT project_id, user_id, anonymous_id, minMerge(first_seen_ms), maxMerge(last_seen_ms) \
+         FROM identity_links GROUP BY project_id, user_id, anonymous_id \
+         ORDER BY project_id, user_id, anonymous_id",
+        "SELECT project_id, user_id, argMaxMerge(traits), maxMerge(updated_ms) FROM user_traits \
+         GROUP BY project_id, user_id ORDER BY project_id, user_id",
+        "SELECT project_id, group_id, argMaxMerge(traits), maxMerge(updated_ms) FROM group_traits \
+         GROUP BY project_id, group_id ORDER BY project_id, group_id",
     ] {
         add(format!("rows: {text}"), plain(text), Check::Rows);
     }
@@ -562,6 +632,13 @@ fn statements(db_1816: &str) -> Vec<Statement> {
             .to_string();
         add(name.into(), plain(&text), Check::Rows);
     }
+
+    // A user whose only link to d12 is an alias after the window.
+    add(
+        "timeline: a user through an identity link".into(),
+        timeline((Some("u-stitch"), None), Order::OldestFirst, 1000, None),
+        Check::Rows,
+    );
 
     // The retention listing, bound to each side's database.
     let tables: Vec<&RetainedTable> = RETAINED_TABLES.iter().collect();

@@ -659,7 +659,14 @@ async fn the_schema_applies_twice_and_creates_the_views() {
          events_rollup_hour\tAggregatingMergeTree\n\
          events_rollup_hour_mv\tMaterializedView\n\
          events_rollup_minute\tAggregatingMergeTree\n\
-         events_rollup_minute_mv\tMaterializedView\n"
+         events_rollup_minute_mv\tMaterializedView\n\
+         group_traits\tAggregatingMergeTree\n\
+         group_traits_mv\tMaterializedView\n\
+         identity_aliases_mv\tMaterializedView\n\
+         identity_links\tAggregatingMergeTree\n\
+         identity_links_mv\tMaterializedView\n\
+         user_traits\tAggregatingMergeTree\n\
+         user_traits_mv\tMaterializedView\n"
     );
     // Laid out for point lookups: (project, device, time, id), by day.
     let create = query(ch, format!("SHOW CREATE TABLE {db}.events_by_device")).await;

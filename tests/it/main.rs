@@ -17,6 +17,7 @@ mod edge_tls;
 mod faults;
 mod funnels;
 mod harness;
+mod identity;
 mod nats_cluster;
 mod nats_security;
 mod ownership;

@@ -679,7 +679,8 @@ async fn setup_is_idempotent_and_migrate_applies_everything() {
         tables.trim(),
         "device_users\ndevice_users_mv\nevents\nevents_by_device\nevents_by_device_mv\n\
          events_rollup_day\nevents_rollup_day_mv\nevents_rollup_hour\nevents_rollup_hour_mv\n\
-         events_rollup_minute\nevents_rollup_minute_mv"
+         events_rollup_minute\nevents_rollup_minute_mv\ngroup_traits\ngroup_traits_mv\n\
+         identity_aliases_mv\nidentity_links\nidentity_links_mv\nuser_traits\nuser_traits_mv"
     );
 
     // A stream that drifted from the embedded definition is put back.

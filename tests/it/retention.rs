@@ -1,4 +1,4 @@
-//! Retention of raw events, the device tables and the rollups against a
+//! Retention of raw events, the device and identity tables and the rollups against a
 //! real clickhouse-server (18.16, so partition drops; no TTL): rows go in
 //! through the relay's sink so the views fill the device tables and the
 //! rollups, then one pass runs with given days and a fixed "today". Raw and
@@ -16,6 +16,7 @@ use spoor_store::retention::{
     drop_expired_partitions, first_kept_day, Family, PolicyError, Retention, RetentionError,
     RETAINED_TABLES, ROLLUP_TABLES,
 };
+use spoor_store::schema::IDENTITY_TABLES;
 use spoor_store::{schema, ClickHouseConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::nats::NatsServer;
@@ -56,6 +57,7 @@ const DAYS: [time::Date; 10] = [
 fn tables() -> impl Iterator<Item = &'static str> {
     ["events", "events_by_device", "device_users"]
         .into_iter()
+        .chain(IDENTITY_TABLES.iter().copied())
         .chain(ROLLUP_TABLES.iter().copied())
 }
 
@@ -81,7 +83,21 @@ async fn seeded(ch: &ClickHouseServer, name: &str) -> (ClickHouseConfig, String)
         let events = DAYS
             .iter()
             .zip(0u128..)
-            .map(|(day, i)| device_event(round * 100 + i, "dev-ret", "user-ret", noon(*day)))
+            .map(|(day, i)| {
+                // The first round identifies, the second joins a group, so
+                // every day has rows in each identity table too.
+                let mut e = device_event(round * 100 + i, "dev-ret", "user-ret", noon(*day));
+                (e.event, e.properties) = match round {
+                    0 => ("identify".into(), format!(r#"{{"plan":"p{i}"}}"#)),
+                    _ => (
+                        "group".into(),
+                        format!(
+                            r#"{{"$segment":{{"type":"group","groupId":"g","traits":{{"n":{i}}}}}}}"#
+                        ),
+                    ),
+                };
+                e
+            })
             .collect();
         insert(&cfg, events).await;
     }
@@ -124,7 +140,10 @@ async fn retention_drops_old_days_of_raw_and_device_tables_and_whole_old_months_
     assert_eq!(days_in(ch, &db, "events").await, days_from("2024-02-27"));
     assert_eq!(rows_in(ch, &db, "events").await, 8);
     // Device tables: as before, days before 2024-03-05.
-    for table in ["events_by_device", "device_users"] {
+    for table in ["events_by_device", "device_users"]
+        .into_iter()
+        .chain(IDENTITY_TABLES.iter().copied())
+    {
         assert_eq!(
             days_in(ch, &db, table).await,
             days_from("2024-03-05"),
@@ -157,6 +176,9 @@ async fn retention_drops_old_days_of_raw_and_device_tables_and_whole_old_months_
         if day.as_str() < "2024-03-05" {
             expected.push(("events_by_device", day.clone()));
             expected.push(("device_users", day.clone()));
+            for table in IDENTITY_TABLES {
+                expected.push((table, day.clone()));
+            }
         }
     }
     for table in ROLLUP_TABLES {

@@ -14,8 +14,11 @@
 //!
 //! A *user's* timeline is the events with that `user_id` plus the anonymous
 //! events (`user_id = ''`) of the devices the user was seen on within the
-//! range: what they did before logging in. Other users' events on a shared
-//! device are left out.
+//! range, and of every anonymous id an `identify` or `alias` linked to the
+//! user (`identity_links`, whenever the link was made, within the device
+//! tables' retention): what they did before logging in, even when the
+//! login falls after the range. Other users' events on a shared device are
+//! left out.
 //!
 //! Paging is by key: events are ordered by `(ts_ms, event_id)` (ClickHouse's
 //! UUID order, the same in the `ORDER BY` and the comparison), and the
@@ -25,7 +28,7 @@
 //! from `now_ms`).
 
 use serde::{Deserialize, Serialize};
-use spoor_store::schema::{DEVICE_TABLE, DEVICE_USERS_TABLE};
+use spoor_store::schema::{DEVICE_TABLE, DEVICE_USERS_TABLE, IDENTITY_LINKS_TABLE};
 
 use super::{check_text, funnel::check_range, window_conditions, Param, RequestError, Sql};
 
@@ -218,8 +221,12 @@ impl TimelineRequest {
                 );
                 devices.push("user_id = ?".into());
                 params.push(Param::Str(id.into()));
+                params.push(Param::Str(self.project_id.clone()));
+                params.push(Param::Str(id.into()));
                 conditions.push(format!(
-                    "anonymous_id IN (SELECT anonymous_id FROM {DEVICE_USERS_TABLE} WHERE {})",
+                    "(anonymous_id IN (SELECT anonymous_id FROM {DEVICE_USERS_TABLE} WHERE {}) \
+                     OR anonymous_id IN (SELECT anonymous_id FROM {IDENTITY_LINKS_TABLE} \
+                     WHERE project_id = ? AND user_id = ?))",
                     devices.join(" AND ")
                 ));
                 conditions.push("(user_id = ? OR user_id = '')".into());

@@ -263,6 +263,75 @@ fn page_screen_identify_group_alias() {
     assert_eq!(alias.user_id, "u-1");
 }
 
+/// The identity views on ClickHouse 18.16 read `traits`, `groupId` and
+/// `previousId` with flat extractors that take the first `"key":` in the
+/// text: `$segment`'s own must come before anything the client wrote, even
+/// a context or traits holding keys of the same names.
+#[test]
+fn identity_fields_come_first_in_the_stored_text() {
+    let ctx = json!({"traits": {"email": "ctx@example.com"}, "groupId": "ctx-g",
+                     "previousId": "ctx-p", "page": {"path": "/x"}});
+    let body = json!({"batch": [
+        {"type": "identify", "userId": "u-1", "anonymousId": "a-1", "messageId": "m-1",
+         "context": ctx, "traits": {"groupId": "t-g", "plan": "pro"}},
+        {"type": "group", "userId": "u-1", "groupId": 42, "messageId": "m-2",
+         "context": ctx, "traits": {"groupId": "t-g", "traits": {"n": 1}}},
+        {"type": "alias", "userId": "u-1", "previousId": "a-1", "messageId": "m-3",
+         "context": ctx},
+        {"type": "identify", "userId": "u-2", "messageId": "m-5", "context": ctx},
+        {"type": "track", "event": "Bought", "userId": "u-1", "messageId": "m-4",
+         "properties": {"$segment": "mine", "a": 1, "Z": 2}}
+    ]});
+    let (receipt, batches) = run(Call::Batch, &body);
+    assert_eq!(receipt.accepted, 5, "{receipt:?}");
+    let text = |n: &str| {
+        events(&batches)
+            .into_iter()
+            .find(|e| e.event == n)
+            .unwrap_or_else(|| panic!("no {n}"))
+            .properties
+            .clone()
+    };
+    // What follows the first `"key":`, as 18.16's visitParamExtractRaw reads it.
+    let after = |text: &str, key: &str| {
+        let needle = format!("\"{key}\":");
+        let at = text
+            .find(&needle)
+            .unwrap_or_else(|| panic!("no {key} in {text}"));
+        text[at + needle.len()..].to_string()
+    };
+    let bare = events(&batches)
+        .into_iter()
+        .find(|e| e.user_id == "u-2")
+        .unwrap()
+        .properties
+        .clone();
+    assert!(after(&bare, "traits").starts_with("{},"), "{bare}");
+    let identify = text("identify");
+    assert!(
+        identify.starts_with(r#"{"$segment":{"type":"identify","messageId":"m-1","traits":{"groupId":"t-g","plan":"pro"},"context":"#),
+        "{identify}"
+    );
+    assert!(after(&identify, "traits").starts_with(r#"{"groupId":"t-g","plan":"pro"}"#));
+    let group = text("group");
+    assert!(after(&group, "groupId").starts_with("42,"), "{group}");
+    assert!(after(&group, "traits").starts_with(r#"{"groupId":"t-g","traits":{"n":1}}"#));
+    let alias = text("alias");
+    assert!(
+        after(&alias, "previousId").starts_with(r#""a-1","#),
+        "{alias}"
+    );
+    // A track's own properties follow `$segment`, which replaces a client's.
+    let track: Value = serde_json::from_str(&text("Bought")).unwrap();
+    assert_eq!(track["a"], 1);
+    assert_eq!(track["Z"], 2);
+    assert_eq!(track[SEGMENT_PROPERTY]["type"], "track");
+    for t in [identify, group, alias] {
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 1, "{t}");
+    }
+}
+
 #[test]
 fn segment_clock_rule() {
     let h = 3_600_000;

@@ -175,17 +175,20 @@ fn user_timeline_binds_every_caller_value() {
     assert!(!sql.text.contains(ID));
     assert_eq!(sql.text.matches('?').count(), sql.params.len());
     assert!(sql.text.contains(
-        "anonymous_id IN (SELECT anonymous_id FROM device_users WHERE project_id = ? AND"
+        "(anonymous_id IN (SELECT anonymous_id FROM device_users WHERE project_id = ? AND"
     ));
     assert!(sql.text.contains(
-        "AND user_id = ?) AND (user_id = ? OR user_id = '') \
+        "AND user_id = ?) OR anonymous_id IN (SELECT anonymous_id FROM identity_links \
+         WHERE project_id = ? AND user_id = ?)) AND (user_id = ? OR user_id = '') \
          AND (ts_ms < ? OR (ts_ms = ? AND event_id < toUUID(?))) \
          ORDER BY ts_ms DESC, event_id DESC LIMIT 1 BY event_id LIMIT ?"
     ));
-    let tail = &sql.params[sql.params.len() - 6..];
+    let tail = &sql.params[sql.params.len() - 8..];
     assert_eq!(
         tail,
         &[
+            Param::Str(hostile.into()),
+            Param::Str("shop".into()),
             Param::Str(hostile.into()),
             Param::Str(hostile.into()),
             Param::Int(1_795_391_999_000),
