@@ -33,9 +33,9 @@
 use crate::event::{BatchRef, WireBatch};
 
 mod cbor;
-pub(crate) use cbor::write_batch as write_cbor;
 #[doc(hidden)]
 pub use cbor::read_batch as read_cbor_batch;
+pub(crate) use cbor::write_batch as write_cbor;
 
 pub const MAGIC: [u8; 4] = *b"SPR\0";
 pub const FORMAT_VERSION: u8 = 1;
@@ -182,8 +182,9 @@ pub fn decode_batch(frame: &[u8], max_uncompressed: usize) -> Result<WireBatch, 
     // writer's field order, say) goes through ciborium, the reference.
     let batch: WireBatch = match cbor::read_batch(&cbor) {
         Some(batch) => batch,
-        None => ciborium::from_reader(cbor.as_slice())
-            .map_err(|e| DecodeError::Cbor(e.to_string()))?,
+        None => {
+            ciborium::from_reader(cbor.as_slice()).map_err(|e| DecodeError::Cbor(e.to_string()))?
+        }
     };
     if batch.events.len() != header.event_count as usize {
         return Err(DecodeError::CountMismatch {

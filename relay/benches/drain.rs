@@ -554,8 +554,7 @@ fn main() {
                     std::env::set_var("SPOOR_RELAY_BIN", &path);
                     // A fresh consumer per phase, even for a phase named twice
                     // in a round: a used one has nothing left to deliver.
-                    let consumer =
-                        format!("bench-r{round}-{index}-{}", other.replace(':', "-"));
+                    let consumer = format!("bench-r{round}-{index}-{}", other.replace(':', "-"));
                     let f = rt.block_on(relay_phase(
                         other,
                         relays,

@@ -13,13 +13,11 @@
 //! - NATS unreachable, durable ack requested: 503 with Retry-After and
 //!   nothing acknowledged.
 
-use crate::support::nats_endpoint;
-use spoor_tests::nats::NatsRole;
 use std::io::Write as _;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use spoor_relay::{ClickHouseConfig, RelayConfig};
+use spoor_relay::RelayConfig;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
 use spoor_tests::nats::NatsServer;
@@ -37,20 +35,7 @@ fn edge_config(nats: &NatsServer) -> EdgeConfig {
 }
 
 fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConfig {
-    let mut config = RelayConfig::new(
-        nats_endpoint(nats, NatsRole::Relay),
-        ClickHouseConfig {
-            url: ch.http_url(),
-            database: db.to_string(),
-            user: None,
-            password: None,
-        },
-    );
-    config.batch.flush_interval_ms = 200;
-    config.lag_poll_interval = Duration::from_millis(200);
-    // The edge's one project (its WRITE_KEYS), as a deployment would list it.
-    config.projects = spoor_relay::config::Projects::Only([PROJECT.to_string()].into());
-    config
+    crate::support::project_relay_config(nats, ch, db, PROJECT)
 }
 
 /// A raw HTTP answer: status, headers (lower-case names) and body.

@@ -24,7 +24,7 @@ use spoor_core::timestamp::format_rfc3339_ms;
 use spoor_relay::{ClickHouseConfig, RelayConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
-use spoor_tests::nats::{NatsRole, NatsServer};
+use spoor_tests::nats::NatsServer;
 use std::time::Duration;
 
 use spoor_store::date::{date_string, event_date};
@@ -33,26 +33,14 @@ use spoor_store::schema;
 use crate::device_table::{ch_config, device_event, insert};
 use crate::e2e::{send, uuid};
 use crate::relay::query as query_text;
-use crate::support::{eventually, nats_endpoint, now_ms, Relay};
+use crate::support::{eventually, now_ms, Relay};
 
 const WRITE_KEY: &str = "wk_identity";
 const PROJECT: &str = "identity";
 const MIN: i64 = 60_000;
 
 fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConfig {
-    let mut config = RelayConfig::new(
-        nats_endpoint(nats, NatsRole::Relay),
-        ClickHouseConfig {
-            url: ch.http_url(),
-            database: db.to_string(),
-            user: None,
-            password: None,
-        },
-    );
-    config.batch.flush_interval_ms = 200;
-    config.lag_poll_interval = Duration::from_millis(200);
-    config.projects = spoor_relay::config::Projects::Only([PROJECT.to_string()].into());
-    config
+    crate::support::project_relay_config(nats, ch, db, PROJECT)
 }
 
 /// Rows of `sql` (JSONEachRow), each as JSON.

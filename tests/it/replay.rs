@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::json;
 use spoor_loadtest::recording;
 use spoor_loadtest::{RecordConfig, ReplayOptions, RunOptions};
-use spoor_relay::{ClickHouseConfig, RelayConfig};
+use spoor_relay::RelayConfig;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
 use spoor_tests::metrics;
@@ -39,19 +39,7 @@ fn edge_config(nats: &NatsServer) -> EdgeConfig {
 }
 
 fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConfig {
-    let mut config = RelayConfig::new(
-        nats_endpoint(nats, NatsRole::Relay),
-        ClickHouseConfig {
-            url: ch.http_url(),
-            database: db.to_string(),
-            user: None,
-            password: None,
-        },
-    );
-    config.batch.flush_interval_ms = 200;
-    config.lag_poll_interval = Duration::from_millis(200);
-    config.projects = spoor_relay::config::Projects::Only([PROJECT.to_string()].into());
-    config
+    crate::support::project_relay_config(nats, ch, db, PROJECT)
 }
 
 fn edge_metric(edge: &Edge, name: &str) -> f64 {

@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use spoor_core::timestamp::{format_rfc3339_ms, parse_rfc3339_ms};
-use spoor_relay::{ClickHouseConfig, RelayConfig};
+use spoor_relay::RelayConfig;
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
-use spoor_tests::nats::{NatsRole, NatsServer};
+use spoor_tests::nats::NatsServer;
 use spoor_tests::tools::workspace_root;
 
 use crate::e2e::{send, uuid, Answer};
-use crate::support::{eventually, nats_endpoint, now_ms, Relay};
+use crate::support::{eventually, now_ms, Relay};
 
 const WRITE_KEY: &str = "wk_segment";
 const PROJECT: &str = "segment";
@@ -46,19 +46,7 @@ fn edge_config(nats: Option<&NatsServer>) -> EdgeConfig {
 }
 
 fn relay_config(nats: &NatsServer, ch: &ClickHouseServer, db: &str) -> RelayConfig {
-    let mut config = RelayConfig::new(
-        nats_endpoint(nats, NatsRole::Relay),
-        ClickHouseConfig {
-            url: ch.http_url(),
-            database: db.to_string(),
-            user: None,
-            password: None,
-        },
-    );
-    config.batch.flush_interval_ms = 200;
-    config.lag_poll_interval = Duration::from_millis(200);
-    config.projects = spoor_relay::config::Projects::Only([PROJECT.to_string()].into());
-    config
+    crate::support::project_relay_config(nats, ch, db, PROJECT)
 }
 
 fn gzip(body: &[u8]) -> Vec<u8> {

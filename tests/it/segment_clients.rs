@@ -29,13 +29,12 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use spoor_core::route::derived_event_id;
 use spoor_core::timestamp::parse_rfc3339_ms;
-use spoor_relay::{ClickHouseConfig, RelayConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::edge::{Edge, EdgeConfig};
-use spoor_tests::nats::{NatsRole, NatsServer};
+use spoor_tests::nats::NatsServer;
 use spoor_tests::tools::{self, Tool};
 
-use crate::support::{eventually, nats_endpoint, Relay};
+use crate::support::{eventually, Relay};
 use crate::web_sdk::Site;
 
 const WRITE_KEY: &str = "wk_clients";
@@ -59,18 +58,10 @@ impl Stack {
         let nats = NatsServer::start().unwrap();
         let ch = ClickHouseServer::shared();
         let db = ch.fresh_database(name);
-        let mut config = RelayConfig::new(
-            nats_endpoint(&nats, NatsRole::Relay),
-            ClickHouseConfig {
-                url: ch.http_url(),
-                database: db.clone(),
-                user: None,
-                password: None,
-            },
-        );
-        config.batch.flush_interval_ms = 200;
-        config.projects = spoor_relay::config::Projects::Only([PROJECT.to_string()].into());
-        let relay = Relay::start(config).await;
+        let relay = Relay::start(crate::support::project_relay_config(
+            &nats, ch, &db, PROJECT,
+        ))
+        .await;
         let mut edge_config = EdgeConfig::for_nats(&nats)
             .var("WRITE_KEYS", json!({ WRITE_KEY: PROJECT }).to_string())
             .var("PARTITIONS", "4");

@@ -157,6 +157,31 @@ pub async fn schema_database(
     }
 }
 
+/// A relay of `project` only for the end-to-end tests: the relay role on
+/// `nats`, database `db` on `ch`, flushing every 200 ms and polling the
+/// consumers' lag as often, so what the edge accepted is stored quickly.
+pub fn project_relay_config(
+    nats: &spoor_tests::nats::NatsServer,
+    ch: &ClickHouseServer,
+    db: &str,
+    project: &str,
+) -> RelayConfig {
+    let mut config = RelayConfig::new(
+        nats_endpoint(nats, spoor_tests::nats::NatsRole::Relay),
+        spoor_relay::ClickHouseConfig {
+            url: ch.http_url(),
+            database: db.to_string(),
+            user: None,
+            password: None,
+        },
+    );
+    config.batch.flush_interval_ms = 200;
+    config.lag_poll_interval = Duration::from_millis(200);
+    // The edge's one project (its WRITE_KEYS), as a deployment would list it.
+    config.projects = spoor_relay::config::Projects::Only([project.to_string()].into());
+    config
+}
+
 /// The NATS endpoint (URL, CA, `role`'s seed) of a harness server, as the
 /// relay and the CLI take it.
 pub fn nats_endpoint(
