@@ -316,8 +316,13 @@ async fn the_identity_schema_applies_to_an_existing_deployment() {
     let db = ch.fresh_database("identity_upgrade");
     let cfg = ch_config(ch, &db);
     let client = cfg.client();
-    let (old, new) = schema::SCHEMA_FILES.split_at(3);
-    assert_eq!(new[0].0, "004_identity.sql");
+    // Every file but the identity schema: the rows below are today's
+    // (`EventRow`), which need the campaign columns of `005_campaign.sql`,
+    // and those have nothing to do with identity.
+    let (old, new): (Vec<_>, Vec<_>) = schema::SCHEMA_FILES
+        .iter()
+        .partition(|(file, _)| *file != "004_identity.sql");
+    assert_eq!(new.len(), 1);
     for (_, sql) in old {
         for statement in schema::split_statements(sql) {
             client.query(&statement).execute().await.unwrap();
