@@ -11,10 +11,10 @@
 //! table (group-bys, filters, sums, averages, the campaign columns,
 //! Asia/Kolkata and a DST change), funnels with a breakdown and property
 //! filters, device and user timelines with a cursor (and a user's through
-//! an identity link), what the identity views made of Segment's and the web
-//! SDK's identify, alias and group events, sessions in a timezone, the
-//! freshness query, the relay's device lookups and its retention listing
-//! and partition drops.
+//! an identity link, and the users a device is linked to), what the
+//! identity views made of Segment's and the web SDK's identify, alias and
+//! group events, sessions in a timezone, the freshness query, the relay's
+//! device lookups and its retention listing and partition drops.
 //!
 //! A missing chdb-core fails the test with the set-up command to run; it is
 //! never skipped.
@@ -665,6 +665,25 @@ fn statements(db_1816: &str) -> Vec<Statement> {
         timeline((Some("u-stitch"), None), Order::OldestFirst, 1000, None),
         Check::Rows,
     );
+    // The users a device is linked to: d12 by its own events (u12) and by
+    // u-stitch's alias; d3 by identifies (u-seg) and its events.
+    for device in ["d12", "d3"] {
+        let links = TimelineRequest {
+            project_id: "shop".into(),
+            anonymous_id: Some(device.into()),
+            since_ms: Some(TIMELINE_SINCE),
+            ..TimelineRequest::default()
+        }
+        .plan(NOW)
+        .unwrap()
+        .links_sql
+        .unwrap();
+        add(
+            format!("timeline: the users device {device} is linked to"),
+            links,
+            Check::Rows,
+        );
+    }
 
     // The retention listing, bound to each side's database.
     let tables: Vec<&RetainedTable> = RETAINED_TABLES.iter().collect();

@@ -208,3 +208,50 @@ fn requests_read_from_json() {
     let r: TimelineRequest = serde_json::from_str(r#"{"anonymous_id":"d-1"}"#).unwrap();
     assert_eq!(r.order, Order::OldestFirst);
 }
+
+/// A device's plan carries the query of its linked users, every caller
+/// value bound; a user's has none.
+#[test]
+fn device_timeline_asks_for_its_linked_users() {
+    let hostile = "d' OR '1'='1 -- \\";
+    let mut r = device();
+    r.anonymous_id = Some(hostile.into());
+    let links = r.plan(NOW).unwrap().links_sql.unwrap();
+    assert!(!links.text.contains(hostile) && !links.text.contains("shop"));
+    assert_eq!(links.text.matches('?').count(), links.params.len());
+    // The columns of LINKED_USER_COLUMNS, in order.
+    assert!(links.text.starts_with(
+        "SELECT user_id, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, \
+         max(by_identity) AS identified, max(by_events) AS seen_signed_in FROM (SELECT user_id, \
+         minMerge(first_seen_ms)"
+    ));
+    assert_eq!(
+        LINKED_USER_COLUMNS,
+        "user_id, first_seen_ms, last_seen_ms, identified, seen_signed_in"
+    );
+    assert!(links.text.contains(
+        "FROM identity_links WHERE project_id = ? AND anonymous_id = ? GROUP BY user_id"
+    ));
+    assert!(links.text.contains(
+        "FROM events_by_device WHERE project_id = ? AND anonymous_id = ? AND user_id != '' GROUP BY user_id"
+    ));
+    assert!(links
+        .text
+        .ends_with("GROUP BY user_id ORDER BY first_seen_ms, user_id LIMIT ?"));
+    assert_eq!(
+        links.params,
+        vec![
+            Param::Str("shop".into()),
+            Param::Str(hostile.into()),
+            Param::Str("shop".into()),
+            Param::Str(hostile.into()),
+            Param::Int(i64::from(MAX_LINKED_USERS) + 1),
+        ]
+    );
+    let user = TimelineRequest {
+        project_id: "shop".into(),
+        user_id: Some("u".into()),
+        ..TimelineRequest::default()
+    };
+    assert_eq!(user.plan(NOW).unwrap().links_sql, None);
+}
