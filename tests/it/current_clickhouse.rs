@@ -684,6 +684,20 @@ fn statements(db_1816: &str) -> Vec<Statement> {
             Check::Rows,
         );
     }
+    // d1 with its linked user's (u1's) signed-in events on d91 too.
+    let wide = TimelineRequest {
+        project_id: "shop".into(),
+        anonymous_id: Some("d1".into()),
+        since_ms: Some(T0 - DAY),
+        with_linked_users: true,
+        limit: Some(1000),
+        ..TimelineRequest::default()
+    };
+    add(
+        "timeline: a device with its linked users' events".into(),
+        wide.plan(NOW).unwrap().sql,
+        Check::Rows,
+    );
 
     // The retention listing, bound to each side's database.
     let tables: Vec<&RetainedTable> = RETAINED_TABLES.iter().collect();
@@ -714,6 +728,7 @@ fn timeline(
         limit: Some(limit),
         cursor,
         order,
+        with_linked_users: false,
     }
     .plan(NOW)
     .unwrap()

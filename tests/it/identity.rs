@@ -17,7 +17,9 @@
 //! - a device's timeline names the users the device is linked to (by
 //!   identify, by an alias sent from another device, by its own signed-in
 //!   events) and resolves its anonymous events to the user only when there
-//!   is exactly one (rows inserted through the relay's sink, on 18.16).
+//!   is exactly one (rows inserted through the relay's sink, on 18.16);
+//!   with `with_linked_users` it adds their signed-in events from their
+//!   other devices.
 
 use std::collections::BTreeSet;
 
@@ -431,6 +433,11 @@ async fn a_device_timeline_names_its_users_and_resolves_only_a_single_one() {
         ),
         // d-none: anonymous only.
         ev("d-none", "", "page_view", at(33), "{}"),
+        // u-one's phone: signed in within the window, and anonymous; u-b
+        // signed in on it too.
+        ev("d-phone", "u-one", "purchase", at(40), "{}"),
+        ev("d-phone", "", "page_view", at(41), "{}"),
+        ev("d-phone", "u-b", "click", at(38), "{}"),
     ];
     insert(&cfg, events).await;
     // `insert` stores them as the fixtures' project.
@@ -532,6 +539,79 @@ async fn a_device_timeline_names_its_users_and_resolves_only_a_single_one() {
         ..TimelineRequest::default()
     };
     let page = run_timeline(&client, &user, now).await.unwrap();
-    assert_eq!(page.events.len(), 2, "d-one's events, through the link");
+    let seen: Vec<(&str, &str)> = page
+        .events
+        .iter()
+        .map(|e| (e.anonymous_id.as_str(), e.event.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("d-one", "page_view"),
+            ("d-one", "click"),
+            ("d-phone", "page_view"),
+            ("d-phone", "purchase")
+        ],
+        "d-one's events through the link, and the phone's"
+    );
     assert_eq!(page.linked_users, None);
+
+    // with_linked_users: d-one's events, and u-one's signed-in events on
+    // the devices they used in the window (not the phone's anonymous
+    // event, nor u-b's event on it).
+    let mut wide = device("d-one");
+    wide.with_linked_users = true;
+    let page = run_timeline(&client, &wide, now).await.unwrap();
+    let seen: Vec<(&str, &str, &str)> = page
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.anonymous_id.as_str(),
+                e.user_id.as_str(),
+                e.event.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("d-one", "", "page_view"),
+            ("d-one", "", "click"),
+            ("d-phone", "u-one", "purchase")
+        ]
+    );
+    assert_eq!(
+        page.events
+            .iter()
+            .map(|e| e.resolved_user_id.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("u-one"), Some("u-one"), None]
+    );
+    // On the shared device: both users' signed-in events elsewhere (u-b's
+    // on the phone), each with its own user id; still nothing resolved.
+    let mut wide = device("d-shared");
+    wide.with_linked_users = true;
+    let page = run_timeline(&client, &wide, now).await.unwrap();
+    let seen: Vec<(&str, &str, &str)> = page
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.anonymous_id.as_str(),
+                e.user_id.as_str(),
+                e.event.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("d-shared", "", "page_view"), ("d-phone", "u-b", "click")]
+    );
+    assert!(page.events.iter().all(|e| e.resolved_user_id.is_none()));
+    // Without links, the flag adds nothing.
+    let mut wide = device("d-none");
+    wide.with_linked_users = true;
+    let page = run_timeline(&client, &wide, now).await.unwrap();
+    assert_eq!(page.events.len(), 1);
 }

@@ -32,7 +32,12 @@
 //! shared device, a family tablet) nothing says which of them sent it, so
 //! it resolves to none and the answer's `linked_users` lists the
 //! candidates: Spoor never attributes a shared device's anonymous events
-//! to one person by guess.
+//! to one person by guess. With `with_linked_users`, a device's timeline
+//! also holds the events its linked users sent signed in (their `user_id`)
+//! from the devices `device_users` saw them on in the window: where the
+//! person went next. Those other devices' anonymous events are not added
+//! (they would need links of their own); on a shared device it is every
+//! linked user's events, each carrying its own `user_id`.
 //!
 //! Paging is by key: events are ordered by `(ts_ms, event_id)` (ClickHouse's
 //! UUID order, the same in the `ORDER BY` and the comparison), and the
@@ -94,6 +99,10 @@ pub struct TimelineRequest {
     pub cursor: Option<String>,
     #[serde(default)]
     pub order: Order,
+    /// A device's timeline only: also the events its linked users sent
+    /// signed in (their `user_id`) from their other devices in the window.
+    #[serde(default)]
+    pub with_linked_users: bool,
 }
 
 /// The key of an event in timeline order, and its text form.
@@ -240,6 +249,14 @@ impl TimelineRequest {
     pub fn plan(&self, now_ms: i64) -> Result<TimelinePlan, RequestError> {
         check_text("project_id", &self.project_id)?;
         let subject = self.subject()?;
+        if self.with_linked_users && matches!(subject, Subject::User(_)) {
+            return Err(RequestError::Invalid {
+                field: "with_linked_users",
+                reason: "applies to a device's timeline (`anonymous_id`); a user's \
+                         timeline already holds their devices' events"
+                    .into(),
+            });
+        }
         let (since_ms, until_ms) = self.window(now_ms)?;
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
@@ -267,6 +284,41 @@ impl TimelineRequest {
             &mut params,
         );
         match subject {
+            Subject::Device(id) if self.with_linked_users => {
+                // The device's events, and its linked users' signed-in
+                // events on the devices they were seen on in the window.
+                let linked = format!(
+                    "SELECT user_id FROM {IDENTITY_LINKS_TABLE} \
+                     WHERE project_id = ? AND anonymous_id = ? \
+                     UNION ALL SELECT user_id FROM {DEVICE_TABLE} \
+                     WHERE project_id = ? AND anonymous_id = ? AND user_id != ''"
+                );
+                let linked_params = || {
+                    [
+                        Param::Str(self.project_id.clone()),
+                        Param::Str(id.into()),
+                        Param::Str(self.project_id.clone()),
+                        Param::Str(id.into()),
+                    ]
+                };
+                params.push(Param::Str(id.into()));
+                let mut devices = Vec::new();
+                window_conditions(
+                    &self.project_id,
+                    since_ms,
+                    until_ms,
+                    &mut devices,
+                    &mut params,
+                );
+                devices.push(format!("user_id IN ({linked})"));
+                params.extend(linked_params());
+                params.extend(linked_params());
+                conditions.push(format!(
+                    "(anonymous_id = ? OR (anonymous_id IN (SELECT anonymous_id FROM \
+                     {DEVICE_USERS_TABLE} WHERE {}) AND user_id IN ({linked})))",
+                    devices.join(" AND ")
+                ));
+            }
             Subject::Device(id) => {
                 conditions.push("anonymous_id = ?".into());
                 params.push(Param::Str(id.into()));
