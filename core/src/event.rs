@@ -78,6 +78,79 @@ pub struct Context {
     pub locale: String,
     pub screen_width: u32,
     pub screen_height: u32,
+    /// The campaign that brought the visitor (the page URL's `utm_*`
+    /// parameters, or Segment's `context.campaign`). Written only when
+    /// some field is set, so frames without a campaign stay as small as
+    /// before, and frames written before it existed decode with it empty.
+    #[serde(default, skip_serializing_if = "Campaign::is_empty")]
+    pub campaign: Campaign,
+}
+
+/// A campaign's five `utm_*` fields. Empty strings mean absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Campaign {
+    /// `utm_source`.
+    pub source: String,
+    /// `utm_medium`.
+    pub medium: String,
+    /// `utm_campaign` (Segment's `context.campaign.name`).
+    pub name: String,
+    /// `utm_term`.
+    pub term: String,
+    /// `utm_content`.
+    pub content: String,
+}
+
+impl Campaign {
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+            && self.medium.is_empty()
+            && self.name.is_empty()
+            && self.term.is_empty()
+            && self.content.is_empty()
+    }
+
+    /// This campaign, borrowed.
+    pub fn as_ref(&self) -> CampaignRef<'_> {
+        CampaignRef {
+            source: Cow::Borrowed(&self.source),
+            medium: Cow::Borrowed(&self.medium),
+            name: Cow::Borrowed(&self.name),
+            term: Cow::Borrowed(&self.term),
+            content: Cow::Borrowed(&self.content),
+        }
+    }
+}
+
+/// `Campaign`, borrowing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CampaignRef<'a> {
+    pub source: Cow<'a, str>,
+    pub medium: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+    pub term: Cow<'a, str>,
+    pub content: Cow<'a, str>,
+}
+
+impl CampaignRef<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+            && self.medium.is_empty()
+            && self.name.is_empty()
+            && self.term.is_empty()
+            && self.content.is_empty()
+    }
+
+    pub fn to_campaign(&self) -> Campaign {
+        Campaign {
+            source: self.source.to_string(),
+            medium: self.medium.to_string(),
+            name: self.name.to_string(),
+            term: self.term.to_string(),
+            content: self.content.to_string(),
+        }
+    }
 }
 
 impl WireBatch {
@@ -145,6 +218,7 @@ pub struct ContextRef<'a> {
     pub locale: Cow<'a, str>,
     pub screen_width: u32,
     pub screen_height: u32,
+    pub campaign: CampaignRef<'a>,
 }
 
 impl EventRef<'_> {
@@ -181,6 +255,7 @@ impl EventRef<'_> {
                 locale: c.locale.to_string(),
                 screen_width: c.screen_width,
                 screen_height: c.screen_height,
+                campaign: c.campaign.to_campaign(),
             },
         }
     }
@@ -215,6 +290,7 @@ impl Event {
                 locale: b(&c.locale),
                 screen_width: c.screen_width,
                 screen_height: c.screen_height,
+                campaign: c.campaign.as_ref(),
             },
         }
     }

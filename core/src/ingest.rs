@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::codec::encode_batch_ref;
 use crate::enrich::{truncate_ip, truncate_utf8, Device, Geo};
-use crate::event::{BatchRef, ContextRef, EventRef};
+use crate::event::{BatchRef, CampaignRef, ContextRef, EventRef};
 use crate::limits::Limits;
 use crate::route;
 use crate::timestamp::{corrected_time, parse_json_timestamp};
@@ -564,6 +564,24 @@ struct RawContext<'a> {
     #[serde(borrow)]
     locale: Option<Cow<'a, str>>,
     screen: Option<RawScreen>,
+    #[serde(borrow)]
+    campaign: Option<RawCampaign<'a>>,
+}
+
+/// `context.campaign`: Segment's names (`name` is `utm_campaign`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawCampaign<'a> {
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    medium: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    term: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -705,13 +723,29 @@ fn build_context<'a>(raw: RawContext<'a>, limits: &Limits) -> Result<ContextRef<
     let app = raw.app.unwrap_or_default();
     let lib = raw.library.unwrap_or_default();
     let screen = raw.screen.unwrap_or_default();
+    let campaign = raw.campaign.unwrap_or_default();
     let take = |field: &str, v: Option<Cow<'a, str>>| -> Result<Cow<'a, str>, Invalid> {
         let s = v.unwrap_or_default();
         validate::check_string(field, &s, limits)?;
         Ok(s)
     };
+    let page_url = take("context.page.url", page.url)?;
+    let mut campaign = CampaignRef {
+        source: take("context.campaign.source", campaign.source)?,
+        medium: take("context.campaign.medium", campaign.medium)?,
+        name: take("context.campaign.name", campaign.name)?,
+        term: take("context.campaign.term", campaign.term)?,
+        content: take("context.campaign.content", campaign.content)?,
+    };
+    // No campaign from the client: the page URL's `utm_*` parameters, each
+    // no longer than the URL itself, which passed the same check.
+    if campaign.is_empty() {
+        if let Some(from_url) = crate::campaign::from_url(&page_url) {
+            campaign = from_url;
+        }
+    }
     Ok(ContextRef {
-        page_url: take("context.page.url", page.url)?,
+        page_url,
         page_path: take("context.page.path", page.path)?,
         page_referrer: take("context.page.referrer", page.referrer)?,
         page_title: take("context.page.title", page.title)?,
@@ -722,6 +756,7 @@ fn build_context<'a>(raw: RawContext<'a>, limits: &Limits) -> Result<ContextRef<
         locale: take("context.locale", raw.locale)?,
         screen_width: screen.width.unwrap_or(0),
         screen_height: screen.height.unwrap_or(0),
+        campaign,
     })
 }
 

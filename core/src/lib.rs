@@ -9,6 +9,7 @@
 //! lets the same code run inside workerd and inside tokio, and be fuzzed.
 
 pub mod auth;
+pub mod campaign;
 pub mod codec;
 pub mod contract;
 pub mod counters;
@@ -35,6 +36,6 @@ pub use codec::{
     FrameHeader,
 };
 pub use enrich::{Device, Geo};
-pub use event::{Context, Event, WireBatch};
+pub use event::{Campaign, Context, Event, WireBatch};
 pub use ingest::{ingest, Endpoint, Ingested, Receipt, Rejection, RequestError, RequestMeta};
 pub use limits::Limits;

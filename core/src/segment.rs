@@ -654,9 +654,10 @@ fn time_of(v: &Value) -> Result<i64, String> {
 }
 
 /// Moves what Spoor has columns for out of Segment's `context` into a
-/// Spoor context (`page`, `app`, `library`, `locale`, `screen`) and a
-/// device (from `os` and `device`, else from `userAgent`); what stays in
-/// `context` is kept in `$segment.context`. `ip` stays only as its /24 or
+/// Spoor context (`page`, `app`, `library`, `campaign`, `locale`, `screen`)
+/// and a device (from `os` and `device`, else from `userAgent`); what stays
+/// in `context` (a campaign's keys other than `source`, `medium`, `name`,
+/// `term` and `content`, say) is kept in `$segment.context`. `ip` stays only as its /24 or
 /// /48 prefix: the full address is never stored.
 fn map_context(ctx: &mut Map<String, Value>) -> (Map<String, Value>, Option<Device>) {
     let mut out = Map::new();
@@ -664,6 +665,10 @@ fn map_context(ctx: &mut Map<String, Value>) -> (Map<String, Value>, Option<Devi
         ("page", &["url", "path", "referrer", "title"][..]),
         ("app", &["name", "version"][..]),
         ("library", &["name", "version"][..]),
+        (
+            "campaign",
+            &["source", "medium", "name", "term", "content"][..],
+        ),
     ] {
         let Some(Value::Object(obj)) = ctx.get_mut(key) else {
             continue;

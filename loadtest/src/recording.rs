@@ -432,6 +432,19 @@ pub fn event_json(e: &spoor_core::event::Event) -> Value {
         "library",
         &[("name", &c.library_name), ("version", &c.library_version)],
     );
+    // Sent as `context.campaign` even when it came from the page URL: the
+    // edge takes a sent campaign as is, so the replay stores the same.
+    let k = &c.campaign;
+    part(
+        "campaign",
+        &[
+            ("source", &k.source),
+            ("medium", &k.medium),
+            ("name", &k.name),
+            ("term", &k.term),
+            ("content", &k.content),
+        ],
+    );
     if !c.locale.is_empty() {
         context.insert("locale".into(), c.locale.clone().into());
     }

@@ -3,9 +3,11 @@
 //!
 //! - [`EventRow`]: a row of `events` as the relay writes it (RowBinary),
 //!   and the mapping from a decoded `WireBatch` to rows. Field names and
-//!   order match `deploy/clickhouse/001_events.sql` exactly: validation is
-//!   off for ClickHouse 18.16, so nothing else checks them. `inserted_at`
-//!   is left to its `DEFAULT now()`.
+//!   order match the table exactly (`deploy/clickhouse/001_events.sql`,
+//!   then the columns later files add, each `AFTER` the one before, so
+//!   `inserted_at` stays last): validation is off for ClickHouse 18.16, so
+//!   nothing else checks them. `inserted_at` is left to its `DEFAULT
+//!   now()`.
 //! - [`DeviceRow`]: a row of `events_by_device` as a device lookup reads
 //!   it. That table is a copy of `events` made by its view, so the row is
 //!   derived from the event row's columns: both rows (and
@@ -17,7 +19,7 @@
 //! Pure: no I/O, no clock.
 
 use serde::{Deserialize, Serialize};
-use spoor_core::{Context, Device, Event, Geo, WireBatch};
+use spoor_core::{Campaign, Context, Device, Event, Geo, WireBatch};
 
 use crate::date::{event_date, event_time};
 
@@ -118,6 +120,14 @@ event_rows! {
     event ip_prefix: String,
     shared edge_region: String,
     shared batch_id: String,
+    /// The campaign (`005_campaign.sql`): the client's `context.campaign`,
+    /// else its page URL's `utm_*` parameters; '' when none.
+    event utm_source: String,
+    event utm_medium: String,
+    /// `utm_campaign`: Segment's `context.campaign.name`.
+    event utm_campaign: String,
+    event utm_term: String,
+    event utm_content: String,
 }
 
 impl EventRow {
@@ -137,6 +147,7 @@ impl EventRow {
             context: ctx,
         } = event;
         let (geo, device) = (&batch.geo, &batch.device);
+        let campaign = ctx.campaign;
         EventRow {
             project_id: batch.project_id.clone(),
             event_date: event_date(ts_ms),
@@ -179,6 +190,11 @@ impl EventRow {
             ip_prefix: batch.ip_prefix.clone(),
             edge_region: batch.region.clone(),
             batch_id: batch.batch_id.clone(),
+            utm_source: campaign.source,
+            utm_medium: campaign.medium,
+            utm_campaign: campaign.name,
+            utm_term: campaign.term,
+            utm_content: campaign.content,
         }
     }
 
@@ -208,6 +224,13 @@ impl EventRow {
                 locale: self.locale.clone(),
                 screen_width: self.screen_width,
                 screen_height: self.screen_height,
+                campaign: Campaign {
+                    source: self.utm_source.clone(),
+                    medium: self.utm_medium.clone(),
+                    name: self.utm_campaign.clone(),
+                    term: self.utm_term.clone(),
+                    content: self.utm_content.clone(),
+                },
             },
         }
     }
@@ -248,7 +271,7 @@ impl EventRow {
     pub fn estimated_size(&self) -> usize {
         const FIXED: usize = 2 + 4 + 8 + 16 + 1 + 9 + 9 + 8 + 4 + 4 + 4 + 1;
         // One length byte per string column is exact below 128 bytes, close enough above.
-        const STRING_COLUMNS: usize = 29;
+        const STRING_COLUMNS: usize = 34;
         let strings = [
             &self.project_id,
             &self.event,
@@ -279,6 +302,11 @@ impl EventRow {
             &self.ip_prefix,
             &self.edge_region,
             &self.batch_id,
+            &self.utm_source,
+            &self.utm_medium,
+            &self.utm_campaign,
+            &self.utm_term,
+            &self.utm_content,
         ];
         FIXED + STRING_COLUMNS + strings.iter().map(|s| s.len()).sum::<usize>()
     }
@@ -316,7 +344,7 @@ mod tests {
     use clickhouse::Row as _;
 
     use super::{DeviceRow, EventRow, DEVICE_COLUMNS};
-    use crate::schema::{split_statements, SCHEMA_FILES};
+    use crate::schema::{split_statements, AddColumn, SCHEMA_FILES};
 
     /// The column names of `CREATE TABLE IF NOT EXISTS <table> (...)` in
     /// the embedded schema, in order.
@@ -329,10 +357,30 @@ mod tests {
             .unwrap_or_else(|| panic!("{table} is not in the schema"));
         let body = &statement[statement.find('(').unwrap() + 1..statement.find("ENGINE").unwrap()];
         let body = &body[..body.rfind(')').unwrap()];
-        body.lines()
+        let mut columns: Vec<String> = body
+            .lines()
             .filter_map(|l| l.split_whitespace().next())
             .map(|c| c.trim_end_matches(',').to_string())
-            .collect()
+            .collect();
+        // The columns later files add, where they add them.
+        for statement in SCHEMA_FILES
+            .iter()
+            .flat_map(|(_, sql)| split_statements(sql))
+        {
+            if let Some(add) = AddColumn::parse(&statement) {
+                if add.table == table {
+                    let words: Vec<&str> = statement.split_whitespace().collect();
+                    let after = words
+                        .iter()
+                        .position(|w| *w == "AFTER")
+                        .map(|i| words[i + 1].to_string())
+                        .unwrap_or_else(|| panic!("{statement}: no AFTER"));
+                    let at = columns.iter().position(|c| *c == after).unwrap() + 1;
+                    columns.insert(at, add.column.to_string());
+                }
+            }
+        }
+        columns
     }
 
     fn list(columns: &str) -> Vec<String> {
@@ -341,7 +389,7 @@ mod tests {
 
     #[test]
     fn rows_give_back_the_batches_they_were_made_from() {
-        use spoor_core::{Context, Device, Event, Geo, WireBatch};
+        use spoor_core::{Campaign, Context, Device, Event, Geo, WireBatch};
         let event = |n: u128, ctx: Context| Event {
             event_id: uuid::Uuid::from_u128(n),
             event_id_derived: n.is_multiple_of(2),
@@ -398,6 +446,13 @@ mod tests {
                         locale: "de".into(),
                         screen_width: 1920,
                         screen_height: 1080,
+                        campaign: Campaign {
+                            source: "newsletter".into(),
+                            medium: "email".into(),
+                            name: "winter".into(),
+                            term: "boots".into(),
+                            content: "hero".into(),
+                        },
                     },
                 ),
             ],

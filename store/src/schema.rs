@@ -4,9 +4,13 @@
 //! [`apply`] creates the database if missing, then runs every statement of
 //! `deploy/clickhouse/*.sql` in file-name order inside it. The SQL files
 //! are embedded at compile time, so a binary always carries the schema it
-//! reads and writes. Every statement must be idempotent (`CREATE ... IF NOT
-//! EXISTS`); the relay re-runs them all at each start (and `spoor-relay
-//! migrate` on demand), and nothing here drops or alters anything.
+//! reads and writes. Every statement must be idempotent: the relay re-runs
+//! them all at each start (and `spoor-relay migrate` on demand). A `CREATE`
+//! says `IF NOT EXISTS`; a new column is one `ALTER TABLE <table> ADD
+//! COLUMN <column> <type> DEFAULT <value> AFTER <column>` per statement,
+//! which [`apply`] runs only when `system.columns` does not list the column
+//! yet (ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`). Nothing here
+//! drops anything or alters an existing column.
 //!
 //! Table names are constants here and nowhere else; queries format them in
 //! (they are this crate's own text, never a caller's).
@@ -68,7 +72,55 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
         "004_identity.sql",
         include_str!("../../deploy/clickhouse/004_identity.sql"),
     ),
+    (
+        "005_campaign.sql",
+        include_str!("../../deploy/clickhouse/005_campaign.sql"),
+    ),
 ];
+
+/// A statement that adds one column: `ALTER TABLE <table> ADD COLUMN
+/// <column> ...`, plain identifiers, one column per statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddColumn<'a> {
+    pub table: &'a str,
+    pub column: &'a str,
+}
+
+impl<'a> AddColumn<'a> {
+    /// The table and column `statement` adds, or `None` when it is not
+    /// exactly one `ALTER TABLE ... ADD COLUMN`.
+    pub fn parse(statement: &'a str) -> Option<AddColumn<'a>> {
+        let mut words = statement.split_whitespace();
+        let mut keyword = |k: &str| words.next().filter(|w| w.eq_ignore_ascii_case(k));
+        keyword("ALTER")?;
+        keyword("TABLE")?;
+        let table = words.next()?;
+        let mut keyword = |k: &str| words.next().filter(|w| w.eq_ignore_ascii_case(k));
+        keyword("ADD")?;
+        keyword("COLUMN")?;
+        let column = words.next()?;
+        // `IF NOT EXISTS` is not 18.16's syntax: left to fail, not parsed.
+        let plain = |name: &str| check_identifier(name).is_ok() && !name.eq_ignore_ascii_case("IF");
+        let one = statement.to_ascii_uppercase().matches("ADD COLUMN").count() == 1;
+        (plain(table) && plain(column) && one).then_some(AddColumn { table, column })
+    }
+}
+
+/// Whether the database's `table` has `column` (`system.columns`).
+async fn has_column(
+    db: &clickhouse::Client,
+    database: &str,
+    add: AddColumn<'_>,
+) -> Result<bool, clickhouse::error::Error> {
+    let n: u64 = db
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(database)
+        .bind(add.table)
+        .bind(add.column)
+        .fetch_one()
+        .await?;
+    Ok(n > 0)
+}
 
 /// Why the schema could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -103,14 +155,31 @@ pub async fn apply(config: &ClickHouseConfig) -> Result<(), SchemaError> {
     let db = config.client();
     for (file, sql) in SCHEMA_FILES {
         for statement in split_statements(sql) {
-            db.query(&statement)
-                .execute()
+            let failed = |source| SchemaError::Apply {
+                file,
+                statement: statement.clone(),
+                source,
+            };
+            let Some(add) = AddColumn::parse(&statement) else {
+                db.query(&statement).execute().await.map_err(failed)?;
+                continue;
+            };
+            if has_column(&db, &config.database, add)
                 .await
-                .map_err(|source| SchemaError::Apply {
-                    file,
-                    statement: statement.clone(),
-                    source,
-                })?;
+                .map_err(failed)?
+            {
+                continue;
+            }
+            if let Err(e) = db.query(&statement).execute().await {
+                // Another migrator (a second relay starting) may have
+                // added it in between: then the column is there.
+                if !has_column(&db, &config.database, add)
+                    .await
+                    .map_err(failed)?
+                {
+                    return Err(failed(e));
+                }
+            }
         }
     }
     tracing::info!(database = %config.database, files = SCHEMA_FILES.len(), "ClickHouse schema applied");
@@ -183,7 +252,7 @@ fn push_statement(statements: &mut Vec<String>, current: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_identifier, split_statements, SCHEMA_FILES};
+    use super::{check_identifier, split_statements, AddColumn, SCHEMA_FILES};
 
     #[test]
     fn splits_on_semicolons_outside_quotes_and_drops_comments() {
@@ -214,11 +283,39 @@ mod tests {
             assert!(!statements.is_empty(), "{file} has no statements");
             for s in statements {
                 assert!(!s.contains("--"), "{file}: comment left in {s}");
+                // A new column is guarded by `apply`, and must say what old
+                // rows read and where it goes (`inserted_at` stays last).
+                let guarded_add = AddColumn::parse(&s).is_some()
+                    && s.contains(" DEFAULT ")
+                    && s.contains(" AFTER ");
                 assert!(
-                    s.contains("IF NOT EXISTS"),
+                    s.contains("IF NOT EXISTS") || guarded_add,
                     "{file}: statement is not idempotent: {s}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn add_column_statements_are_recognised_exactly() {
+        assert_eq!(
+            AddColumn::parse(
+                "ALTER TABLE events\n    ADD COLUMN utm_source String DEFAULT '' AFTER batch_id"
+            ),
+            Some(AddColumn {
+                table: "events",
+                column: "utm_source"
+            })
+        );
+        for other in [
+            "CREATE TABLE IF NOT EXISTS t (a String) ENGINE = Log",
+            "ALTER TABLE events DROP COLUMN utm_source",
+            "ALTER TABLE events ADD COLUMN a String, ADD COLUMN b String",
+            "ALTER TABLE `ev` ADD COLUMN a String",
+            "ALTER TABLE events ADD COLUMN IF NOT EXISTS a String",
+            "ALTER TABLE events ADD",
+        ] {
+            assert_eq!(AddColumn::parse(other), None, "{other}");
         }
     }
 

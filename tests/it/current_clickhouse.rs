@@ -8,12 +8,13 @@
 //! `clickhouse` crate exactly as the services send them, and the answers
 //! must be equal (numbers within 1e-9, text exact, row order included) and
 //! non-empty where there is data: metrics from each rollup and the raw
-//! table (group-bys, filters, sums, averages, Asia/Kolkata and a DST
-//! change), funnels with a breakdown and property filters, device and user
-//! timelines with a cursor (and a user's through an identity link), what the
+//! table (group-bys, filters, sums, averages, the campaign columns,
+//! Asia/Kolkata and a DST change), funnels with a breakdown and property
+//! filters, device and user timelines with a cursor (and a user's through
+//! an identity link, and the users a device is linked to), what the
 //! identity views made of Segment's and the web SDK's identify, alias and
-//! group events, sessions in a timezone, the freshness query, the
-//! relay's device lookups and its retention listing and partition drops.
+//! group events, sessions in a timezone, the freshness query, the relay's
+//! device lookups and its retention listing and partition drops.
 //!
 //! A missing chdb-core fails the test with the set-up command to run; it is
 //! never skipped.
@@ -132,6 +133,14 @@ fn event_row(rng: &mut Rng, device: u64, ts_ms: i64, name: &str, session: &str) 
     r.browser = rng.pick(&BROWSERS).to_string();
     r.os = rng.pick(&OSES).to_string();
     r.page_path = rng.pick(&PATHS).to_string();
+    // Campaigns by device and event time (no draw from `rng`, so the rest
+    // of the data set stays as it was).
+    let utm = (device + (ts_ms / HOUR) as u64) % 4;
+    r.utm_source = ["", "newsletter", "ads", "ads"][utm as usize].into();
+    r.utm_medium = ["", "email", "cpc", "cpc"][utm as usize].into();
+    r.utm_campaign = ["", "winter", "spring", "winter"][utm as usize].into();
+    r.utm_term = ["", "", "boots", ""][utm as usize].into();
+    r.utm_content = ["", "hero", "", ""][utm as usize].into();
     r.properties = match name {
         "add_to_cart" => format!("{{\"plan\":\"{}\"}}", rng.pick(&["pro", "free"])),
         "payment" => format!(
@@ -396,6 +405,18 @@ fn metrics_requests() -> Vec<(&'static str, MetricsRequest, Source)> {
         vec![PagePath, Browser],
     );
     plans.properties = vec![property("plan", "pro")];
+    let mut campaigns = metrics(
+        "shop",
+        Measure::Count,
+        whole,
+        Granularity::Day,
+        "UTC",
+        vec![UtmSource, UtmCampaign, UtmTerm],
+    );
+    campaigns.filters = vec![DimensionFilter {
+        dimension: UtmMedium,
+        value: "cpc".into(),
+    }];
     vec![
         (
             "metrics: count by day, event and country (day rollup)",
@@ -475,6 +496,11 @@ fn metrics_requests() -> Vec<(&'static str, MetricsRequest, Source)> {
         (
             "metrics: users with plan=pro by Kolkata day, path and browser (raw)",
             plans,
+            Source::Raw,
+        ),
+        (
+            "metrics: cpc events by day, utm source, campaign and term (raw)",
+            campaigns,
             Source::Raw,
         ),
     ]
@@ -639,6 +665,39 @@ fn statements(db_1816: &str) -> Vec<Statement> {
         timeline((Some("u-stitch"), None), Order::OldestFirst, 1000, None),
         Check::Rows,
     );
+    // The users a device is linked to: d12 by its own events (u12) and by
+    // u-stitch's alias; d3 by identifies (u-seg) and its events.
+    for device in ["d12", "d3"] {
+        let links = TimelineRequest {
+            project_id: "shop".into(),
+            anonymous_id: Some(device.into()),
+            since_ms: Some(TIMELINE_SINCE),
+            ..TimelineRequest::default()
+        }
+        .plan(NOW)
+        .unwrap()
+        .links_sql
+        .unwrap();
+        add(
+            format!("timeline: the users device {device} is linked to"),
+            links,
+            Check::Rows,
+        );
+    }
+    // d1 with its linked user's (u1's) signed-in events on d91 too.
+    let wide = TimelineRequest {
+        project_id: "shop".into(),
+        anonymous_id: Some("d1".into()),
+        since_ms: Some(T0 - DAY),
+        with_linked_users: true,
+        limit: Some(1000),
+        ..TimelineRequest::default()
+    };
+    add(
+        "timeline: a device with its linked users' events".into(),
+        wide.plan(NOW).unwrap().sql,
+        Check::Rows,
+    );
 
     // The retention listing, bound to each side's database.
     let tables: Vec<&RetainedTable> = RETAINED_TABLES.iter().collect();
@@ -669,6 +728,7 @@ fn timeline(
         limit: Some(limit),
         cursor,
         order,
+        with_linked_users: false,
     }
     .plan(NOW)
     .unwrap()

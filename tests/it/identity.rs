@@ -13,7 +13,13 @@
 //!   without: the second's win);
 //! - a user's timeline over a window that ends before they logged in holds
 //!   the anonymous events of the devices linked to them (through identify
-//!   and alias), and nothing of devices not linked.
+//!   and alias), and nothing of devices not linked;
+//! - a device's timeline names the users the device is linked to (by
+//!   identify, by an alias sent from another device, by its own signed-in
+//!   events) and resolves its anonymous events to the user only when there
+//!   is exactly one (rows inserted through the relay's sink, on 18.16);
+//!   with `with_linked_users` it adds their signed-in events from their
+//!   other devices.
 
 use std::collections::BTreeSet;
 
@@ -316,8 +322,13 @@ async fn the_identity_schema_applies_to_an_existing_deployment() {
     let db = ch.fresh_database("identity_upgrade");
     let cfg = ch_config(ch, &db);
     let client = cfg.client();
-    let (old, new) = schema::SCHEMA_FILES.split_at(3);
-    assert_eq!(new[0].0, "004_identity.sql");
+    // Every file but the identity schema: the rows below are today's
+    // (`EventRow`), which need the campaign columns of `005_campaign.sql`,
+    // and those have nothing to do with identity.
+    let (old, new): (Vec<_>, Vec<_>) = schema::SCHEMA_FILES
+        .iter()
+        .partition(|(file, _)| *file != "004_identity.sql");
+    assert_eq!(new.len(), 1);
     for (_, sql) in old {
         for statement in schema::split_statements(sql) {
             client.query(&statement).execute().await.unwrap();
@@ -374,4 +385,233 @@ async fn the_identity_schema_applies_to_an_existing_deployment() {
         links().await,
         format!("u-up\tdev-up\t{}\t{}\n", t0, t0 + day)
     );
+}
+
+/// A device's timeline follows the identity links the other way: it names
+/// the users the device is linked to (by identify or alias in
+/// `identity_links`, or by its own events carrying a `user_id`), with first
+/// and last seen, and its anonymous events resolve to that user only when
+/// there is exactly one. Over a window that ends before every login, so the
+/// events themselves say nothing of their users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_timeline_names_its_users_and_resolves_only_a_single_one() {
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("device_links");
+    let cfg = ch_config(ch, &db);
+    schema::apply(&cfg).await.unwrap();
+    let now = now_ms();
+    let at = |minutes_ago: i64| now - minutes_ago * MIN;
+    let mut n = 0u128;
+    let mut ev = |device: &str, user: &str, name: &str, ts: i64, properties: &str| {
+        n += 1;
+        let mut e = device_event(n, device, user, ts);
+        e.event = name.into();
+        e.properties = properties.into();
+        e
+    };
+    let events = vec![
+        // d-one: anonymous in the window, identified as u-one after it.
+        ev("d-one", "", "page_view", at(50), "{}"),
+        ev("d-one", "", "click", at(45), "{}"),
+        ev("d-one", "u-one", "identify", at(10), "{}"),
+        // d-shared: anonymous in the window; u-a and u-b identify later.
+        ev("d-shared", "", "page_view", at(50), "{}"),
+        ev("d-shared", "u-a", "identify", at(20), "{}"),
+        ev("d-shared", "u-b", "identify", at(15), "{}"),
+        ev("d-shared", "u-b", "click", at(14), "{}"),
+        // d-login: signs in without an identify (its events carry the id).
+        ev("d-login", "", "page_view", at(40), "{}"),
+        ev("d-login", "u-login", "purchase", at(5), "{}"),
+        // d-alias: never signs in; another device's alias names it.
+        ev("d-alias", "", "page_view", at(35), "{}"),
+        ev(
+            "d-other",
+            "u-alias",
+            "alias",
+            at(8),
+            r#"{"previous_id":"d-alias"}"#,
+        ),
+        // d-none: anonymous only.
+        ev("d-none", "", "page_view", at(33), "{}"),
+        // u-one's phone: signed in within the window, and anonymous; u-b
+        // signed in on it too.
+        ev("d-phone", "u-one", "purchase", at(40), "{}"),
+        ev("d-phone", "", "page_view", at(41), "{}"),
+        ev("d-phone", "u-b", "click", at(38), "{}"),
+    ];
+    insert(&cfg, events).await;
+    // `insert` stores them as the fixtures' project.
+    let project = spoor_tests::fixtures::batch("b", vec![]).project_id;
+
+    let client = cfg.client();
+    let device = |id: &str| TimelineRequest {
+        project_id: project.clone(),
+        anonymous_id: Some(id.into()),
+        since_ms: Some(at(60)),
+        until_ms: Some(at(30)),
+        ..TimelineRequest::default()
+    };
+    type Users = Vec<(String, i64, i64, bool, bool)>;
+    let answer =
+        |page: &spoor_aggregator::store::timeline::TimelinePage| -> (Users, Vec<Option<String>>) {
+            let users = page
+                .linked_users
+                .as_ref()
+                .expect("a device's answer lists its users")
+                .iter()
+                .map(|u| {
+                    (
+                        u.user_id.clone(),
+                        u.first_seen_ms,
+                        u.last_seen_ms,
+                        u.identified,
+                        u.seen_signed_in,
+                    )
+                })
+                .collect();
+            let resolved = page
+                .events
+                .iter()
+                .map(|e| e.resolved_user_id.clone())
+                .collect();
+            (users, resolved)
+        };
+    let one = Some("u-one".to_string());
+
+    let page = run_timeline(&client, &device("d-one"), now).await.unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert_eq!(page.linked_users_truncated, Some(false));
+    assert_eq!(
+        answer(&page),
+        (
+            vec![("u-one".into(), at(10), at(10), true, true)],
+            vec![one.clone(), one]
+        )
+    );
+    // A shared device: both users, first seen first; nothing resolved.
+    let page = run_timeline(&client, &device("d-shared"), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(&page),
+        (
+            vec![
+                ("u-a".into(), at(20), at(20), true, true),
+                ("u-b".into(), at(15), at(14), true, true)
+            ],
+            vec![None]
+        )
+    );
+    // Linked by its own signed-in events only (device_users' pairs).
+    let page = run_timeline(&client, &device("d-login"), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(&page),
+        (
+            vec![("u-login".into(), at(5), at(5), false, true)],
+            vec![Some("u-login".into())]
+        )
+    );
+    // Linked by identity_links only (an alias sent from another device).
+    let page = run_timeline(&client, &device("d-alias"), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(&page),
+        (
+            vec![("u-alias".into(), at(8), at(8), true, false)],
+            vec![Some("u-alias".into())]
+        )
+    );
+    let page = run_timeline(&client, &device("d-none"), now).await.unwrap();
+    assert_eq!(answer(&page), (vec![], vec![None]));
+    // What the HTTP answer says: the field is left out when unresolved.
+    let json = serde_json::to_value(&page).unwrap();
+    assert_eq!(json["linked_users"], json!([]));
+    assert_eq!(json["events"][0].get("resolved_user_id"), None);
+    // A user's timeline has no linked users.
+    let user = TimelineRequest {
+        project_id: project.clone(),
+        user_id: Some("u-one".into()),
+        since_ms: Some(at(60)),
+        until_ms: Some(at(30)),
+        ..TimelineRequest::default()
+    };
+    let page = run_timeline(&client, &user, now).await.unwrap();
+    let seen: Vec<(&str, &str)> = page
+        .events
+        .iter()
+        .map(|e| (e.anonymous_id.as_str(), e.event.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("d-one", "page_view"),
+            ("d-one", "click"),
+            ("d-phone", "page_view"),
+            ("d-phone", "purchase")
+        ],
+        "d-one's events through the link, and the phone's"
+    );
+    assert_eq!(page.linked_users, None);
+
+    // with_linked_users: d-one's events, and u-one's signed-in events on
+    // the devices they used in the window (not the phone's anonymous
+    // event, nor u-b's event on it).
+    let mut wide = device("d-one");
+    wide.with_linked_users = true;
+    let page = run_timeline(&client, &wide, now).await.unwrap();
+    let seen: Vec<(&str, &str, &str)> = page
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.anonymous_id.as_str(),
+                e.user_id.as_str(),
+                e.event.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("d-one", "", "page_view"),
+            ("d-one", "", "click"),
+            ("d-phone", "u-one", "purchase")
+        ]
+    );
+    assert_eq!(
+        page.events
+            .iter()
+            .map(|e| e.resolved_user_id.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("u-one"), Some("u-one"), None]
+    );
+    // On the shared device: both users' signed-in events elsewhere (u-b's
+    // on the phone), each with its own user id; still nothing resolved.
+    let mut wide = device("d-shared");
+    wide.with_linked_users = true;
+    let page = run_timeline(&client, &wide, now).await.unwrap();
+    let seen: Vec<(&str, &str, &str)> = page
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.anonymous_id.as_str(),
+                e.user_id.as_str(),
+                e.event.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("d-shared", "", "page_view"), ("d-phone", "u-b", "click")]
+    );
+    assert!(page.events.iter().all(|e| e.resolved_user_id.is_none()));
+    // Without links, the flag adds nothing.
+    let mut wide = device("d-none");
+    wide.with_linked_users = true;
+    let page = run_timeline(&client, &wide, now).await.unwrap();
+    assert_eq!(page.events.len(), 1);
 }

@@ -2,6 +2,7 @@
 
 mod aggregator;
 mod aggregator_api;
+mod campaign;
 mod current_clickhouse;
 mod dashboard;
 mod dead_letters;

@@ -13,7 +13,7 @@ use spoor_tests::nats::NatsRole;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use spoor_core::{encode_batch, Context, Device, Event, Geo, WireBatch};
+use spoor_core::{encode_batch, Campaign, Context, Device, Event, Geo, WireBatch};
 use spoor_relay::{ClickHouseConfig, RelayConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
 use spoor_tests::fixtures::{batch, event, events, id, TS_MS};
@@ -161,6 +161,13 @@ async fn rows_land_with_every_column_and_endpoints_answer() {
             locale: "de-DE".into(),
             screen_width: 1920,
             screen_height: 1080,
+            campaign: Campaign {
+                source: "newsletter".into(),
+                medium: "email".into(),
+                name: "winter".into(),
+                term: "boots".into(),
+                content: "hero".into(),
+            },
         },
     };
     let mut sparse = event(2);
@@ -240,6 +247,11 @@ async fn rows_land_with_every_column_and_endpoints_answer() {
         ("ip_prefix", "203.0.113.0"),
         ("edge_region", "eu-west"),
         ("batch_id", "batch-full"),
+        ("utm_source", "newsletter"),
+        ("utm_medium", "email"),
+        ("utm_campaign", "winter"),
+        ("utm_term", "boots"),
+        ("utm_content", "hero"),
     ];
     let names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
     // Every column but inserted_at is filled by the relay: the list above must
@@ -277,13 +289,16 @@ async fn rows_land_with_every_column_and_endpoints_answer() {
         ch,
         format!(
             "SELECT client_ts_ms, sent_at_ms, user_id, country, ip_prefix, batch_id, \
-             inserted_at > toDateTime('2020-01-01 00:00:00') FROM {db}.events WHERE event = 'click' FORMAT TabSeparated"
+             inserted_at > toDateTime('2020-01-01 00:00:00'), \
+             concat(utm_source, utm_medium, utm_campaign, utm_term, utm_content) \
+             FROM {db}.events WHERE event = 'click' FORMAT TabSeparated"
         ),
     )
     .await;
+    // No campaign: the utm_* columns are empty.
     assert_eq!(
-        sparse.trim_end(),
-        "\\N\t1709296496839\tuser-2\tDE\t203.0.113.0\tbatch-full\t1"
+        sparse.trim_end_matches('\n'),
+        "\\N\t1709296496839\tuser-2\tDE\t203.0.113.0\tbatch-full\t1\t"
     );
 
     // Acked after the insert.

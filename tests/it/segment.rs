@@ -105,7 +105,8 @@ fn rows(ch: &ClickHouseServer, db: &str) -> BTreeMap<String, Value> {
         "SELECT toString(event_id) AS id, event, user_id, anonymous_id, toString(ts_ms) AS ts, \
          toString(client_ts_ms) AS client_ts, event_id_derived, properties, page_url, page_title, \
          app_name, app_version, library_name, library_version, locale, screen_width, \
-         screen_height, os, os_version, device_type, browser \
+         screen_height, os, os_version, device_type, browser, utm_source, utm_medium, \
+         utm_campaign, utm_term, utm_content \
          FROM {db}.events WHERE project_id = '{PROJECT}' FORMAT JSONEachRow"
     );
     let text = tokio::task::block_in_place(|| ch.query(&sql).unwrap());
@@ -145,11 +146,15 @@ async fn segment_sdks_are_answered_and_stored() {
              "context": {"page": {"url": "https://shop.example/done", "title": "Done"},
                          "userAgent": iphone, "locale": "de-DE",
                          "screen": {"width": 390, "height": 844},
-                         "campaign": {"name": "winter"}, "ip": "203.0.113.77"}},
+                         "campaign": {"name": "winter", "source": "newsletter",
+                                      "medium": "email", "term": "boots",
+                                      "content": "hero", "id": "c-7"},
+                         "ip": "203.0.113.77"}},
             {"type": "identify", "messageId": identify_id, "userId": "u-node",
              "traits": {"email": "node@example.com"}},
             {"type": "page", "messageId": page_id, "anonymousId": "a-node",
-             "name": "Shoes", "category": "Catalog", "properties": {"path": "/shoes"}}
+             "name": "Shoes", "category": "Catalog", "properties": {"path": "/shoes"},
+             "context": {"page": {"url": "https://shop.example/shoes?utm_source=ads&utm_medium=cpc&utm_campaign=spring+sale"}}}
         ],
         "context": {"library": {"name": "analytics-node", "version": "2.1.2"}},
         "sentAt": format_rfc3339_ms(now)
@@ -367,8 +372,23 @@ async fn segment_sdks_are_answered_and_stored() {
         (&json!("iPhone"), &json!("mobile"))
     );
     assert_eq!(t["properties"]["total"], 79.5);
+    // context.campaign: its five fields are the utm_* columns, and only
+    // the keys Spoor has no column for stay in $segment.context.
+    let utm = |r: &Value| -> Vec<String> {
+        [
+            "utm_source",
+            "utm_medium",
+            "utm_campaign",
+            "utm_term",
+            "utm_content",
+        ]
+        .iter()
+        .map(|c| r[*c].as_str().unwrap().to_string())
+        .collect()
+    };
+    assert_eq!(utm(t), ["newsletter", "email", "winter", "boots", "hero"]);
     let seg = &t["properties"]["$segment"];
-    assert_eq!(seg["context"]["campaign"]["name"], "winter");
+    assert_eq!(seg["context"]["campaign"], json!({"id": "c-7"}));
     assert_eq!(
         seg["context"]["ip"], "203.0.113.0",
         "only the IP's prefix is kept"
@@ -381,6 +401,9 @@ async fn segment_sdks_are_answered_and_stored() {
     );
     let p = &stored[&page_id];
     assert_eq!(p["event"], "page_view");
+    // No context.campaign: the page URL's utm_* parameters are the campaign.
+    assert_eq!(utm(p), ["ads", "cpc", "spring sale", "", ""]);
+    assert_eq!(utm(i), ["", "", "", "", ""], "no campaign, no page: empty");
     assert_eq!(
         (&p["properties"]["name"], &p["properties"]["category"]),
         (&json!("Shoes"), &json!("Catalog"))

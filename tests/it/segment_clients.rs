@@ -85,7 +85,8 @@ impl Stack {
              properties, toString(ts_ms) AS ts, toString(received_at_ms) AS received, \
              page_url, page_path, page_referrer, page_title, app_name, app_version, library_name, \
              library_version, locale, screen_width, screen_height, browser, os, os_version, \
-             device_type FROM {}.events WHERE project_id = '{PROJECT}' FORMAT JSONEachRow",
+             device_type, utm_source, utm_medium, utm_campaign, utm_term, utm_content \
+             FROM {}.events WHERE project_id = '{PROJECT}' FORMAT JSONEachRow",
             self.db
         );
         let text = tokio::task::block_in_place(|| self.ch.query(&sql))
@@ -318,7 +319,12 @@ async fn analytics_node_events_of_every_type_are_stored_once_with_their_fields()
     assert_eq!(t["page_referrer"], "https://shop.example/cart");
     assert_eq!(t["locale"], "de-DE");
     let seg = &t["properties"]["$segment"];
-    assert_eq!(seg["context"]["campaign"]["source"], "newsletter");
+    // context.campaign is the utm_* columns, and leaves $segment.context.
+    assert_eq!(
+        (&t["utm_source"], &t["utm_campaign"], &t["utm_medium"]),
+        (&json!("newsletter"), &json!("winter"), &json!(""))
+    );
+    assert_eq!(seg["context"].get("campaign"), None);
     assert_eq!(seg["context"]["ip"], "203.0.113.0", "only the IP's prefix");
 
     let p = row("page");
@@ -533,9 +539,15 @@ async fn assert_page_identify_track(
             r["library_version"], calls[call]["context"]["library"]["version"],
             "{call}"
         );
+        // analytics.js's context.campaign, from the page's utm_ parameters.
         assert_eq!(
-            r["properties"]["$segment"]["context"]["campaign"]["source"], "newsletter",
+            r["utm_source"], "newsletter",
             "{call}: the page's utm_ parameters"
+        );
+        assert_eq!(
+            r["properties"]["$segment"]["context"].get("campaign"),
+            None,
+            "{call}: the campaign is in the columns"
         );
         // The browser comes from the page's own User-Agent.
         assert_eq!(r["browser"], "Chrome", "{call}: {}", page["userAgent"]);

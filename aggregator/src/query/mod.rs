@@ -61,6 +61,16 @@ pub enum Dimension {
     AppVersion,
     PagePath,
     EdgeRegion,
+    /// The campaign columns (`deploy/clickhouse/005_campaign.sql`): the
+    /// client's `context.campaign`, else the page URL's `utm_*`
+    /// parameters; '' for events without one. Not kept in the rollups, so
+    /// a request using them reads `events`.
+    UtmSource,
+    UtmMedium,
+    /// `utm_campaign` (Segment's `context.campaign.name`).
+    UtmCampaign,
+    UtmTerm,
+    UtmContent,
 }
 
 impl Dimension {
@@ -78,6 +88,11 @@ impl Dimension {
             Dimension::AppVersion => "app_version",
             Dimension::PagePath => "page_path",
             Dimension::EdgeRegion => "edge_region",
+            Dimension::UtmSource => "utm_source",
+            Dimension::UtmMedium => "utm_medium",
+            Dimension::UtmCampaign => "utm_campaign",
+            Dimension::UtmTerm => "utm_term",
+            Dimension::UtmContent => "utm_content",
         }
     }
 }

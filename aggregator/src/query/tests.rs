@@ -182,3 +182,39 @@ fn requests_read_from_json() {
     .unwrap();
     assert_eq!(sum.measure, Measure::Sum("price".into()));
 }
+
+/// The campaign columns are dimensions like the others: grouped and
+/// filtered on `events` (the rollups do not keep them), the value bound.
+#[test]
+fn campaign_dimensions_group_and_filter_on_events() {
+    let r: MetricsRequest = serde_json::from_str(&format!(
+        r#"{{"project_id":"shop","measure":{{"kind":"count"}},"since_ms":{},"until_ms":{},
+            "granularity":"day","group_by":["utm_source","utm_medium"],
+            "filters":[{{"dimension":"utm_campaign","value":"winter"}},
+                       {{"dimension":"utm_term","value":"boots"}},
+                       {{"dimension":"utm_content","value":"hero"}}]}}"#,
+        T0 - DAY,
+        T0
+    ))
+    .unwrap();
+    assert!(r.validate().is_ok());
+    let plan = r.plan().unwrap();
+    assert_eq!(plan.source, Source::Raw, "the rollups keep no campaign");
+    let sql = &plan.sql;
+    assert!(
+        sql.text.contains(
+            "toStartOfDay(event_time, ?) AS bucket, utm_source, utm_medium, toFloat64(count()) AS value FROM events"
+        ),
+        "{}",
+        sql.text
+    );
+    assert!(
+        sql.text
+            .contains("AND utm_campaign = ? AND utm_term = ? AND utm_content = ? GROUP BY bucket, utm_source, utm_medium"),
+        "{}",
+        sql.text
+    );
+    assert!(!sql.text.contains("winter"));
+    assert!(sql.params.contains(&Param::Str("winter".into())));
+    assert_eq!(sql.text.matches('?').count(), sql.params.len());
+}

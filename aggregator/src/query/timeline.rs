@@ -20,6 +20,25 @@
 //! login falls after the range. Other users' events on a shared device are
 //! left out.
 //!
+//! A *device's* timeline is the device's events, and the answer says which
+//! users the device is linked to (`linked_users`): every user an `identify`
+//! or `alias` linked it to (`identity_links`) and every user it sent events
+//! as (the `device_users` pairs, read from the device's own range of
+//! `events_by_device`, which holds the same pairs ordered by device), each
+//! with first and last seen, whenever that was within the device tables'
+//! retention (not only in the window). An anonymous event of the device
+//! (`user_id = ''`) resolves to a user only when exactly one user is
+//! linked: then it carries that `resolved_user_id`. With two or more (a
+//! shared device, a family tablet) nothing says which of them sent it, so
+//! it resolves to none and the answer's `linked_users` lists the
+//! candidates: Spoor never attributes a shared device's anonymous events
+//! to one person by guess. With `with_linked_users`, a device's timeline
+//! also holds the events its linked users sent signed in (their `user_id`)
+//! from the devices `device_users` saw them on in the window: where the
+//! person went next. Those other devices' anonymous events are not added
+//! (they would need links of their own); on a shared device it is every
+//! linked user's events, each carrying its own `user_id`.
+//!
 //! Paging is by key: events are ordered by `(ts_ms, event_id)` (ClickHouse's
 //! UUID order, the same in the `ORDER BY` and the comparison), and the
 //! cursor is the key of the last event returned, `"<ts_ms>:<event_id>"`.
@@ -40,6 +59,9 @@ pub const MAX_LIMIT: u32 = 1000;
 pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
 /// Longest window: the raw table's 90 days (the device tables keep fewer).
 pub const MAX_TIMELINE_RANGE_MS: i64 = 90 * 86_400_000;
+/// Most users a device's timeline lists as linked (those first seen
+/// earliest); `linked_users_truncated` says when there were more.
+pub const MAX_LINKED_USERS: u32 = 100;
 
 /// Oldest first (the default) or newest first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +99,10 @@ pub struct TimelineRequest {
     pub cursor: Option<String>,
     #[serde(default)]
     pub order: Order,
+    /// A device's timeline only: also the events its linked users sent
+    /// signed in (their `user_id`) from their other devices in the window.
+    #[serde(default)]
+    pub with_linked_users: bool,
 }
 
 /// The key of an event in timeline order, and its text form.
@@ -141,6 +167,46 @@ pub struct TimelinePlan {
     /// Selects up to `limit + 1` rows (the extra one says whether there is
     /// a next page) with the columns of [`TIMELINE_COLUMNS`].
     pub sql: Sql,
+    /// A device's timeline: the users the device is linked to, up to
+    /// [`MAX_LINKED_USERS`] + 1 rows of [`LINKED_USER_COLUMNS`], first
+    /// seen first. `None` for a user's timeline.
+    pub links_sql: Option<Sql>,
+}
+
+/// The columns of [`TimelinePlan::links_sql`] (`SELECT user_id,
+/// first_seen_ms, ...`), in order: the user, first
+/// and last seen (event time, ms), whether an identify or alias linked
+/// them (1/0) and whether the device sent events as them (1/0).
+pub const LINKED_USER_COLUMNS: &str =
+    "user_id, first_seen_ms, last_seen_ms, identified, seen_signed_in";
+
+/// The users a device is linked to: its pairs in `identity_links` (by
+/// identify or alias) and the user ids of its own events (its range of
+/// `events_by_device`, the `device_users` pairs of this device), merged
+/// per user. Whole retention, not the window: a link made after the
+/// window still says whose the device is.
+fn links_sql(project_id: &str, device: &str) -> Sql {
+    Sql {
+        text: format!(
+            "SELECT user_id, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, \
+             max(by_identity) AS identified, max(by_events) AS seen_signed_in FROM (\
+             SELECT user_id, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, \
+             toUInt8(1) AS by_identity, toUInt8(0) AS by_events FROM {IDENTITY_LINKS_TABLE} \
+             WHERE project_id = ? AND anonymous_id = ? GROUP BY user_id \
+             UNION ALL \
+             SELECT user_id, min(ts_ms) AS first_ms, max(ts_ms) AS last_ms, \
+             toUInt8(0) AS by_identity, toUInt8(1) AS by_events FROM {DEVICE_TABLE} \
+             WHERE project_id = ? AND anonymous_id = ? AND user_id != '' GROUP BY user_id\
+             ) GROUP BY user_id ORDER BY first_seen_ms, user_id LIMIT ?"
+        ),
+        params: vec![
+            Param::Str(project_id.into()),
+            Param::Str(device.into()),
+            Param::Str(project_id.into()),
+            Param::Str(device.into()),
+            Param::Int(i64::from(MAX_LINKED_USERS) + 1),
+        ],
+    }
 }
 
 /// The columns of a timeline query, in order.
@@ -183,6 +249,14 @@ impl TimelineRequest {
     pub fn plan(&self, now_ms: i64) -> Result<TimelinePlan, RequestError> {
         check_text("project_id", &self.project_id)?;
         let subject = self.subject()?;
+        if self.with_linked_users && matches!(subject, Subject::User(_)) {
+            return Err(RequestError::Invalid {
+                field: "with_linked_users",
+                reason: "applies to a device's timeline (`anonymous_id`); a user's \
+                         timeline already holds their devices' events"
+                    .into(),
+            });
+        }
         let (since_ms, until_ms) = self.window(now_ms)?;
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
@@ -198,6 +272,10 @@ impl TimelineRequest {
 
         let mut conditions = Vec::new();
         let mut params = Vec::new();
+        let links_sql = match subject {
+            Subject::Device(id) => Some(links_sql(&self.project_id, id)),
+            Subject::User(_) => None,
+        };
         window_conditions(
             &self.project_id,
             since_ms,
@@ -206,6 +284,41 @@ impl TimelineRequest {
             &mut params,
         );
         match subject {
+            Subject::Device(id) if self.with_linked_users => {
+                // The device's events, and its linked users' signed-in
+                // events on the devices they were seen on in the window.
+                let linked = format!(
+                    "SELECT user_id FROM {IDENTITY_LINKS_TABLE} \
+                     WHERE project_id = ? AND anonymous_id = ? \
+                     UNION ALL SELECT user_id FROM {DEVICE_TABLE} \
+                     WHERE project_id = ? AND anonymous_id = ? AND user_id != ''"
+                );
+                let linked_params = || {
+                    [
+                        Param::Str(self.project_id.clone()),
+                        Param::Str(id.into()),
+                        Param::Str(self.project_id.clone()),
+                        Param::Str(id.into()),
+                    ]
+                };
+                params.push(Param::Str(id.into()));
+                let mut devices = Vec::new();
+                window_conditions(
+                    &self.project_id,
+                    since_ms,
+                    until_ms,
+                    &mut devices,
+                    &mut params,
+                );
+                devices.push(format!("user_id IN ({linked})"));
+                params.extend(linked_params());
+                params.extend(linked_params());
+                conditions.push(format!(
+                    "(anonymous_id = ? OR (anonymous_id IN (SELECT anonymous_id FROM \
+                     {DEVICE_USERS_TABLE} WHERE {}) AND user_id IN ({linked})))",
+                    devices.join(" AND ")
+                ));
+            }
             Subject::Device(id) => {
                 conditions.push("anonymous_id = ?".into());
                 params.push(Param::Str(id.into()));
@@ -257,6 +370,7 @@ impl TimelineRequest {
             limit,
             order: self.order,
             sql: Sql { text, params },
+            links_sql,
         })
     }
 }

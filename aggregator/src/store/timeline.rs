@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{cell_i64, ReadError};
 use super::{cell_text, fetch_rows, StoreError};
-use crate::query::timeline::{Cursor, Order, TimelinePlan, TimelineRequest};
+use crate::query::timeline::{Cursor, Order, TimelinePlan, TimelineRequest, MAX_LINKED_USERS};
 
 /// One event of a timeline. `properties` is the stored JSON parsed (an
 /// object, normally), or the raw text if it does not parse.
@@ -30,6 +30,26 @@ pub struct TimelineEvent {
     pub os: String,
     pub app_name: String,
     pub app_version: String,
+    /// A device's timeline: the user an anonymous event (`user_id` empty)
+    /// resolves to, present only when the device is linked to exactly one
+    /// user (see [`TimelinePage::linked_users`]); never on a shared
+    /// device, nor on a user's timeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_user_id: Option<String>,
+}
+
+/// A user a device is linked to (a device's timeline only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkedUser {
+    pub user_id: String,
+    /// Event time of the first and last identify, alias or event that
+    /// links them, within the device tables' retention.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// An identify or alias linked the device to the user.
+    pub identified: bool,
+    /// The device sent events with this `user_id`.
+    pub seen_signed_in: bool,
 }
 
 /// One page. JSON: `{"since_ms": ..., "until_ms": ..., "order":
@@ -43,6 +63,14 @@ pub struct TimelinePage {
     pub order: Order,
     pub events: Vec<TimelineEvent>,
     pub next_cursor: Option<String>,
+    /// A device's timeline: the users the device is linked to, first seen
+    /// first (at most [`MAX_LINKED_USERS`]); absent on a user's timeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linked_users: Option<Vec<LinkedUser>>,
+    /// A device's timeline: true when it is linked to more users than
+    /// `linked_users` lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linked_users_truncated: Option<bool>,
 }
 
 /// Runs one timeline page; `now_ms` fills a missing `until_ms`.
@@ -53,7 +81,51 @@ pub async fn run_timeline(
 ) -> Result<TimelinePage, ReadError> {
     let plan = request.plan(now_ms)?;
     let rows = fetch_rows(client, &plan.sql).await?;
-    Ok(timeline_page(&plan, &rows)?)
+    let mut page = timeline_page(&plan, &rows)?;
+    if let Some(sql) = &plan.links_sql {
+        let links = fetch_rows(client, sql).await?;
+        resolve(&mut page, &links)?;
+    }
+    Ok(page)
+}
+
+/// A device's page with the users it is linked to, from the rows of
+/// [`TimelinePlan::links_sql`] (at most `MAX_LINKED_USERS + 1`): lists
+/// them, and resolves each anonymous event to the user when there is
+/// exactly one.
+pub fn resolve(page: &mut TimelinePage, rows: &[Vec<serde_json::Value>]) -> Result<(), StoreError> {
+    let truncated = rows.len() > MAX_LINKED_USERS as usize;
+    let users = rows
+        .iter()
+        .take(MAX_LINKED_USERS as usize)
+        .map(|row| linked_user(row))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let [only] = users.as_slice() {
+        for e in &mut page.events {
+            if e.user_id.is_empty() {
+                e.resolved_user_id = Some(only.user_id.clone());
+            }
+        }
+    }
+    page.linked_users = Some(users);
+    page.linked_users_truncated = Some(truncated);
+    Ok(())
+}
+
+fn linked_user(row: &[serde_json::Value]) -> Result<LinkedUser, StoreError> {
+    let [user_id, first, last, identified, signed_in] = row else {
+        return Err(StoreError::Unreadable(format!(
+            "a linked-user row of {} columns",
+            row.len()
+        )));
+    };
+    Ok(LinkedUser {
+        user_id: cell_text(user_id),
+        first_seen_ms: cell_i64(first)?,
+        last_seen_ms: cell_i64(last)?,
+        identified: cell_i64(identified)? != 0,
+        seen_signed_in: cell_i64(signed_in)? != 0,
+    })
 }
 
 /// The page from the rows of [`TimelinePlan::sql`] (at most `limit + 1`).
@@ -83,6 +155,8 @@ pub fn timeline_page(
         order: plan.order,
         events,
         next_cursor,
+        linked_users: None,
+        linked_users_truncated: None,
     })
 }
 
@@ -116,6 +190,7 @@ fn timeline_event(row: &[serde_json::Value]) -> Result<TimelineEvent, StoreError
         os: cell_text(os),
         app_name: cell_text(app_name),
         app_version: cell_text(app_version),
+        resolved_user_id: None,
     })
 }
 
@@ -188,5 +263,94 @@ mod tests {
         assert_eq!(page.since_ms, 10_000_000 - 3_600_000);
         let last = timeline_page(&plan, &rows[..2]).unwrap();
         assert_eq!(last.next_cursor, None);
+    }
+
+    fn link(user: &str, first: i64) -> Vec<serde_json::Value> {
+        vec![
+            json!(user),
+            json!(first.to_string()),
+            json!((first + 5).to_string()),
+            json!(1),
+            json!(0),
+        ]
+    }
+
+    /// One linked user: the device's anonymous events resolve to them.
+    /// Two: none does (a shared device), and both are listed. More than
+    /// the most listed: cut, and said so.
+    #[test]
+    fn anonymous_events_resolve_only_to_a_single_linked_user() {
+        let plan = TimelineRequest {
+            project_id: "p".into(),
+            anonymous_id: Some("d".into()),
+            ..TimelineRequest::default()
+        }
+        .plan(10_000_000)
+        .unwrap();
+        assert!(plan.links_sql.is_some());
+        let id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let mut signed_in = row(2, id, "{}");
+        signed_in[3] = json!("u-2");
+        signed_in[4] = json!("d");
+        let mut anonymous = row(1, id, "{}");
+        anonymous[3] = json!("");
+        anonymous[4] = json!("d");
+        let rows = vec![anonymous, signed_in];
+
+        let mut one = timeline_page(&plan, &rows).unwrap();
+        resolve(&mut one, &[link("u-1", 7)]).unwrap();
+        assert_eq!(one.events[0].resolved_user_id.as_deref(), Some("u-1"));
+        assert_eq!(
+            one.events[1].resolved_user_id, None,
+            "a signed-in event is its own user's"
+        );
+        assert_eq!(
+            one.linked_users.as_deref(),
+            Some(
+                &[LinkedUser {
+                    user_id: "u-1".into(),
+                    first_seen_ms: 7,
+                    last_seen_ms: 12,
+                    identified: true,
+                    seen_signed_in: false,
+                }][..]
+            )
+        );
+        assert_eq!(one.linked_users_truncated, Some(false));
+
+        let mut shared = timeline_page(&plan, &rows).unwrap();
+        resolve(&mut shared, &[link("u-1", 7), link("u-2", 9)]).unwrap();
+        assert!(shared.events.iter().all(|e| e.resolved_user_id.is_none()));
+        assert_eq!(shared.linked_users.as_ref().unwrap().len(), 2);
+
+        let mut none = timeline_page(&plan, &rows).unwrap();
+        resolve(&mut none, &[]).unwrap();
+        assert!(none.events.iter().all(|e| e.resolved_user_id.is_none()));
+        let json = serde_json::to_value(&none).unwrap();
+        assert_eq!(json["linked_users"], json!([]));
+        assert_eq!(json["events"][0].get("resolved_user_id"), None);
+
+        let many: Vec<_> = (0..=MAX_LINKED_USERS as i64)
+            .map(|i| link(&format!("u{i}"), i))
+            .collect();
+        let mut crowded = timeline_page(&plan, &rows).unwrap();
+        resolve(&mut crowded, &many).unwrap();
+        assert_eq!(
+            crowded.linked_users.as_ref().unwrap().len(),
+            MAX_LINKED_USERS as usize
+        );
+        assert_eq!(crowded.linked_users_truncated, Some(true));
+
+        // A user's timeline has neither field.
+        let user = TimelineRequest {
+            project_id: "p".into(),
+            user_id: Some("u".into()),
+            ..TimelineRequest::default()
+        }
+        .plan(10_000_000)
+        .unwrap();
+        assert_eq!(user.links_sql, None);
+        let json = serde_json::to_value(timeline_page(&user, &rows).unwrap()).unwrap();
+        assert_eq!(json.get("linked_users"), None);
     }
 }

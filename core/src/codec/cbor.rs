@@ -13,9 +13,17 @@
 //! `None` for anything else, which the caller then hands to ciborium, the
 //! reference decoder. Whatever it accepts, ciborium decodes to the same
 //! batch: the tests and the `decode_frame` fuzz target hold it to that.
+//!
+//! A context has 11 fields, or 12 when it carries a campaign: `campaign`
+//! comes last and is left out when empty (`skip_serializing_if`, which
+//! ciborium counts into the map's length the same way). Both readers take
+//! both shapes, so frames written before the campaign existed decode with
+//! it empty.
 
 use crate::enrich::{Device, Geo};
-use crate::event::{BatchRef, Context, ContextRef, Event, EventRef, WireBatch};
+use crate::event::{
+    BatchRef, Campaign, CampaignRef, Context, ContextRef, Event, EventRef, WireBatch,
+};
 
 const UINT: u8 = 0;
 const NINT: u8 = 1;
@@ -148,7 +156,8 @@ impl Writer<'_> {
     }
 
     fn context(&mut self, c: &ContextRef<'_>) {
-        self.head(MAP, 11);
+        let with_campaign = !c.campaign.is_empty();
+        self.head(MAP, if with_campaign { 12 } else { 11 });
         self.field_text("page_url", &c.page_url);
         self.field_text("page_path", &c.page_path);
         self.field_text("page_referrer", &c.page_referrer);
@@ -162,6 +171,19 @@ impl Writer<'_> {
         self.head(UINT, c.screen_width.into());
         self.key("screen_height");
         self.head(UINT, c.screen_height.into());
+        if with_campaign {
+            self.key("campaign");
+            self.campaign(&c.campaign);
+        }
+    }
+
+    fn campaign(&mut self, c: &CampaignRef<'_>) {
+        self.head(MAP, 5);
+        self.field_text("source", &c.source);
+        self.field_text("medium", &c.medium);
+        self.field_text("name", &c.name);
+        self.field_text("term", &c.term);
+        self.field_text("content", &c.content);
     }
 }
 
@@ -363,7 +385,11 @@ impl<'b> Reader<'b> {
     }
 
     fn context(&mut self) -> Option<Context> {
-        self.map(11)?;
+        let with_campaign = match self.head(MAP)? {
+            11 => false,
+            12 => true,
+            _ => return None,
+        };
         Some(Context {
             page_url: self.text("page_url")?,
             page_path: self.text("page_path")?,
@@ -382,6 +408,27 @@ impl<'b> Reader<'b> {
                 self.key("screen_height")?;
                 self.u32()?
             },
+            campaign: if with_campaign {
+                self.key("campaign")?;
+                self.campaign()?
+            } else {
+                Campaign::default()
+            },
         })
+    }
+
+    /// A campaign as the writer writes it: all five fields, at least one
+    /// set (an empty one is never written, so reading it here would decode
+    /// what ciborium decodes, but only the writer's shape is taken).
+    fn campaign(&mut self) -> Option<Campaign> {
+        self.map(5)?;
+        let c = Campaign {
+            source: self.text("source")?,
+            medium: self.text("medium")?,
+            name: self.text("name")?,
+            term: self.text("term")?,
+            content: self.text("content")?,
+        };
+        (!c.is_empty()).then_some(c)
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::enrich::{Device, Geo};
-use crate::event::{Context, Event, WireBatch};
+use crate::event::{Campaign, Context, Event, WireBatch};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -38,6 +38,16 @@ fn sample(n: usize) -> WireBatch {
                 context: Context {
                     page_url: "https://x.test/".into(),
                     screen_width: 1920,
+                    // Every other event came from a campaign.
+                    campaign: if i % 2 == 1 {
+                        Campaign {
+                            source: "newsletter".into(),
+                            name: format!("winter-{i}"),
+                            ..Campaign::default()
+                        }
+                    } else {
+                        Campaign::default()
+                    },
                     ..Context::default()
                 },
             })
@@ -132,15 +142,27 @@ fn arb_string() -> impl Strategy<Value = String> {
 }
 
 prop_compose! {
+    fn some_campaign()(source in arb_string(), medium in arb_string(), name in arb_string(),
+                       term in arb_string(), content in arb_string()) -> Campaign {
+        Campaign { source, medium, name, term, content }
+    }
+}
+
+/// No campaign half the time (most events), any fields otherwise.
+fn arb_campaign() -> impl Strategy<Value = Campaign> {
+    prop_oneof![Just(Campaign::default()), some_campaign()]
+}
+
+prop_compose! {
     fn arb_event()(id in any::<u128>(), derived in any::<bool>(), name in "[a-z_]{1,20}",
                    user in arb_string(), anon in arb_string(), session in arb_string(),
                    cts in proptest::option::of(any::<i64>()), ts in any::<i64>(),
-                   url in arb_string(), w in any::<u32>()) -> Event {
+                   url in arb_string(), w in any::<u32>(), campaign in arb_campaign()) -> Event {
         Event {
             event_id: Uuid::from_u128(id), event_id_derived: derived, event: name,
             user_id: user, anonymous_id: anon, session_id: session,
             client_ts_ms: cts, ts_ms: ts, properties: "{}".into(),
-            context: Context { page_url: url, screen_width: w, ..Context::default() },
+            context: Context { page_url: url, screen_width: w, campaign, ..Context::default() },
         }
     }
 }
@@ -346,6 +368,69 @@ fn another_shape_is_left_to_ciborium_and_still_decodes() {
     assert_eq!(decode_batch(&frame, MAX).unwrap(), b);
 }
 
+/// A frame body in the shape of a writer older than the campaign: the
+/// context a map of 11 fields. `sample(1)`'s only event has no campaign,
+/// and its body is exactly that shape: both readers take it, and give an
+/// empty campaign.
+#[test]
+fn a_context_without_a_campaign_is_the_old_shape_and_still_decodes() {
+    let b = sample(1);
+    assert!(b.events[0].context.campaign.is_empty());
+    let cbor = frame_cbor(&encode_batch(&b).unwrap());
+    assert!(
+        !cbor.windows(8).any(|w| w == b"campaign"),
+        "an empty campaign is not written"
+    );
+    let old: ciborium::Value = ciborium::from_reader(cbor.as_slice()).unwrap();
+    let context = old
+        .as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("events"));
+    let event = &context.unwrap().1.as_array().unwrap()[0];
+    let context = event
+        .as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("context"));
+    assert_eq!(context.unwrap().1.as_map().unwrap().len(), 11);
+    assert_eq!(cbor::read_batch(&cbor), Some(b.clone()));
+    assert_eq!(ciborium_read(&cbor), Some(b));
+}
+
+/// The second event's campaign map in a batch's ciborium value.
+fn second_campaign(
+    v: &mut ciborium::Value,
+) -> Option<&mut Vec<(ciborium::Value, ciborium::Value)>> {
+    let field = |m: &[(ciborium::Value, ciborium::Value)], k: &str| {
+        m.iter().position(|(key, _)| key.as_text() == Some(k))
+    };
+    let top = v.as_map_mut()?;
+    let i = field(top, "events")?;
+    let event = top[i].1.as_array_mut()?.get_mut(1)?.as_map_mut()?;
+    let i = field(event, "context")?;
+    let context = event[i].1.as_map_mut()?;
+    let i = field(context, "campaign")?;
+    context[i].1.as_map_mut()
+}
+
+/// A campaign from another writer (some fields only, another order) is
+/// left to ciborium, which fills the missing fields with "".
+#[test]
+fn a_partial_campaign_is_left_to_ciborium() {
+    let b = sample(2);
+    assert_eq!(b.events[1].context.campaign.name, "winter-1");
+    let mut value = ciborium::Value::serialized(&b).unwrap();
+    let fields = second_campaign(&mut value).unwrap();
+    fields.retain(|(_, v)| v.as_text() != Some(""));
+    fields.reverse();
+    assert_eq!(fields.len(), 2);
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&value, &mut cbor).unwrap();
+    assert_eq!(cbor::read_batch(&cbor), None);
+    assert_eq!(ciborium_read(&cbor), Some(b));
+}
+
 #[test]
 fn trailing_bytes_and_truncations_are_not_read_directly() {
     let cbor = frame_cbor(&encode_batch(&sample(3)).unwrap());
@@ -389,4 +474,22 @@ proptest! {
             prop_assert_eq!(ciborium_read(&cbor), Some(direct));
         }
     }
+}
+
+/// The fuzz seeds of a frame and a CBOR body with a campaign (written by
+/// hand from `cbor_body_one_event`, its context given a 12th field) are
+/// what the edge writes: both readers take them, to the same batch.
+#[test]
+fn the_campaign_fuzz_seeds_are_the_writers_shape() {
+    let body: &[u8] = include_bytes!("../../../fuzz/seeds/decode_frame/cbor_body_campaign");
+    let direct = cbor::read_batch(body).expect("the direct reader takes the seed");
+    assert_eq!(ciborium_read(body), Some(direct.clone()));
+    let c = &direct.events[0].context.campaign;
+    assert_eq!(
+        (c.source.as_str(), c.name.as_str(), c.content.as_str()),
+        ("newsletter", "winter sale", "")
+    );
+    assert_eq!(frame_cbor(&encode_batch(&direct).unwrap()), body);
+    let frame: &[u8] = include_bytes!("../../../fuzz/seeds/decode_frame/one_event_campaign");
+    assert_eq!(decode_batch(frame, MAX).unwrap(), direct);
 }

@@ -560,3 +560,57 @@ fn a_repeated_id_in_one_request_is_a_duplicate_kept_once() {
         .get("duplicates")
         .is_none());
 }
+
+/// Spoor's own events: `context.campaign` as sent, else the page URL's
+/// `utm_*` parameters (what the web SDK's events carry), else nothing; a
+/// campaign field is held to the string limit like any context string.
+#[test]
+fn the_campaign_is_the_events_own_else_its_page_urls() {
+    let url = "https://shop.example/sale?utm_source=newsletter&utm_medium=email&utm_campaign=winter%20sale&utm_term=boots&utm_content=hero";
+    let body = batch_of(&[
+        &format!(
+            r#"{{"event":"page_view","anonymous_id":"d1","context":{{"page":{{"url":"{url}"}}}}}}"#
+        ),
+        &format!(
+            r#"{{"event":"signup","anonymous_id":"d1","context":{{"page":{{"url":"{url}"}},"campaign":{{"source":"ads","name":"spring"}}}}}}"#
+        ),
+        r#"{"event":"plain","anonymous_id":"d1","context":{"page":{"url":"https://shop.example/?q=1"}}}"#,
+        &format!(
+            r#"{{"event":"long","anonymous_id":"d1","context":{{"campaign":{{"term":"{}"}}}}}}"#,
+            "x".repeat(Limits::default().max_string_bytes + 1)
+        ),
+    ]);
+    let ing = ingest(Endpoint::Batch, &body, &meta(), &Limits::default()).unwrap();
+    assert_eq!(ing.receipt.accepted, 3, "{:?}", ing.receipt);
+    assert_eq!(ing.receipt.rejected[0].index, 3);
+    assert_eq!(ing.receipt.rejected[0].reason, "string_too_long");
+    let events = decode_all(&ing);
+    let campaign = |name: &str| {
+        events
+            .iter()
+            .find(|e| e.event == name)
+            .unwrap()
+            .context
+            .campaign
+            .clone()
+    };
+    assert_eq!(
+        campaign("page_view"),
+        crate::Campaign {
+            source: "newsletter".into(),
+            medium: "email".into(),
+            name: "winter sale".into(),
+            term: "boots".into(),
+            content: "hero".into(),
+        }
+    );
+    assert_eq!(
+        campaign("signup"),
+        crate::Campaign {
+            source: "ads".into(),
+            name: "spring".into(),
+            ..crate::Campaign::default()
+        }
+    );
+    assert!(campaign("plain").is_empty());
+}

@@ -1,5 +1,5 @@
 use super::*;
-use crate::{decode_batch, Event, Geo, WireBatch};
+use crate::{decode_batch, Campaign, Event, Geo, WireBatch};
 use serde_json::json;
 use std::io::Write as _;
 
@@ -138,7 +138,8 @@ fn track_maps_ids_time_and_context() {
             "locale": "de-DE",
             "screen": {"width": 1440, "height": 900, "density": 2},
             "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
-            "campaign": {"name": "winter", "source": "newsletter"},
+            "campaign": {"name": "winter", "source": "newsletter", "medium": "email",
+                         "term": 7, "content": "", "id": "c-7"},
             "ip": "203.0.113.77",
             "timezone": "Europe/Berlin"
         },
@@ -178,6 +179,17 @@ fn track_maps_ids_time_and_context() {
     assert_eq!(c.library_version, "next-1.70.0");
     assert_eq!(c.locale, "de-DE");
     assert_eq!((c.screen_width, c.screen_height), (1440, 900));
+    // The campaign's five fields are columns (a number as its text).
+    assert_eq!(
+        c.campaign,
+        Campaign {
+            source: "newsletter".into(),
+            medium: "email".into(),
+            name: "winter".into(),
+            term: "7".into(),
+            content: String::new(),
+        }
+    );
     // The device comes from context.userAgent, not the request's (a server
     // library's) User-Agent.
     assert_eq!(batches[0].device.device_type, "mobile");
@@ -197,7 +209,7 @@ fn track_maps_ids_time_and_context() {
             "page": {"search": "?x=1"},
             "app": {"build": "9"},
             "screen": {"density": 2},
-            "campaign": {"name": "winter", "source": "newsletter"},
+            "campaign": {"id": "c-7"},
             "ip": "203.0.113.0",
             "timezone": "Europe/Berlin"
         })
@@ -636,4 +648,49 @@ proptest::proptest! {
         let r = &ing.receipt;
         proptest::prop_assert_eq!(r.accepted + r.rejected.len() + r.duplicates.len(), messages.len());
     }
+}
+
+/// `context.campaign` is the client's word; without one, the page URL's
+/// `utm_*` parameters are the campaign (what analytics.js would have sent).
+#[test]
+fn the_campaign_is_the_clients_else_the_page_urls() {
+    let url = "https://shop.example/?utm_source=ads&utm_medium=cpc&utm_campaign=spring";
+    let body = json!({"batch": [
+        {"type": "page", "anonymousId": "a-1", "messageId": "m-1",
+         "context": {"page": {"url": url}, "campaign": {"source": "newsletter"}}},
+        {"type": "track", "event": "Viewed", "anonymousId": "a-1", "messageId": "m-2",
+         "context": {"page": {"url": url}}},
+        {"type": "track", "event": "Viewed", "anonymousId": "a-1", "messageId": "m-3",
+         "context": {"campaign": {"utm_id": "x"}}}
+    ]});
+    let (receipt, batches) = run(Call::Batch, &body);
+    assert_eq!(receipt.accepted, 3, "{receipt:?}");
+    let evs = events(&batches);
+    let by_id = |mid: &str| {
+        let e = evs
+            .iter()
+            .find(|e| props(e)[SEGMENT_PROPERTY]["messageId"] == mid)
+            .unwrap();
+        (
+            e.context.campaign.clone(),
+            props(e)[SEGMENT_PROPERTY].clone(),
+        )
+    };
+    let (c, seg) = by_id("m-1");
+    assert_eq!(
+        c,
+        Campaign {
+            source: "newsletter".into(),
+            ..Campaign::default()
+        }
+    );
+    assert_eq!(seg.get("context"), None, "nothing of the context is left");
+    let (c, _) = by_id("m-2");
+    assert_eq!(
+        (c.source.as_str(), c.medium.as_str(), c.name.as_str()),
+        ("ads", "cpc", "spring")
+    );
+    let (c, seg) = by_id("m-3");
+    assert!(c.is_empty());
+    assert_eq!(seg["context"], json!({"campaign": {"utm_id": "x"}}));
 }

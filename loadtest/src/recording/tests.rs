@@ -115,6 +115,17 @@ fn an_event_is_rebuilt_as_a_client_sends_it() {
             }
         })
     );
+    // A campaign travels as `context.campaign`, its empty fields left out.
+    let mut e = e;
+    e.context.campaign = spoor_core::Campaign {
+        source: "newsletter".into(),
+        name: "winter".into(),
+        ..spoor_core::Campaign::default()
+    };
+    assert_eq!(
+        event_json(&e)["context"]["campaign"],
+        json!({"source": "newsletter", "name": "winter"})
+    );
 }
 
 #[test]

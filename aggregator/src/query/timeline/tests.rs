@@ -54,6 +54,20 @@ fn validation_table() {
             |r| r.anonymous_id = Some("d".repeat(257)),
             Some("257 bytes"),
         ),
+        (
+            "linked users of a user",
+            |r| {
+                r.anonymous_id = None;
+                r.user_id = Some("u".into());
+                r.with_linked_users = true;
+            },
+            Some("`with_linked_users`"),
+        ),
+        (
+            "linked users of a device",
+            |r| r.with_linked_users = true,
+            None,
+        ),
         ("limit 0", |r| r.limit = Some(0), Some("`limit`")),
         ("limit 1001", |r| r.limit = Some(1001), Some("1 to 1000")),
         ("limit 1000", |r| r.limit = Some(1000), None),
@@ -207,4 +221,97 @@ fn requests_read_from_json() {
     assert_eq!(r.limit, Some(5));
     let r: TimelineRequest = serde_json::from_str(r#"{"anonymous_id":"d-1"}"#).unwrap();
     assert_eq!(r.order, Order::OldestFirst);
+}
+
+/// A device's plan carries the query of its linked users, every caller
+/// value bound; a user's has none.
+#[test]
+fn device_timeline_asks_for_its_linked_users() {
+    let hostile = "d' OR '1'='1 -- \\";
+    let mut r = device();
+    r.anonymous_id = Some(hostile.into());
+    let links = r.plan(NOW).unwrap().links_sql.unwrap();
+    assert!(!links.text.contains(hostile) && !links.text.contains("shop"));
+    assert_eq!(links.text.matches('?').count(), links.params.len());
+    // The columns of LINKED_USER_COLUMNS, in order.
+    assert!(links.text.starts_with(
+        "SELECT user_id, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, \
+         max(by_identity) AS identified, max(by_events) AS seen_signed_in FROM (SELECT user_id, \
+         minMerge(first_seen_ms)"
+    ));
+    assert_eq!(
+        LINKED_USER_COLUMNS,
+        "user_id, first_seen_ms, last_seen_ms, identified, seen_signed_in"
+    );
+    assert!(links.text.contains(
+        "FROM identity_links WHERE project_id = ? AND anonymous_id = ? GROUP BY user_id"
+    ));
+    assert!(links.text.contains(
+        "FROM events_by_device WHERE project_id = ? AND anonymous_id = ? AND user_id != '' GROUP BY user_id"
+    ));
+    assert!(links
+        .text
+        .ends_with("GROUP BY user_id ORDER BY first_seen_ms, user_id LIMIT ?"));
+    assert_eq!(
+        links.params,
+        vec![
+            Param::Str("shop".into()),
+            Param::Str(hostile.into()),
+            Param::Str("shop".into()),
+            Param::Str(hostile.into()),
+            Param::Int(i64::from(MAX_LINKED_USERS) + 1),
+        ]
+    );
+    let user = TimelineRequest {
+        project_id: "shop".into(),
+        user_id: Some("u".into()),
+        ..TimelineRequest::default()
+    };
+    assert_eq!(user.plan(NOW).unwrap().links_sql, None);
+}
+
+/// `with_linked_users`: the device's events or its linked users' signed-in
+/// events on the devices they were seen on in the window; every value
+/// bound, in the text's order.
+#[test]
+fn a_device_with_its_linked_users_binds_every_value_in_order() {
+    let hostile = "d' OR '1'='1 -- \\";
+    let mut r = device();
+    r.anonymous_id = Some(hostile.into());
+    r.with_linked_users = true;
+    let sql = r.plan(NOW).unwrap().sql;
+    assert!(!sql.text.contains(hostile) && !sql.text.contains("shop"));
+    assert_eq!(sql.text.matches('?').count(), sql.params.len());
+    let linked = "SELECT user_id FROM identity_links WHERE project_id = ? AND anonymous_id = ? \
+                  UNION ALL SELECT user_id FROM events_by_device WHERE project_id = ? \
+                  AND anonymous_id = ? AND user_id != ''";
+    assert!(
+        sql.text.contains(&format!(
+            "AND ts_ms >= ? AND ts_ms < ? AND (anonymous_id = ? OR (anonymous_id IN \
+             (SELECT anonymous_id FROM device_users WHERE project_id = ? \
+             AND event_date >= toDate(toDateTime(intDiv(?, 1000)), 'UTC') \
+             AND event_date <= toDate(toDateTime(intDiv(?, 1000)), 'UTC') \
+             AND ts_ms >= ? AND ts_ms < ? AND user_id IN ({linked})) \
+             AND user_id IN ({linked}))) ORDER BY"
+        )),
+        "{}",
+        sql.text
+    );
+    let (since, until) = (NOW - 3_600_000, NOW);
+    let s = |v: &str| Param::Str(v.into());
+    let window = [
+        s("shop"),
+        Param::Int(since),
+        Param::Int(until - 1),
+        Param::Int(since),
+        Param::Int(until),
+    ];
+    let linked = [s("shop"), s(hostile), s("shop"), s(hostile)];
+    let mut want = window.to_vec();
+    want.push(s(hostile));
+    want.extend(window.clone());
+    want.extend(linked.clone());
+    want.extend(linked);
+    want.push(Param::Int(101));
+    assert_eq!(sql.params, want);
 }
