@@ -35,6 +35,12 @@
 //! SPOOR_RELAY_BIN=$CARGO_TARGET_DIR/release/spoor-relay \
 //!   cargo bench -p spoor-relay --bench drain -- --events 5000000
 //! ```
+//!
+//! The servers keep their state under `$TMPDIR`. On a root filesystem
+//! mounted with online `discard`, every file ClickHouse deletes (a dropped
+//! phase's database, merged-away parts) waits for a synchronous TRIM and
+//! stalls the inserts of whatever phase runs next; `TMPDIR=/dev/shm/...`
+//! keeps that out of the ratios. `--pin` gives ClickHouse a core of its own.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -88,12 +94,44 @@ struct Args {
     /// replay of the stream (the whole backlog, at 3600) out of the drain.
     #[arg(long, default_value_t = 1)]
     ring_window_secs: u64,
+    /// Give clickhouse-server CPU 0 to itself and put everything else
+    /// (nats-server, the relays, this process) on CPU 1, as if ClickHouse
+    /// ran on its own host: the raw inserts and the relays then feed the
+    /// same one-core ClickHouse, and what the relays do beside it cannot
+    /// slow it down (`taskset -a -p`; needs two CPUs).
+    #[arg(long)]
+    pin: bool,
+    /// JetStream's `sync_interval` for the bench's nats-server, when it
+    /// should differ from the deployed `always` (fsync after every write,
+    /// acks included): e.g. `2m`, the server's default, to see what the
+    /// fsyncs cost ClickHouse on a disk they share.
+    #[arg(long)]
+    nats_sync_interval: Option<String>,
     /// Extra `spoor-relay run` flags, e.g. `--relay-arg=--flush-interval-ms=2000`.
     #[arg(long = "relay-arg", allow_hyphen_values = true)]
     relay_args: Vec<String>,
     /// Passed by `cargo bench` to `harness = false` targets; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// ClickHouse's CPU and everyone else's, with `--pin`.
+const CLICKHOUSE_CPU: &str = "0";
+const OTHERS_CPU: &str = "1";
+
+/// Sets the CPU affinity of every thread of `pid` (threads it starts later
+/// inherit it).
+fn pin(what: &str, pid: Option<u32>, cpus: &str) {
+    let pid = pid.unwrap_or_else(|| panic!("--pin: no pid for {what}"));
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-c", "-p", cpus, &pid.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("--pin needs taskset (util-linux): {e}"));
+    assert!(
+        out.status.success(),
+        "taskset for {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn parse_args() -> Args {
@@ -203,15 +241,20 @@ fn rows_of(frames: &[Bytes]) -> Vec<EventRow> {
 
 /// Only the events table (no views) in `config`'s (existing) database.
 async fn bare_events_table(config: &ClickHouseConfig) {
-    let (file, sql) = SCHEMA_FILES[0];
-    assert_eq!(file, "001_events.sql");
     let client = config.client();
-    for statement in schema::split_statements(sql) {
-        client
-            .query(&statement)
-            .execute()
-            .await
-            .expect("events table");
+    // `events` and the columns later files add to it; no views.
+    for (file, sql) in SCHEMA_FILES {
+        for statement in schema::split_statements(sql) {
+            let adds_to_events =
+                schema::AddColumn::parse(&statement).is_some_and(|add| add.table == EVENTS_TABLE);
+            if *file == "001_events.sql" || adds_to_events {
+                client
+                    .query(&statement)
+                    .execute()
+                    .await
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+            }
+        }
     }
 }
 
@@ -441,10 +484,10 @@ async fn relay_phase(
         client_cpu: 0.0,
         notes: format!(
             "ready {ready_secs:.1} s, first row {:.1} s after; {inserts:.0} inserts of {:.0} rows, \
-             {:.0} ms each; loop time per relay: receive {receive:.0}% (decode {decode:.0}%), \
-             insert {inserting:.0}%, acknowledge {acknowledge:.0}%, waiting {:.0}%; {parts} active \
-             parts at the end; stored {stored} ({unique} unique); {deduped:.0} deduped, \
-             {errors:.0} errors",
+             {:.0} ms each; loop time per relay: receive {receive:.0}% (decode {decode:.0}%, \
+             beside it), insert {inserting:.0}%, acknowledge {acknowledge:.0}%, waiting {:.0}%; \
+             {parts} active parts at the end; stored {stored} ({unique} unique); {deduped:.0} \
+             deduped, {errors:.0} errors",
             first_row.map_or(f64::NAN, |f| (f - first_ready).as_secs_f64()),
             batch_rows / inserts.max(1.0),
             insert_secs * 1000.0 / inserts.max(1.0),
@@ -460,9 +503,18 @@ fn per_100k(cpu: f64, events: u64) -> f64 {
 fn main() {
     let args = parse_args();
     let frames_n = usize::try_from(args.events / EVENTS_PER_FRAME as u64).expect("fits");
-    let nats = NatsServer::start().expect("nats-server (install with `cargo xtask setup`)");
+    let nats = match &args.nats_sync_interval {
+        Some(value) => NatsServer::start_with_sync_interval(value),
+        None => NatsServer::start(),
+    }
+    .expect("nats-server (install with `cargo xtask setup`)");
     let ch =
         ClickHouseServer::start().expect("clickhouse-server (install with `cargo xtask setup`)");
+    if args.pin {
+        pin("clickhouse-server", ch.pid(), CLICKHOUSE_CPU);
+        pin("nats-server", nats.pid(), OTHERS_CPU);
+        pin("the bench", Some(std::process::id()), OTHERS_CPU);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -482,11 +534,17 @@ fn main() {
     let version = ch.query("SELECT version()").unwrap_or_default();
     eprintln!(
         "events {} ({frames_n} frames of {EVENTS_PER_FRAME}), batches of {} rows, relay flags {relay_flags:?}, \
-         ClickHouse {}, load {}",
+         ClickHouse {}, load {}, JetStream sync_interval {}, {}",
         args.events,
         args.batch_rows,
         version.trim(),
-        load_average()
+        load_average(),
+        args.nats_sync_interval.as_deref().unwrap_or("always (deployed)"),
+        if args.pin {
+            "pinned: clickhouse-server on CPU 0, the rest on CPU 1"
+        } else {
+            "not pinned"
+        }
     );
 
     let (admin, frames) = rt.block_on(async {
