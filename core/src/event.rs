@@ -104,11 +104,7 @@ pub struct Campaign {
 
 impl Campaign {
     pub fn is_empty(&self) -> bool {
-        self.source.is_empty()
-            && self.medium.is_empty()
-            && self.name.is_empty()
-            && self.term.is_empty()
-            && self.content.is_empty()
+        self.as_ref().is_empty()
     }
 
     /// This campaign, borrowed.

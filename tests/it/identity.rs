@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 use spoor_aggregator::query::timeline::TimelineRequest;
-use spoor_aggregator::store::timeline::run_timeline;
+use spoor_aggregator::store::timeline::{run_timeline, TimelinePage};
 use spoor_core::timestamp::format_rfc3339_ms;
 use spoor_relay::{ClickHouseConfig, RelayConfig};
 use spoor_tests::clickhouse::ClickHouseServer;
@@ -54,6 +54,20 @@ fn query(ch: &ClickHouseServer, sql: &str) -> Vec<Value> {
     let text = tokio::task::block_in_place(|| ch.query(sql).unwrap());
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Each event of `page` as (device, user, event name).
+fn device_user_event(page: &TimelinePage) -> Vec<(&str, &str, &str)> {
+    page.events
+        .iter()
+        .map(|e| {
+            (
+                e.anonymous_id.as_str(),
+                e.user_id.as_str(),
+                e.event.as_str(),
+            )
+        })
         .collect()
 }
 
@@ -562,17 +576,7 @@ async fn a_device_timeline_names_its_users_and_resolves_only_a_single_one() {
     let mut wide = device("d-one");
     wide.with_linked_users = true;
     let page = run_timeline(&client, &wide, now).await.unwrap();
-    let seen: Vec<(&str, &str, &str)> = page
-        .events
-        .iter()
-        .map(|e| {
-            (
-                e.anonymous_id.as_str(),
-                e.user_id.as_str(),
-                e.event.as_str(),
-            )
-        })
-        .collect();
+    let seen = device_user_event(&page);
     assert_eq!(
         seen,
         [
@@ -593,17 +597,7 @@ async fn a_device_timeline_names_its_users_and_resolves_only_a_single_one() {
     let mut wide = device("d-shared");
     wide.with_linked_users = true;
     let page = run_timeline(&client, &wide, now).await.unwrap();
-    let seen: Vec<(&str, &str, &str)> = page
-        .events
-        .iter()
-        .map(|e| {
-            (
-                e.anonymous_id.as_str(),
-                e.user_id.as_str(),
-                e.event.as_str(),
-            )
-        })
-        .collect();
+    let seen = device_user_event(&page);
     assert_eq!(
         seen,
         [("d-shared", "", "page_view"), ("d-phone", "u-b", "click")]
