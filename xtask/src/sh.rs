@@ -51,6 +51,33 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` like [`run`], echoing its stdout line by line as it comes and
+/// also handing each line to `on_line`. Stderr stays inherited. For steps
+/// whose output the caller wants to summarise (failed test names).
+pub fn run_teed(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    println!("$ {}", display(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{}`", display(cmd)))?;
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let mut out = std::io::stdout();
+    for line in std::io::BufReader::new(stdout).split(b'\n') {
+        let Ok(line) = line else { break };
+        let text = String::from_utf8_lossy(&line);
+        let _ = writeln!(out, "{text}");
+        on_line(&text);
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{}`", display(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
 /// Runs `cmd` quietly and returns its stdout, or None if it cannot start or fails.
 /// For probes such as `tool --version`.
 pub fn probe(cmd: &mut Command) -> Option<String> {

@@ -13,6 +13,9 @@ use std::time::Instant;
 struct Step {
     name: String,
     cmd: Command,
+    /// Whether the step runs libtest binaries whose failures the summary
+    /// should name (the tail of a long CI log is often all one gets to see).
+    tests: bool,
 }
 
 pub fn run() -> Result<()> {
@@ -31,10 +34,12 @@ pub fn run() -> Result<()> {
         Step {
             name: "cargo build -p spoor-relay".into(),
             cmd: cargo(&["build", "-p", "spoor-relay"]),
+            tests: false,
         },
         Step {
             name: "cargo test --workspace".into(),
             cmd: cargo_test(&tools),
+            tests: true,
         },
         Step {
             name: "spoor-edge-nats builds for wasm32".into(),
@@ -45,27 +50,40 @@ pub fn run() -> Result<()> {
                 "--target",
                 "wasm32-unknown-unknown",
             ]),
+            tests: false,
         },
     ];
     steps.extend(fuzz_smoke_steps(&tools));
 
-    let mut results: Vec<(String, bool, f64)> =
-        vec![("build-edge".into(), edge_built.is_ok(), edge_secs)];
+    let mut results: Vec<(String, bool, f64, Vec<String>)> = vec![(
+        "build-edge".into(),
+        edge_built.is_ok(),
+        edge_secs,
+        Vec::new(),
+    )];
     for mut step in steps {
         println!("\n==> {}", step.name);
         let start = Instant::now();
-        let ok = sh::run(step.cmd.current_dir(&root))
-            .map_err(|e| eprintln!("test: {e:#}"))
-            .is_ok();
-        results.push((step.name, ok, start.elapsed().as_secs_f64()));
+        let cmd = step.cmd.current_dir(&root);
+        let mut digest = FailureDigest::default();
+        let outcome = if step.tests {
+            sh::run_teed(cmd, |line| digest.line(line))
+        } else {
+            sh::run(cmd)
+        };
+        let ok = outcome.map_err(|e| eprintln!("test: {e:#}")).is_ok();
+        results.push((step.name, ok, start.elapsed().as_secs_f64(), digest.lines));
     }
 
     println!("\ntest: summary");
-    for (name, ok, secs) in &results {
+    for (name, ok, secs, failures) in &results {
         println!(
             "  {}  {name} ({secs:.0}s)",
             if *ok { "ok  " } else { "FAIL" }
         );
+        for line in failures {
+            println!("          {line}");
+        }
     }
     let failed: Vec<&str> = results
         .iter()
@@ -79,16 +97,63 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// The failed tests of a libtest run, read from its stdout: each failed
+/// test's name and the first lines of its panic, so the summary at the end
+/// of a long log says what broke without scrolling back.
+#[derive(Default)]
+struct FailureDigest {
+    lines: Vec<String>,
+    /// Lines still to keep from the current failure's panic message.
+    keep: usize,
+}
+
+impl FailureDigest {
+    /// Upper bound on the digest, so a mass failure stays readable.
+    const MAX_LINES: usize = 80;
+    /// Lines kept from each panic: the location line and its message.
+    const PANIC_LINES: usize = 4;
+
+    fn line(&mut self, line: &str) {
+        if self.lines.len() >= Self::MAX_LINES {
+            return;
+        }
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            self.lines.push(format!("failed: {name}"));
+            self.keep = 0;
+        } else if line.contains("panicked at") {
+            self.lines.push(format!("  {}", line.trim()));
+            self.keep = Self::PANIC_LINES - 1;
+        } else if self.keep > 0 {
+            self.keep -= 1;
+            if line.trim().is_empty() || line.starts_with("note: run with `RUST_BACKTRACE") {
+                self.keep = 0;
+            } else {
+                self.lines.push(format!("  {}", line.trim_end()));
+            }
+        }
+    }
+}
+
 fn cargo(args: &[&str]) -> Command {
     let mut c = Command::new(sh::cargo());
     c.args(args);
     c
 }
 
-/// `cargo test` over every native crate. `--workspace` would also pull in
+/// `cargo test` over every native crate, every test binary even after one
+/// fails (`--no-fail-fast`), so one run names every failure. `--workspace` would also pull in
 /// the wasm-only edge crate (default-members leave it out), so exclude it.
 fn cargo_test(tools: &Tools) -> Command {
-    let mut c = cargo(&["test", "--workspace", "--exclude", "spoor-edge"]);
+    let mut c = cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "spoor-edge",
+        "--no-fail-fast",
+    ]);
     let root = sh::root();
     c.env("SPOOR_NATS_SERVER", &tools.nats_server)
         .env("SPOOR_CLICKHOUSE_SERVER", &tools.clickhouse_server)
@@ -134,6 +199,7 @@ fn fuzz_smoke_steps(tools: &Tools) -> Vec<Step> {
     let mut steps = vec![Step {
         name: "cargo fuzz build (nightly)".into(),
         cmd: fuzz(&["build", "--release"]),
+        tests: false,
     }];
     for target in FUZZ_TARGETS {
         let corpus = format!("fuzz/corpus/{target}");
@@ -152,7 +218,51 @@ fn fuzz_smoke_steps(tools: &Tools) -> Vec<Step> {
                 &max_time,
                 "-rss_limit_mb=2048",
             ]),
+            tests: false,
         });
     }
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureDigest;
+
+    #[test]
+    fn the_digest_names_each_failed_test_and_its_panic() {
+        let log = "\
+running 2 tests
+test a::passes ... ok
+test a::fails ... FAILED
+
+failures:
+
+---- a::fails stdout ----
+some log line
+thread 'a::fails' panicked at tests/it/a.rs:10:5:
+assertion `left == right` failed: rows stored
+  left: 3
+ right: 4
+more detail that is not kept
+note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace
+
+
+failures:
+    a::fails
+";
+        let mut digest = FailureDigest::default();
+        for line in log.lines() {
+            digest.line(line);
+        }
+        assert_eq!(
+            digest.lines,
+            [
+                "failed: a::fails",
+                "  thread 'a::fails' panicked at tests/it/a.rs:10:5:",
+                "  assertion `left == right` failed: rows stored",
+                "    left: 3",
+                "   right: 4",
+            ]
+        );
+    }
 }
