@@ -70,6 +70,23 @@ fn connections_seen(nats: &NatsServer) -> u64 {
     v["total"].as_u64().unwrap()
 }
 
+/// The names of the connections the server has seen, open and closed, in
+/// the order they connected ('' for one cut off before its CONNECT named it).
+fn connection_names(nats: &NatsServer) -> Vec<String> {
+    let url = format!(
+        "http://127.0.0.1:{}/connz?state=all&sort=cid&limit=100000",
+        nats.monitor_port()
+    );
+    let text = ureq::get(&url).call().unwrap().into_string().unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// A batch of `n` events from one device, and their ids.
 fn batch(device: &str, n: usize) -> (String, Vec<String>) {
     let ids: Vec<String> = (0..n).map(|_| uuid()).collect();
@@ -183,6 +200,7 @@ async fn ten_thousand_requests_reuse_the_links_connections() {
     let nats = NatsServer::start().unwrap();
     let js = create_stream(&nats).await;
     let before = connections_seen(&nats);
+    let started = std::time::Instant::now();
     let edge = Arc::new(Edge::start(&edge_config(&nats)).unwrap());
 
     // Devices spread over partitions.
@@ -219,10 +237,49 @@ async fn ten_thousand_requests_reuse_the_links_connections() {
         messages <= REQUESTS as u64,
         "{messages} NATS messages for {REQUESTS} requests"
     );
+    // Every connection the server saw during the run is accounted for:
+    // - a link's one connection, or a handshake the network cut off and the
+    //   link made again (`connect_retries`, which a loaded machine can
+    //   provoke; cut off before CONNECT, it has no name);
+    // - /healthz's stream-fullness ask, at most one per 5 s TTL.
+    // No link opened a second connection for any of the 10,000 requests.
+    let health: Value = tokio::task::block_in_place(|| {
+        send("GET", &format!("{}/healthz", edge.url()), &[], None).json()
+    });
+    let elapsed = started.elapsed();
+    // Listed by connection id: the ones before the edge started are the test's.
+    let names = connection_names(&nats).split_off(before as usize);
     let opened = connections_seen(&nats) - before;
+    let links = health["links"].as_array().unwrap();
+    assert_eq!(links.len() as u64, SHARDS, "{health}");
+    for link in links {
+        assert!(
+            link["connects"].as_u64().unwrap() <= 1,
+            "a link reconnected during the run: {health}"
+        );
+    }
+    let field = |name: &str| -> u64 { links.iter().map(|l| l[name].as_u64().unwrap()).sum() };
+    let (connects, retries) = (field("connects"), field("connect_retries"));
     assert!(
-        opened <= SHARDS + 2,
-        "{opened} connections opened for {REQUESTS} requests with {SHARDS} links"
+        (1..=SHARDS).contains(&connects),
+        "{connects} link connections for {REQUESTS} requests: {health}"
+    );
+    let named = |prefix: &str| names.iter().filter(|n| n.starts_with(prefix)).count() as u64;
+    let (by_links, asks) = (named("spoor-edge-link-"), named("spoor-edge-health-"));
+    let nameless = names.iter().filter(|n| n.is_empty()).count() as u64;
+    assert!(
+        by_links + nameless <= connects + retries,
+        "{by_links} link connections and {nameless} unnamed ones for {REQUESTS} requests; \
+         the links account for {connects} and {retries} retried handshakes: {health}"
+    );
+    assert!(
+        asks <= 1 + elapsed.as_secs() / 5,
+        "{asks} stream-info asks in {elapsed:?}, more than one per 5 s"
+    );
+    assert_eq!(
+        opened,
+        by_links + nameless + asks,
+        "connections from something other than the links and /healthz: {names:?}"
     );
 }
 
