@@ -127,7 +127,7 @@ fn from_row(row: DeviceRow) -> DeviceEvent {
     DeviceEvent {
         event_id: row.event_id,
         event: row.event,
-        project_id: row.project_id,
+        project_id: row.project_id.to_string(),
         anonymous_id: row.anonymous_id,
         user_id: row.user_id,
         session_id: row.session_id,

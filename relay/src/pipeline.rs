@@ -633,6 +633,8 @@ impl Pipeline {
             }
             .emit(&self.metrics);
             let events = std::mem::take(&mut batch.events);
+            // The request-level columns, one allocation each for the frame's rows.
+            let fields = spoor_store::RequestFields::of(&batch);
             for event in events {
                 let key = DedupKey::new(&batch.project_id, event.event_id);
                 // Marked as this relay's as the row enters the buffer: the row
@@ -650,7 +652,7 @@ impl Pipeline {
                         if verdict == Verdict::KeepIfNotStored {
                             self.unverified.insert(key);
                         }
-                        let row = EventRow::new(&batch, event);
+                        let row = EventRow::with(&fields, &batch, event);
                         seen.push(crate::debug::observed_row(
                             &row,
                             stream_at_ms,
@@ -789,7 +791,7 @@ impl Pipeline {
                 .unverified
                 .contains(&DedupKey::new(&row.project_id, row.event_id))
             {
-                let entry = asked.entry(row.project_id.clone()).or_default();
+                let entry = asked.entry(row.project_id.to_string()).or_default();
                 entry.0.insert(row.event_date);
                 entry.1.push(row.event_id);
             }
@@ -815,15 +817,14 @@ impl Pipeline {
     /// unverified marks.
     fn drop_stored_rows(&mut self, asked: usize, stored: HashSet<DedupKey>, started: Instant) {
         self.unverified.clear();
-        let mut already = Vec::new();
+        let already = crate::debug::inserted_by_device(
+            self.batcher
+                .rows()
+                .iter()
+                .filter(|row| stored.contains(&DedupKey::new(&row.project_id, row.event_id))),
+        );
         self.batcher.retain_rows(
-            |row| {
-                let drop = stored.contains(&DedupKey::new(&row.project_id, row.event_id));
-                if drop {
-                    already.push((crate::debug::row_key(row).to_string(), row.event_id));
-                }
-                !drop
-            },
+            |row| !stored.contains(&DedupKey::new(&row.project_id, row.event_id)),
             EventRow::estimated_size,
         );
         if !already.is_empty() {
@@ -980,12 +981,7 @@ impl Pipeline {
 
     /// After a successful insert: tell the ring, ack, count.
     async fn inserted(&mut self, reason: FlushReason, attempts: u32, latency: Duration) {
-        let inserted: Vec<(String, Uuid)> = self
-            .batcher
-            .rows()
-            .iter()
-            .map(|r| (crate::debug::row_key(r).to_string(), r.event_id))
-            .collect();
+        let inserted = crate::debug::inserted_by_device(self.batcher.rows());
         let at_ms = crate::debug::wall_ms();
         if !inserted.is_empty() {
             self.ring.send(RingUpdate::Inserted {

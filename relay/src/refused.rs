@@ -308,7 +308,7 @@ impl Refusals {
     /// known (it cannot happen while the buffer and the map agree), the
     /// subject its device routes to, without a sequence.
     fn origin_of(&self, row: &EventRow) -> Arc<MessageOrigin> {
-        if let Some(from) = self.origins.get(&row.batch_id) {
+        if let Some(from) = self.origins.get(&*row.batch_id) {
             return from.clone();
         }
         let partition =

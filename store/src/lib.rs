@@ -34,5 +34,5 @@ pub mod schema;
 pub mod text;
 
 pub use connection::ClickHouseConfig;
-pub use row::{DeviceRow, EventRow};
+pub use row::{DeviceRow, EventRow, RequestFields, Shared};
 pub use schema::SchemaError;

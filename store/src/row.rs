@@ -73,7 +73,7 @@ macro_rules! event_rows {
 }
 
 event_rows! {
-    shared project_id: String,
+    shared project_id: Shared,
     /// `Date`: days since 1970-01-01, UTC.
     shared event_date: u16,
     /// `DateTime`: seconds since the epoch.
@@ -104,22 +104,22 @@ event_rows! {
     event locale: String,
     event screen_width: u32,
     event screen_height: u32,
-    shared country: String,
-    event region: String,
-    shared city: String,
-    event timezone: String,
-    event continent: String,
-    shared colo: String,
+    shared country: Shared,
+    event region: Shared,
+    shared city: Shared,
+    event timezone: Shared,
+    event continent: Shared,
+    shared colo: Shared,
     event asn: u32,
-    shared browser: String,
-    shared browser_version: String,
-    shared os: String,
-    shared os_version: String,
-    shared device_type: String,
+    shared browser: Shared,
+    shared browser_version: Shared,
+    shared os: Shared,
+    shared os_version: Shared,
+    shared device_type: Shared,
     shared is_bot: u8,
-    event ip_prefix: String,
-    shared edge_region: String,
-    shared batch_id: String,
+    event ip_prefix: Shared,
+    shared edge_region: Shared,
+    shared batch_id: Shared,
     /// The campaign (`005_campaign.sql`): the client's `context.campaign`,
     /// else its page URL's `utm_*` parameters; '' when none.
     event utm_source: String,
@@ -130,10 +130,66 @@ event_rows! {
     event utm_content: String,
 }
 
+/// A request-level text column: one allocation per frame, shared by the
+/// rows of all its events (a frame's 50 rows would otherwise copy the
+/// same 15 strings 50 times).
+pub type Shared = std::sync::Arc<str>;
+
+/// The request-level fields of one decoded frame, made [`Shared`] once
+/// for all of its rows.
+#[derive(Debug, Clone)]
+pub struct RequestFields {
+    pub project_id: Shared,
+    pub country: Shared,
+    pub region: Shared,
+    pub city: Shared,
+    pub timezone: Shared,
+    pub continent: Shared,
+    pub colo: Shared,
+    pub browser: Shared,
+    pub browser_version: Shared,
+    pub os: Shared,
+    pub os_version: Shared,
+    pub device_type: Shared,
+    pub ip_prefix: Shared,
+    pub edge_region: Shared,
+    pub batch_id: Shared,
+}
+
+impl RequestFields {
+    pub fn of(batch: &WireBatch) -> RequestFields {
+        let (geo, device) = (&batch.geo, &batch.device);
+        RequestFields {
+            project_id: batch.project_id.as_str().into(),
+            country: geo.country.as_str().into(),
+            region: geo.region.as_str().into(),
+            city: geo.city.as_str().into(),
+            timezone: geo.timezone.as_str().into(),
+            continent: geo.continent.as_str().into(),
+            colo: geo.colo.as_str().into(),
+            browser: device.browser.as_str().into(),
+            browser_version: device.browser_version.as_str().into(),
+            os: device.os.as_str().into(),
+            os_version: device.os_version.as_str().into(),
+            device_type: device.device_type.as_str().into(),
+            ip_prefix: batch.ip_prefix.as_str().into(),
+            edge_region: batch.region.as_str().into(),
+            batch_id: batch.batch_id.as_str().into(),
+        }
+    }
+}
+
 impl EventRow {
     /// One event's row, with the batch's request-level fields (geo, device,
-    /// ip prefix, region, id) copied onto it.
+    /// ip prefix, region, id) copied onto it. For many events of one batch,
+    /// [`EventRow::with`] shares those fields instead.
     pub fn new(batch: &WireBatch, event: Event) -> EventRow {
+        EventRow::with(&RequestFields::of(batch), batch, event)
+    }
+
+    /// One event's row, sharing `fields` (made from `batch` by
+    /// [`RequestFields::of`]) with the batch's other rows.
+    pub fn with(fields: &RequestFields, batch: &WireBatch, event: Event) -> EventRow {
         let Event {
             event_id,
             event_id_derived,
@@ -146,10 +202,10 @@ impl EventRow {
             properties,
             context: ctx,
         } = event;
-        let (geo, device) = (&batch.geo, &batch.device);
+        let f = fields;
         let campaign = ctx.campaign;
         EventRow {
-            project_id: batch.project_id.clone(),
+            project_id: f.project_id.clone(),
             event_date: event_date(ts_ms),
             event_time: event_time(ts_ms),
             ts_ms,
@@ -174,22 +230,22 @@ impl EventRow {
             locale: ctx.locale,
             screen_width: ctx.screen_width,
             screen_height: ctx.screen_height,
-            country: geo.country.clone(),
-            region: geo.region.clone(),
-            city: geo.city.clone(),
-            timezone: geo.timezone.clone(),
-            continent: geo.continent.clone(),
-            colo: geo.colo.clone(),
-            asn: geo.asn,
-            browser: device.browser.clone(),
-            browser_version: device.browser_version.clone(),
-            os: device.os.clone(),
-            os_version: device.os_version.clone(),
-            device_type: device.device_type.clone(),
-            is_bot: u8::from(device.is_bot),
-            ip_prefix: batch.ip_prefix.clone(),
-            edge_region: batch.region.clone(),
-            batch_id: batch.batch_id.clone(),
+            country: f.country.clone(),
+            region: f.region.clone(),
+            city: f.city.clone(),
+            timezone: f.timezone.clone(),
+            continent: f.continent.clone(),
+            colo: f.colo.clone(),
+            asn: batch.geo.asn,
+            browser: f.browser.clone(),
+            browser_version: f.browser_version.clone(),
+            os: f.os.clone(),
+            os_version: f.os_version.clone(),
+            device_type: f.device_type.clone(),
+            is_bot: u8::from(batch.device.is_bot),
+            ip_prefix: f.ip_prefix.clone(),
+            edge_region: f.edge_region.clone(),
+            batch_id: f.batch_id.clone(),
             utm_source: campaign.source,
             utm_medium: campaign.medium,
             utm_campaign: campaign.name,
@@ -239,29 +295,29 @@ impl EventRow {
     /// events: everything [`EventRow::new`] copied from the batch.
     pub fn batch_header(&self) -> WireBatch {
         WireBatch {
-            batch_id: self.batch_id.clone(),
-            project_id: self.project_id.clone(),
-            region: self.edge_region.clone(),
+            batch_id: self.batch_id.to_string(),
+            project_id: self.project_id.to_string(),
+            region: self.edge_region.to_string(),
             received_at_ms: self.received_at_ms,
             sent_at_ms: self.sent_at_ms,
             geo: Geo {
-                country: self.country.clone(),
-                region: self.region.clone(),
-                city: self.city.clone(),
-                timezone: self.timezone.clone(),
-                continent: self.continent.clone(),
-                colo: self.colo.clone(),
+                country: self.country.to_string(),
+                region: self.region.to_string(),
+                city: self.city.to_string(),
+                timezone: self.timezone.to_string(),
+                continent: self.continent.to_string(),
+                colo: self.colo.to_string(),
                 asn: self.asn,
             },
             device: Device {
-                browser: self.browser.clone(),
-                browser_version: self.browser_version.clone(),
-                os: self.os.clone(),
-                os_version: self.os_version.clone(),
-                device_type: self.device_type.clone(),
+                browser: self.browser.to_string(),
+                browser_version: self.browser_version.to_string(),
+                os: self.os.to_string(),
+                os_version: self.os_version.to_string(),
+                device_type: self.device_type.to_string(),
                 is_bot: self.is_bot != 0,
             },
-            ip_prefix: self.ip_prefix.clone(),
+            ip_prefix: self.ip_prefix.to_string(),
             events: Vec::new(),
         }
     }
@@ -272,7 +328,7 @@ impl EventRow {
         const FIXED: usize = 2 + 4 + 8 + 16 + 1 + 9 + 9 + 8 + 4 + 4 + 4 + 1;
         // One length byte per string column is exact below 128 bytes, close enough above.
         const STRING_COLUMNS: usize = 34;
-        let strings = [
+        let strings: [&str; STRING_COLUMNS] = [
             &self.project_id,
             &self.event,
             &self.user_id,

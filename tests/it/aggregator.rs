@@ -102,7 +102,7 @@ async fn metrics_match_a_computation_over_the_same_rows() {
         } else {
             r.user_id.clone()
         };
-        want.entry(r.country.clone()).or_default().insert(who);
+        want.entry(r.country.to_string()).or_default().insert(who);
     }
     let got: BTreeMap<String, f64> = got
         .into_iter()

@@ -209,7 +209,10 @@ async fn answers_the_example_questions_with_freshness() {
         .filter(|r| r.event == "page_view" && r.ts_ms >= since)
     {
         *want
-            .entry((r.ts_ms - r.ts_ms.rem_euclid(HOUR), r.device_type.clone()))
+            .entry((
+                r.ts_ms - r.ts_ms.rem_euclid(HOUR),
+                r.device_type.to_string(),
+            ))
             .or_default() += 1.0;
     }
     let got = values(&answer);

@@ -127,11 +127,11 @@ fn event_row(rng: &mut Rng, device: u64, ts_ms: i64, name: &str, session: &str) 
     );
     r.session_id = session.into();
     r.received_at_ms = ts_ms + rng.below(5_000) as i64;
-    r.country = rng.pick(&COUNTRIES).to_string();
-    r.region = rng.pick(&REGIONS).to_string();
-    r.device_type = rng.pick(&DEVICE_TYPES).to_string();
-    r.browser = rng.pick(&BROWSERS).to_string();
-    r.os = rng.pick(&OSES).to_string();
+    r.country = rng.pick(&COUNTRIES).to_string().into();
+    r.region = rng.pick(&REGIONS).to_string().into();
+    r.device_type = rng.pick(&DEVICE_TYPES).to_string().into();
+    r.browser = rng.pick(&BROWSERS).to_string().into();
+    r.os = rng.pick(&OSES).to_string().into();
     r.page_path = rng.pick(&PATHS).to_string();
     // Campaigns by device and event time (no draw from `rng`, so the rest
     // of the data set stays as it was).
@@ -284,7 +284,7 @@ fn data_set() -> Vec<(String, Vec<EventRow>)> {
     inserts.push(("late".into(), late));
     for (batch, rows) in &mut inserts {
         for r in rows {
-            r.batch_id = batch.clone();
+            r.batch_id = batch.as_str().into();
         }
     }
     inserts

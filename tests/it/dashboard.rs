@@ -239,7 +239,7 @@ async fn dashboard_shows_the_data_in_a_browser() {
     let series_groups: BTreeSet<&str> = rows
         .iter()
         .filter(|r| r.ts_ms >= now - DAY)
-        .map(|r| r.device_type.as_str())
+        .map(|r| &*r.device_type)
         .collect();
 
     let (entered, converted) = funnel_counts(&rows, now - DAY);

@@ -189,16 +189,16 @@ async fn relay_rows_come_back_by_device_and_by_user_in_time_order() {
     assert_eq!(row.client_ts_ms, Some(midnight + 10 * 60_000 - 40));
     assert_eq!(row.sent_at_ms, Some(midnight + 11 * 60_000));
     assert_eq!(row.received_at_ms, midnight + 11 * 60_000 + 100);
-    assert_eq!(row.batch_id, "device-frame-1");
-    assert_eq!(row.project_id, "proj_it");
+    assert_eq!(&*row.batch_id, "device-frame-1");
+    assert_eq!(&*row.project_id, "proj_it");
     assert_eq!(date_string(row.event_date), "2024-03-02");
     assert!(
         row.inserted_at > 1_600_000_000,
         "inserted_at is the insert time: {}",
         row.inserted_at
     );
-    assert_eq!(dev_a[0].batch_id, "device-frame-1");
-    assert_eq!(dev_a[1].batch_id, "device-frame-2");
+    assert_eq!(&*dev_a[0].batch_id, "device-frame-1");
+    assert_eq!(&*dev_a[1].batch_id, "device-frame-2");
 
     // A wider window finds the event received five days earlier, first.
     let wide = lookup(&client, dev("dev-a"), midnight - 6 * DAY, window.1).await;

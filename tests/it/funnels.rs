@@ -71,7 +71,7 @@ fn reference(rows: &[EventRow], q: &FunnelRequest) -> HashMap<String, (usize, St
     let tick = q.tick_ms();
     let mut by_user: HashMap<String, Vec<&EventRow>> = HashMap::new();
     for r in rows.iter().filter(|r| {
-        r.project_id == q.project_id && r.ts_ms >= q.since_ms && r.ts_ms < q.until_ms + window
+        *r.project_id == *q.project_id && r.ts_ms >= q.since_ms && r.ts_ms < q.until_ms + window
     }) {
         let who = if r.user_id.is_empty() {
             &r.anonymous_id
@@ -109,7 +109,7 @@ fn reference(rows: &[EventRow], q: &FunnelRequest) -> HashMap<String, (usize, St
             }
             best = best.max(level);
         }
-        out.insert(who, (best, first.country.clone()));
+        out.insert(who, (best, first.country.to_string()));
     }
     out
 }

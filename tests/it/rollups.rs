@@ -322,7 +322,11 @@ fn expected(
     let mut who: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
     let mut count: BTreeMap<i64, f64> = BTreeMap::new();
     let inside = |r: &&&EventRow| r.ts_ms >= since_ms && r.ts_ms < until_ms;
-    for r in rows.iter().filter(|r| r.project_id == "p1").filter(inside) {
+    for r in rows
+        .iter()
+        .filter(|r| &*r.project_id == "p1")
+        .filter(inside)
+    {
         let bucket = r.ts_ms.div_euclid(width) * width;
         *count.entry(bucket).or_default() += 1.0;
         let key = if r.user_id.is_empty() {

@@ -70,7 +70,7 @@ fn generated() -> Vec<EventRow> {
             let name = *rng.pick(&["page_view", "page_view", "click"]);
             let mut r = row(&mut rng, "shop", ts, name, &user, &device);
             r.session_id = session.clone();
-            r.country = rng.pick(&["IN", "DE", "US"]).to_string();
+            r.country = (*rng.pick(&["IN", "DE", "US"])).into();
             rows.push(r);
             ts += *rng.pick(&gaps) + rng.below(3) as i64;
         }
@@ -91,7 +91,7 @@ fn reference_sessions(rows: &[EventRow], q: &SessionsRequest) -> Vec<Session> {
     let mut by_key: HashMap<(&str, &str), Vec<&EventRow>> = HashMap::new();
     for r in rows {
         let inside = r.ts_ms >= q.since_ms - EDGE_MS && r.ts_ms < q.until_ms + EDGE_MS;
-        if r.project_id == q.project_id && inside && seen.insert(r.event_id) {
+        if *r.project_id == *q.project_id && inside && seen.insert(r.event_id) {
             by_key
                 .entry((&r.anonymous_id, &r.session_id))
                 .or_default()
@@ -119,7 +119,7 @@ fn reference_sessions(rows: &[EventRow], q: &SessionsRequest) -> Vec<Session> {
                 start: first.ts_ms,
                 duration_ms: last.ts_ms - first.ts_ms,
                 pages: run.iter().filter(|r| r.event == "page_view").count() as u64,
-                country: first.country.clone(),
+                country: first.country.to_string(),
             });
         }
     }

@@ -102,7 +102,7 @@ async fn timelines_page_through_every_event_once_in_order() {
     let expect = |keep: &dyn Fn(&EventRow) -> bool| {
         let mut want: Vec<&EventRow> = rows
             .iter()
-            .filter(|r| r.project_id == "shop" && r.ts_ms < NOW && keep(r))
+            .filter(|r| &*r.project_id == "shop" && r.ts_ms < NOW && keep(r))
             .collect();
         want.sort_by_key(|r| r.ts_ms);
         want
@@ -200,7 +200,7 @@ async fn timeline_defaults_and_hostile_input() {
     let want = rows
         .iter()
         .filter(|r| {
-            r.project_id == "shop"
+            &*r.project_id == "shop"
                 && r.anonymous_id == "dev-c"
                 && (NOW - HOUR..NOW).contains(&r.ts_ms)
         })

@@ -154,7 +154,7 @@ pub fn shop() -> Vec<EventRow> {
             };
             let device = &devices[i as usize % devices.len()];
             let mut r = row(&mut rng, project, ts, name, &user, device);
-            r.country = rng.pick(&COUNTRIES).to_string();
+            r.country = (*rng.pick(&COUNTRIES)).into();
             r.properties = match name {
                 "add_to_cart" => format!("{{\"plan\":\"{}\"}}", rng.pick(&["pro", "free"])),
                 "payment" => format!(

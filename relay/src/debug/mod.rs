@@ -79,7 +79,7 @@ pub(crate) fn observed_row(
     Observed {
         event_id: row.event_id,
         event: row.event.clone(),
-        project_id: row.project_id.clone(),
+        project_id: row.project_id.to_string(),
         anonymous_id: row.anonymous_id.clone(),
         user_id: row.user_id.clone(),
         session_id: row.session_id.clone(),
@@ -94,11 +94,84 @@ pub(crate) fn observed_row(
     }
 }
 
+/// The ring's notice of `rows` stored: their event ids under their device
+/// keys, one key per run of consecutive rows of the same device (a frame's
+/// rows are one device's), so a batch of 50,000 rows costs a key string
+/// per frame rather than per row.
+pub(crate) fn inserted_by_device<'a>(
+    rows: impl IntoIterator<Item = &'a crate::sink::clickhouse::EventRow>,
+) -> Vec<(String, Vec<uuid::Uuid>)> {
+    let mut out: Vec<(String, Vec<uuid::Uuid>)> = Vec::new();
+    for row in rows {
+        let key = row_key(row);
+        match out.last_mut() {
+            Some((last, ids)) if last.as_str() == key => ids.push(row.event_id),
+            _ => out.push((key.to_string(), vec![row.event_id])),
+        }
+    }
+    out
+}
+
 /// The key a row is held under in the ring (its routing key).
 pub(crate) fn row_key(row: &crate::sink::clickhouse::EventRow) -> &str {
     if row.anonymous_id.is_empty() {
         &row.user_id
     } else {
         &row.anonymous_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spoor_core::{Context, Device, Event, Geo, WireBatch};
+    use uuid::Uuid;
+
+    use super::inserted_by_device;
+    use crate::sink::clickhouse::EventRow;
+
+    fn row(device: &str, n: u128) -> EventRow {
+        let batch = WireBatch {
+            batch_id: "b".into(),
+            project_id: "p".into(),
+            region: "eu".into(),
+            received_at_ms: 0,
+            sent_at_ms: None,
+            geo: Geo::default(),
+            device: Device::default(),
+            ip_prefix: String::new(),
+            events: Vec::new(),
+        };
+        EventRow::new(
+            &batch,
+            Event {
+                event_id: Uuid::from_u128(n),
+                event_id_derived: false,
+                event: "page_view".into(),
+                user_id: String::new(),
+                anonymous_id: device.into(),
+                session_id: String::new(),
+                client_ts_ms: None,
+                ts_ms: 0,
+                properties: "{}".into(),
+                context: Context::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn the_inserted_notice_keeps_every_id_under_its_device_in_runs() {
+        let rows = [row("a", 1), row("a", 2), row("b", 3), row("a", 4)];
+        assert_eq!(
+            inserted_by_device(&rows),
+            [
+                (
+                    "a".to_string(),
+                    vec![Uuid::from_u128(1), Uuid::from_u128(2)]
+                ),
+                ("b".to_string(), vec![Uuid::from_u128(3)]),
+                ("a".to_string(), vec![Uuid::from_u128(4)]),
+            ]
+        );
+        assert!(inserted_by_device(&[]).is_empty());
     }
 }

@@ -24,9 +24,11 @@ const LIVE_CHANNEL: usize = 4_096;
 pub(crate) enum RingUpdate {
     /// Events decoded from one frame.
     Observed(Vec<Observed>),
-    /// Events now in ClickHouse: (device key, event id).
+    /// Events now in ClickHouse: each device key with its event ids (one
+    /// key per run of rows from the same device, see
+    /// [`super::inserted_by_device`]).
     Inserted {
-        events: Vec<(String, Uuid)>,
+        events: Vec<(String, Vec<Uuid>)>,
         at_ms: Option<i64>,
     },
     /// A frame that could not be decoded.
@@ -37,7 +39,7 @@ impl RingUpdate {
     fn len(&self) -> usize {
         match self {
             RingUpdate::Observed(v) => v.len(),
-            RingUpdate::Inserted { events, .. } => events.len(),
+            RingUpdate::Inserted { events, .. } => events.iter().map(|(_, ids)| ids.len()).sum(),
             RingUpdate::Dead(_) => 1,
         }
     }
@@ -168,7 +170,10 @@ fn apply(ring: &mut Ring, update: RingUpdate) {
             }
         }
         RingUpdate::Inserted { events, at_ms } => {
-            ring.mark_inserted(events.iter().map(|(k, id)| (k.as_str(), *id)), at_ms)
+            let events = events
+                .iter()
+                .flat_map(|(key, ids)| ids.iter().map(move |id| (key.as_str(), *id)));
+            ring.mark_inserted(events, at_ms)
         }
         RingUpdate::Dead(frame) => ring.dead_frame(frame, now),
     }

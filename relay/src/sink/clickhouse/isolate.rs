@@ -144,7 +144,7 @@ impl Target for SinkTarget<'_> {
         let mut asked: BTreeMap<&str, (BTreeSet<u16>, Vec<uuid::Uuid>)> = BTreeMap::new();
         for &i in indices {
             let row = &self.rows[i];
-            let entry = asked.entry(row.project_id.as_str()).or_default();
+            let entry = asked.entry(&*row.project_id).or_default();
             entry.0.insert(row.event_date);
             entry.1.push(row.event_id);
         }
