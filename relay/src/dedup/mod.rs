@@ -53,6 +53,7 @@
 //! Memory: at most `--dedup-max-ids` keys per relay in all (each partition
 //! window gets that bound divided by the partition count).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use uuid::Uuid;
 
@@ -162,16 +163,20 @@ impl DedupWindow {
                 Delivery::Redelivered => Verdict::KeepIfNotStored,
             };
         }
-        match (self.seen.get(&id).copied(), delivery) {
-            (Some(Origin::Own), _) => Verdict::Duplicate(Origin::Own),
-            (Some(Origin::Claimed), Delivery::First) => Verdict::Duplicate(Origin::Claimed),
-            (Some(Origin::Claimed), Delivery::Redelivered) => {
-                // Upgraded in place: the id keeps its age.
-                self.seen.insert(id, Origin::Own);
-                Verdict::KeepIfNotStored
-            }
-            (None, delivery) => {
-                self.remember(id, Origin::Own, now_ms);
+        // One hash and probe per copy: the loop asks this for every event.
+        match self.seen.entry(id) {
+            Entry::Occupied(mut known) => match (*known.get(), delivery) {
+                (Origin::Own, _) => Verdict::Duplicate(Origin::Own),
+                (Origin::Claimed, Delivery::First) => Verdict::Duplicate(Origin::Claimed),
+                (Origin::Claimed, Delivery::Redelivered) => {
+                    // Upgraded in place: the id keeps its age.
+                    known.insert(Origin::Own);
+                    Verdict::KeepIfNotStored
+                }
+            },
+            Entry::Vacant(new) => {
+                new.insert(Origin::Own);
+                self.record_order(id, now_ms);
                 match delivery {
                     Delivery::First => Verdict::Keep,
                     Delivery::Redelivered => Verdict::KeepIfNotStored,
@@ -230,6 +235,12 @@ impl DedupWindow {
 
     fn remember(&mut self, id: DedupKey, origin: Origin, now_ms: u64) {
         self.seen.insert(id, origin);
+        self.record_order(id, now_ms);
+    }
+
+    /// Appends a newly remembered `id` to the age order, then holds the
+    /// count bound.
+    fn record_order(&mut self, id: DedupKey, now_ms: u64) {
         self.order.push_back((now_ms, id));
         while self.order.len() > self.max_ids {
             self.pop_oldest();
