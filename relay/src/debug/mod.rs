@@ -96,8 +96,8 @@ pub(crate) fn observed_row(
 
 /// The ring's notice of `rows` stored: their event ids under their device
 /// keys, one key per run of consecutive rows of the same device (a frame's
-/// rows are one device's), so a batch of 50,000 rows costs a key string
-/// per frame rather than per row.
+/// rows are usually one device's: the SDKs send a device's own events), so
+/// a batch of 50,000 rows costs about a key string per frame, not per row.
 pub(crate) fn inserted_by_device<'a>(
     rows: impl IntoIterator<Item = &'a crate::sink::clickhouse::EventRow>,
 ) -> Vec<(String, Vec<uuid::Uuid>)> {
