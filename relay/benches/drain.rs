@@ -9,7 +9,7 @@
 //!    memory for the raw inserts.
 //! 2. Phases, in `--phases` order, `--rounds` times, each into a fresh
 //!    database that is dropped afterwards:
-//!    - `raw-views`: the rows of the same frames (decoded, `EventRow::new`,
+//!    - `raw-views`: the rows of the same frames (decoded, `EventRow::with`,
 //!      untimed) inserted in `--batch-rows` chunks through the `clickhouse`
 //!      crate as the relay's sink does (RowBinary, LZ4, `spoor_store`'s
 //!      client) into the full schema, five materialized views on; rate =
@@ -233,7 +233,13 @@ fn rows_of(frames: &[Bytes]) -> Vec<EventRow> {
     for frame in frames {
         for mut batch in spoor_core::decode_message(frame, max).expect("our own frame decodes") {
             let events = std::mem::take(&mut batch.events);
-            rows.extend(events.into_iter().map(|e| EventRow::new(&batch, e)));
+            // As the relay makes them: the frame's request fields shared.
+            let fields = spoor_store::RequestFields::of(&batch);
+            rows.extend(
+                events
+                    .into_iter()
+                    .map(|e| EventRow::with(&fields, &batch, e)),
+            );
         }
     }
     rows

@@ -45,6 +45,11 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("starting `{}`", display(cmd)))?;
+    exited_zero(cmd, status)
+}
+
+/// Fails unless `cmd` exited with `status` 0.
+fn exited_zero(cmd: &Command, status: std::process::ExitStatus) -> Result<()> {
     if !status.success() {
         bail!("`{}` failed: {status}", display(cmd));
     }
@@ -72,10 +77,7 @@ pub fn run_teed(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<()> 
     let status = child
         .wait()
         .with_context(|| format!("waiting for `{}`", display(cmd)))?;
-    if !status.success() {
-        bail!("`{}` failed: {status}", display(cmd));
-    }
-    Ok(())
+    exited_zero(cmd, status)
 }
 
 /// Runs `cmd` quietly and returns its stdout, or None if it cannot start or fails.
