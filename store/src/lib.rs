@@ -7,6 +7,9 @@
 //!   [`EventRow`] (`events`, written by the relay) and [`DeviceRow`]
 //!   (`events_by_device`, read by device lookups), whose columns are a
 //!   subset of the event row's plus the server's `inserted_at`.
+//! - [`row_binary`]: an `events` row written as RowBinary straight from a
+//!   decoded event, and ClickHouse's compressed-block framing, so the relay
+//!   encodes rows beside its loop rather than inside the insert.
 //! - [`connection`]: one connection config ([`ClickHouseConfig`]) and one
 //!   builder of the `clickhouse` crate's client that works on every
 //!   release Spoor supports, 18.16 included.
@@ -30,9 +33,10 @@ pub mod date;
 pub mod device;
 pub mod retention;
 pub mod row;
+pub mod row_binary;
 pub mod schema;
 pub mod text;
 
 pub use connection::ClickHouseConfig;
-pub use row::{DeviceRow, EventRow, RequestFields, Shared};
+pub use row::{DeviceRow, EventRow, RequestFields, Shared, EVENT_COLUMNS};
 pub use schema::SchemaError;

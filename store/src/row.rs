@@ -31,6 +31,10 @@ use crate::date::{event_date, event_time};
 /// order the crate's RowBinary writes and reads.
 macro_rules! event_rows {
     ($( $(#[$attr:meta])* $kind:ident $name:ident: $ty:ty, )*) => {
+        /// The columns of `events` [`EventRow`] writes, in its field
+        /// order: the column list of an insert of its RowBinary.
+        pub const EVENT_COLUMNS: &[&str] = &[$(stringify!($name)),*];
+
         event_rows!(@split [$([$(#[$attr])* $kind $name: $ty])*] [] [] []);
     };
     (@split [[$(#[$attr:meta])* shared $name:ident: $ty:ty] $($rest:tt)*]
@@ -49,7 +53,7 @@ macro_rules! event_rows {
     };
     (@split [] [$($event:tt)*] [$($device:tt)*] [$($column:tt)*]) => {
         /// One row of `events`.
-        #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
+        #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
         pub struct EventRow {
             $($event)*
         }
@@ -541,6 +545,7 @@ mod tests {
         let mut table = table_columns("events");
         assert_eq!(table.pop().as_deref(), Some("inserted_at"));
         assert_eq!(EventRow::COLUMN_NAMES, table);
+        assert_eq!(super::EVENT_COLUMNS, table);
     }
 
     #[test]
