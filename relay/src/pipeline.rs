@@ -72,7 +72,8 @@ use crate::ownership::leases::Progress;
 use crate::ownership::{Fence, Ownership};
 use crate::refused::{self, FlushError, Refusals};
 use crate::sink::clickhouse::SinkError;
-use crate::sink::clickhouse::{ClickHouseSink, EventRow};
+use crate::sink::clickhouse::encoded::EncodedRow;
+use crate::sink::clickhouse::ClickHouseSink;
 use crate::source::dead_letter;
 use crate::source::nats::{self as source, Fetched};
 
@@ -90,7 +91,7 @@ pub(crate) struct Pipeline {
     /// consumer of relays before partition ownership: maybe stored.
     legacy_delivered: u64,
     sink: ClickHouseSink,
-    batcher: Batcher<EventRow, Acker>,
+    batcher: Batcher<EncodedRow, Acker>,
     /// The dedup window of each partition being pulled.
     windows: HashMap<u32, DedupWindow>,
     /// The partitions held, with the epoch of their lease and their puller
@@ -390,7 +391,7 @@ impl Pipeline {
     async fn give_back(&mut self, partition: u32) {
         let acks = self
             .batcher
-            .remove_group(partition, EventRow::estimated_size);
+            .remove_group(partition, EncodedRow::size);
         self.nak(&acks).await;
     }
 
@@ -525,15 +526,11 @@ impl Pipeline {
         &mut self,
         partition: u32,
         message: async_nats::jetstream::Message,
-        frames: Result<Vec<spoor_core::WireBatch>, spoor_core::DecodeError>,
+        frames: Result<Vec<source::PulledFrame>, spoor_core::DecodeError>,
     ) {
         let origin = dead_letter::Origin::of(&message);
         let stream_sequence = origin.stream_sequence;
-        let stream_at_ms = message
-            .info()
-            .ok()
-            .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok())
-            .unwrap_or_else(crate::debug::wall_ms);
+        let stream_at_ms = source::stream_at_ms(&message);
         // A dead letter replayed by `spoor dead-letters replay` is checked
         // against ClickHouse like a redelivery: the window may hold its
         // ids from the original frame, which was never stored.
@@ -554,8 +551,8 @@ impl Pipeline {
         let (message, acker) = message.split();
         // One message holds one frame or a bundle of frames an edge link
         // coalesced; all of them are buffered under the message's one ack.
-        let batches = match frames {
-            Ok(batches) => batches,
+        let frames = match frames {
+            Ok(frames) => frames,
             Err(error) => {
                 FrameDecodeFailed {
                     kind: error.kind(),
@@ -599,10 +596,10 @@ impl Pipeline {
         }
         // Frames of projects this relay does not serve go to the dead letters
         // before dedup sees their events.
-        let Some(batches) = self
+        let Some(frames) = self
             .refusals
             .screen(
-                batches,
+                frames,
                 &message,
                 &origin,
                 stream_at_ms,
@@ -621,22 +618,22 @@ impl Pipeline {
         let Some(window) = self.windows.get_mut(&partition) else {
             return;
         };
-        let total: usize = batches.iter().map(|b| b.events.len()).sum();
+        let total: usize = frames.iter().map(|f| f.rows.len()).sum();
         let (mut own, mut recent) = (0usize, 0usize);
         let mut rows = Vec::with_capacity(total);
         let mut seen = Vec::with_capacity(total);
-        let relay_now = crate::debug::wall_ms();
-        for mut batch in batches {
+        for frame in frames {
             FrameDecoded {
-                batch_id: &batch.batch_id,
-                events: batch.events.len(),
+                batch_id: &frame.batch_id,
+                events: frame.rows.len(),
             }
             .emit(&self.metrics);
-            let events = std::mem::take(&mut batch.events);
-            // The request-level columns, one allocation each for the frame's rows.
-            let fields = spoor_store::RequestFields::of(&batch);
-            for event in events {
-                let key = DedupKey::new(&batch.project_id, event.event_id);
+            // The pullers encoded the rows and made the ring's view of
+            // them (one per row, in order); the loop only decides.
+            let mut observed = frame.observed.into_iter();
+            for row in frame.rows {
+                let view = observed.next();
+                let key = DedupKey::new(&frame.project_id, row.event_id);
                 // Marked as this relay's as the row enters the buffer: the row
                 // then either reaches ClickHouse or stays buffered for retry, so
                 // dropping a later copy never loses the event.
@@ -652,14 +649,8 @@ impl Pipeline {
                         if verdict == Verdict::KeepIfNotStored {
                             self.unverified.insert(key);
                         }
-                        let row = EventRow::with(&fields, &batch, event);
-                        seen.push(crate::debug::observed_row(
-                            &row,
-                            stream_at_ms,
-                            stream_sequence.unwrap_or(0),
-                            relay_now,
-                        ));
-                        let size = row.estimated_size();
+                        seen.extend(view);
+                        let size = row.size();
                         rows.push((row, size));
                     }
                 }
@@ -705,7 +696,7 @@ impl Pipeline {
                 self.windows.remove(&partition);
                 acks.extend(
                     self.batcher
-                        .remove_group(partition, EventRow::estimated_size),
+                        .remove_group(partition, EncodedRow::size),
                 );
             }
         }
@@ -789,9 +780,9 @@ impl Pipeline {
         for row in self.batcher.rows() {
             if self
                 .unverified
-                .contains(&DedupKey::new(&row.project_id, row.event_id))
+                .contains(&DedupKey::new(row.project_id(), row.event_id))
             {
-                let entry = asked.entry(row.project_id.to_string()).or_default();
+                let entry = asked.entry(row.project_id().to_string()).or_default();
                 entry.0.insert(row.event_date);
                 entry.1.push(row.event_id);
             }
@@ -821,11 +812,11 @@ impl Pipeline {
             self.batcher
                 .rows()
                 .iter()
-                .filter(|row| stored.contains(&DedupKey::new(&row.project_id, row.event_id))),
+                .filter(|row| stored.contains(&DedupKey::new(row.project_id(), row.event_id))),
         );
         self.batcher.retain_rows(
-            |row| !stored.contains(&DedupKey::new(&row.project_id, row.event_id)),
-            EventRow::estimated_size,
+            |row| !stored.contains(&DedupKey::new(row.project_id(), row.event_id)),
+            EncodedRow::size,
         );
         if !already.is_empty() {
             self.ring.send(RingUpdate::Inserted {
@@ -974,7 +965,7 @@ impl Pipeline {
             .batcher
             .rows()
             .iter()
-            .map(|r| DedupKey::new(&r.project_id, r.event_id))
+            .map(|r| DedupKey::new(r.project_id(), r.event_id))
             .collect();
         self.unverified.extend(keys);
     }

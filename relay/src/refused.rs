@@ -44,9 +44,11 @@ use crate::batcher::Batcher;
 use crate::debug::{RingFeed, RingUpdate};
 use crate::internal_events::{InternalEvent, ProjectRefused, RowsRefused};
 use crate::metrics::Metrics;
+use crate::sink::clickhouse::encoded::EncodedRow;
 use crate::sink::clickhouse::isolate::Isolated;
 use crate::sink::clickhouse::{EventRow, SinkError};
 use crate::source::dead_letter::{self, DeadLetterError, RowsLetter};
+use crate::source::nats::PulledFrame;
 
 /// Reason of frames whose project the relay does not serve.
 pub const UNKNOWN_PROJECT: &str = "unknown_project";
@@ -128,7 +130,7 @@ pub(crate) struct Refusals {
     /// By batch id, the message of each frame in the buffer; emptied with
     /// the buffer ([`Refusals::forget`]), so it holds at most one entry per
     /// buffered frame.
-    origins: HashMap<String, Arc<MessageOrigin>>,
+    origins: HashMap<spoor_store::Shared, Arc<MessageOrigin>>,
 }
 
 impl Refusals {
@@ -140,7 +142,7 @@ impl Refusals {
         }
     }
 
-    /// Moves the frames of `batches` whose project is not served to the
+    /// Moves the frames of `frames` whose project is not served to the
     /// dead letters and returns the others, remembering their message. `None`
     /// when a dead letter could not be stored (logged and counted): the
     /// caller then buffers nothing of the message, which comes back after
@@ -148,14 +150,14 @@ impl Refusals {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn screen(
         &mut self,
-        batches: Vec<WireBatch>,
+        frames: Vec<PulledFrame>,
         message: &async_nats::Message,
         origin: &dead_letter::Origin,
         stream_at_ms: i64,
         client: &async_nats::Client,
         metrics: &Metrics,
         ring: &RingFeed,
-    ) -> Option<Vec<WireBatch>> {
+    ) -> Option<Vec<PulledFrame>> {
         let msg_id = message
             .headers
             .as_ref()
@@ -168,50 +170,61 @@ impl Refusals {
             origin: origin.clone(),
             stream_at_ms,
         });
-        let (kept, refused): (Vec<WireBatch>, Vec<WireBatch>) = batches
+        let (kept, refused): (Vec<PulledFrame>, Vec<PulledFrame>) = frames
             .into_iter()
-            .partition(|b| self.projects.admits(&b.project_id));
-        // One dead letter per refused project.
-        let mut by_project: BTreeMap<String, Vec<WireBatch>> = BTreeMap::new();
-        for batch in refused {
-            by_project
-                .entry(batch.project_id.clone())
-                .or_default()
-                .push(batch);
-        }
-        for (project, batches) in by_project {
-            let events: Vec<Uuid> = batches
-                .iter()
-                .flat_map(|b| b.events.iter().map(|e| e.event_id))
-                .collect();
-            ProjectRefused {
-                project: &project,
-                frames: batches.len(),
-                events: events.len(),
-                subject: &from.subject,
-                stream_sequence: origin.stream_sequence,
+            .partition(|f| self.projects.admits(&f.project_id));
+        if !refused.is_empty() {
+            // The refused frames as they came (the pullers kept only their
+            // encoding): the message decoded again, which it did when pulled.
+            let mut batches: Vec<Option<WireBatch>> =
+                match spoor_core::decode_message(&message.payload, usize::MAX) {
+                    Ok(batches) => batches.into_iter().map(Some).collect(),
+                    Err(_) => return None,
+                };
+            // One dead letter per refused project.
+            let mut by_project: BTreeMap<String, Vec<WireBatch>> = BTreeMap::new();
+            for frame in refused {
+                if let Some(batch) = batches.get_mut(frame.index).and_then(Option::take) {
+                    by_project
+                        .entry(batch.project_id.clone())
+                        .or_default()
+                        .push(batch);
+                }
             }
-            .emit(metrics);
-            let detail = self.projects.refusal(&project);
-            if publish(
-                client,
-                &from,
-                UNKNOWN_PROJECT,
-                &detail,
-                &batches,
-                &events,
-                metrics,
-                ring,
-            )
-            .await
-            .is_err()
-            {
-                return None;
+            for (project, batches) in by_project {
+                let events: Vec<Uuid> = batches
+                    .iter()
+                    .flat_map(|b| b.events.iter().map(|e| e.event_id))
+                    .collect();
+                ProjectRefused {
+                    project: &project,
+                    frames: batches.len(),
+                    events: events.len(),
+                    subject: &from.subject,
+                    stream_sequence: origin.stream_sequence,
+                }
+                .emit(metrics);
+                let detail = self.projects.refusal(&project);
+                if publish(
+                    client,
+                    &from,
+                    UNKNOWN_PROJECT,
+                    &detail,
+                    &batches,
+                    &events,
+                    metrics,
+                    ring,
+                )
+                .await
+                .is_err()
+                {
+                    return None;
+                }
             }
         }
-        for batch in &kept {
+        for frame in &kept {
             self.origins
-                .entry(batch.batch_id.clone())
+                .entry(frame.batch_id.clone())
                 .or_insert_with(|| from.clone());
         }
         Some(kept)
@@ -221,7 +234,7 @@ impl Refusals {
     /// refused: one dead letter per original message and server error.
     pub(crate) async fn dead_letter_rejected(
         &self,
-        rows: &[EventRow],
+        rows: &[EncodedRow],
         isolated: &Isolated,
         client: &async_nats::Client,
         metrics: &Metrics,
@@ -239,12 +252,17 @@ impl Refusals {
         .emit(metrics);
         // (subject, stream seq, error) -> (origin, rows), in a stable order.
         type Key<'a> = (String, Option<u64>, &'a str);
-        let mut groups: BTreeMap<Key<'_>, (Arc<MessageOrigin>, Vec<&EventRow>)> = BTreeMap::new();
+        let mut groups: BTreeMap<Key<'_>, (Arc<MessageOrigin>, Vec<EventRow>)> = BTreeMap::new();
         for rejected in &isolated.rejected {
-            let Some(row) = rows.get(rejected.index) else {
+            let Some(encoded) = rows.get(rejected.index) else {
                 continue;
             };
-            let from = self.origin_of(row);
+            // The row's values, for the dead letter's frame: its message
+            // decoded again (it decoded when pulled).
+            let Some(row) = encoded.event_row() else {
+                continue;
+            };
+            let from = self.origin_of(encoded);
             let key = (
                 from.subject.clone(),
                 from.origin.stream_sequence,
@@ -257,7 +275,7 @@ impl Refusals {
                 .push(row);
         }
         for ((_, _, error), (from, rows)) in groups {
-            let batches = spoor_store::row::batches_of(rows.iter().copied());
+            let batches = spoor_store::row::batches_of(rows.iter());
             let events: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
             publish(
                 client,
@@ -276,7 +294,7 @@ impl Refusals {
 
     /// Drops the refused rows from the buffer (their dead letters are
     /// stored); their messages stay, acked with the next insert.
-    pub(crate) fn drop_rejected(batcher: &mut Batcher<EventRow, Acker>, isolated: &Isolated) {
+    pub(crate) fn drop_rejected(batcher: &mut Batcher<EncodedRow, Acker>, isolated: &Isolated) {
         if isolated.rejected.is_empty() {
             return;
         }
@@ -292,7 +310,7 @@ impl Refusals {
                 index += 1;
                 !drop
             },
-            EventRow::estimated_size,
+            EncodedRow::size,
         );
     }
 
@@ -307,14 +325,14 @@ impl Refusals {
     /// The message a row's frame came in; for a row whose frame is not
     /// known (it cannot happen while the buffer and the map agree), the
     /// subject its device routes to, without a sequence.
-    fn origin_of(&self, row: &EventRow) -> Arc<MessageOrigin> {
-        if let Some(from) = self.origins.get(&*row.batch_id) {
+    fn origin_of(&self, row: &EncodedRow) -> Arc<MessageOrigin> {
+        let frame = row.frame();
+        if let Some(from) = self.origins.get(&frame.batch_id) {
             return from.clone();
         }
-        let partition =
-            spoor_core::route::partition_of(crate::debug::row_key(row), self.partitions);
+        let partition = spoor_core::route::partition_of(row.device_key(), self.partitions);
         Arc::new(MessageOrigin {
-            subject: events_subject(&row.edge_region, partition),
+            subject: events_subject(&frame.edge_region, partition),
             msg_id: String::new(),
             origin: dead_letter::Origin::default(),
             stream_at_ms: crate::debug::wall_ms(),

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use spoor_core::debug::EventState;
 
 use crate::ring::Observed;
+use crate::sink::clickhouse::encoded::EncodedRow;
 
 mod rehydrate;
 mod responder;
@@ -69,41 +70,16 @@ pub(crate) fn observed(
         .collect()
 }
 
-/// The ring's view of a buffered row (live: the relay just decoded it).
-pub(crate) fn observed_row(
-    row: &crate::sink::clickhouse::EventRow,
-    stream_at_ms: i64,
-    stream_seq: u64,
-    relay_received_at_ms: i64,
-) -> Observed {
-    Observed {
-        event_id: row.event_id,
-        event: row.event.clone(),
-        project_id: row.project_id.to_string(),
-        anonymous_id: row.anonymous_id.clone(),
-        user_id: row.user_id.clone(),
-        session_id: row.session_id.clone(),
-        ts_ms: row.ts_ms,
-        properties: row.properties.clone(),
-        client_ts_ms: row.client_ts_ms,
-        edge_received_at_ms: row.received_at_ms,
-        stream_at_ms,
-        stream_seq,
-        relay_received_at_ms: Some(relay_received_at_ms),
-        state: EventState::Pending,
-    }
-}
-
 /// The ring's notice of `rows` stored: their event ids under their device
 /// keys, one key per run of consecutive rows of the same device (a frame's
 /// rows are usually one device's: the SDKs send a device's own events), so
 /// a batch of 50,000 rows costs about a key string per frame, not per row.
 pub(crate) fn inserted_by_device<'a>(
-    rows: impl IntoIterator<Item = &'a crate::sink::clickhouse::EventRow>,
+    rows: impl IntoIterator<Item = &'a EncodedRow>,
 ) -> Vec<(String, Vec<uuid::Uuid>)> {
     let mut out: Vec<(String, Vec<uuid::Uuid>)> = Vec::new();
     for row in rows {
-        let key = row_key(row);
+        let key = row.device_key();
         match out.last_mut() {
             Some((last, ids)) if last.as_str() == key => ids.push(row.event_id),
             _ => out.push((key.to_string(), vec![row.event_id])),
@@ -112,24 +88,16 @@ pub(crate) fn inserted_by_device<'a>(
     out
 }
 
-/// The key a row is held under in the ring (its routing key).
-pub(crate) fn row_key(row: &crate::sink::clickhouse::EventRow) -> &str {
-    if row.anonymous_id.is_empty() {
-        &row.user_id
-    } else {
-        &row.anonymous_id
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use spoor_core::{Context, Device, Event, Geo, WireBatch};
     use uuid::Uuid;
 
     use super::inserted_by_device;
-    use crate::sink::clickhouse::EventRow;
+    use crate::sink::clickhouse::encoded::{EncodedFrame, EncodedRow};
 
-    fn row(device: &str, n: u128) -> EventRow {
+    /// One frame's rows, of the devices `devices` (event ids 1, 2, ...).
+    fn rows(devices: &[&str]) -> Vec<EncodedRow> {
         let batch = WireBatch {
             batch_id: "b".into(),
             project_id: "p".into(),
@@ -139,28 +107,30 @@ mod tests {
             geo: Geo::default(),
             device: Device::default(),
             ip_prefix: String::new(),
-            events: Vec::new(),
+            events: devices
+                .iter()
+                .zip(1u128..)
+                .map(|(device, n)| Event {
+                    event_id: Uuid::from_u128(n),
+                    event_id_derived: false,
+                    event: "page_view".into(),
+                    user_id: String::new(),
+                    anonymous_id: device.to_string(),
+                    session_id: String::new(),
+                    client_ts_ms: None,
+                    ts_ms: 0,
+                    properties: "{}".into(),
+                    context: Context::default(),
+                })
+                .collect(),
         };
-        EventRow::new(
-            &batch,
-            Event {
-                event_id: Uuid::from_u128(n),
-                event_id_derived: false,
-                event: "page_view".into(),
-                user_id: String::new(),
-                anonymous_id: device.into(),
-                session_id: String::new(),
-                client_ts_ms: None,
-                ts_ms: 0,
-                properties: "{}".into(),
-                context: Context::default(),
-            },
-        )
+        let payload = bytes::Bytes::from(spoor_core::encode_batch(&batch).unwrap());
+        EncodedFrame::encode(&payload, 0, &batch)
     }
 
     #[test]
     fn the_inserted_notice_keeps_every_id_under_its_device_in_runs() {
-        let rows = [row("a", 1), row("a", 2), row("b", 3), row("a", 4)];
+        let rows = rows(&["a", "a", "b", "a"]);
         assert_eq!(
             inserted_by_device(&rows),
             [

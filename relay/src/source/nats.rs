@@ -4,10 +4,11 @@
 //! stream, and sends acks.
 //!
 //! It moves frames and acknowledgements and makes no buffering decisions.
-//! A puller decodes each message's frames as it pulls them ([`Fetched`]
-//! carries the result, failures included), so decoding runs beside the
-//! pipeline's loop, and during its inserts, instead of inside it; a
-//! [`Lookahead`] budget bounds the rows decoded but not yet taken. It never
+//! A puller decodes each message's frames as it pulls them and encodes
+//! their rows for the insert, with the debug ring's view of their events
+//! ([`Fetched`] carries the result, failures included), so that work runs
+//! beside the pipeline's loop, and during its inserts, instead of inside
+//! it; a [`Lookahead`] budget bounds the rows pulled but not yet taken. It never
 //! acks on its own; the pipeline calls [`ack_all`] only after the rows of
 //! those messages were inserted; frames that can never be inserted go
 //! through `source::dead_letter`.
@@ -24,7 +25,12 @@ use async_nats::jetstream::{self, AckKind};
 
 use futures_util::StreamExt;
 use spoor_core::contract::{partition_consumer, partition_filter};
+use spoor_core::debug::EventState;
 use spoor_core::{DecodeError, WireBatch};
+use spoor_store::Shared;
+
+use crate::ring::Observed;
+use crate::sink::clickhouse::encoded::{EncodedFrame, EncodedRow};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use spoor_runtime::nats::{NatsConnectError, NatsEndpoint};
@@ -398,18 +404,72 @@ pub async fn fetch(
         .map_err(SourceError::Fetch)
 }
 
-/// A message pulled from a partition's consumer, with its frames decoded.
+/// A message pulled from a partition's consumer, with its frames decoded
+/// and encoded.
 pub struct Fetched {
     pub partition: u32,
     pub message: jetstream::Message,
     /// The message's frames, or why they do not decode (the pipeline
     /// dead-letters those).
-    pub frames: Result<Vec<WireBatch>, DecodeError>,
-    /// Time spent decoding, in the puller.
+    pub frames: Result<Vec<PulledFrame>, DecodeError>,
+    /// Time spent decoding and encoding, in the puller.
     pub decoding: Duration,
     /// The message's share of the [`Lookahead`] budget, given back when
     /// the pipeline drops it.
     pub _budget: OwnedSemaphorePermit,
+}
+
+/// One frame of a pulled message: its rows encoded for the insert, and the
+/// debug ring's view of the same events, both in event order.
+pub struct PulledFrame {
+    /// The frame's place in its message (a bundle holds several).
+    pub index: usize,
+    pub project_id: Shared,
+    pub batch_id: Shared,
+    pub rows: Vec<EncodedRow>,
+    pub observed: Vec<Observed>,
+}
+
+impl PulledFrame {
+    /// Encodes frame `index` of the message whose payload is `payload`.
+    pub fn of(
+        payload: &bytes::Bytes,
+        index: usize,
+        batch: WireBatch,
+        stream_at_ms: i64,
+        stream_seq: u64,
+        relay_received_at_ms: i64,
+    ) -> PulledFrame {
+        let rows = EncodedFrame::encode(payload, index, &batch);
+        let project_id = batch.project_id.as_str().into();
+        let batch_id = batch.batch_id.as_str().into();
+        // The ring's view takes the event's strings (no copy): the batch
+        // is not needed past here.
+        let observed = crate::debug::observed(
+            batch,
+            stream_at_ms,
+            stream_seq,
+            Some(relay_received_at_ms),
+            EventState::Pending,
+        );
+        PulledFrame {
+            index,
+            project_id,
+            batch_id,
+            rows,
+            observed,
+        }
+    }
+}
+
+/// The message's JetStream publish time in epoch ms (the ring's time
+/// base), or the relay's clock for a message without metadata.
+pub fn stream_at_ms(message: &jetstream::Message) -> i64 {
+    message
+        .info()
+        .ok()
+        .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok())
+        .unwrap_or_else(crate::debug::wall_ms)
 }
 
 /// The budget of rows the pullers may decode ahead of the pipeline's loop,
@@ -435,16 +495,28 @@ impl Lookahead {
         }
     }
 
-    /// Decodes `message`'s frames (what budget share they need is their
-    /// row count: one for a message that does not decode, and at most the
-    /// whole budget).
+    /// Decodes `message`'s frames and encodes their rows (what budget
+    /// share they need is their row count: one for a message that does not
+    /// decode, and at most the whole budget).
     fn decode(&self, partition: u32, message: jetstream::Message) -> Decoded {
         let started = Instant::now();
-        let frames = spoor_core::decode_message(&message.payload, self.max_frame_bytes);
+        let frames =
+            spoor_core::decode_message(&message.payload, self.max_frame_bytes).map(|batches| {
+                let stream_at_ms = stream_at_ms(&message);
+                let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let now = crate::debug::wall_ms();
+                batches
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, batch)| {
+                        PulledFrame::of(&message.payload, i, batch, stream_at_ms, seq, now)
+                    })
+                    .collect::<Vec<_>>()
+            });
         let decoding = started.elapsed();
         let rows = frames
             .as_ref()
-            .map(|batches| batches.iter().map(|b| b.events.len()).sum::<usize>())
+            .map(|frames| frames.iter().map(|f| f.rows.len()).sum::<usize>())
             .unwrap_or(1);
         Decoded {
             partition,
@@ -462,7 +534,7 @@ impl Lookahead {
 struct Decoded {
     partition: u32,
     message: jetstream::Message,
-    frames: Result<Vec<WireBatch>, DecodeError>,
+    frames: Result<Vec<PulledFrame>, DecodeError>,
     decoding: Duration,
     share: u32,
 }

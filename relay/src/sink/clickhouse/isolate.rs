@@ -31,7 +31,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::failure::{classify, Cause};
-use super::{ClickHouseSink, EventRow, SinkError};
+use super::encoded::EncodedRow;
+use super::{ClickHouseSink, SinkError};
 
 /// A row the server refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,17 +123,17 @@ fn server_text(error: &SinkError) -> String {
 /// The bisection's way to ClickHouse: the sink and the buffer's rows.
 pub(crate) struct SinkTarget<'a> {
     pub sink: &'a ClickHouseSink,
-    pub rows: &'a [EventRow],
-    /// Reused between inserts.
-    pub scratch: Vec<&'a EventRow>,
+    pub rows: &'a [EncodedRow],
 }
 
 impl Target for SinkTarget<'_> {
     async fn insert(&mut self, indices: &[usize]) -> Result<(), (Cause, SinkError)> {
-        self.scratch.clear();
         let rows = self.rows;
-        self.scratch.extend(indices.iter().map(|&i| &rows[i]));
-        match self.sink.insert_refs(&self.scratch).await {
+        match self
+            .sink
+            .insert_encoded(indices.iter().map(|&i| &rows[i]))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(SinkError::Insert(e)) => Err((classify(&e), SinkError::Insert(e))),
             Err(other) => Err((Cause::Outage, other)),
@@ -144,7 +145,7 @@ impl Target for SinkTarget<'_> {
         let mut asked: BTreeMap<&str, (BTreeSet<u16>, Vec<uuid::Uuid>)> = BTreeMap::new();
         for &i in indices {
             let row = &self.rows[i];
-            let entry = asked.entry(&*row.project_id).or_default();
+            let entry = asked.entry(&**row.project_id()).or_default();
             entry.0.insert(row.event_date);
             entry.1.push(row.event_id);
         }
@@ -165,12 +166,8 @@ impl ClickHouseSink {
     /// hold (see the module docs). `Ok` means every row not listed in
     /// [`Isolated::rejected`] is stored; `Err` means an outage (or the
     /// time budget) stopped it, and some rows may be stored.
-    pub async fn insert_isolating(&self, rows: &[EventRow]) -> Result<Isolated, SinkError> {
-        let mut target = SinkTarget {
-            sink: self,
-            rows,
-            scratch: Vec::new(),
-        };
+    pub async fn insert_isolating(&self, rows: &[EncodedRow]) -> Result<Isolated, SinkError> {
+        let mut target = SinkTarget { sink: self, rows };
         isolate(
             &mut target,
             rows.len(),

@@ -1,5 +1,9 @@
-//! The ClickHouse sink: writes buffered `EventRow`s into the `events` table
-//! with the official `clickhouse` crate (RowBinary over HTTP, LZ4).
+//! The ClickHouse sink: writes buffered rows into the `events` table with
+//! the official `clickhouse` crate (RowBinary over HTTP, LZ4). The relay's
+//! rows come encoded ([`encoded`]: RowBinary and compressed blocks made by
+//! the partition pullers), so an insert only sends bytes;
+//! [`ClickHouseSink::insert`] writes `EventRow`s through the crate's own
+//! serialiser.
 //!
 //! This is the only place the relay writes to ClickHouse. It reports
 //! success or failure of one insert and never retries, buffers or acks by
@@ -10,6 +14,7 @@
 //! and inserts the rest; [`retention`] is the relay's periodic retention
 //! task.
 
+pub mod encoded;
 pub mod failure;
 pub mod isolate;
 pub mod retention;
@@ -20,6 +25,7 @@ use std::time::Duration;
 use clickhouse::{Client, Compression};
 use spoor_store::date::date_string;
 use spoor_store::schema::{SchemaError, EVENTS_TABLE};
+use spoor_store::EVENT_COLUMNS;
 use uuid::Uuid;
 
 pub use spoor_store::EventRow;
@@ -63,6 +69,11 @@ pub struct ClickHouseSink {
     /// Same server and database, uncompressed: 18.16's LZ4 responses break
     /// the crate, so reads never use the insert client.
     reader: Client,
+    /// Inserts of encoded rows: the body is already compressed blocks, so
+    /// the crate sends it as is and the server is told to decompress.
+    encoded: Client,
+    /// `INSERT INTO events(<EventRow's columns>) FORMAT RowBinary`.
+    insert_sql: String,
 }
 
 impl ClickHouseSink {
@@ -74,9 +85,18 @@ impl ClickHouseSink {
         // on the wire several times for this text-heavy row.
         let client = config.client().with_compression(Compression::Lz4);
         let reader = config.client();
+        let encoded = config
+            .client()
+            .with_compression(Compression::None)
+            .with_option("decompress", "1");
         ClickHouseSink {
             client,
             reader,
+            encoded,
+            insert_sql: format!(
+                "INSERT INTO {EVENTS_TABLE}({}) FORMAT RowBinary",
+                EVENT_COLUMNS.join(",")
+            ),
             send_timeout: SEND_TIMEOUT.min(ack_wait.mul_f64(0.3)),
             end_timeout: END_TIMEOUT.min(ack_wait.mul_f64(0.4)),
             // Started inserts end within send + end timeouts (70% of
@@ -114,6 +134,26 @@ impl ClickHouseSink {
             .with_timeouts(Some(self.send_timeout), Some(self.end_timeout));
         for row in rows {
             insert.write(row).await.map_err(SinkError::Insert)?;
+        }
+        insert.end().await.map_err(SinkError::Insert)
+    }
+
+    /// Writes encoded rows (see [`encoded`]) in one INSERT, with the same
+    /// promise as [`ClickHouseSink::insert`].
+    pub async fn insert_encoded<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a encoded::EncodedRow>,
+    ) -> Result<(), SinkError> {
+        let chunks = encoded::body(rows);
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .encoded
+            .insert_formatted_with(self.insert_sql.as_str())
+            .with_timeouts(Some(self.send_timeout), Some(self.end_timeout));
+        for chunk in chunks {
+            insert.send(chunk).await.map_err(SinkError::Insert)?;
         }
         insert.end().await.map_err(SinkError::Insert)
     }
