@@ -471,8 +471,9 @@ async fn relay_phase(
         let spent: f64 = pages.iter().map(|p| sample_value(p, &selector)).sum();
         100.0 * spent / (secs * relays as f64)
     };
-    let (receive, decode, inserting, acknowledge) = (
+    let (receive, wait_insert, decode, inserting, acknowledge) = (
         stage("receive"),
+        stage("wait_insert"),
         stage("decode"),
         stage("insert"),
         stage("acknowledge"),
@@ -490,14 +491,15 @@ async fn relay_phase(
         client_cpu: 0.0,
         notes: format!(
             "ready {ready_secs:.1} s, first row {:.1} s after; {inserts:.0} inserts of {:.0} rows, \
-             {:.0} ms each; loop time per relay: receive {receive:.0}% (decode {decode:.0}%, \
-             beside it), insert {inserting:.0}%, acknowledge {acknowledge:.0}%, waiting {:.0}%; \
-             {parts} active parts at the end; stored {stored} ({unique} unique); {deduped:.0} \
-             deduped, {errors:.0} errors",
+             {:.0} ms each; time per relay (% of the drain): the loop's receive {receive:.0}% \
+             and wait_insert {wait_insert:.0}%, the pullers' decode {decode:.0}%, the flush's \
+             insert {inserting:.0}% and acknowledge {acknowledge:.0}% (a serial build's loop \
+             does insert and acknowledge itself, and has no wait_insert); {parts} active parts \
+             at the end; stored {stored} ({unique} unique); {deduped:.0} deduped, {errors:.0} \
+             errors",
             first_row.map_or(f64::NAN, |f| (f - first_ready).as_secs_f64()),
             batch_rows / inserts.max(1.0),
             insert_secs * 1000.0 / inserts.max(1.0),
-            100.0 - receive - inserting - acknowledge,
         ),
     }
 }

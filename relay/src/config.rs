@@ -140,15 +140,16 @@ impl RelayConfig {
         self.retention().validate()
     }
 
-    /// Each partition consumer's `max_ack_pending`: everything the buffer
-    /// may hold, as much again decoded ahead of it (`source::nats::Lookahead`),
-    /// plus one fetch in flight. JetStream stops delivering at this bound,
-    /// which is the second half of the relay's memory bound.
+    /// Each partition consumer's `max_ack_pending`: everything the two
+    /// batches may hold (one being inserted, one filling), as much again
+    /// decoded ahead of them (`source::nats::Lookahead`), plus one fetch in
+    /// flight. JetStream stops delivering at this bound, which is the second
+    /// half of the relay's memory bound.
     pub fn max_ack_pending(&self) -> i64 {
         let buffered = self.batch.max_messages.min(self.batch.max_rows.max(1));
         i64::try_from(
             buffered
-                .saturating_mul(2)
+                .saturating_mul(3)
                 .saturating_add(self.fetch_max_messages),
         )
         .unwrap_or(i64::MAX)

@@ -243,7 +243,7 @@ impl Metrics {
         );
         r.register(
             "pipeline_seconds",
-            "Time the pipeline loop spent, by stage: receive (handling fetched frames: decoding, dedup, building and buffering rows), decode (the part of receive that decodes frames), insert (the ClickHouse insert of a flush), acknowledge (after an insert: telling the debug ring, releasing the rows, acking the messages); the loop does one thing at a time, so its wall time less receive, insert and acknowledge is time it waited for frames",
+            "Time spent by stage. The loop: receive (handling fetched frames: dedup, building and buffering rows), wait_insert (a full batch waiting for the insert before it); its wall time less these two is time it waited for frames. Beside the loop: decode (the partition pullers decoding frames), insert (a batch's ClickHouse insert, in the flush task), acknowledge (after an insert: telling the debug ring, releasing the rows, acking the messages)",
             m.pipeline_seconds.clone(),
         );
         r.register(

@@ -126,19 +126,28 @@ struct MessageOrigin {
 /// buffer's frames came from (for the dead letters of refused rows).
 pub(crate) struct Refusals {
     projects: Projects,
+    /// Where the frames of the batch being filled came from; handed over
+    /// with the batch ([`Refusals::take_origins`]), so it holds at most one
+    /// entry per buffered frame.
+    origins: Origins,
+}
+
+/// By batch id, the message each frame of one batch came in: where the
+/// dead letter of a row ClickHouse refuses says it came from.
+#[derive(Debug)]
+pub(crate) struct Origins {
     partitions: u32,
-    /// By batch id, the message of each frame in the buffer; emptied with
-    /// the buffer ([`Refusals::forget`]), so it holds at most one entry per
-    /// buffered frame.
-    origins: HashMap<spoor_store::Shared, Arc<MessageOrigin>>,
+    by_batch: HashMap<spoor_store::Shared, Arc<MessageOrigin>>,
 }
 
 impl Refusals {
     pub(crate) fn new(projects: Projects, partitions: u32) -> Self {
         Refusals {
             projects,
-            partitions,
-            origins: HashMap::new(),
+            origins: Origins {
+                partitions,
+                by_batch: HashMap::new(),
+            },
         }
     }
 
@@ -224,12 +233,50 @@ impl Refusals {
         }
         for frame in &kept {
             self.origins
+                .by_batch
                 .entry(frame.batch_id.clone())
                 .or_insert_with(|| from.clone());
         }
         Some(kept)
     }
 
+    /// The origins of the batch filled so far, which leaves for its
+    /// insert; the next batch starts with none.
+    pub(crate) fn take_origins(&mut self) -> Origins {
+        let partitions = self.origins.partitions;
+        std::mem::replace(
+            &mut self.origins,
+            Origins {
+                partitions,
+                by_batch: HashMap::new(),
+            },
+        )
+    }
+
+    /// Drops the refused rows from the buffer (their dead letters are
+    /// stored); their messages stay, acked with the next insert.
+    pub(crate) fn drop_rejected(batcher: &mut Batcher<EncodedRow, Acker>, isolated: &Isolated) {
+        if isolated.rejected.is_empty() {
+            return;
+        }
+        let mut refused = isolated.rejected.iter().map(|r| r.index).peekable();
+        let mut index = 0usize;
+        // `retain` visits the rows once each, in order.
+        batcher.retain_rows(
+            |_| {
+                let drop = refused.peek() == Some(&index);
+                if drop {
+                    refused.next();
+                }
+                index += 1;
+                !drop
+            },
+            EncodedRow::size,
+        );
+    }
+}
+
+impl Origins {
     /// Dead-letters the rows of `rows` that `isolated` says ClickHouse
     /// refused: one dead letter per original message and server error.
     pub(crate) async fn dead_letter_rejected(
@@ -292,42 +339,12 @@ impl Refusals {
         Ok(())
     }
 
-    /// Drops the refused rows from the buffer (their dead letters are
-    /// stored); their messages stay, acked with the next insert.
-    pub(crate) fn drop_rejected(batcher: &mut Batcher<EncodedRow, Acker>, isolated: &Isolated) {
-        if isolated.rejected.is_empty() {
-            return;
-        }
-        let mut refused = isolated.rejected.iter().map(|r| r.index).peekable();
-        let mut index = 0usize;
-        // `retain` visits the rows once each, in order.
-        batcher.retain_rows(
-            |_| {
-                let drop = refused.peek() == Some(&index);
-                if drop {
-                    refused.next();
-                }
-                index += 1;
-                !drop
-            },
-            EncodedRow::size,
-        );
-    }
-
-    /// Forgets the origins of the frames that left the buffer.
-    pub(crate) fn forget(&mut self) {
-        self.origins.clear();
-        if self.origins.capacity() > 4096 {
-            self.origins.shrink_to(1024);
-        }
-    }
-
     /// The message a row's frame came in; for a row whose frame is not
     /// known (it cannot happen while the buffer and the map agree), the
     /// subject its device routes to, without a sequence.
     fn origin_of(&self, row: &EncodedRow) -> Arc<MessageOrigin> {
         let frame = row.frame();
-        if let Some(from) = self.origins.get(&frame.batch_id) {
+        if let Some(from) = self.by_batch.get(&frame.batch_id) {
             return from.clone();
         }
         let partition = spoor_core::route::partition_of(row.device_key(), self.partitions);

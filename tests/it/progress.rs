@@ -130,44 +130,7 @@ async fn progress_acks_keep_frames_from_redelivery_while_clickhouse_is_slow() {
     .await;
 
     // For four times ack_wait JetStream must not offer the frames again.
-    let js = publisher.js.clone();
-    let probe = js
-        .get_stream(STREAM)
-        .await
-        .unwrap()
-        .get_consumer::<pull::Config>(CONSUMER)
-        .await
-        .unwrap();
-    let mut looks = 0;
-    while delivered.elapsed() < SLOW_FOR {
-        let c = publisher.consumer().await;
-        assert_eq!(
-            (c.num_redelivered, c.num_ack_pending, c.num_pending),
-            (0, 3, 0),
-            "{:.1} s after delivery (ack_wait {ACK_WAIT:?}): redelivered, ack pending, pending",
-            delivered.elapsed().as_secs_f64()
-        );
-        let mut offered = probe
-            .batch()
-            .max_messages(3)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .unwrap();
-        let mut again = Vec::new();
-        while let Some(m) = offered.next().await {
-            let m = m.unwrap();
-            again.push(m.info().map(|i| i.stream_sequence).unwrap_or(0));
-            let _ = m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
-        }
-        assert!(
-            again.is_empty(),
-            "{:.1} s after delivery (ack_wait {ACK_WAIT:?}) JetStream offered stream sequences {again:?} again",
-            delivered.elapsed().as_secs_f64()
-        );
-        looks += 1;
-    }
-    assert!(looks >= 8, "only {looks} looks at the consumer");
+    held_without_redelivery(&publisher, delivered, 3).await;
 
     // The answers flow again: the relay finds its rows stored and acks.
     slow.hold(false);
@@ -202,5 +165,105 @@ async fn progress_acks_keep_frames_from_redelivery_while_clickhouse_is_slow() {
         0.0,
         "no frame came back to the relay"
     );
+    relay.shutdown().await;
+}
+
+/// Looks at partition 0's consumer until `SLOW_FOR` after `delivered`:
+/// `ack_pending` frames stay delivered and unacked, none is redelivered,
+/// and a pull of its own (as the partition's next owner would make) is
+/// offered nothing.
+async fn held_without_redelivery(publisher: &Publisher, delivered: Instant, ack_pending: u64) {
+    let probe = publisher
+        .js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .get_consumer::<pull::Config>(CONSUMER)
+        .await
+        .unwrap();
+    let mut looks = 0;
+    while delivered.elapsed() < SLOW_FOR {
+        let c = publisher.consumer().await;
+        assert_eq!(
+            (c.num_redelivered, c.num_ack_pending as u64, c.num_pending),
+            (0, ack_pending, 0),
+            "{:.1} s after delivery (ack_wait {ACK_WAIT:?}): redelivered, ack pending, pending",
+            delivered.elapsed().as_secs_f64()
+        );
+        let mut offered = probe
+            .batch()
+            .max_messages(3)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        let mut again = Vec::new();
+        while let Some(m) = offered.next().await {
+            let m = m.unwrap();
+            again.push(m.info().map(|i| i.stream_sequence).unwrap_or(0));
+            let _ = m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
+        }
+        assert!(
+            again.is_empty(),
+            "{:.1} s after delivery (ack_wait {ACK_WAIT:?}) JetStream offered stream sequences {again:?} again",
+            delivered.elapsed().as_secs_f64()
+        );
+        looks += 1;
+    }
+    assert!(looks >= 8, "only {looks} looks at the consumer");
+}
+
+/// The batch that fills behind a slow insert waits for it, and its frames
+/// get progress acks too: one frame per batch (`max_rows` 5), the first
+/// frame's insert is held, the second frame's batch waits behind it for
+/// four times `ack_wait`, and neither is offered again; then both land,
+/// once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_waiting_behind_a_slow_insert_is_not_redelivered_either() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("progress_behind");
+    let slow = SlowAnswers::start(ch.http_port()).await;
+    let mut relay_config = config(&nats, slow.url(), &db);
+    relay_config.ack_wait = ACK_WAIT;
+    relay_config.batch.max_rows = 5;
+    relay_config.batch.max_messages = 5;
+    let relay = Relay::start(relay_config).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    slow.hold(true);
+    let first = batch("inserting", events(1..6));
+    publisher.publish_batch(&first).await;
+    // Its insert reaches ClickHouse and lands; the answer does not come.
+    eventually("the first batch's insert to land", || async {
+        (stats(ch, &db).await.trim() == "5\t5").then_some(())
+    })
+    .await;
+    let second = batch("waiting", events(6..11));
+    let last_seq = publisher.publish_batch(&second).await;
+    eventually("the relay to hold both frames", || async {
+        let c = publisher.consumer().await;
+        (c.num_pending == 0 && c.num_ack_pending == 2).then_some(())
+    })
+    .await;
+    let delivered = Instant::now();
+    eventually("the second batch buffered behind the first", || async {
+        let m = relay.get("/metrics").await.1;
+        (sample_value(&m, "spoor_relay_buffer_rows") == 10.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stats(ch, &db).await.trim(),
+        "5\t5",
+        "the second batch must wait for the first insert"
+    );
+
+    held_without_redelivery(&publisher, delivered, 2).await;
+
+    slow.hold(false);
+    publisher.drained(last_seq).await;
+    let c = publisher.consumer().await;
+    assert_eq!((c.num_redelivered, c.num_ack_pending), (0, 0));
+    assert_eq!(stats(ch, &db).await.trim(), "10\t10", "each row once");
     relay.shutdown().await;
 }

@@ -164,6 +164,28 @@ impl InternalEvent for DrainAbandoned {
     }
 }
 
+/// The task inserting a batch ended without an outcome (it panicked): its
+/// messages are redelivered after `ack_wait`.
+pub struct FlushTaskFailed<'a> {
+    pub rows: usize,
+    pub messages: usize,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for FlushTaskFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        m.error(Stage::Insert, "flush_task").inc();
+        tracing::error!(
+            error_type = "flush_task",
+            stage = Stage::Insert.as_str(),
+            rows = self.rows,
+            messages = self.messages,
+            error = %self.error,
+            "the insert task failed; its messages will be redelivered"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,55 +1,63 @@
 //! The relay loop: take frames from the partitions this relay holds,
-//! decode, dedup, buffer, insert, then ack.
+//! decode, dedup, buffer; a full batch goes to the flusher (`flush`), which
+//! inserts it and acks its messages while the loop fills the next one.
 //!
 //! One task does the deciding, in sequence, which is what makes the rules
-//! that matter easy to see:
+//! that matter easy to see; one job at a time does the inserting:
 //!
 //! - **Ack only after insert.** A message's ack token sits in the `Batcher`
-//!   next to its rows and leaves only through `Batcher::take`, which runs
-//!   after `ClickHouseSink::insert_isolating` returned `Ok` and the rows it
+//!   next to its rows; a full batch moves whole into a `flush::Job`, and
+//!   its tokens leave only through `Batcher::take` after
+//!   `ClickHouseSink::insert_isolating` returned `Ok` and the rows it
 //!   refused are in stored dead letters (see `refused`).
-//! - **Insert only under a valid lease.** Rows are buffered by partition,
-//!   and before and during every presence check and insert the pipeline
-//!   checks each buffered partition's lease (`ownership::Fence`): a
-//!   partition whose lease ran out or changed epoch leaves the buffer, its
-//!   messages NAKed for the next owner, and an insert still running when a
-//!   lease runs out is abandoned.
-//! - **Bounded memory.** The buffer is flushed as soon as a frame takes it
-//!   past a bound, so it exceeds `max_rows`/`max_bytes` by at most one frame.
-//!   The partition pullers decode frames ahead of the loop, so the next
-//!   batch is decoded while this one is inserted, within a budget of
-//!   `max_rows` rows (`source::nats::Lookahead`): about two batches in all.
-//!   While an insert fails, the loop retries it with backoff and takes no
-//!   frames, so the buffer cannot grow; the partition pullers issue no new
-//!   pull request (those in flight end within `MAX_FETCH_WAIT`) and
-//!   JetStream holds the rest (`max_ack_pending` caps what
-//!   is delivered but unacked per partition).
+//! - **Insert only under a valid lease.** Rows are buffered by partition
+//!   with the epoch of the lease they were pulled under, and before and
+//!   during every presence check and insert the job checks each
+//!   partition's lease (`ownership::Fence`): a partition whose lease ran
+//!   out or changed epoch leaves the job, its messages NAKed for the next
+//!   owner, and an insert still running when a lease runs out is abandoned.
+//!   The loop then forgets the partition and gives back what it had
+//!   buffered of it since.
+//! - **Bounded memory: two batches.** One batch is inserted while the next
+//!   fills; the filling one is flushed as soon as a frame takes it past a
+//!   bound, so each exceeds `max_rows`/`max_bytes` by at most one frame.
+//!   When the next batch is full before the insert in flight ends, the loop
+//!   takes no frames until it does. The partition pullers decode frames
+//!   ahead of the loop within a budget of `max_rows` rows
+//!   (`source::nats::Lookahead`). While an insert fails, the job retries it
+//!   with backoff and the partition pullers issue no new pull request
+//!   (those in flight end within `MAX_FETCH_WAIT`), so JetStream holds the
+//!   rest (`max_ack_pending` caps what is delivered but unacked per
+//!   partition).
 //! - **Progress while working.** While a presence check or an insert runs,
-//!   and while a failed insert waits to be retried, the buffered messages
-//!   get in-progress acks every third of `ack_wait`, so a slow ClickHouse
-//!   never makes JetStream redeliver them to the next owner.
+//!   and while a failed insert waits to be retried, the job's messages get
+//!   in-progress acks every third of `ack_wait`, and so do the messages of
+//!   the batch waiting behind it, so a slow ClickHouse never makes
+//!   JetStream redeliver them to the next owner.
 //!
 //! Ownership arrives from the lease task (`ownership::leases`): an acquired
 //! partition first gets its dedup window rebuilt from the stream (in a task
 //! beside the loop), then a puller; a partition to hand over stops pulling,
-//! is flushed and acked, and only then is its lease deleted; a lost one
-//! leaves the buffer unacked.
+//! the job in flight ends, the buffer is flushed and acked, and only then
+//! is its lease deleted; a lost one leaves the buffer unacked.
 //!
 //! Shutdown: when the shutdown future resolves the pullers stop (NAKing
-//! what they had not passed on), the buffer is flushed, retrying the insert
-//! until `drain_timeout` after the signal, acks what was inserted and
-//! returns. A signal that arrives mid-insert or mid-progress-ack is noticed
-//! there, and every ack, progress ack and NAK is bounded in time
-//! (`source::nats::ACK_TIMEOUT`, `NAK_TIMEOUT`), so an unreachable NATS
-//! cannot hold the drain past its deadline. If the drain times out, the
-//! remaining messages are NAKed so another relay gets them at once instead
-//! of after `ack_wait`.
+//! what they had not passed on) and the drain deadline (`drain_timeout`
+//! after the signal) goes to the job in flight; it ends, then the buffer
+//! is flushed the same way, and what is inserted is acked. A job still
+//! failing at the deadline gives up, and its messages are NAKed so another
+//! relay gets them at once instead of after `ack_wait`. Every ack,
+//! progress ack and NAK is bounded in time (`source::nats::ACK_TIMEOUT`,
+//! `NAK_TIMEOUT`), so an unreachable NATS cannot hold the drain past its
+//! deadline.
 //!
 //! It never panics on input: a frame that fails to decode, a frame of a
 //! project not served and a row ClickHouse refuses are counted and
 //! dead-lettered, and every other failure is retried.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod flush;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,7 +67,6 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::Acker;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::batcher::{Batcher, FlushReason};
 use crate::config::RelayConfig;
@@ -70,8 +77,7 @@ use crate::internal_events::*;
 use crate::metrics::Metrics;
 use crate::ownership::leases::Progress;
 use crate::ownership::{Fence, Ownership};
-use crate::refused::{self, FlushError, Refusals};
-use crate::sink::clickhouse::SinkError;
+use crate::refused::{self, Refusals};
 use crate::sink::clickhouse::encoded::EncodedRow;
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::source::dead_letter;
@@ -79,7 +85,6 @@ use crate::source::nats::{self as source, Fetched};
 
 /// Longest the loop sleeps with nothing to do.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(crate) struct Pipeline {
     config: RelayConfig,
@@ -90,8 +95,18 @@ pub(crate) struct Pipeline {
     /// Frames up to this stream sequence were delivered by the single
     /// consumer of relays before partition ownership: maybe stored.
     legacy_delivered: u64,
-    sink: ClickHouseSink,
+    /// The batch being filled.
     batcher: Batcher<EncodedRow, Acker>,
+    /// The batch being inserted, if any.
+    inflight: Option<InFlight>,
+    /// Clones of what a job needs, one per job.
+    flusher: flush::Flusher,
+    /// When a full batch began waiting for the job in flight.
+    blocked_since: Option<Instant>,
+    /// When the waiting batch's messages next get progress acks.
+    filling_progress_at: Instant,
+    /// The drain deadline, for the job in flight.
+    deadline: watch::Sender<Option<Instant>>,
     /// The dedup window of each partition being pulled.
     windows: HashMap<u32, DedupWindow>,
     /// The partitions held, with the epoch of their lease and their puller
@@ -102,25 +117,22 @@ pub(crate) struct Pipeline {
     fetched_tx: mpsc::Sender<Fetched>,
     fetched: mpsc::Receiver<Fetched>,
     /// True while inserts fail: the pullers stop pulling, so JetStream, not
-    /// the relay, holds what arrives meanwhile.
-    paused: watch::Sender<bool>,
+    /// the relay, holds what arrives meanwhile. Set by the jobs.
+    paused: Arc<watch::Sender<bool>>,
     /// Pullers stopped at shutdown, joined by the drain.
     stopping: Vec<tokio::task::JoinHandle<()>>,
     ownership: OwnershipLink,
-    fence: Fence,
-    progress: Arc<Progress>,
     /// The debug ring's feed: sends never wait.
     ring: RingFeed,
     /// Frames of projects not served, and rows ClickHouse refuses: to the
     /// dead letters (see `refused`).
     refusals: Refusals,
     /// Keys of buffered rows that may already be in ClickHouse: rows of
-    /// redelivered messages, and the whole buffer after a failed insert
-    /// attempt (it may have succeeded on the server). Checked, and the
-    /// stored ones dropped, before the next insert.
+    /// redelivered messages and replayed dead letters. They go with the
+    /// batch, whose job checks them (and, after a failed attempt, the whole
+    /// batch) and drops the stored ones before inserting.
     unverified: HashSet<DedupKey>,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
     /// The relay's monotonic clock origin; `now_ms` is measured from here
     /// and handed to the pure dedup and batcher logic.
     epoch: Instant,
@@ -136,6 +148,14 @@ pub(crate) struct OwnershipLink {
     pub changes: mpsc::Receiver<Ownership>,
     /// Partitions handed over (flushed): their leases may be deleted.
     pub released: mpsc::Sender<u32>,
+}
+
+/// A job running in its task, with the size of its batch when it left.
+struct InFlight {
+    task: tokio::task::JoinHandle<flush::Outcome>,
+    rows: usize,
+    bytes: usize,
+    messages: usize,
 }
 
 struct Holding {
@@ -162,23 +182,6 @@ struct WindowReady {
     started: Instant,
 }
 
-/// How a flush ended.
-enum Flushed {
-    Inserted,
-    /// Shutdown's drain timeout passed with the insert still failing.
-    Abandoned,
-}
-
-/// How a presence check or an insert, raced against the leases and the
-/// drain deadline, ended.
-enum Raced<T> {
-    Done(T),
-    /// A buffered partition's lease ran out (or changed hands) first.
-    Fenced,
-    /// The drain deadline passed first.
-    Abandoned,
-}
-
 impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -200,29 +203,45 @@ impl Pipeline {
         let (fetched_tx, fetched) =
             mpsc::channel(config.batch.max_rows.max(config.fetch_max_messages).max(1));
         let refusals = Refusals::new(config.projects.clone(), config.partitions);
+        let paused = Arc::new(watch::channel(false).0);
+        let (deadline, deadline_rx) = watch::channel(None);
+        let flusher = flush::Flusher {
+            client: client.clone(),
+            sink,
+            fence,
+            progress,
+            ring: ring.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            paused: paused.clone(),
+            deadline: deadline_rx,
+            ack_wait: config.ack_wait,
+            max_retry_backoff: config.max_retry_backoff,
+        };
         Pipeline {
             js: async_nats::jetstream::new(client.clone()),
             config,
             client,
             consumers: consumers.consumers,
             legacy_delivered: consumers.legacy_delivered,
-            sink,
             batcher,
+            inflight: None,
+            flusher,
+            blocked_since: None,
+            filling_progress_at: Instant::now(),
+            deadline,
             windows: HashMap::new(),
             held: BTreeMap::new(),
             lookahead,
             fetched_tx,
             fetched,
-            paused: watch::channel(false).0,
+            paused,
             stopping: Vec::new(),
             ownership,
-            fence,
-            progress,
             ring,
             refusals,
             unverified: HashSet::new(),
             metrics,
-            health,
             epoch: Instant::now(),
             shutting_down: false,
             drain_deadline: None,
@@ -239,18 +258,28 @@ impl Pipeline {
         let (ready_tx, mut ready_rx) = mpsc::channel::<WindowReady>(64);
         while !self.shutting_down {
             let now = self.now_ms();
-            if let Some(reason) = self.batcher.flush_reason(now) {
-                self.flush(reason, &mut shutdown).await;
-                continue;
+            let due = self.batcher.flush_reason(now);
+            if let Some(reason) = due {
+                if self.inflight.is_none() {
+                    self.start_flush(reason);
+                    self.report_buffer();
+                    continue;
+                }
+                // Full while the last batch is still being inserted: take
+                // no frames until it is.
+                self.blocked_since.get_or_insert_with(Instant::now);
             }
+            let blocked = due.is_some();
             let wake = match self.batcher.flush_deadline_ms() {
                 Some(deadline) => Duration::from_millis(deadline.saturating_sub(now)),
                 None => IDLE_WAIT,
             }
             .min(IDLE_WAIT);
+            let waiting = self.inflight.is_some() && !self.batcher.is_empty();
             tokio::select! {
                 biased;
                 () = shutdown.as_mut() => self.begin_shutdown(),
+                result = job_done(&mut self.inflight) => self.on_flushed(result).await,
                 Some(change) = self.ownership.changes.recv() => {
                     // Take every change already queued: handovers decided
                     // in one round are done together.
@@ -261,27 +290,28 @@ impl Pipeline {
                     self.on_ownership(changes, &ready_tx, &mut shutdown).await;
                 }
                 Some(ready) = ready_rx.recv() => self.on_window(ready),
-                Some(fetched) = self.fetched.recv() => {
+                Some(fetched) = self.fetched.recv(), if !blocked => {
                     let started = Instant::now();
                     self.on_fetched(fetched).await;
                     self.timed("receive", started);
                 }
-                () = tokio::time::sleep(wake) => {}
+                () = tokio::time::sleep_until(self.filling_progress_at), if waiting => {
+                    self.progress_filling(&mut shutdown).await;
+                }
+                () = tokio::time::sleep(wake), if !blocked => {}
             }
         }
         self.drain().await;
     }
 
+    /// Starts the drain: fetching stops, and the inserts are tried until
+    /// the drain timeout after the shutdown signal.
     fn begin_shutdown(&mut self) {
-        self.begin_shutdown_by(Instant::now() + self.config.drain_timeout);
-    }
-
-    /// Starts the drain: fetching stops, and the buffer's insert is tried
-    /// until `deadline` (the drain timeout after the shutdown signal).
-    fn begin_shutdown_by(&mut self, deadline: Instant) {
+        let deadline = Instant::now() + self.config.drain_timeout;
         if !self.shutting_down {
             self.shutting_down = true;
             self.drain_deadline = Some(deadline);
+            self.deadline.send_replace(Some(deadline));
             let partitions: Vec<u32> = self.held.keys().copied().collect();
             for partition in partitions {
                 if let Some(task) = self.stop_pulling(partition) {
@@ -305,6 +335,9 @@ impl Pipeline {
         shutdown: &mut Pin<&mut S>,
     ) {
         let mut releasing = Vec::new();
+        // What lost partitions leave behind, NAKed together: with NATS
+        // unreachable each NAK waits out its timeout.
+        let mut given_back = Vec::new();
         for change in changes {
             if let Ownership::Release { partition } = change {
                 releasing.push(partition);
@@ -312,8 +345,9 @@ impl Pipeline {
             }
             self.hand_over(std::mem::take(&mut releasing), shutdown)
                 .await;
-            self.on_change(change, ready).await;
+            given_back.extend(self.on_change(change, ready));
         }
+        self.nak(&given_back).await;
         self.hand_over(releasing, shutdown).await;
     }
 
@@ -338,27 +372,34 @@ impl Pipeline {
             futures_util::future::join_all(stopping),
         )
         .await;
+        // The job in flight may hold rows of them: it ends first.
+        self.settle(shutdown).await;
         let groups = self.batcher.groups();
         if partitions.iter().any(|p| groups.contains(p)) {
-            self.flush(FlushReason::Handover, shutdown).await;
+            self.flush_now(FlushReason::Handover, shutdown).await;
         }
-        for partition in partitions {
+        let mut given_back = Vec::new();
+        for &partition in &partitions {
             self.held.remove(&partition);
             self.windows.remove(&partition);
             // Whatever is still buffered of it (a flush abandoned by
             // shutdown) goes back to the stream for the next owner.
-            self.give_back(partition).await;
+            given_back.extend(self.take_back(partition));
+        }
+        self.nak(&given_back).await;
+        for partition in partitions {
             let _ = self.ownership.released.send(partition).await;
         }
     }
 
-    async fn on_change(&mut self, change: Ownership, ready: &mpsc::Sender<WindowReady>) {
+    /// Applies one acquisition or loss; returns the messages to NAK.
+    fn on_change(&mut self, change: Ownership, ready: &mpsc::Sender<WindowReady>) -> Vec<Acker> {
         match change {
             Ownership::Acquired { partition, epoch } => {
                 let _ = self.stop_pulling(partition);
                 // Rows still buffered from an earlier lease on it were
                 // pulled under another epoch: never insert them under this one.
-                self.give_back(partition).await;
+                let given_back = self.take_back(partition);
                 self.held.insert(
                     partition,
                     Holding {
@@ -367,15 +408,16 @@ impl Pipeline {
                     },
                 );
                 self.rebuild_window(partition, epoch, ready.clone());
+                given_back
             }
             Ownership::Lost { partition } => {
                 let _ = self.stop_pulling(partition);
                 self.held.remove(&partition);
                 self.windows.remove(&partition);
-                self.give_back(partition).await;
+                self.take_back(partition)
             }
             // Batched by `on_ownership`.
-            Ownership::Release { .. } => {}
+            Ownership::Release { .. } => Vec::new(),
         }
     }
 
@@ -386,13 +428,11 @@ impl Pipeline {
         Some(puller.task)
     }
 
-    /// Takes a partition's rows out of the buffer unacked and NAKs their
-    /// messages, so its next owner gets them at once.
-    async fn give_back(&mut self, partition: u32) {
-        let acks = self
-            .batcher
-            .remove_group(partition, EncodedRow::size);
-        self.nak(&acks).await;
+    /// Takes a partition's rows out of the buffer unacked and returns
+    /// their messages, to NAK so its next owner gets them at once.
+    fn take_back(&mut self, partition: u32) -> Vec<Acker> {
+        self.batcher
+            .remove_group(partition, EncodedRow::size)
     }
 
     /// NAKs messages given back (bounded by `NAK_TIMEOUT`).
@@ -400,13 +440,7 @@ impl Pipeline {
         if acks.is_empty() {
             return;
         }
-        if let Err(e) = source::nak_all(&self.client, acks).await {
-            AckSignalFailed {
-                kind: "nak",
-                error: &e,
-            }
-            .emit(&self.metrics);
-        }
+        flush::nak(&self.client, &self.metrics, acks).await;
         self.report_buffer();
     }
 
@@ -676,7 +710,7 @@ impl Pipeline {
     }
 
     /// The epochs the buffered partitions were pulled under.
-    fn buffered_epochs(&self) -> Vec<(u32, u64)> {
+    fn buffered_epochs(&self) -> BTreeMap<u32, u64> {
         self.batcher
             .groups()
             .into_iter()
@@ -684,320 +718,150 @@ impl Pipeline {
             .collect()
     }
 
-    /// Drops from the buffer (unacked, NAKed) every partition whose lease
-    /// no longer holds under the epoch its rows were pulled with.
-    async fn fence_buffer(&mut self) {
-        let now = Instant::now();
-        let mut acks = Vec::new();
-        for (partition, epoch) in self.buffered_epochs() {
-            if !self.fence.valid(partition, epoch, now) {
-                let _ = self.stop_pulling(partition);
-                self.held.remove(&partition);
-                self.windows.remove(&partition);
-                acks.extend(
-                    self.batcher
-                        .remove_group(partition, EncodedRow::size),
-                );
-            }
+    /// Hands the buffer to the flusher as a job and starts a new one. The
+    /// caller makes sure no job is running.
+    fn start_flush(&mut self, reason: FlushReason) {
+        debug_assert!(self.inflight.is_none());
+        if let Some(blocked) = self.blocked_since.take() {
+            self.timed("wait_insert", blocked);
         }
-        self.nak(&acks).await;
-    }
-
-    /// When the first of `epochs`' leases runs out (or now, if one is gone
-    /// or changed epoch).
-    fn fence_deadline(&self, epochs: &[(u32, u64)]) -> Instant {
-        let now = Instant::now();
-        let mut earliest: Option<Instant> = None;
-        for &(partition, epoch) in epochs {
-            let until = match self.fence.get(partition) {
-                Some(h) if h.epoch == epoch => h.valid_until,
-                _ => now,
-            };
-            earliest = Some(earliest.map_or(until, |e| e.min(until)));
-        }
-        earliest.unwrap_or(now + IDLE_WAIT * 3600)
-    }
-
-    /// Runs `work` while sending progress acks for the buffer every third
-    /// of `ack_wait`, until it ends, a buffered lease runs out, or the
-    /// drain deadline passes. A shutdown signal meanwhile sets `deadline`.
-    async fn race<T, S: Future<Output = ()>>(
-        &self,
-        work: impl Future<Output = T>,
-        epochs: &[(u32, u64)],
-        deadline: &mut Option<Instant>,
-        shutdown: &mut Pin<&mut S>,
-    ) -> Raced<T> {
-        let mut work = std::pin::pin!(work);
-        let every = (self.config.ack_wait / 3).max(Duration::from_millis(100));
-        let mut next_progress = Instant::now() + every;
-        loop {
-            let fence_at = self.fence_deadline(epochs);
-            if fence_at <= Instant::now() {
-                return Raced::Fenced;
-            }
-            let drain_at = deadline.unwrap_or(fence_at + IDLE_WAIT);
-            tokio::select! {
-                biased;
-                r = &mut work => return Raced::Done(r),
-                () = tokio::time::sleep_until(fence_at) => {}
-                () = tokio::time::sleep_until(drain_at), if deadline.is_some() => {
-                    return Raced::Abandoned;
-                }
-                () = shutdown.as_mut(), if deadline.is_none() && !self.shutting_down => {
-                    *deadline = Some(Instant::now() + self.config.drain_timeout);
-                }
-                () = tokio::time::sleep_until(next_progress) => {
-                    next_progress = Instant::now() + every;
-                    // Bounded by the drain deadline, and cut short by a
-                    // shutdown signal, so an unreachable NATS cannot hold
-                    // the relay past its drain time.
-                    let progress = source::progress_all(&self.client, self.batcher.acks());
-                    let sent = match *deadline {
-                        Some(at) => tokio::time::timeout_at(at, progress).await.ok(),
-                        None => tokio::select! {
-                            r = progress => Some(r),
-                            () = shutdown.as_mut(), if !self.shutting_down => {
-                                *deadline = Some(Instant::now() + self.config.drain_timeout);
-                                None
-                            }
-                        },
-                    };
-                    if let Some(Err(e)) = sent {
-                        AckSignalFailed { kind: "progress", error: &e }.emit(&self.metrics);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The unverified buffered rows, by project: (days, ids) to ask about.
-    fn presence_questions(&self) -> BTreeMap<String, (BTreeSet<u16>, Vec<Uuid>)> {
-        let mut asked: BTreeMap<String, (BTreeSet<u16>, Vec<Uuid>)> = BTreeMap::new();
-        if self.unverified.is_empty() {
-            return asked;
-        }
-        for row in self.batcher.rows() {
-            if self
-                .unverified
-                .contains(&DedupKey::new(row.project_id(), row.event_id))
-            {
-                let entry = asked.entry(row.project_id().to_string()).or_default();
-                entry.0.insert(row.event_date);
-                entry.1.push(row.event_id);
-            }
-        }
-        asked
-    }
-
-    /// Asks ClickHouse which of `asked` it holds.
-    async fn stored(
-        &self,
-        asked: &BTreeMap<String, (BTreeSet<u16>, Vec<Uuid>)>,
-    ) -> Result<HashSet<DedupKey>, SinkError> {
-        let mut stored = HashSet::new();
-        for (project, (days, ids)) in asked {
-            for id in self.sink.stored_ids(project, days, ids).await? {
-                stored.insert(DedupKey::new(project, id));
-            }
-        }
-        Ok(stored)
-    }
-
-    /// Drops the buffered rows ClickHouse already holds, then clears the
-    /// unverified marks.
-    fn drop_stored_rows(&mut self, asked: usize, stored: HashSet<DedupKey>, started: Instant) {
-        self.unverified.clear();
-        let already = crate::debug::inserted_by_device(
-            self.batcher
-                .rows()
-                .iter()
-                .filter(|row| stored.contains(&DedupKey::new(row.project_id(), row.event_id))),
+        let epochs = self.buffered_epochs();
+        let batcher = std::mem::replace(&mut self.batcher, Batcher::new(self.config.batch));
+        let (rows, bytes, messages) = (
+            batcher.row_count(),
+            batcher.bytes(),
+            batcher.message_count(),
         );
-        self.batcher.retain_rows(
-            |row| !stored.contains(&DedupKey::new(row.project_id(), row.event_id)),
-            EncodedRow::size,
-        );
-        if !already.is_empty() {
-            self.ring.send(RingUpdate::Inserted {
-                events: already,
-                at_ms: None,
-            });
-        }
-        PresenceChecked {
-            asked,
-            stored: stored.len(),
-            latency: started.elapsed(),
-        }
-        .emit(&self.metrics);
-        DuplicatesDropped {
-            layer: "stored",
-            count: stored.len(),
-        }
-        .emit(&self.metrics);
-    }
-
-    /// Inserts the buffer, retrying with backoff until it succeeds (or, when
-    /// shutting down, until the drain deadline), then acks its messages.
-    /// Fetching is paused for as long as this runs.
-    async fn flush<S: Future<Output = ()>>(
-        &mut self,
-        reason: FlushReason,
-        shutdown: &mut Pin<&mut S>,
-    ) -> Flushed {
-        let mut attempt = 0u32;
-        loop {
-            attempt = attempt.saturating_add(1);
-            self.fence_buffer().await;
-            if self.batcher.is_empty() {
-                return Flushed::Inserted;
-            }
-            let epochs = self.buffered_epochs();
-            let mut deadline = self.drain_deadline;
-            let started = Instant::now();
-
-            let asked = self.presence_questions();
-            let checked = if asked.is_empty() {
-                Raced::Done(Ok(HashSet::new()))
-            } else {
-                self.race(self.stored(&asked), &epochs, &mut deadline, shutdown)
-                    .await
-            };
-            let result = match checked {
-                Raced::Done(Ok(stored)) => {
-                    let n = asked.values().map(|(_, ids)| ids.len()).sum();
-                    if !asked.is_empty() {
-                        self.drop_stored_rows(n, stored, started);
-                    }
-                    let inserted = Instant::now();
-                    // Rows ClickHouse refuses are isolated, and dead-lettered
-                    // before anything is acked.
-                    let insert = async {
-                        let isolated = self.sink.insert_isolating(self.batcher.rows()).await?;
-                        self.refusals
-                            .dead_letter_rejected(
-                                self.batcher.rows(),
-                                &isolated,
-                                &self.client,
-                                &self.metrics,
-                                &self.ring,
-                            )
-                            .await?;
-                        Ok::<_, FlushError>(isolated)
-                    };
-                    let raced = self.race(insert, &epochs, &mut deadline, shutdown).await;
-                    self.timed("insert", inserted);
-                    match raced {
-                        Raced::Done(r) => Raced::Done(r.map(|isolated| (isolated, inserted))),
-                        Raced::Fenced => Raced::Fenced,
-                        Raced::Abandoned => Raced::Abandoned,
-                    }
-                }
-                Raced::Done(Err(e)) => Raced::Done(Err(FlushError::from(e))),
-                Raced::Fenced => Raced::Fenced,
-                Raced::Abandoned => Raced::Abandoned,
-            };
-            if let Some(deadline) = deadline {
-                self.begin_shutdown_by(deadline);
-            }
-            let error = match result {
-                Raced::Abandoned => return Flushed::Abandoned,
-                Raced::Fenced => {
-                    // The insert may have reached the server; the partitions
-                    // still held are checked before the next attempt.
-                    self.mark_buffer_unverified();
-                    continue;
-                }
-                Raced::Done(Ok((isolated, inserted))) => {
-                    Refusals::drop_rejected(&mut self.batcher, &isolated);
-                    let acknowledging = Instant::now();
-                    self.inserted(reason, attempt, inserted.elapsed()).await;
-                    self.timed("acknowledge", acknowledging);
-                    return Flushed::Inserted;
-                }
-                Raced::Done(Err(error)) => error,
-            };
-            // The attempt may have stored some or all rows before it
-            // failed (a lost response, a timeout after the server took the
-            // data): ask before the next one.
-            self.mark_buffer_unverified();
-            self.paused.send_replace(true);
-            let retry_in = backoff(attempt, self.config.max_retry_backoff);
-            InsertFailed {
-                error_type: error.error_type(),
-                error: &error,
-                rows: self.batcher.row_count(),
-                attempt,
-                retry_in,
-            }
-            .emit(&self.metrics);
-            self.health.insert_failed(&error);
-            let wake = Instant::now() + retry_in;
-            if let Some(deadline) = self.drain_deadline {
-                if wake >= deadline {
-                    return Flushed::Abandoned;
-                }
-            }
-            // Waiting counts as work: progress acks keep going.
-            let epochs = self.buffered_epochs();
-            let mut deadline = self.drain_deadline;
-            let waited = self
-                .race(
-                    tokio::time::sleep_until(wake),
-                    &epochs,
-                    &mut deadline,
-                    shutdown,
-                )
-                .await;
-            if let Some(deadline) = deadline {
-                // Keep retrying until the drain deadline; the next attempt
-                // starts now rather than after the backoff.
-                self.begin_shutdown_by(deadline);
-            }
-            if let Raced::Abandoned = waited {
-                return Flushed::Abandoned;
-            }
-        }
-    }
-
-    fn mark_buffer_unverified(&mut self) {
-        let keys: Vec<DedupKey> = self
-            .batcher
-            .rows()
-            .iter()
-            .map(|r| DedupKey::new(r.project_id(), r.event_id))
-            .collect();
-        self.unverified.extend(keys);
-    }
-
-    /// After a successful insert: tell the ring, ack, count.
-    async fn inserted(&mut self, reason: FlushReason, attempts: u32, latency: Duration) {
-        let inserted = crate::debug::inserted_by_device(self.batcher.rows());
-        let at_ms = crate::debug::wall_ms();
-        if !inserted.is_empty() {
-            self.ring.send(RingUpdate::Inserted {
-                events: inserted,
-                at_ms: Some(at_ms),
-            });
-        }
-        let drained = self.batcher.take();
-        self.refusals.forget();
-        EventsInserted {
-            rows: drained.rows,
-            bytes: drained.bytes,
-            latency,
+        let job = flush::Job {
+            batcher,
+            unverified: std::mem::take(&mut self.unverified),
+            origins: self.refusals.take_origins(),
+            epochs,
             reason,
-            attempts,
+        };
+        let task = tokio::spawn(self.flusher.clone().run(job));
+        self.inflight = Some(InFlight {
+            task,
+            rows,
+            bytes,
+            messages,
+        });
+        // The next batch's messages get their first progress ack a third
+        // of ack_wait from now, if this job is still running then.
+        self.filling_progress_at = Instant::now() + self.progress_every();
+    }
+
+    fn progress_every(&self) -> Duration {
+        (self.config.ack_wait / 3).max(Duration::from_millis(100))
+    }
+
+    /// The job in flight ended: forget the partitions it found fenced
+    /// (unless held again under a new epoch), hand back what it abandoned.
+    async fn on_flushed(&mut self, result: Result<flush::Outcome, tokio::task::JoinError>) {
+        let Some(job) = self.inflight.take() else {
+            return;
+        };
+        match result {
+            Ok(outcome) => {
+                let mut given_back = Vec::new();
+                for (partition, epoch) in outcome.fenced {
+                    if self.held.get(&partition).map(|h| h.epoch) == Some(epoch) {
+                        let _ = self.stop_pulling(partition);
+                        self.held.remove(&partition);
+                        self.windows.remove(&partition);
+                        // Pulled under the same lease: never inserted now.
+                        given_back.extend(self.take_back(partition));
+                    }
+                }
+                if let flush::Flushed::Abandoned { mut left } = outcome.flushed {
+                    // The drain deadline passed: nothing more is inserted,
+                    // so the batch behind it goes back too, in the same NAK.
+                    let behind = self.batcher.take();
+                    DrainAbandoned {
+                        rows: left.row_count() + behind.rows,
+                        messages: left.message_count() + behind.acks.len(),
+                    }
+                    .emit(&self.metrics);
+                    given_back.extend(left.take().acks);
+                    given_back.extend(behind.acks);
+                }
+                flush::nak(&self.client, &self.metrics, &given_back).await;
+            }
+            Err(error) => {
+                // Its messages were neither acked nor NAKed: JetStream
+                // redelivers them after ack_wait, and the presence check
+                // keeps what was stored from being stored twice.
+                FlushTaskFailed {
+                    rows: job.rows,
+                    messages: job.messages,
+                    error: &error,
+                }
+                .emit(&self.metrics);
+            }
         }
-        .emit(&self.metrics);
-        self.progress.inserted(drained.rows, at_ms);
-        self.paused.send_replace(false);
-        self.health.insert_succeeded();
-        self.ack(&drained.acks).await;
         self.report_buffer();
     }
 
-    /// Final flush on shutdown.
+    /// Waits for the job in flight, if any, to end: progress acks keep
+    /// going for the batch that waits, and a shutdown signal meanwhile
+    /// starts the drain (the job then gives up at the drain deadline).
+    async fn settle<S: Future<Output = ()>>(&mut self, shutdown: &mut Pin<&mut S>) {
+        while self.inflight.is_some() {
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut(), if !self.shutting_down => self.begin_shutdown(),
+                result = job_done(&mut self.inflight) => self.on_flushed(result).await,
+                () = tokio::time::sleep_until(self.filling_progress_at),
+                    if !self.batcher.is_empty() => self.progress_filling(shutdown).await,
+            }
+        }
+    }
+
+    /// Flushes the buffer now and waits for it, after any job in flight.
+    async fn flush_now<S: Future<Output = ()>>(
+        &mut self,
+        reason: FlushReason,
+        shutdown: &mut Pin<&mut S>,
+    ) {
+        self.settle(shutdown).await;
+        if !self.batcher.is_empty() {
+            self.start_flush(reason);
+            self.settle(shutdown).await;
+        }
+    }
+
+    /// In-progress acks for the batch being filled while a job runs, so a
+    /// slow insert of one batch cannot get the next one redelivered. Bounded
+    /// by the drain deadline, and cut short by a shutdown signal, so an
+    /// unreachable NATS cannot hold the relay past its drain time.
+    async fn progress_filling<S: Future<Output = ()>>(&mut self, shutdown: &mut Pin<&mut S>) {
+        self.filling_progress_at = Instant::now() + self.progress_every();
+        let progress = source::progress_all(&self.client, self.batcher.acks());
+        let mut stopping = false;
+        let sent = match self.drain_deadline {
+            Some(at) => tokio::time::timeout_at(at, progress).await.ok(),
+            None => tokio::select! {
+                r = progress => Some(r),
+                () = shutdown.as_mut(), if !self.shutting_down => {
+                    stopping = true;
+                    None
+                }
+            },
+        };
+        if stopping {
+            self.begin_shutdown();
+        }
+        if let Some(Err(e)) = sent {
+            AckSignalFailed {
+                kind: "progress",
+                error: &e,
+            }
+            .emit(&self.metrics);
+        }
+    }
+
+    /// Final flush on shutdown: the job in flight ends (or gives up at the
+    /// drain deadline), then the buffer gets its own.
     async fn drain(mut self) {
         // Messages pulled but not yet taken: back to the stream, once every
         // puller has ended its pull in flight.
@@ -1015,39 +879,10 @@ impl Pipeline {
         if !handed_back.is_empty() {
             let _ = source::nak_all(&self.client, &handed_back).await;
         }
-        if !self.batcher.is_empty() {
-            // The shutdown future has resolved; this one stands in for it.
-            let mut never = std::pin::pin!(std::future::pending::<()>());
-            if let Flushed::Abandoned = self.flush(FlushReason::Shutdown, &mut never).await {
-                DrainAbandoned {
-                    rows: self.batcher.row_count(),
-                    messages: self.batcher.message_count(),
-                }
-                .emit(&self.metrics);
-                if let Err(e) = source::nak_all(&self.client, self.batcher.acks()).await {
-                    AckSignalFailed {
-                        kind: "nak",
-                        error: &e,
-                    }
-                    .emit(&self.metrics);
-                }
-            }
-        }
+        // The shutdown future has resolved; this one stands in for it.
+        let mut never = std::pin::pin!(std::future::pending::<()>());
+        self.flush_now(FlushReason::Shutdown, &mut never).await;
         tracing::info!("relay pipeline stopped");
-    }
-
-    async fn ack(&self, acks: &[Acker]) {
-        if acks.is_empty() {
-            return;
-        }
-        match source::ack_all(&self.client, acks).await {
-            Ok(count) => MessagesAcked { count }.emit(&self.metrics),
-            Err(e) => AckFailed {
-                error: &e,
-                count: acks.len(),
-            }
-            .emit(&self.metrics),
-        }
     }
 
     /// Counts the loop's time in `stage` since `started`.
@@ -1059,37 +894,27 @@ impl Pipeline {
         .emit(&self.metrics);
     }
 
+    /// The rows held: the batch being filled and the one being inserted.
     fn report_buffer(&self) {
+        let (rows, bytes, messages) = self
+            .inflight
+            .as_ref()
+            .map_or((0, 0, 0), |j| (j.rows, j.bytes, j.messages));
         BufferChanged {
-            rows: self.batcher.row_count(),
-            bytes: self.batcher.bytes(),
-            messages: self.batcher.message_count(),
+            rows: rows + self.batcher.row_count(),
+            bytes: bytes + self.batcher.bytes(),
+            messages: messages + self.batcher.message_count(),
         }
         .emit(&self.metrics);
     }
 }
 
-/// Exponential backoff from 100 ms, doubling per attempt, capped at `max`.
-fn backoff(attempt: u32, max: Duration) -> Duration {
-    let exp = attempt.saturating_sub(1).min(16);
-    FIRST_RETRY_BACKOFF.saturating_mul(1u32 << exp).min(max)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_doubles_then_caps() {
-        let max = Duration::from_secs(5);
-        let got: Vec<u64> = (1..=9)
-            .map(|a| backoff(a, max).as_millis() as u64)
-            .collect();
-        assert_eq!(
-            got,
-            vec![100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000]
-        );
-        assert_eq!(backoff(u32::MAX, max), max);
+/// Resolves when the job in `inflight` ends; never if there is none.
+async fn job_done(
+    inflight: &mut Option<InFlight>,
+) -> Result<flush::Outcome, tokio::task::JoinError> {
+    match inflight {
+        Some(job) => (&mut job.task).await,
+        None => std::future::pending().await,
     }
 }
