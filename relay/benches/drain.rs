@@ -15,6 +15,11 @@
 //!      client) into the full schema, five materialized views on; rate =
 //!      rows / time inside the inserts;
 //!    - `raw-bare`: the same into a database holding only `events`;
+//!    - `raw-encoded`: the same rows into the full schema, encoded as the
+//!      relay's partition pullers encode them (`EncodedFrame::encode`,
+//!      untimed) and sent as the relay's sink sends them
+//!      (`ClickHouseSink::insert_encoded`): the relay's own insert with
+//!      nothing else running;
 //!    - `relay:K`: K release relays as processes (`$SPOOR_RELAY_BIN`) on a
 //!      fresh durable consumer name, so they read the whole stream as a
 //!      backlog; rate = rows / (the first relay ready → `count()` = N and
@@ -49,6 +54,8 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use spoor_core::contract::partition_consumer;
 use spoor_core::{sample, Endpoint, Limits};
+use spoor_relay::sink::clickhouse::encoded::{EncodedFrame, EncodedRow};
+use spoor_relay::sink::clickhouse::ClickHouseSink;
 use spoor_relay::source::nats::StreamLimits;
 use spoor_store::schema::{self, EVENTS_TABLE, SCHEMA_FILES};
 use spoor_store::{ClickHouseConfig, EventRow};
@@ -82,8 +89,8 @@ struct Args {
     /// How many times to run the phases.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Phases in order: raw-views, raw-bare, relay:K, relay-b:K (the build
-    /// in SPOOR_RELAY_BIN_B).
+    /// Phases in order: raw-views, raw-bare, raw-encoded, relay:K,
+    /// relay-b:K (the build in SPOOR_RELAY_BIN_B).
     #[arg(
         long,
         value_delimiter = ',',
@@ -245,6 +252,19 @@ fn rows_of(frames: &[Bytes]) -> Vec<EventRow> {
     rows
 }
 
+/// The rows of `frames`, as the relay's partition pullers encode them.
+fn encoded_rows_of(frames: &[Bytes]) -> Vec<EncodedRow> {
+    let max = Limits::default().max_frame_bytes;
+    let mut rows = Vec::with_capacity(frames.len() * EVENTS_PER_FRAME);
+    for frame in frames {
+        let batches = spoor_core::decode_message(frame, max).expect("our own frame decodes");
+        for (i, batch) in batches.iter().enumerate() {
+            rows.extend(EncodedFrame::encode(frame, i, batch));
+        }
+    }
+    rows
+}
+
 /// Only the events table (no views) in `config`'s (existing) database.
 async fn bare_events_table(config: &ClickHouseConfig) {
     let client = config.client();
@@ -281,15 +301,27 @@ fn active_parts(ch: &ClickHouseServer, db: &str) -> String {
     .unwrap_or_default()
 }
 
+/// How a raw phase writes its rows.
+#[derive(Clone, Copy, PartialEq)]
+enum Raw {
+    /// `EventRow`s through the crate, views on.
+    Views,
+    /// The same, into `events` alone.
+    Bare,
+    /// The relay's encoded rows and insert, views on.
+    Encoded,
+}
+
 /// Inserts the frames' rows in chunks of `batch_rows`, timing only the inserts.
 async fn raw_phase(
     name: &str,
     ch: &ClickHouseServer,
     nats: &NatsServer,
-    with_views: bool,
+    kind: Raw,
     frames: &[Bytes],
     batch_rows: usize,
 ) -> Figures {
+    let with_views = kind != Raw::Bare;
     let db = ch.fresh_database(&format!("drain_{}", name.replace('-', "_")));
     let config = ClickHouseConfig {
         url: ch.http_url(),
@@ -312,7 +344,18 @@ async fn raw_phase(
     let (mut inside, mut client_cpu, mut rows_total) = (Duration::ZERO, 0.0, 0u64);
     let per_chunk = (batch_rows / EVENTS_PER_FRAME).max(1);
     let mut inserts = 0u32;
+    let sink = ClickHouseSink::new(&config, Duration::from_secs(60));
     for chunk in frames.chunks(per_chunk) {
+        if kind == Raw::Encoded {
+            let rows = encoded_rows_of(chunk);
+            let (t, c) = (Instant::now(), process_cpu_secs(me));
+            sink.insert_encoded(&rows).await.expect("insert");
+            inside += t.elapsed();
+            client_cpu += process_cpu_secs(me) - c;
+            rows_total += rows.len() as u64;
+            inserts += 1;
+            continue;
+        }
         let rows = rows_of(chunk);
         let (t, c) = (Instant::now(), process_cpu_secs(me));
         let mut insert = client
@@ -591,20 +634,20 @@ fn main() {
         for (index, phase) in args.phases.iter().enumerate() {
             eprintln!("round {round}: {phase} (load {})", load_average());
             let figures = match phase.as_str() {
-                "raw-views" => {
-                    rt.block_on(raw_phase(phase, &ch, &nats, true, &frames, args.batch_rows))
+                "raw-views" | "raw-bare" | "raw-encoded" => {
+                    let kind = match phase.as_str() {
+                        "raw-views" => Raw::Views,
+                        "raw-bare" => Raw::Bare,
+                        _ => Raw::Encoded,
+                    };
+                    rt.block_on(raw_phase(phase, &ch, &nats, kind, &frames, args.batch_rows))
                 }
-                "raw-bare" => rt.block_on(raw_phase(
-                    phase,
-                    &ch,
-                    &nats,
-                    false,
-                    &frames,
-                    args.batch_rows,
-                )),
                 other => {
                     let (bin, relays) = other.split_once(':').unwrap_or_else(|| {
-                        panic!("unknown phase {other}: raw-views, raw-bare, relay:K, relay-b:K")
+                        panic!(
+                            "unknown phase {other}: raw-views, raw-bare, raw-encoded, relay:K, \
+                             relay-b:K"
+                        )
                     });
                     let relays: usize = relays.parse().expect("relay:K");
                     let var = match bin {
@@ -681,10 +724,13 @@ fn main() {
         println!(
             "round {round}: relay:1 / raw-views {} (goal >= 0.6); relay:2 / relay:1 {} (goal >= 1.6 \
              where ClickHouse is not the bottleneck); raw-bare / raw-views {}; \
+             raw-encoded / raw-views {}; relay:1 / raw-encoded {}; \
              relay-b:1 / raw-views {}; relay-b:2 / relay-b:1 {}; relay-b:1 / relay:1 {}",
             ratio("relay:1", "raw-views"),
             ratio("relay:2", "relay:1"),
             ratio("raw-bare", "raw-views"),
+            ratio("raw-encoded", "raw-views"),
+            ratio("relay:1", "raw-encoded"),
             ratio("relay-b:1", "raw-views"),
             ratio("relay-b:2", "relay-b:1"),
             ratio("relay-b:1", "relay:1"),

@@ -208,7 +208,9 @@ pub struct RunArgs {
     /// Flush when this many rows are buffered.
     #[arg(long, env = "SPOOR_BATCH_MAX_ROWS", default_value_t = 50_000)]
     pub batch_max_rows: usize,
-    /// Flush when buffered rows reach this size (e.g. 32MiB, 500KB, 1048576).
+    /// Flush when buffered rows reach this size as RowBinary (e.g. 32MiB,
+    /// 500KB, 1048576). A batch also holds its frames' compressed copy and
+    /// their messages' payloads, both smaller.
     #[arg(long, env = "SPOOR_BATCH_MAX_BYTES", default_value = "32MiB", value_parser = parse_byte_size)]
     pub batch_max_bytes: usize,
     /// Flush when the oldest buffered message is this old.

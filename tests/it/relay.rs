@@ -1,6 +1,6 @@
 //! spoor-relay against a real nats-server and a real clickhouse-server:
-//! every column lands as the edge sent it, duplicates across frames become
-//! one row, a corrupt frame is counted and taken off the stream without
+//! every column lands as the edge sent it (from whole frames and from
+//! frames dedup thinned), duplicates across frames become one row, a corrupt frame is counted and taken off the stream without
 //! blocking its neighbours, nothing is acked before ClickHouse has the rows
 //! (including across a ClickHouse outage), shutdown drains the buffer, and
 //! `/healthz` and `/metrics` answer.
@@ -395,6 +395,78 @@ async fn same_event_id_in_two_frames_is_one_row() {
     );
     assert_eq!(relay.metric("spoor_relay_rows_inserted_total").await, 9.0);
     assert_eq!(relay.metric("spoor_relay_messages_acked_total").await, 3.0);
+    relay.shutdown().await;
+}
+
+/// The relay sends the pullers' RowBinary: a frame whose rows all stay as
+/// its compressed block, the rows of a frame dedup thinned compressed
+/// anew. Both land value for value as `EventRow::new` makes them, read
+/// back through the crate's own RowBinary reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_and_thinned_frames_land_value_for_value() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_encoded");
+    let cfg = config(&nats, ch.http_url(), &db);
+    let relay = Relay::start(cfg.clone()).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    // Strings past 127 bytes (two-byte lengths), text beyond ASCII, both
+    // nullables set and unset, a campaign on some rows.
+    let rich = |n: u128| {
+        let mut e = event(n);
+        e.user_id = format!("user-ü-{n}");
+        e.session_id = "s".repeat(130 + n as usize);
+        e.client_ts_ms = (n % 2 == 0).then_some(TS_MS - n as i64);
+        e.properties = format!("{{\"note\":\"{}\",\"n\":{n}}}", "é".repeat(100));
+        e.context.page_title = "Caisse — Boutique".into();
+        if n % 3 == 0 {
+            e.context.campaign = Campaign {
+                source: "newsletter".into(),
+                medium: "email".into(),
+                name: format!("winter-{n}"),
+                term: String::new(),
+                content: "c".repeat(200),
+            };
+        }
+        e
+    };
+    let mut whole = batch("frame-whole", (1..6).map(rich).collect());
+    whole.sent_at_ms = Some(TS_MS + 40);
+    whole.device.is_bot = true;
+    whole.geo.asn = u32::MAX;
+    // Events 4 and 5 again: this frame's other rows are compressed anew.
+    let thinned = batch("frame-thinned", (4..10).map(rich).collect());
+    publisher.publish_batch(&whole).await;
+    publisher.publish_batch(&thinned).await;
+    eventually("9 rows", || async {
+        (count(ch, &db).await == 9).then_some(())
+    })
+    .await;
+
+    let mut want: Vec<spoor_store::EventRow> = whole
+        .events
+        .iter()
+        .map(|e| spoor_store::EventRow::new(&whole, e.clone()))
+        .chain(
+            thinned.events[2..]
+                .iter()
+                .map(|e| spoor_store::EventRow::new(&thinned, e.clone())),
+        )
+        .collect();
+    want.sort_by_key(|r| r.event_id);
+    let got: Vec<spoor_store::EventRow> = cfg
+        .clickhouse
+        .client()
+        .query(&format!(
+            "SELECT {} FROM events ORDER BY event_id",
+            spoor_store::EVENT_COLUMNS.join(",")
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(got, want);
+    assert_eq!(relay.metric("spoor_relay_events_deduped_total").await, 2.0);
     relay.shutdown().await;
 }
 

@@ -1,6 +1,11 @@
 //! The relay loop: take frames from the partitions this relay holds,
-//! decode, dedup, buffer; a full batch goes to the flusher (`flush`), which
+//! dedup, buffer; a full batch goes to the flusher (`flush`), which
 //! inserts it and acks its messages while the loop fills the next one.
+//!
+//! The partition pullers decode each message and encode its rows for the
+//! insert (RowBinary and a compressed block per frame,
+//! `sink::clickhouse::encoded`) before the loop sees it, so the loop only
+//! decides (dedup, buffer, flush) and an insert only sends bytes.
 //!
 //! One task does the deciding, in sequence, which is what makes the rules
 //! that matter easy to see; one job at a time does the inserting:
@@ -22,8 +27,8 @@
 //!   fills; the filling one is flushed as soon as a frame takes it past a
 //!   bound, so each exceeds `max_rows`/`max_bytes` by at most one frame.
 //!   When the next batch is full before the insert in flight ends, the loop
-//!   takes no frames until it does. The partition pullers decode frames
-//!   ahead of the loop within a budget of `max_rows` rows
+//!   takes no frames until it does. The partition pullers decode and
+//!   encode frames ahead of the loop within a budget of `max_rows` rows
 //!   (`source::nats::Lookahead`). While an insert fails, the job retries it
 //!   with backoff and the partition pullers issue no new pull request
 //!   (those in flight end within `MAX_FETCH_WAIT`), so JetStream holds the
