@@ -527,6 +527,7 @@ impl Pipeline {
             client: self.client.clone(),
             consumer,
             partition,
+            epoch: holding.epoch,
             max_messages: self.config.fetch_max_messages,
             lookahead: self.lookahead.clone(),
             tx: self.fetched_tx.clone(),
@@ -541,9 +542,13 @@ impl Pipeline {
         let pulling = self
             .held
             .get(&fetched.partition)
-            .is_some_and(|h| h.puller.is_some());
+            .is_some_and(|h| h.puller.is_some() && h.epoch == fetched.epoch);
         if !pulling {
-            // Pulled just before the partition stopped: the next owner's.
+            // Pulled just before the partition stopped, or under an earlier
+            // lease on it: the next owner's. (The window rebuilt for a new
+            // lease counts that delivery, so taking it now would drop its
+            // events as already claimed; NAKed, it comes back redelivered
+            // and is checked against ClickHouse.)
             let (_, acker) = fetched.message.split();
             let _ = source::nak_all(&self.client, [&acker]).await;
             return;
@@ -776,6 +781,12 @@ impl Pipeline {
                         self.windows.remove(&partition);
                         // Pulled under the same lease: never inserted now.
                         given_back.extend(self.take_back(partition));
+                        // The lease may still be this relay's on the server
+                        // (a renewal late, not lost): give it up, so that the
+                        // partition is acquired again under a new epoch
+                        // (here or elsewhere) instead of staying leased and
+                        // unpulled.
+                        let _ = self.ownership.released.try_send(partition);
                     }
                 }
                 if let flush::Flushed::Abandoned { mut left } = outcome.flushed {

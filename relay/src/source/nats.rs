@@ -408,6 +408,10 @@ pub async fn fetch(
 /// and encoded.
 pub struct Fetched {
     pub partition: u32,
+    /// The epoch of the lease the partition was pulled under: a message
+    /// pulled under an earlier lease on the same partition is not this
+    /// lease's (the window rebuilt for it already counts its delivery).
+    pub epoch: u64,
     pub message: jetstream::Message,
     /// The message's frames, or why they do not decode (the pipeline
     /// dead-letters those).
@@ -498,7 +502,7 @@ impl Lookahead {
     /// Decodes `message`'s frames and encodes their rows (what budget
     /// share they need is their row count: one for a message that does not
     /// decode, and at most the whole budget).
-    fn decode(&self, partition: u32, message: jetstream::Message) -> Decoded {
+    fn decode(&self, partition: u32, epoch: u64, message: jetstream::Message) -> Decoded {
         let started = Instant::now();
         let frames =
             spoor_core::decode_message(&message.payload, self.max_frame_bytes).map(|batches| {
@@ -520,6 +524,7 @@ impl Lookahead {
             .unwrap_or(1);
         Decoded {
             partition,
+            epoch,
             message,
             frames,
             decoding,
@@ -533,6 +538,7 @@ impl Lookahead {
 /// A decoded message waiting for its share of the lookahead budget.
 struct Decoded {
     partition: u32,
+    epoch: u64,
     message: jetstream::Message,
     frames: Result<Vec<PulledFrame>, DecodeError>,
     decoding: Duration,
@@ -543,6 +549,7 @@ impl Decoded {
     fn with(self, budget: OwnedSemaphorePermit) -> Fetched {
         Fetched {
             partition: self.partition,
+            epoch: self.epoch,
             message: self.message,
             frames: self.frames,
             decoding: self.decoding,
@@ -560,6 +567,8 @@ pub struct Pull<F> {
     pub client: async_nats::Client,
     pub consumer: PullConsumer,
     pub partition: u32,
+    /// The epoch of the lease it pulls under (see [`Fetched::epoch`]).
+    pub epoch: u64,
     /// Messages per pull request.
     pub max_messages: usize,
     pub lookahead: Lookahead,
@@ -582,6 +591,7 @@ pub async fn pull_partition<F: Fn(&dyn std::fmt::Display)>(pull: Pull<F>) {
         client,
         consumer,
         partition,
+        epoch,
         max_messages,
         lookahead,
         tx,
@@ -627,7 +637,7 @@ pub async fn pull_partition<F: Fn(&dyn std::fmt::Display)>(pull: Pull<F>) {
                     // Waits for the lookahead budget and the channel while
                     // the pipeline flushes: that is the back-pressure that
                     // bounds what is pulled and decoded.
-                    let decoded = lookahead.decode(partition, message);
+                    let decoded = lookahead.decode(partition, epoch, message);
                     let budget = tokio::select! {
                         b = lookahead.rows.clone().acquire_many_owned(decoded.share) => b.ok(),
                         _ = stop.changed() => None,
