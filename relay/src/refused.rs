@@ -44,7 +44,7 @@ use crate::batcher::Batcher;
 use crate::debug::{RingFeed, RingUpdate};
 use crate::internal_events::{InternalEvent, ProjectRefused, RowsRefused};
 use crate::metrics::Metrics;
-use crate::sink::clickhouse::encoded::EncodedRow;
+use crate::sink::clickhouse::encoded::{EncodedRow, Rebuilder};
 use crate::sink::clickhouse::isolate::Isolated;
 use crate::sink::clickhouse::{EventRow, SinkError};
 use crate::source::dead_letter::{self, DeadLetterError, RowsLetter};
@@ -300,14 +300,19 @@ impl Origins {
         // (subject, stream seq, error) -> (origin, rows), in a stable order.
         type Key<'a> = (String, Option<u64>, &'a str);
         let mut groups: BTreeMap<Key<'_>, (Arc<MessageOrigin>, Vec<EventRow>)> = BTreeMap::new();
+        let mut rebuild = Rebuilder::default();
         for rejected in &isolated.rejected {
             let Some(encoded) = rows.get(rejected.index) else {
                 continue;
             };
             // The row's values, for the dead letter's frame: its message
-            // decoded again (it decoded when pulled).
-            let Some(row) = encoded.event_row() else {
-                continue;
+            // decoded again (it decoded when pulled). Were that to fail,
+            // the flush fails and is retried: the row is never dropped
+            // without its dead letter.
+            let Some(row) = rebuild.event_row(encoded) else {
+                return Err(DeadLetterError::Rebuild {
+                    event_id: encoded.event_id,
+                });
             };
             let from = self.origin_of(encoded);
             let key = (

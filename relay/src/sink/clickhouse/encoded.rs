@@ -132,19 +132,39 @@ impl EncodedRow {
 
     /// The row's values, from its frame's message decoded again: `None`
     /// only if that message no longer decodes, which it did when pulled.
+    /// For many rows, [`Rebuilder`] decodes each message once.
     pub fn event_row(&self) -> Option<EventRow> {
-        let frame = &*self.frame;
-        let mut batches = spoor_core::decode_message(&frame.payload, usize::MAX).ok()?;
-        if frame.index >= batches.len() {
-            return None;
-        }
-        let mut batch = batches.swap_remove(frame.index);
-        let index = self.index as usize;
-        if index >= batch.events.len() {
-            return None;
-        }
-        let event = batch.events.swap_remove(index);
-        Some(EventRow::new(&batch, event))
+        Rebuilder::default().event_row(self)
+    }
+}
+
+impl EncodedFrame {
+    /// The frame as it was pulled: its message decoded again.
+    fn batch(&self) -> Option<WireBatch> {
+        let mut batches = spoor_core::decode_message(&self.payload, usize::MAX).ok()?;
+        (self.index < batches.len()).then(|| batches.swap_remove(self.index))
+    }
+}
+
+/// Rows' values rebuilt from their frames' messages, each message decoded
+/// once (the rare paths: dead letters of refused rows).
+#[derive(Default)]
+pub struct Rebuilder {
+    /// By frame (its address while a row holds it), the decoded frame.
+    frames: std::collections::HashMap<usize, Option<WireBatch>>,
+}
+
+impl Rebuilder {
+    /// `row`'s values; `None` only if its message no longer decodes.
+    pub fn event_row(&mut self, row: &EncodedRow) -> Option<EventRow> {
+        let frame = &row.frame;
+        let batch = self
+            .frames
+            .entry(Arc::as_ptr(frame) as usize)
+            .or_insert_with(|| frame.batch())
+            .as_ref()?;
+        let event = batch.events.get(row.index as usize)?.clone();
+        Some(EventRow::new(batch, event))
     }
 }
 

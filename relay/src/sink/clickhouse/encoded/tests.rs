@@ -121,3 +121,19 @@ fn rows_know_their_keys_sizes_and_values() {
         assert_eq!(row.size(), row.bytes().len());
     }
 }
+
+#[test]
+fn one_rebuilder_gives_every_rows_values_across_frames() {
+    let batches = [batch("a", 0, 3), batch("b", 3, 3)];
+    let rows = pulled(&batches);
+    let mut rebuild = super::Rebuilder::default();
+    // Out of order, across both frames of the bundle.
+    for i in [4, 0, 5, 2, 3, 1] {
+        let want = if i < 3 {
+            EventRow::new(&batches[0], batches[0].events[i].clone())
+        } else {
+            EventRow::new(&batches[1], batches[1].events[i - 3].clone())
+        };
+        assert_eq!(rebuild.event_row(&rows[i]), Some(want));
+    }
+}
