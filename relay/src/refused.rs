@@ -188,7 +188,13 @@ impl Refusals {
             let mut batches: Vec<Option<WireBatch>> =
                 match spoor_core::decode_message(&message.payload, usize::MAX) {
                     Ok(batches) => batches.into_iter().map(Some).collect(),
-                    Err(_) => return None,
+                    // Decoding is deterministic, so this cannot happen; if
+                    // it did, nothing of the message is buffered (it comes
+                    // back after ack_wait), never its frames lost.
+                    Err(error) => {
+                        tracing::error!(%error, "a pulled message no longer decodes");
+                        return None;
+                    }
                 };
             // One dead letter per refused project.
             let mut by_project: BTreeMap<String, Vec<WireBatch>> = BTreeMap::new();

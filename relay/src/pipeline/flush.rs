@@ -229,10 +229,7 @@ impl Flusher {
         for (partition, epoch) in buffered_epochs(job) {
             if !self.fence.valid(partition, epoch, now) {
                 fenced.push((partition, epoch));
-                acks.extend(
-                    job.batcher
-                        .remove_group(partition, EncodedRow::size),
-                );
+                acks.extend(job.batcher.remove_group(partition, EncodedRow::size));
             }
         }
         nak(&self.client, &self.metrics, &acks).await;

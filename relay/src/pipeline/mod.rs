@@ -436,8 +436,7 @@ impl Pipeline {
     /// Takes a partition's rows out of the buffer unacked and returns
     /// their messages, to NAK so its next owner gets them at once.
     fn take_back(&mut self, partition: u32) -> Vec<Acker> {
-        self.batcher
-            .remove_group(partition, EncodedRow::size)
+        self.batcher.remove_group(partition, EncodedRow::size)
     }
 
     /// NAKs messages given back (bounded by `NAK_TIMEOUT`).

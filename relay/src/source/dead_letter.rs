@@ -91,7 +91,9 @@ pub enum DeadLetterError {
     Ack(#[source] source_nats::AckError),
     #[error("the rows could not be encoded as a frame: {0}")]
     Encode(#[source] spoor_core::codec::EncodeError),
-    #[error("refused row {event_id}'s message no longer decodes, so its dead letter cannot be written")]
+    #[error(
+        "refused row {event_id}'s message no longer decodes, so its dead letter cannot be written"
+    )]
     Rebuild { event_id: uuid::Uuid },
 }
 

@@ -8,10 +8,10 @@
 //! their rows for the insert, with the debug ring's view of their events
 //! ([`Fetched`] carries the result, failures included), so that work runs
 //! beside the pipeline's loop, and during its inserts, instead of inside
-//! it; a [`Lookahead`] budget bounds the rows pulled but not yet taken. It never
-//! acks on its own; the pipeline calls [`ack_all`] only after the rows of
-//! those messages were inserted; frames that can never be inserted go
-//! through `source::dead_letter`.
+//! it; a [`Lookahead`] budget bounds the rows pulled but not yet taken. It
+//! never acks on its own; the pipeline calls [`ack_all`] only after the
+//! rows of those messages were inserted; frames that can never be inserted
+//! go through `source::dead_letter`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,12 +28,12 @@ use spoor_core::contract::{partition_consumer, partition_filter};
 use spoor_core::debug::EventState;
 use spoor_core::{DecodeError, WireBatch};
 use spoor_store::Shared;
-
-use crate::ring::Observed;
-use crate::sink::clickhouse::encoded::{EncodedFrame, EncodedRow};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use spoor_runtime::nats::{NatsConnectError, NatsEndpoint};
+
+use crate::ring::Observed;
+use crate::sink::clickhouse::encoded::{EncodedFrame, EncodedRow};
 
 /// The stream definition, in the JetStream API's JSON form, as deployed.
 pub const STREAM_CONFIG_JSON: &str = include_str!("../../../deploy/nats/events-stream.json");

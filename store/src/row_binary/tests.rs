@@ -88,7 +88,11 @@ async fn rows_read_back_through_the_crates_own_rowbinary_reader() {
     let mut keys = Vec::new();
     for event in &events {
         let written = write_event(&batch, event, &mut body);
-        keys.push(std::str::from_utf8(&body[written.device_key]).unwrap().to_string());
+        keys.push(
+            std::str::from_utf8(&body[written.device_key])
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(keys, ["dev-1", "only-user"]);
 

@@ -49,12 +49,12 @@ pub struct EncodedFrame {
 pub struct EncodedRow {
     frame: Arc<EncodedFrame>,
     /// The event's place in its frame.
-    index: u32,
+    index: usize,
     pub event_id: Uuid,
     /// The row's `event_date` (days since 1970-01-01).
     pub event_date: u16,
-    row: Range<u32>,
-    device_key: Range<u32>,
+    row: Range<usize>,
+    device_key: Range<usize>,
 }
 
 impl EncodedFrame {
@@ -78,26 +78,18 @@ impl EncodedFrame {
             block: Bytes::from(block),
             count: batch.events.len(),
         });
-        // A frame is at most `max_frame_bytes` of LZ4 (a few MiB), so its
-        // rows' offsets fit in u32; a row past that is left out of the
-        // insert rather than written wrong (it cannot happen).
-        let offset = |r: &Range<usize>| -> Option<Range<u32>> {
-            Some(u32::try_from(r.start).ok()?..u32::try_from(r.end).ok()?)
-        };
         batch
             .events
             .iter()
             .zip(spans)
             .enumerate()
-            .filter_map(|(i, (event, span))| {
-                Some(EncodedRow {
-                    frame: frame.clone(),
-                    index: u32::try_from(i).ok()?,
-                    event_id: event.event_id,
-                    event_date: spoor_store::date::event_date(event.ts_ms),
-                    row: offset(&span.row)?,
-                    device_key: offset(&span.device_key)?,
-                })
+            .map(|(index, (event, span))| EncodedRow {
+                frame: frame.clone(),
+                index,
+                event_id: event.event_id,
+                event_date: spoor_store::date::event_date(event.ts_ms),
+                row: span.row,
+                device_key: span.device_key,
             })
             .collect()
     }
@@ -114,18 +106,18 @@ impl EncodedRow {
 
     /// The row's RowBinary bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.frame.rows[self.row.start as usize..self.row.end as usize]
+        &self.frame.rows[self.row.clone()]
     }
 
     /// Its size in the insert (uncompressed): the buffer's byte bound.
     pub fn size(&self) -> usize {
-        (self.row.end - self.row.start) as usize
+        self.row.len()
     }
 
     /// The key the row is held under in the debug ring: its anonymous id,
     /// or its user id when that is empty.
     pub fn device_key(&self) -> &str {
-        let bytes = &self.frame.rows[self.device_key.start as usize..self.device_key.end as usize];
+        let bytes = &self.frame.rows[self.device_key.clone()];
         // Written from a `String`: always UTF-8.
         std::str::from_utf8(bytes).unwrap_or_default()
     }
@@ -163,7 +155,7 @@ impl Rebuilder {
             .entry(Arc::as_ptr(frame) as usize)
             .or_insert_with(|| frame.batch())
             .as_ref()?;
-        let event = batch.events.get(row.index as usize)?.clone();
+        let event = batch.events.get(row.index)?.clone();
         Some(EventRow::new(batch, event))
     }
 }
@@ -188,8 +180,7 @@ pub fn body<'a>(rows: impl IntoIterator<Item = &'a EncodedRow>) -> Vec<Bytes> {
         while let Some(next) = rows.next_if(|r| Arc::ptr_eq(&r.frame, frame)) {
             run.push(next);
         }
-        let whole = run.len() == frame.count
-            && run.iter().enumerate().all(|(i, r)| r.index as usize == i);
+        let whole = run.len() == frame.count && run.iter().enumerate().all(|(i, r)| r.index == i);
         if whole {
             out.extend_from_slice(&frame.block);
         } else {

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::failure::{classify, Cause};
 use super::encoded::EncodedRow;
+use super::failure::{classify, Cause};
 use super::{ClickHouseSink, SinkError};
 
 /// A row the server refused.
