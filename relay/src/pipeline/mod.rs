@@ -799,6 +799,12 @@ impl Pipeline {
                     .emit(&self.metrics);
                     given_back.extend(left.take().acks);
                     given_back.extend(behind.acks);
+                    // And what the stopped pullers left in the channel, in
+                    // the same NAK: past the deadline, every NAK timeout
+                    // an unreachable NATS costs delays the exit.
+                    while let Ok(fetched) = self.fetched.try_recv() {
+                        given_back.push(fetched.message.split().1);
+                    }
                 }
                 flush::nak(&self.client, &self.metrics, &given_back).await;
             }
