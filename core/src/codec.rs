@@ -62,6 +62,11 @@ pub enum DecodeError {
     UnknownFlags(u8),
     #[error("frame declares {declared} uncompressed bytes, over the {max}-byte limit")]
     TooLarge { declared: usize, max: usize },
+    /// The frame decodes, but its rows would be too large: every row
+    /// repeats the frame's request-level fields (geo, device, ids), so a
+    /// frame of many events with long request fields multiplies in size.
+    #[error("frame's rows would take up to {bytes} bytes, over the {max}-byte limit")]
+    RowsTooLarge { bytes: usize, max: usize },
     #[error("LZ4 body is corrupt: {0}")]
     Decompress(String),
     #[error("LZ4 body inflated to {actual} bytes but the header declares {declared}")]
@@ -88,7 +93,7 @@ impl DecodeError {
             DecodeError::BadMagic => "bad_magic",
             DecodeError::UnsupportedVersion(_) => "unsupported_version",
             DecodeError::UnknownFlags(_) => "unknown_flags",
-            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooLarge { .. } | DecodeError::RowsTooLarge { .. } => "too_large",
             DecodeError::Decompress(_) => "decompress",
             DecodeError::LengthMismatch { .. } => "length_mismatch",
             DecodeError::Cbor(_) => "cbor",

@@ -232,8 +232,9 @@ pub struct RunArgs {
     #[arg(long, env = "SPOOR_ACK_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_wait_secs: u64,
     /// Largest uncompressed frame the relay inflates (e.g. 8MiB); bigger
-    /// frames are dead-lettered as `too_large`. Defaults to the edge's own
-    /// frame limit.
+    /// frames, and frames whose rows would take over 16 times this (each
+    /// row repeats the frame's request fields), are dead-lettered as
+    /// `too_large`. Defaults to the edge's own frame limit.
     #[arg(long, env = "SPOOR_MAX_FRAME_BYTES", value_parser = parse_byte_size)]
     pub max_frame_bytes: Option<usize>,
     /// Days `events` keeps (whole UTC days, dropped hourly by partition);

@@ -101,6 +101,65 @@ pub fn write_event(batch: &WireBatch, event: &Event, out: &mut Vec<u8>) -> Writt
     }
 }
 
+/// An upper bound on the bytes [`write_event`] writes for all of
+/// `batch`'s events: each row repeats the batch's request-level text, so a
+/// frame of many events with long request fields grows many times over
+/// (the relay refuses such a frame rather than encode it).
+pub fn rows_size_bound(batch: &WireBatch) -> usize {
+    // Fixed-width columns, and a length prefix of at most 10 bytes for
+    // each of the 34 text columns.
+    const PER_ROW: usize = 70 + 34 * 10;
+    let (geo, device) = (&batch.geo, &batch.device);
+    let request: usize = [
+        &batch.project_id,
+        &geo.country,
+        &geo.region,
+        &geo.city,
+        &geo.timezone,
+        &geo.continent,
+        &geo.colo,
+        &device.browser,
+        &device.browser_version,
+        &device.os,
+        &device.os_version,
+        &device.device_type,
+        &batch.ip_prefix,
+        &batch.region,
+        &batch.batch_id,
+    ]
+    .iter()
+    .map(|s| s.len())
+    .fold(PER_ROW, usize::saturating_add);
+    batch.events.iter().fold(0usize, |total, e| {
+        let c = &e.context;
+        let own = [
+            &e.event,
+            &e.user_id,
+            &e.anonymous_id,
+            &e.session_id,
+            &e.properties,
+            &c.page_url,
+            &c.page_path,
+            &c.page_referrer,
+            &c.page_title,
+            &c.app_name,
+            &c.app_version,
+            &c.library_name,
+            &c.library_version,
+            &c.locale,
+            &c.campaign.source,
+            &c.campaign.medium,
+            &c.campaign.name,
+            &c.campaign.term,
+            &c.campaign.content,
+        ]
+        .iter()
+        .map(|s| s.len())
+        .fold(request, usize::saturating_add);
+        total.saturating_add(own)
+    })
+}
+
 /// A `String` column; returns where its bytes (after the length) went.
 fn string(out: &mut Vec<u8>, s: &str) -> Range<usize> {
     let mut n = s.len() as u64;

@@ -580,6 +580,49 @@ async fn corrupt_frames_are_counted_and_taken_off_while_neighbours_land() {
     relay.shutdown().await;
 }
 
+/// Every row repeats its frame's request-level fields, so a small frame of
+/// many events with a long request field would encode to hundreds of MB:
+/// it goes to the dead letters as `too_large` and its neighbours land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_whose_rows_would_be_huge_is_dead_lettered_as_too_large() {
+    let nats = NatsServer::start().unwrap();
+    let ch = ClickHouseServer::shared();
+    let db = ch.fresh_database("relay_huge_rows");
+    let relay = Relay::start(config(&nats, ch.http_url(), &db)).await;
+    let publisher = Publisher::connect(&nats).await;
+
+    // About 0.3 MB of frame: a 200 KB city once, 2,000 small events; as
+    // rows, 2,000 copies of the city (400 MB, over 16 x the 8 MiB default
+    // --max-frame-bytes).
+    let mut huge = batch("huge", events(100..2_100));
+    huge.geo.city = "x".repeat(200_000);
+    publisher
+        .publish_batch(&batch("good-1", events(1..4)))
+        .await;
+    publisher.publish_batch(&huge).await;
+    publisher
+        .publish_batch(&batch("good-2", events(4..6)))
+        .await;
+
+    eventually("all 3 messages off the consumer", || async {
+        let c = publisher.consumer().await;
+        (c.num_pending == 0 && c.num_ack_pending == 0 && c.ack_floor.stream_sequence == 3)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(count(ch, &db).await, 5);
+    let m = relay.get("/metrics").await.1;
+    assert_eq!(
+        sample_value(
+            &m,
+            r#"spoor_relay_errors_total{stage="decode",error_type="too_large"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    relay.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_acked_until_clickhouse_has_the_rows() {
     let nats = NatsServer::start().unwrap();

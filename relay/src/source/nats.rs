@@ -504,8 +504,26 @@ impl Lookahead {
     /// decode, and at most the whole budget).
     fn decode(&self, partition: u32, epoch: u64, message: jetstream::Message) -> Decoded {
         let started = Instant::now();
-        let frames =
-            spoor_core::decode_message(&message.payload, self.max_frame_bytes).map(|batches| {
+        // A frame's rows repeat its request-level fields: bounded, so one
+        // frame cannot make the relay encode gigabytes.
+        let max_rows_bytes = self
+            .max_frame_bytes
+            .saturating_mul(ROWS_PER_FRAME_BYTE)
+            .min(spoor_store::row_binary::MAX_BLOCK_INPUT);
+        let frames = spoor_core::decode_message(&message.payload, self.max_frame_bytes)
+            .and_then(|batches| {
+                for batch in &batches {
+                    let bytes = spoor_store::row_binary::rows_size_bound(batch);
+                    if bytes > max_rows_bytes {
+                        return Err(DecodeError::RowsTooLarge {
+                            bytes,
+                            max: max_rows_bytes,
+                        });
+                    }
+                }
+                Ok(batches)
+            })
+            .map(|batches| {
                 let stream_at_ms = stream_at_ms(&message);
                 let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
                 let now = crate::debug::wall_ms();
@@ -534,6 +552,13 @@ impl Lookahead {
         }
     }
 }
+
+/// How many bytes of rows a frame may encode to per byte of
+/// `--max-frame-bytes` (capped by the largest compressed block): a
+/// frame's rows take a few times its CBOR, one with long request fields
+/// repeated on many rows more, and past this it goes to the dead letters
+/// as `too_large`.
+const ROWS_PER_FRAME_BYTE: usize = 16;
 
 /// A decoded message waiting for its share of the lookahead budget.
 struct Decoded {

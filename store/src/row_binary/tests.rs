@@ -1,7 +1,7 @@
 use spoor_core::{Campaign, Context, Device, Event, Geo, WireBatch};
 use uuid::Uuid;
 
-use super::{compress_block, write_event};
+use super::{compress_block, rows_size_bound, write_event};
 use crate::EventRow;
 
 /// Events covering every column's shapes: empty and long strings (a
@@ -138,4 +138,22 @@ fn blocks_are_byte_for_byte_the_crates_own() {
         assert_eq!(&out[..3], &[1, 2, 3]);
         assert_eq!(&out[3..], &crates[..], "{} bytes in", data.len());
     }
+}
+
+#[test]
+fn the_size_bound_covers_the_rows_and_grows_with_request_fields() {
+    let (mut batch, events) = samples();
+    let mut rows = Vec::new();
+    for event in &events {
+        write_event(&batch, event, &mut rows);
+    }
+    batch.events = events;
+    let bound = rows_size_bound(&batch);
+    assert!(bound >= rows.len(), "{bound} < {}", rows.len());
+    assert!(bound < rows.len() * 3, "a loose bound: {bound}");
+    // A long request field counts once per row.
+    let before = bound;
+    let grown = 10_000 - batch.geo.city.len();
+    batch.geo.city = "x".repeat(10_000);
+    assert_eq!(rows_size_bound(&batch), before + 2 * grown);
 }
