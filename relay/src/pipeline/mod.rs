@@ -21,8 +21,10 @@
 //!   partition's lease (`ownership::Fence`): a partition whose lease ran
 //!   out or changed epoch leaves the job, its messages NAKed for the next
 //!   owner, and an insert still running when a lease runs out is abandoned.
-//!   The loop then forgets the partition and gives back what it had
-//!   buffered of it since.
+//!   The loop then forgets the partition, gives back what it had buffered
+//!   of it since, and hands its lease back to the lease task, so it is
+//!   acquired again under a new epoch. A message pulled under an earlier
+//!   epoch of a partition is NAKed, never taken under the current one.
 //! - **Bounded memory: two batches.** One batch is inserted while the next
 //!   fills; the filling one is flushed as soon as a frame takes it past a
 //!   bound, so each exceeds `max_rows`/`max_bytes` by at most one frame.
