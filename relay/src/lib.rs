@@ -112,7 +112,7 @@ pub async fn run(
         r = setup(&config) => r,
         () = shutdown.as_mut() => return stopped_with(tasks.stop().await),
     };
-    let (client, consumers, leases_kv, lease_ttl) = match result {
+    let (client, consumers, lease_ttl) = match result {
         Ok(ready) => ready,
         Err(e) => {
             let _ = tasks.stop().await;
@@ -219,18 +219,37 @@ pub async fn run(
     let progress = Arc::new(ownership::leases::Progress::default());
     let (changes_tx, changes_rx) = tokio::sync::mpsc::channel(256);
     let (released_tx, released_rx) = tokio::sync::mpsc::channel(256);
+    // Apart from the pipeline: its own thread, runtime and connection, so
+    // renewals never wait behind the pullers' decoding.
     tasks.spawn(
         "the partition leases",
-        ownership::leases::Leases::new(
-            leases_kv,
-            instance.clone(),
-            config.partitions,
-            ownership::LeaseTiming { ttl: lease_ttl },
-            fence.clone(),
-            progress.clone(),
-            metrics.clone(),
-        )
-        .run(changes_tx, released_rx, stop_rx.clone()),
+        ownership::leases::run_apart(
+            config.nats.clone(),
+            spoor_core::contract::leases_bucket(&config.stream),
+            {
+                let (instance, partitions, fence, progress, metrics) = (
+                    instance.clone(),
+                    config.partitions,
+                    fence.clone(),
+                    progress.clone(),
+                    metrics.clone(),
+                );
+                move |kv| {
+                    ownership::leases::Leases::new(
+                        kv,
+                        instance,
+                        partitions,
+                        ownership::LeaseTiming { ttl: lease_ttl },
+                        fence,
+                        progress,
+                        metrics,
+                    )
+                }
+            },
+            changes_tx,
+            released_rx,
+            stop_rx.clone(),
+        ),
     );
     health.set_ready(client.clone());
     tracing::info!(stream = %config.stream, consumer = %config.consumer, partitions = config.partitions, instance = %instance, database = %config.clickhouse.database, "relay running");
@@ -318,7 +337,6 @@ pub async fn migrate(config: &RelayConfig) -> Result<(), RelayError> {
 type Ready = (
     async_nats::Client,
     source_nats::PartitionConsumers,
-    async_nats::jetstream::kv::Store,
     std::time::Duration,
 );
 
@@ -342,7 +360,9 @@ async fn setup(config: &RelayConfig) -> Result<Ready, RelayError> {
         config.max_ack_pending(),
     )
     .await?;
-    let (kv, ttl) = ownership::leases::open_bucket(
+    // Created (or checked) here, so a bucket that cannot work stops the
+    // relay at start; the lease thread opens it again on its own connection.
+    let (_, ttl) = ownership::leases::open_bucket(
         &js,
         &config.stream,
         config.lease_ttl,
@@ -350,7 +370,7 @@ async fn setup(config: &RelayConfig) -> Result<Ready, RelayError> {
     )
     .await?;
     schema::apply(&config.clickhouse).await?;
-    Ok((client, consumers, kv, ttl))
+    Ok((client, consumers, ttl))
 }
 
 pub(crate) use spoor_runtime::supervise::stopped;

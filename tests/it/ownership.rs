@@ -336,3 +336,98 @@ async fn copies_across_a_handover_leave_the_rollups_equal_to_the_raw_table() {
     );
     b.shutdown().await;
 }
+
+/// The lease task renews from a thread and a connection of its own: with
+/// the runtime that started it blocked for three lease TTLs (as a relay's
+/// runtime is when its pullers' decoding takes all the CPU it is given),
+/// the lease is still held under the same epoch, still valid, was renewed
+/// meanwhile, and was never reported lost. Had the task shared that
+/// runtime, the key would have expired on the server and the lease been
+/// lost.
+#[tokio::test(flavor = "current_thread")]
+async fn leases_are_renewed_while_the_relays_runtime_is_blocked() {
+    use spoor_relay::ownership::leases::{open_bucket, run_apart, Leases, Progress};
+    use spoor_relay::ownership::{Fence, LeaseTiming, Ownership};
+    use spoor_tests::nats::NatsRole;
+    use std::sync::Arc;
+
+    let nats = NatsServer::start().unwrap();
+    let endpoint = crate::support::nats_endpoint(&nats, NatsRole::Relay);
+    let client = endpoint.connect("test", None).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let ttl = Duration::from_secs(2);
+    let stream = "SPOOR_EVENTS";
+    let (kv, ttl) = open_bucket(&js, stream, ttl, 1).await.unwrap();
+    let fence = Fence::default();
+    let (tx, mut changes) = tokio::sync::mpsc::channel(16);
+    let (_released_tx, released) = tokio::sync::mpsc::channel(16);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let leases = tokio::spawn(run_apart(
+        endpoint,
+        spoor_core::contract::leases_bucket(stream),
+        {
+            let fence = fence.clone();
+            move |kv| {
+                Leases::new(
+                    kv,
+                    "relay-blocked".into(),
+                    1,
+                    LeaseTiming { ttl },
+                    fence,
+                    Arc::new(Progress::default()),
+                    Arc::new(spoor_relay::metrics::Metrics::new()),
+                )
+            }
+        },
+        tx,
+        released,
+        stop,
+    ));
+    let acquired = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("the lease task acquired nothing within 10 s")
+        .unwrap();
+    let Ownership::Acquired { partition, epoch } = acquired else {
+        panic!("expected the partition to be acquired first, got {acquired:?}");
+    };
+
+    // Block the only thread of this runtime, which spawned the task.
+    std::thread::sleep(3 * ttl);
+
+    assert!(
+        fence.valid(partition, epoch, tokio::time::Instant::now()),
+        "the lease lapsed while the runtime was blocked: {:?}",
+        fence.get(partition)
+    );
+    let entry = kv
+        .entry(spoor_core::contract::lease_key(partition))
+        .await
+        .unwrap()
+        .expect("the lease key is gone from the bucket");
+    assert!(
+        entry.revision > epoch,
+        "the lease was not renewed while the runtime was blocked (revision {} = epoch {epoch})",
+        entry.revision
+    );
+    assert!(
+        matches!(
+            changes.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty)
+        ),
+        "the lease task reported a change while the runtime was blocked"
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), leases)
+        .await
+        .expect("the lease task did not stop within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(
+        kv.get(spoor_core::contract::lease_key(partition))
+            .await
+            .unwrap()
+            .is_none(),
+        "the lease was not deleted at stop"
+    );
+}

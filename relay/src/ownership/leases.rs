@@ -9,6 +9,15 @@
 //! Every KV call is bounded by [`KV_TIMEOUT`], so an unreachable NATS only
 //! lets the leases' validity run out (the fence stops inserts) and never
 //! hangs the task.
+//!
+//! The task runs apart from the pipeline ([`run_apart`]): on a thread of its
+//! own, with its own single-threaded runtime and its own NATS connection.
+//! The pipeline's pullers decode and encode on the relay's runtime; on a
+//! relay short of CPU (a container's quota, a busy host) renewals queued
+//! behind that work, and their answers behind pulled frames on the shared
+//! socket, long enough for the leases to lapse: partitions lost and taken
+//! again, windows rebuilt, frames redelivered, each costing more CPU.
+//! Apart, a renewal waits only for the scheduler.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -29,6 +38,7 @@ use super::{plan, Fence, Held, LeaseTiming, Ownership, Step, View};
 use crate::internal_events::*;
 use crate::metrics::Metrics;
 use crate::source::nats::SourceError;
+use crate::NatsEndpoint;
 
 /// Longest any one KV request may take.
 pub const KV_TIMEOUT: Duration = Duration::from_secs(2);
@@ -443,6 +453,83 @@ impl Leases {
             owned: self.fence.partitions().len(),
         }
         .emit(&self.metrics);
+    }
+}
+
+/// Runs the lease task apart from the caller's runtime: on a thread of its
+/// own (`spoor-leases`), with a single-threaded runtime and a NATS
+/// connection of its own to `nats`, through which it opens `bucket`
+/// (created beforehand by [`open_bucket`]) and hands the store to `make`.
+///
+/// The returned future, spawned on the caller's runtime, resolves when the
+/// task has ended: after `stop`, or with the error that kept it from
+/// starting (the connection or the bucket). A panic on the thread is
+/// resumed there, for the supervisor to see. Dropping the future (a
+/// supervisor aborting its tasks) ends the thread's work at its next await.
+pub fn run_apart(
+    nats: NatsEndpoint,
+    bucket: String,
+    make: impl FnOnce(kv::Store) -> Leases + Send + 'static,
+    tx: mpsc::Sender<Ownership>,
+    released: mpsc::Receiver<u32>,
+    mut stop: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = Result<(), SourceError>> + Send + 'static {
+    type Outcome = std::thread::Result<Result<(), SourceError>>;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Outcome>();
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    let named = bucket.clone();
+    let leases_bucket_name = bucket.clone();
+    let failed = move |detail: String| SourceError::Leases {
+        bucket: named,
+        detail,
+    };
+    let work = async move {
+        let client = tokio::select! {
+            () = crate::stopped(&mut stop) => return Ok(()),
+            client = nats.connect("spoor-relay-leases", None) => client?,
+        };
+        let js = jetstream::new(client.clone());
+        let store = tokio::select! {
+            () = crate::stopped(&mut stop) => return Ok(()),
+            store = js.get_key_value(&bucket) => {
+                store.map_err(|e| SourceError::Leases { bucket: bucket.clone(), detail: e.to_string() })?
+            }
+        };
+        make(store).run(tx, released, stop).await;
+        let _ = tokio::time::timeout(KV_TIMEOUT, client.flush()).await;
+        Ok(())
+    };
+    let spawned = std::thread::Builder::new()
+        .name("spoor-leases".into())
+        .spawn(move || {
+            let outcome: Outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| failed(format!("cannot start the lease thread's runtime: {e}")))?;
+                runtime.block_on(async move {
+                    tokio::select! {
+                        result = work => result,
+                        // The caller dropped its future: stop here.
+                        _ = cancel_rx => Ok(()),
+                    }
+                })
+            }));
+            let _ = done_tx.send(outcome);
+        });
+    let spawned = spawned.map_err(|e| SourceError::Leases {
+        bucket: leases_bucket_name,
+        detail: format!("cannot start the lease thread: {e}"),
+    });
+    async move {
+        let _cancel_on_drop = cancel_tx;
+        spawned?;
+        match done_rx.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // The thread ended without a word: only a panic does that.
+            Err(_) => panic!("the lease thread ended without reporting"),
+        }
     }
 }
 
