@@ -40,57 +40,7 @@ pub struct Written {
 /// `EventRow::new(batch, event)`.
 pub fn write_event(batch: &WireBatch, event: &Event, out: &mut Vec<u8>) -> Written {
     let start = out.len();
-    let ctx = &event.context;
-    let (geo, device) = (&batch.geo, &batch.device);
-    string(out, &batch.project_id);
-    out.extend_from_slice(&event_date(event.ts_ms).to_le_bytes());
-    out.extend_from_slice(&event_time(event.ts_ms).to_le_bytes());
-    out.extend_from_slice(&event.ts_ms.to_le_bytes());
-    let (high, low) = event.event_id.as_u64_pair();
-    out.extend_from_slice(&high.to_le_bytes());
-    out.extend_from_slice(&low.to_le_bytes());
-    out.push(u8::from(event.event_id_derived));
-    string(out, &event.event);
-    let user = string(out, &event.user_id);
-    let anonymous = string(out, &event.anonymous_id);
-    string(out, &event.session_id);
-    nullable_i64(out, event.client_ts_ms);
-    nullable_i64(out, batch.sent_at_ms);
-    out.extend_from_slice(&batch.received_at_ms.to_le_bytes());
-    string(out, &event.properties);
-    string(out, &ctx.page_url);
-    string(out, &ctx.page_path);
-    string(out, &ctx.page_referrer);
-    string(out, &ctx.page_title);
-    string(out, &ctx.app_name);
-    string(out, &ctx.app_version);
-    string(out, &ctx.library_name);
-    string(out, &ctx.library_version);
-    string(out, &ctx.locale);
-    out.extend_from_slice(&ctx.screen_width.to_le_bytes());
-    out.extend_from_slice(&ctx.screen_height.to_le_bytes());
-    string(out, &geo.country);
-    string(out, &geo.region);
-    string(out, &geo.city);
-    string(out, &geo.timezone);
-    string(out, &geo.continent);
-    string(out, &geo.colo);
-    out.extend_from_slice(&geo.asn.to_le_bytes());
-    string(out, &device.browser);
-    string(out, &device.browser_version);
-    string(out, &device.os);
-    string(out, &device.os_version);
-    string(out, &device.device_type);
-    out.push(u8::from(device.is_bot));
-    string(out, &batch.ip_prefix);
-    string(out, &batch.region);
-    string(out, &batch.batch_id);
-    let campaign = &ctx.campaign;
-    string(out, &campaign.source);
-    string(out, &campaign.medium);
-    string(out, &campaign.name);
-    string(out, &campaign.term);
-    string(out, &campaign.content);
+    let (user, anonymous) = columns(batch, event, &mut Bytes(out));
     Written {
         row: start..out.len(),
         device_key: if event.anonymous_id.is_empty() {
@@ -101,90 +51,134 @@ pub fn write_event(batch: &WireBatch, event: &Event, out: &mut Vec<u8>) -> Writt
     }
 }
 
-/// An upper bound on the bytes [`write_event`] writes for all of
-/// `batch`'s events: each row repeats the batch's request-level text, so a
-/// frame of many events with long request fields grows many times over
-/// (the relay refuses such a frame rather than encode it).
-pub fn rows_size_bound(batch: &WireBatch) -> usize {
-    // Fixed-width columns, and a length prefix of at most 10 bytes for
-    // each of the 34 text columns.
-    const PER_ROW: usize = 70 + 34 * 10;
+/// The bytes [`write_event`] writes for all of `batch`'s events, counted
+/// without writing them: each row repeats the batch's request-level text,
+/// so a frame of many events with long request fields grows many times
+/// over (the relay refuses such a frame rather than encode it).
+pub fn rows_size(batch: &WireBatch) -> usize {
+    let mut size = Size(0);
+    for event in &batch.events {
+        columns(batch, event, &mut size);
+    }
+    size.0
+}
+
+/// Where a row's columns go: written out, or only counted. One column list
+/// ([`columns`]) serves both, so the count cannot drift from the bytes.
+trait Sink {
+    /// A `String` column; returns where its bytes (after the length) went.
+    fn string(&mut self, s: &str) -> Range<usize>;
+    /// A fixed-width column, already little-endian.
+    fn fixed(&mut self, bytes: &[u8]);
+
+    fn nullable_i64(&mut self, v: Option<i64>) {
+        match v {
+            None => self.fixed(&[1]),
+            Some(v) => {
+                self.fixed(&[0]);
+                self.fixed(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Writes into a buffer.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl Sink for Bytes<'_> {
+    fn string(&mut self, s: &str) -> Range<usize> {
+        let out = &mut *self.0;
+        let mut n = s.len() as u64;
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        let start = out.len();
+        out.extend_from_slice(s.as_bytes());
+        start..out.len()
+    }
+
+    fn fixed(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+}
+
+/// Counts what [`Bytes`] would write.
+struct Size(usize);
+
+impl Sink for Size {
+    fn string(&mut self, s: &str) -> Range<usize> {
+        // LEB128: seven bits of the length per byte.
+        let prefix = (usize::BITS - s.len().leading_zeros()).div_ceil(7).max(1) as usize;
+        self.0 = self.0.saturating_add(prefix).saturating_add(s.len());
+        0..0
+    }
+
+    fn fixed(&mut self, bytes: &[u8]) {
+        self.0 = self.0.saturating_add(bytes.len());
+    }
+}
+
+/// The `events` row's columns in the table's order (`EVENT_COLUMNS`), into
+/// `out`; returns where the `user_id` and `anonymous_id` bytes went.
+fn columns(batch: &WireBatch, event: &Event, out: &mut impl Sink) -> (Range<usize>, Range<usize>) {
+    let ctx = &event.context;
     let (geo, device) = (&batch.geo, &batch.device);
-    let request: usize = [
-        &batch.project_id,
-        &geo.country,
-        &geo.region,
-        &geo.city,
-        &geo.timezone,
-        &geo.continent,
-        &geo.colo,
-        &device.browser,
-        &device.browser_version,
-        &device.os,
-        &device.os_version,
-        &device.device_type,
-        &batch.ip_prefix,
-        &batch.region,
-        &batch.batch_id,
-    ]
-    .iter()
-    .map(|s| s.len())
-    .fold(PER_ROW, usize::saturating_add);
-    batch.events.iter().fold(0usize, |total, e| {
-        let c = &e.context;
-        let own = [
-            &e.event,
-            &e.user_id,
-            &e.anonymous_id,
-            &e.session_id,
-            &e.properties,
-            &c.page_url,
-            &c.page_path,
-            &c.page_referrer,
-            &c.page_title,
-            &c.app_name,
-            &c.app_version,
-            &c.library_name,
-            &c.library_version,
-            &c.locale,
-            &c.campaign.source,
-            &c.campaign.medium,
-            &c.campaign.name,
-            &c.campaign.term,
-            &c.campaign.content,
-        ]
-        .iter()
-        .map(|s| s.len())
-        .fold(request, usize::saturating_add);
-        total.saturating_add(own)
-    })
-}
-
-/// A `String` column; returns where its bytes (after the length) went.
-fn string(out: &mut Vec<u8>, s: &str) -> Range<usize> {
-    let mut n = s.len() as u64;
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    let start = out.len();
-    out.extend_from_slice(s.as_bytes());
-    start..out.len()
-}
-
-fn nullable_i64(out: &mut Vec<u8>, v: Option<i64>) {
-    match v {
-        None => out.push(1),
-        Some(v) => {
-            out.push(0);
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
+    out.string(&batch.project_id);
+    out.fixed(&event_date(event.ts_ms).to_le_bytes());
+    out.fixed(&event_time(event.ts_ms).to_le_bytes());
+    out.fixed(&event.ts_ms.to_le_bytes());
+    let (high, low) = event.event_id.as_u64_pair();
+    out.fixed(&high.to_le_bytes());
+    out.fixed(&low.to_le_bytes());
+    out.fixed(&[u8::from(event.event_id_derived)]);
+    out.string(&event.event);
+    let user = out.string(&event.user_id);
+    let anonymous = out.string(&event.anonymous_id);
+    out.string(&event.session_id);
+    out.nullable_i64(event.client_ts_ms);
+    out.nullable_i64(batch.sent_at_ms);
+    out.fixed(&batch.received_at_ms.to_le_bytes());
+    out.string(&event.properties);
+    out.string(&ctx.page_url);
+    out.string(&ctx.page_path);
+    out.string(&ctx.page_referrer);
+    out.string(&ctx.page_title);
+    out.string(&ctx.app_name);
+    out.string(&ctx.app_version);
+    out.string(&ctx.library_name);
+    out.string(&ctx.library_version);
+    out.string(&ctx.locale);
+    out.fixed(&ctx.screen_width.to_le_bytes());
+    out.fixed(&ctx.screen_height.to_le_bytes());
+    out.string(&geo.country);
+    out.string(&geo.region);
+    out.string(&geo.city);
+    out.string(&geo.timezone);
+    out.string(&geo.continent);
+    out.string(&geo.colo);
+    out.fixed(&geo.asn.to_le_bytes());
+    out.string(&device.browser);
+    out.string(&device.browser_version);
+    out.string(&device.os);
+    out.string(&device.os_version);
+    out.string(&device.device_type);
+    out.fixed(&[u8::from(device.is_bot)]);
+    out.string(&batch.ip_prefix);
+    out.string(&batch.region);
+    out.string(&batch.batch_id);
+    let campaign = &ctx.campaign;
+    out.string(&campaign.source);
+    out.string(&campaign.medium);
+    out.string(&campaign.name);
+    out.string(&campaign.term);
+    out.string(&campaign.content);
+    (user, anonymous)
 }
 
 const CHECKSUM_SIZE: usize = 16;

@@ -513,7 +513,7 @@ impl Lookahead {
         let frames = spoor_core::decode_message(&message.payload, self.max_frame_bytes)
             .and_then(|batches| {
                 for batch in &batches {
-                    let bytes = spoor_store::row_binary::rows_size_bound(batch);
+                    let bytes = spoor_store::row_binary::rows_size(batch);
                     if bytes > max_rows_bytes {
                         return Err(DecodeError::RowsTooLarge {
                             bytes,

@@ -1,7 +1,7 @@
 use spoor_core::{Campaign, Context, Device, Event, Geo, WireBatch};
 use uuid::Uuid;
 
-use super::{compress_block, rows_size_bound, write_event};
+use super::{compress_block, rows_size, write_event};
 use crate::EventRow;
 
 /// Events covering every column's shapes: empty and long strings (a
@@ -141,19 +141,32 @@ fn blocks_are_byte_for_byte_the_crates_own() {
 }
 
 #[test]
-fn the_size_bound_covers_the_rows_and_grows_with_request_fields() {
+fn the_counted_size_is_the_written_size_and_grows_with_request_fields() {
     let (mut batch, events) = samples();
     let mut rows = Vec::new();
     for event in &events {
         write_event(&batch, event, &mut rows);
     }
     batch.events = events;
-    let bound = rows_size_bound(&batch);
-    assert!(bound >= rows.len(), "{bound} < {}", rows.len());
-    assert!(bound < rows.len() * 3, "a loose bound: {bound}");
-    // A long request field counts once per row.
-    let before = bound;
-    let grown = 10_000 - batch.geo.city.len();
+    assert_eq!(rows_size(&batch), rows.len());
+    // A long request field counts once per row, with its longer length
+    // prefix (two LEB128 bytes from 128 on).
+    let before = rows.len();
+    let grown = 10_000 - batch.geo.city.len() + 1;
     batch.geo.city = "x".repeat(10_000);
-    assert_eq!(rows_size_bound(&batch), before + 2 * grown);
+    assert_eq!(rows_size(&batch), before + 2 * grown);
+    let mut rows = Vec::new();
+    for event in &batch.events {
+        write_event(&batch, event, &mut rows);
+    }
+    assert_eq!(rows_size(&batch), rows.len());
+    // Length prefixes at their boundaries.
+    for len in [0, 1, 127, 128, 16_383, 16_384, 2_097_152] {
+        batch.geo.city = "y".repeat(len);
+        let mut rows = Vec::new();
+        for event in &batch.events {
+            write_event(&batch, event, &mut rows);
+        }
+        assert_eq!(rows_size(&batch), rows.len(), "a {len}-byte field");
+    }
 }
