@@ -561,8 +561,13 @@ impl Pipeline {
             elapsed: fetched.decoding,
         }
         .emit(&self.metrics);
-        self.accept(fetched.partition, fetched.message, fetched.frames)
-            .await;
+        self.accept(
+            fetched.partition,
+            fetched.message,
+            fetched.meta,
+            fetched.frames,
+        )
+        .await;
         self.report_buffer();
     }
 
@@ -571,11 +576,15 @@ impl Pipeline {
         &mut self,
         partition: u32,
         message: async_nats::jetstream::Message,
+        meta: source::Meta,
         frames: Result<Vec<source::PulledFrame>, spoor_core::DecodeError>,
     ) {
-        let origin = dead_letter::Origin::of(&message);
+        let source::Meta {
+            origin,
+            stream_at_ms,
+            delivered,
+        } = meta;
         let stream_sequence = origin.stream_sequence;
-        let stream_at_ms = source::stream_at_ms(&message);
         // A dead letter replayed by `spoor dead-letters replay` is checked
         // against ClickHouse like a redelivery: the window may hold its
         // ids from the original frame, which was never stored.
@@ -585,7 +594,7 @@ impl Pipeline {
         });
         // So is a frame the pre-ownership consumer delivered (an upgrade).
         let legacy = stream_sequence.is_some_and(|seq| seq <= self.legacy_delivered);
-        let delivery = match message.info().ok().map(|i| i.delivered) {
+        let delivery = match delivered {
             _ if replayed || legacy => Delivery::Redelivered,
             Some(n) if n > 1 => Delivery::Redelivered,
             // A message without metadata cannot be told apart; treat it as

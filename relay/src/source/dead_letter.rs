@@ -45,19 +45,18 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<(), SourceError> {
 pub struct Origin {
     pub stream: Option<String>,
     pub stream_sequence: Option<u64>,
-    /// RFC 3339.
-    pub published: Option<String>,
+    /// When JetStream stored it; written as RFC 3339 only into a dead
+    /// letter's headers.
+    pub published: Option<time::OffsetDateTime>,
 }
 
 impl Origin {
-    pub fn of(message: &jetstream::Message) -> Origin {
-        match message.info() {
-            Ok(info) => Origin {
-                stream: Some(info.stream.to_string()),
-                stream_sequence: Some(info.stream_sequence),
-                published: info.published.format(&Rfc3339).ok(),
-            },
-            Err(_) => Origin::default(),
+    /// The origin in `info`, a message's JetStream metadata.
+    pub fn of(info: &jetstream::message::Info<'_>) -> Origin {
+        Origin {
+            stream: Some(info.stream.to_string()),
+            stream_sequence: Some(info.stream_sequence),
+            published: Some(info.published),
         }
     }
 
@@ -140,7 +139,7 @@ fn common_headers(
     if let Some(seq) = origin.stream_sequence {
         h.insert(header::ORIGINAL_STREAM_SEQ, seq.to_string().as_str());
     }
-    if let Some(published) = &origin.published {
+    if let Some(published) = origin.published.and_then(|t| t.format(&Rfc3339).ok()) {
         h.insert(header::ORIGINAL_TIME, published.as_str());
     }
     h

@@ -413,6 +413,7 @@ pub struct Fetched {
     /// lease's (the window rebuilt for it already counts its delivery).
     pub epoch: u64,
     pub message: jetstream::Message,
+    pub meta: Meta,
     /// The message's frames, or why they do not decode (the pipeline
     /// dead-letters those).
     pub frames: Result<Vec<PulledFrame>, DecodeError>,
@@ -466,14 +467,35 @@ impl PulledFrame {
     }
 }
 
-/// The message's JetStream publish time in epoch ms (the ring's time
-/// base), or the relay's clock for a message without metadata.
-pub fn stream_at_ms(message: &jetstream::Message) -> i64 {
-    message
-        .info()
-        .ok()
-        .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok())
-        .unwrap_or_else(crate::debug::wall_ms)
+/// A message's JetStream metadata, read once by its puller (each
+/// `Message::info` parses the reply subject again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Its stream, sequence and publish time, for dead letters.
+    pub origin: super::dead_letter::Origin,
+    /// Its publish time in epoch ms (the ring's time base), or the relay's
+    /// clock for a message without metadata.
+    pub stream_at_ms: i64,
+    /// How many times JetStream has delivered it; None without metadata.
+    pub delivered: Option<i64>,
+}
+
+impl Meta {
+    pub fn of(message: &jetstream::Message) -> Meta {
+        match message.info() {
+            Ok(info) => Meta {
+                origin: super::dead_letter::Origin::of(&info),
+                stream_at_ms: i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                    .unwrap_or_else(|_| crate::debug::wall_ms()),
+                delivered: Some(info.delivered),
+            },
+            Err(_) => Meta {
+                origin: super::dead_letter::Origin::default(),
+                stream_at_ms: crate::debug::wall_ms(),
+                delivered: None,
+            },
+        }
+    }
 }
 
 /// The budget of rows the pullers may decode ahead of the pipeline's loop,
@@ -504,6 +526,7 @@ impl Lookahead {
     /// decode, and at most the whole budget).
     fn decode(&self, partition: u32, epoch: u64, message: jetstream::Message) -> Decoded {
         let started = Instant::now();
+        let meta = Meta::of(&message);
         // A frame's rows repeat its request-level fields: bounded, so one
         // frame cannot make the relay encode gigabytes.
         let max_rows_bytes = self
@@ -524,8 +547,8 @@ impl Lookahead {
                 Ok(batches)
             })
             .map(|batches| {
-                let stream_at_ms = stream_at_ms(&message);
-                let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let (stream_at_ms, seq) = (meta.stream_at_ms, meta.origin.stream_sequence);
+                let seq = seq.unwrap_or(0);
                 let now = crate::debug::wall_ms();
                 batches
                     .into_iter()
@@ -544,6 +567,7 @@ impl Lookahead {
             partition,
             epoch,
             message,
+            meta,
             frames,
             decoding,
             share: u32::try_from(rows)
@@ -565,6 +589,7 @@ struct Decoded {
     partition: u32,
     epoch: u64,
     message: jetstream::Message,
+    meta: Meta,
     frames: Result<Vec<PulledFrame>, DecodeError>,
     decoding: Duration,
     share: u32,
@@ -576,6 +601,7 @@ impl Decoded {
             partition: self.partition,
             epoch: self.epoch,
             message: self.message,
+            meta: self.meta,
             frames: self.frames,
             decoding: self.decoding,
             _budget: budget,

@@ -1,5 +1,6 @@
 use super::{header, headers, Origin, Reason};
 use spoor_core::DecodeError;
+use time::format_description::well_known::Rfc3339;
 
 fn message(msg_id: Option<&str>) -> async_nats::Message {
     let headers = msg_id.map(|id| {
@@ -28,7 +29,7 @@ fn headers_carry_reason_origin_and_a_deterministic_id() {
     let origin = Origin {
         stream: Some("SPOOR_EVENTS".into()),
         stream_sequence: Some(42),
-        published: Some("2026-11-22T10:00:00.5Z".into()),
+        published: Some(time::OffsetDateTime::parse("2026-11-22T10:00:00.5Z", &Rfc3339).unwrap()),
     };
     let error = DecodeError::UnsupportedVersion(9);
     let reason = Reason {
@@ -110,7 +111,7 @@ fn a_rows_letter_names_its_original_and_an_id_from_its_rows() {
     let origin = Origin {
         stream: Some("SPOOR_EVENTS".into()),
         stream_sequence: Some(42),
-        published: Some("2026-11-22T10:00:00.5Z".into()),
+        published: Some(time::OffsetDateTime::parse("2026-11-22T10:00:00.5Z", &Rfc3339).unwrap()),
     };
     let ids = [uuid::Uuid::from_u128(2), uuid::Uuid::from_u128(1)];
     let letter = super::RowsLetter {
