@@ -12,7 +12,8 @@
 //!
 //! The rare paths that need a row's values (a dead letter of rows
 //! ClickHouse refused) decode the frame's message again
-//! ([`EncodedRow::event_row`]), which gives back the same event.
+//! ([`Rebuilder::event_row`], once per message), which gives back the same
+//! event.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -120,13 +121,6 @@ impl EncodedRow {
         let bytes = &self.frame.rows[self.device_key.clone()];
         // Written from a `String`: always UTF-8.
         std::str::from_utf8(bytes).unwrap_or_default()
-    }
-
-    /// The row's values, from its frame's message decoded again: `None`
-    /// only if that message no longer decodes, which it did when pulled.
-    /// For many rows, [`Rebuilder`] decodes each message once.
-    pub fn event_row(&self) -> Option<EventRow> {
-        Rebuilder::default().event_row(self)
     }
 }
 
