@@ -838,3 +838,94 @@ async fn setup_is_idempotent_and_migrate_applies_everything() {
     b.shutdown().await;
     query(ch, format!("DROP DATABASE {db}")).await;
 }
+
+/// A partition puller held up longer than async-nats's own timer on a pull
+/// request (its expiry plus 5 s, after which the client drops what the
+/// request still buffers) still hands over every message of the request,
+/// each on its first delivery: none is left for `ack_wait` to bring back
+/// a minute later. (The loop holds a puller up this way whenever an insert
+/// is slow: the puller waits for the lookahead budget.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_held_up_past_the_pull_timer_hands_over_every_message() {
+    use spoor_relay::source::nats::{
+        ensure_partition_consumers, pull_partition, Lookahead, Pull, StreamLimits,
+    };
+    const FRAMES: usize = 40;
+    let nats = NatsServer::start().unwrap();
+    let client = nats.connect(NatsRole::Admin).await.unwrap();
+    let js = jetstream::new(client.clone());
+    spoor_relay::source::streams::ensure_all(&js, STREAM, 1, &StreamLimits::default())
+        .await
+        .unwrap();
+    let consumers = ensure_partition_consumers(
+        &js,
+        STREAM,
+        "spoor-relay",
+        1,
+        Duration::from_secs(120),
+        10_000,
+    )
+    .await
+    .unwrap();
+    let publisher = Publisher::connect(&nats).await;
+    for i in 0..FRAMES {
+        publisher
+            .publish_batch(&batch(
+                &format!("held-{i}"),
+                events(i as u128 * 10..i as u128 * 10 + 10),
+            ))
+            .await;
+    }
+
+    // A budget of one frame's rows and a channel of one: the puller decodes
+    // one message, then waits on us for each of the others.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let (_paused_tx, paused) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let puller = tokio::spawn(pull_partition(Pull {
+        client: client.clone(),
+        consumer: consumers.consumers[0].clone(),
+        partition: 0,
+        epoch: 1,
+        max_messages: FRAMES,
+        lookahead: Lookahead::new(10, 1 << 20),
+        tx,
+        paused,
+        stop,
+        failed: |e: &dyn std::fmt::Display| panic!("a pull failed: {e}"),
+    }));
+
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("nothing pulled within 10 s")
+        .unwrap();
+    // Held up past the request's 1 s expiry plus async-nats's 5 s.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Only the messages are kept: dropping the rest gives the budget back.
+    let message_of = |fetched: spoor_relay::source::nats::Fetched| fetched.message;
+    let mut got = vec![message_of(first)];
+    while got.len() < FRAMES {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(fetched)) => got.push(message_of(fetched)),
+            _ => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    let delivered: Vec<i64> = got.iter().map(|m| m.info().unwrap().delivered).collect();
+    assert_eq!(
+        got.len(),
+        FRAMES,
+        "{} of {FRAMES} messages handed over; the rest were dropped with the pull request",
+        got.len()
+    );
+    assert!(
+        delivered.iter().all(|&d| d == 1),
+        "redelivered messages among them: {delivered:?}"
+    );
+    for message in &got {
+        message.ack().await.unwrap();
+    }
+    drop(got);
+    drop(rx);
+    let _ = tokio::time::timeout(Duration::from_secs(10), puller).await;
+}

@@ -664,8 +664,8 @@ pub async fn pull_partition<F: Fn(&dyn std::fmt::Display)>(pull: Pull<F>) {
             r = fetch(&consumer, max_messages, MAX_FETCH_WAIT) => r,
             _ = stop.changed() => break,
         };
-        let mut batch = match batch {
-            Ok(batch) => std::pin::pin!(batch),
+        let batch = match batch {
+            Ok(batch) => batch,
             Err(e) => {
                 failed(&e);
                 failures = failures.saturating_add(1);
@@ -680,8 +680,15 @@ pub async fn pull_partition<F: Fn(&dyn std::fmt::Display)>(pull: Pull<F>) {
             }
         };
         failures = 0;
+        // The request's messages are taken off its subscription as they
+        // arrive, whatever the pace below: async-nats ends a batch on a
+        // timer of its own (expiry + 5 s) and drops the messages it still
+        // buffers, which then come back only after `ack_wait`. The pace
+        // below waits for the lookahead budget, so for as long as an
+        // insert lasts.
+        let mut batch = drain(batch, max_messages);
         let mut handed_back = Vec::new();
-        while let Some(item) = batch.next().await {
+        while let Some(item) = batch.recv().await {
             match item {
                 Ok(message) if *stop.borrow() => handed_back.push(message),
                 Ok(message) => {
@@ -717,6 +724,26 @@ pub async fn pull_partition<F: Fn(&dyn std::fmt::Display)>(pull: Pull<F>) {
             let _ = nak_all(&client, &acks).await;
         }
     }
+}
+
+/// Moves a pull request's messages (at most `max_messages`, plus an error)
+/// into a channel as they arrive, in a task of their own, so that the
+/// request never times out holding any.
+fn drain(
+    batch: Batch,
+    max_messages: usize,
+) -> mpsc::Receiver<Result<jetstream::Message, async_nats::Error>> {
+    let (tx, rx) = mpsc::channel(max_messages.saturating_add(1).max(1));
+    tokio::spawn(async move {
+        let mut batch = std::pin::pin!(batch);
+        while let Some(item) = batch.next().await {
+            let end = item.is_err();
+            if tx.send(item).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// The ids of the events a partition's consumer has delivered within the
