@@ -28,7 +28,12 @@
 //!      for before/after figures in one run).
 //!
 //!    CPU seconds per 100K events from `/proc/<pid>/stat` over each phase:
-//!    the relays', clickhouse-server's and nats-server's.
+//!    the relays', clickhouse-server's and nats-server's. A relay phase
+//!    also reports its rate over the middle half of its rows (25% to 75%
+//!    stored: the steady state, without start-up and the tail), the rows
+//!    stored every 5 s, each relay's rows and CPU, each CPU's busy and
+//!    stolen share, and the relays' errors by label, lease losses,
+//!    messages received and presence checks.
 //! 3. The ratios: one relay ÷ raw with views, two relays ÷ one relay.
 //!
 //! Not a test: nothing is asserted beyond every phase storing N rows; the
@@ -156,6 +161,10 @@ struct Figures {
     load: String,
     secs: f64,
     rows_per_sec: f64,
+    /// A relay phase's rate over the middle half of its rows (25% to 75%
+    /// stored): the steady state, without start-up (leases, windows, the
+    /// ring's rebuild) and the last frames' tail.
+    mid_rows_per_sec: Option<f64>,
     relay_cpu: f64,
     clickhouse_cpu: f64,
     nats_cpu: f64,
@@ -185,6 +194,44 @@ fn now_ms() -> i64 {
 
 fn pid_cpu(pid: Option<u32>) -> f64 {
     pid.map_or(0.0, process_cpu_secs)
+}
+
+/// Each CPU's jiffies from `/proc/stat`: (busy, steal, total), busy being
+/// user, nice, system, irq and softirq.
+fn cpu_jiffies() -> Vec<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+            (busy, at(7), v.iter().take(8).sum())
+        })
+        .collect()
+}
+
+/// Each CPU's busy and stolen share between two `cpu_jiffies` readings:
+/// "CPU0 busy 97% steal 0%, CPU1 ...".
+fn cpu_shares(before: &[(u64, u64, u64)], after: &[(u64, u64, u64)]) -> String {
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .map(|(i, (b, a))| {
+            let total = a.2.saturating_sub(b.2).max(1) as f64;
+            format!(
+                "CPU{i} busy {:.0}% steal {:.0}%",
+                100.0 * a.0.saturating_sub(b.0) as f64 / total,
+                100.0 * a.1.saturating_sub(b.1) as f64 / total
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Generates the frames as the edge would and publishes them, `FILL_IN_FLIGHT`
@@ -382,6 +429,7 @@ async fn raw_phase(
         load,
         secs,
         rows_per_sec: rows_total as f64 / secs,
+        mid_rows_per_sec: None,
         relay_cpu: 0.0,
         clickhouse_cpu: ch_cpu,
         nats_cpu,
@@ -397,6 +445,33 @@ async fn raw_phase(
 /// Sum of `name` over every relay's page.
 fn total(pages: &[String], name: &str) -> f64 {
     pages.iter().map(|p| sum(p, name)).sum()
+}
+
+/// The non-zero series of `name` over every relay, summed by labels:
+/// `{stage="lease",error_type="renew"} 2, ...`, or "none".
+fn by_labels(pages: &[String], name: &str) -> String {
+    let mut series = std::collections::BTreeMap::<String, f64>::new();
+    for line in pages.iter().flat_map(|p| p.lines()) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        if let Ok(v) = value.parse::<f64>() {
+            if v > 0.0 {
+                *series.entry(labels.to_string()).or_default() += v;
+            }
+        }
+    }
+    if series.is_empty() {
+        return "none".into();
+    }
+    series
+        .iter()
+        .map(|(labels, v)| format!("{labels} {v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every partition consumer's pending + ack-pending, or None if one cannot be read.
@@ -446,6 +521,7 @@ async fn relay_phase(
     };
     let load = load_average();
     let (ch0, nats0) = (pid_cpu(ch.pid()), pid_cpu(nats.pid()));
+    let cpus0 = cpu_jiffies();
     let started = Instant::now();
     // Started together, so the second does not find the first's partitions
     // already busy.
@@ -469,11 +545,23 @@ async fn relay_phase(
     let ready_secs = (first_ready - started).as_secs_f64();
     // CPU from spawn; the start-up (schema no-op, consumers, leases) is small.
     let mut first_row: Option<Instant> = None;
+    // Rows stored at every 5 s of the drain, to tell a steady rate from stalls.
+    let mut trace: Vec<u64> = Vec::new();
+    let (mut quarter, mut three_quarters) = (None::<Instant>, None::<Instant>);
     let done = loop {
         tokio::time::sleep(POLL).await;
         let stored = count(ch, &db);
         if stored > 0 && first_row.is_none() {
             first_row = Some(Instant::now());
+        }
+        if started.elapsed() >= Duration::from_secs(5 * (trace.len() as u64 + 1)) {
+            trace.push(stored);
+        }
+        if stored * 4 >= expected && quarter.is_none() {
+            quarter = Some(Instant::now());
+        }
+        if stored * 4 >= expected * 3 && three_quarters.is_none() {
+            three_quarters = Some(Instant::now());
         }
         if stored >= expected && unfinished(js, consumer).await == Some(0) {
             break Instant::now();
@@ -486,12 +574,25 @@ async fn relay_phase(
             assert!(r.is_running(), "{name}: a relay died: {}", r.log_tail(30));
         }
     };
-    let relay_cpu: f64 = procs.iter().map(|r| pid_cpu(r.pid())).sum();
+    let cpus = cpu_shares(&cpus0, &cpu_jiffies());
+    let each_cpu: Vec<f64> = procs.iter().map(|r| pid_cpu(r.pid())).collect();
+    let relay_cpu: f64 = each_cpu.iter().sum();
     let (ch_cpu, nats_cpu) = (pid_cpu(ch.pid()) - ch0, pid_cpu(nats.pid()) - nats0);
     let pages: Vec<String> = procs
         .iter()
         .map(|r| r.metrics().expect("relay metrics"))
         .collect();
+    let each = pages
+        .iter()
+        .zip(&each_cpu)
+        .map(|(p, cpu)| {
+            format!(
+                "{:.0} rows, {cpu:.1} CPU s",
+                sum(p, "spoor_relay_rows_inserted_total")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     let parts = active_parts(ch, &db);
     for r in &procs {
         r.stop();
@@ -522,12 +623,24 @@ async fn relay_phase(
         stage("acknowledge"),
     );
     let errors = total(&pages, "spoor_relay_errors_total");
+    let errors_by = by_labels(&pages, "spoor_relay_errors_total");
+    let lease_losses = total(&pages, "spoor_relay_lease_losses_total");
+    let received = total(&pages, "spoor_relay_messages_received_total");
+    let presence = total(&pages, "spoor_relay_presence_checks_total");
+    let trace = trace
+        .iter()
+        .map(|n| format!("{:.0}K", *n as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(" ");
     let deduped = total(&pages, "spoor_relay_events_deduped_total");
     Figures {
         phase: name.to_string(),
         load,
         secs,
         rows_per_sec: expected as f64 / secs,
+        mid_rows_per_sec: quarter
+            .zip(three_quarters)
+            .map(|(a, b)| (expected as f64 / 2.0) / (b - a).as_secs_f64().max(f64::EPSILON)),
         relay_cpu,
         clickhouse_cpu: ch_cpu,
         nats_cpu,
@@ -539,7 +652,9 @@ async fn relay_phase(
              insert {inserting:.0}% and acknowledge {acknowledge:.0}% (a serial build's loop \
              does insert and acknowledge itself, and has no wait_insert); {parts} active parts \
              at the end; stored {stored} ({unique} unique); {deduped:.0} deduped, {errors:.0} \
-             errors",
+             errors ({errors_by}), {lease_losses:.0} lease losses; {received:.0} messages \
+             received, {presence:.0} presence checks; each relay: {each}; {cpus}; stored every \
+             5 s: {trace}",
             first_row.map_or(f64::NAN, |f| (f - first_ready).as_secs_f64()),
             batch_rows / inserts.max(1.0),
             insert_secs * 1000.0 / inserts.max(1.0),
@@ -678,8 +793,14 @@ fn main() {
                 }
             };
             eprintln!(
-                "  {:.0} rows/s over {:.1} s; {}",
-                figures.rows_per_sec, figures.secs, figures.notes
+                "  {:.0} rows/s over {:.1} s{}; {}",
+                figures.rows_per_sec,
+                figures.secs,
+                figures
+                    .mid_rows_per_sec
+                    .map(|m| format!(", {m:.0} rows/s over the middle half"))
+                    .unwrap_or_default(),
+                figures.notes
             );
             results.push((round, figures));
             // Let the dropped database's files go and the box settle.
@@ -693,14 +814,16 @@ fn main() {
         args.batch_rows,
         relay_flags.join(" ")
     );
-    println!("| round | phase | load (1/5/15 min) | rows/s | seconds | relay CPU s/100K | ClickHouse CPU s/100K | nats-server CPU s/100K | inserting client CPU s/100K | notes |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| round | phase | load (1/5/15 min) | rows/s | middle half rows/s | seconds | relay CPU s/100K | ClickHouse CPU s/100K | nats-server CPU s/100K | inserting client CPU s/100K | notes |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (round, f) in &results {
         println!(
-            "| {round} | {} | {} | {:.0} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            "| {round} | {} | {} | {:.0} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
             f.phase,
             f.load,
             f.rows_per_sec,
+            f.mid_rows_per_sec
+                .map_or("-".to_string(), |m| format!("{m:.0}")),
             f.secs,
             per_100k(f.relay_cpu, args.events),
             per_100k(f.clickhouse_cpu, args.events),
@@ -721,9 +844,19 @@ fn main() {
             (Some(a), Some(b)) => format!("{:.2}", a / b),
             _ => "-".to_string(),
         };
+        let mid = |phase: &str| {
+            results
+                .iter()
+                .find(|(r, f)| *r == round && f.phase == phase)
+                .and_then(|(_, f)| f.mid_rows_per_sec)
+        };
+        let mid_ratio = match (mid("relay:2"), mid("relay:1")) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
         println!(
             "round {round}: relay:1 / raw-views {} (goal >= 0.6); relay:2 / relay:1 {} (goal >= 1.6 \
-             where ClickHouse is not the bottleneck); raw-bare / raw-views {}; \
+             where ClickHouse is not the bottleneck), over the middle half {mid_ratio}; raw-bare / raw-views {}; \
              raw-encoded / raw-views {}; relay:1 / raw-encoded {}; \
              relay-b:1 / raw-views {}; relay-b:2 / relay-b:1 {}; relay-b:1 / relay:1 {}",
             ratio("relay:1", "raw-views"),
