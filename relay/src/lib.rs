@@ -304,7 +304,11 @@ pub async fn run(
 
 /// How long `run` waits for its tasks after the pipeline has drained before
 /// it aborts them.
-const TASKS_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// A healthy NATS answers the lease hand-over's deletes in milliseconds;
+/// with NATS down the keys expire after the lease TTL anyway. So the exit
+/// with both servers down is the drain time, one NAK timeout, this and one
+/// flush timeout: `--drain-timeout-secs` plus 3 s.
+const TASKS_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `run`'s result once its tasks have stopped: the first task's failure,
 /// if any.
